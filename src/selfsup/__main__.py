@@ -1,0 +1,3 @@
+from selfsup.cli import main
+
+main()

@@ -1,0 +1,248 @@
+"""The whole run as pydantic models: built-in YAML recipes, user YAML files and `key=value` overrides.
+
+A bad config fails before any work with one line that names the key, what was given and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUILTIN_CORPUS = "builtin:python-docstrings"
+
+
+class ConfigError(ValueError):
+    """A config the user got wrong; the message is one line meant for them."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    path: str = Field(BUILTIN_CORPUS, description=f"a .txt/.jsonl file or a folder of them; '{BUILTIN_CORPUS}' is "
+                      "the docstrings of Python's standard library, present on every machine")
+    tokenizer: str | None = Field(None, description="a tokenizer.json to reuse instead of training one")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out for validation")
+    max_doc_chars: int = Field(200_000, gt=0, description="longer documents are skipped and counted")
+    doc_mask: bool = Field(True, description="packed documents do not attend to each other")
+    cache_dir: str | None = Field(None, description="where token shards are cached (default ~/.cache/selfsup)")
+
+
+class ModelConfig(Section):
+    dim: int = Field(256, gt=0)
+    depth: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    context: int = Field(128, gt=1, description="sequence length in tokens")
+    vocab_size: int = Field(8192, ge=256, description="tokenizer vocabulary; the embedding is padded to x64")
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (SwiGLU uses 2/3 of it, as Llama)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    rope_theta: float = Field(10000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(f"model.dim ({self.dim}) must be a multiple of model.heads ({self.heads}) "
+                             "with an even head size (RoPE rotates pairs)")
+        return self
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(1000, gt=0)
+    batch_size: int = Field(32, gt=0, description="sequences per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    clip_grad: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(200, gt=0, description="validation loss every N steps (and at the end)")
+    eval_batches: int = Field(20, gt=0)
+    checkpoint_every: int = Field(200, gt=0)
+    keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep")
+    max_bad_steps: int = Field(20, gt=0, description="consecutive non-finite losses before the run stops")
+    peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU; measured once if unset")
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "lamb", "lars"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="never applied to 1-D parameters (biases, norms)")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")
+    trust_coefficient: float = Field(0.001, gt=0, description="LARS trust coefficient")
+
+
+class SchedConfig(Section):
+    name: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for cosine and wsd")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying at the end")
+
+
+class RunConfig(Section):
+    recipe: str = Field("custom", description="the recipe this run started from (informative)")
+    objective: Literal["clm"] = "clm"
+    out_dir: str = Field("", description="run directory (default runs/<recipe>)")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = OptimConfig()
+    sched: SchedConfig = SchedConfig()
+
+    @model_validator(mode="after")
+    def _default_out_dir(self) -> RunConfig:
+        if not self.out_dir:
+            self.out_dir = f"runs/{self.recipe}"
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- recipes
+
+def recipe_files() -> dict[str, Path]:
+    """Built-in recipes by name (file stem)."""
+    folder = resources.files("selfsup") / "recipes"
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def recipe_summary(path: Path) -> str:
+    """The first comment line of a recipe: what it trains."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def all_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a user may set, e.g. 'train.max_steps'."""
+    keys = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += all_keys(sub, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.max_steps=100' -> ('train.max_steps', 100); values are read as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.max_steps=100)")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[leaf] = value
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else " (see `selfsup train --help` for the keys)"
+    return f"unknown config key '{key}'{hint}"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def validate(tree: dict) -> RunConfig:
+    """Build a RunConfig from a nested dict, turning the first problem into one clear line."""
+    valid = set(all_keys())
+    sections = {k.split(".")[0] for k in valid if "." in k}
+    for key in _flatten(tree):
+        if key not in valid and key not in sections:
+            raise ConfigError(_unknown_key_message(key))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
+        given = _lookup(tree, key)
+        given_text = f"got {given!r}; " if given is not None else ""
+        raise ConfigError(f"config key '{key}': {given_text}expected {_expected(err)}") from None
+
+
+def _lookup(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for p in dotted.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def _expected(err: dict) -> str:
+    """Pydantic's message, phrased as what is expected."""
+    msg = err["msg"]
+    for prefix in ("Input should be ", "Value error, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return tree
+
+
+def load(source: str, overrides: list[str] = ()) -> RunConfig:
+    """A recipe name, a YAML file or a run directory, then `key=value` overrides applied in order."""
+    recipes = recipe_files()
+    path = Path(source)
+    if source in recipes:
+        tree = load_yaml(recipes[source])
+        tree.setdefault("recipe", source)
+    elif path.is_dir() and (path / "config.yaml").is_file():
+        tree = load_yaml(path / "config.yaml")
+        tree["out_dir"] = str(path)
+    elif path.is_file():
+        tree = load_yaml(path)
+        tree.setdefault("recipe", path.stem)
+    else:
+        close = difflib.get_close_matches(source, list(recipes), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"'{source}' is neither a built-in recipe ({', '.join(sorted(recipes))}), a YAML file "
+                          f"nor a run directory with config.yaml; {hint}see `selfsup recipes`")
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in all_keys():
+            raise ConfigError(_unknown_key_message(key))
+        _set(tree, key, value)
+    return validate(tree)
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

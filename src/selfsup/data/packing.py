@@ -1,0 +1,65 @@
+"""Packed fixed-length windows over memory-mapped token shards, in a seeded order with an exact position.
+
+Window i of a shard holds tokens [i·T, i·T + T] (T + 1 tokens: inputs and shifted targets overlap by one), so
+every token is a target once per epoch. Each epoch visits all windows in a permutation drawn from
+(seed, epoch); the position (epoch, windows consumed) is all a checkpoint needs to continue exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.data.text import DataError
+
+
+class PackedWindows:
+    def __init__(self, shards: list[Path], dtype: np.dtype, context: int, seed: int = 0, shuffle: bool = True):
+        self.context = context
+        self.seed = seed
+        self.shuffle = shuffle
+        self.maps = [np.memmap(s, dtype=dtype, mode="r") for s in shards]
+        per_shard = [max((len(m) - 1) // context, 0) for m in self.maps]
+        self.offsets = np.cumsum([0] + per_shard)  # window index where each shard starts
+        self.n = int(self.offsets[-1])
+        if self.n == 0:
+            total = sum(len(m) for m in self.maps)
+            raise DataError(f"{total} tokens make no window of model.context + 1 = {context + 1} tokens; "
+                            "expected more data or a smaller model.context")
+        self.epoch = 0
+        self.index = 0  # windows consumed in this epoch
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g).numpy()
+
+    def window(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        start = (i - int(self.offsets[shard])) * self.context
+        return self.maps[shard][start:start + self.context + 1]
+
+    def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The next `batch_size` windows as {'tokens': (B, T + 1) int64}; epochs roll over seamlessly."""
+        rows = []
+        for _ in range(batch_size):
+            if self.index == self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            rows.append(self.window(int(self._order[self.index])))
+            self.index += 1
+        return {"tokens": torch.from_numpy(np.stack(rows).astype(np.int64))}
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation(self.epoch)
+
+    def __len__(self) -> int:
+        return self.n

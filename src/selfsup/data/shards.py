@@ -1,0 +1,190 @@
+"""Tokenizing a corpus once into memory-mapped token shards, cached by content hash.
+
+The cache key covers every source file's bytes, the data settings and the tokenizer, so a second run on the
+same corpus starts at once and a changed file is never served stale. Documents are split into train and
+validation by a hash of their text (stable under reordering; exact duplicates land on the same side), each
+document is followed by EOS, and a split's tokens are written as flat `.bin` shards of uint16 or uint32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from selfsup.config import BUILTIN_CORPUS, DataConfig
+from selfsup.data import tokenizer as toks
+from selfsup.data.text import DataError, read_documents, source_files
+
+FORMAT = 1  # bump when the shard layout changes
+SHARD_TOKENS = 1 << 27  # 128 Mi tokens a shard
+ENCODE_CHUNK = 2048  # documents encoded per call (tokenizers parallelises inside a call)
+
+
+@dataclass
+class Corpus:
+    dir: Path
+    tokenizer: Tokenizer
+    train: list[Path]
+    val: list[Path]
+    meta: dict  # documents, skipped, tokens per split, unigram baseline, dtype
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta["dtype"])
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
+
+
+def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
+    files = source_files(cfg.path)
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
+    key = _cache_key(cfg, vocab_size, files)
+    out = root / "tokens" / key
+    if (out / "meta.json").is_file():
+        log(f"token cache hit: {out}")
+        return _open(out)
+    log(f"tokenizing {len(files)} file(s) into {out}")
+    tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _build(cfg, vocab_size, files, tmp, log)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _open(out)
+
+
+def is_val(text: str, fraction: float) -> bool:
+    return zlib.crc32(text.encode("utf-8")) % 1_000_000 < fraction * 1_000_000
+
+
+def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    settings = dict(format=FORMAT, builtin=cfg.path == BUILTIN_CORPUS, val_fraction=cfg.val_fraction,
+                    max_doc_chars=cfg.max_doc_chars, vocab_size=vocab_size)
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    if cfg.tokenizer:
+        h.update(Path(cfg.tokenizer).expanduser().read_bytes())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _documents(cfg: DataConfig, files: list[Path], skipped: Counter):
+    return read_documents(files, skipped, cfg.max_doc_chars, builtin=cfg.path == BUILTIN_CORPUS)
+
+
+def _build(cfg: DataConfig, vocab_size: int, files: list[Path], out: Path, log) -> None:
+    if cfg.tokenizer:
+        tok = toks.load(Path(cfg.tokenizer).expanduser())
+        if tok.get_vocab_size() > vocab_size:
+            raise DataError(f"data.tokenizer has {tok.get_vocab_size()} tokens but model.vocab_size is {vocab_size}; "
+                            f"expected model.vocab_size >= {tok.get_vocab_size()}")
+    else:
+        log(f"training a byte-level BPE tokenizer ({vocab_size} tokens)")
+        train_docs = (d for d in _documents(cfg, files, Counter()) if not is_val(d, cfg.val_fraction))
+        tok = toks.train_bpe(train_docs, vocab_size)
+    tok.save(str(out / "tokenizer.json"))
+    eos = toks.eos_id(tok)
+    dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
+
+    skipped: Counter = Counter()
+    writers = {"train": _ShardWriter(out, "train", dtype), "val": _ShardWriter(out, "val", dtype)}
+    counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)  # train token frequencies, for the unigram baseline
+    docs = {"train": 0, "val": 0}
+    batch: list[str] = []
+
+    def flush():
+        chunk = {"train": [], "val": []}
+        for text, enc in zip(batch, tok.encode_batch(batch, add_special_tokens=False)):
+            split = "val" if is_val(text, cfg.val_fraction) else "train"
+            chunk[split] += enc.ids
+            chunk[split].append(eos)
+            docs[split] += 1
+        for split, ids in chunk.items():
+            ids = np.array(ids, dtype=dtype)
+            writers[split].write(ids)
+            if split == "train":
+                counts[:] += np.bincount(ids, minlength=len(counts))
+        batch.clear()
+
+    for text in _documents(cfg, files, skipped):
+        batch.append(text)
+        if len(batch) == ENCODE_CHUNK:
+            flush()
+    flush()
+    for w in writers.values():
+        w.close()
+    n_train, n_val = writers["train"].total, writers["val"].total
+    if docs["val"] == 0:
+        raise DataError(f"data.path '{cfg.path}': none of its {docs['train']} documents fell into the validation "
+                        f"split; expected more documents or a larger data.val_fraction (now {cfg.val_fraction})")
+    meta = dict(format=FORMAT, path=cfg.path, files=len(files), dtype=np.dtype(dtype).name,
+                vocab=tok.get_vocab_size(), eos_id=eos, documents=docs, skipped=dict(sorted(skipped.items())),
+                tokens={"train": n_train, "val": n_val},
+                shards={"train": writers["train"].names, "val": writers["val"].names},
+                unigram_ppl=_unigram_ppl(counts, [out / n for n in writers["val"].names], dtype))
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _unigram_ppl(counts: np.ndarray, val_shards: list[Path], dtype) -> float:
+    """Perplexity of a unigram model of the training tokens (add-one smoothed) on the validation tokens:
+    the floor a language model must beat to have learned anything beyond token frequencies."""
+    logp = np.log((counts + 1) / (counts.sum() + len(counts)))
+    nll, n = 0.0, 0
+    for s in val_shards:
+        ids = np.memmap(s, dtype=dtype, mode="r")
+        nll -= float(logp[ids].sum())
+        n += len(ids)
+    return math.exp(nll / max(n, 1))
+
+
+class _ShardWriter:
+    def __init__(self, out: Path, split: str, dtype):
+        self.out, self.split, self.dtype = out, split, dtype
+        self.names: list[str] = []
+        self.total = 0
+        self._file = None
+        self._in_shard = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        if self._file is None or self._in_shard >= SHARD_TOKENS:
+            self._open_next()
+        self._file.write(ids.tobytes())
+        self._in_shard += len(ids)
+        self.total += len(ids)
+
+    def _open_next(self) -> None:
+        self.close()
+        name = f"{self.split}-{len(self.names):05d}.bin"
+        self.names.append(name)
+        self._file = open(self.out / name, "wb")
+        self._in_shard = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _open(out: Path) -> Corpus:
+    meta = json.loads((out / "meta.json").read_text())
+    tok = toks.load(out / "tokenizer.json")
+    return Corpus(out, tok, [out / n for n in meta["shards"]["train"]], [out / n for n in meta["shards"]["val"]], meta)

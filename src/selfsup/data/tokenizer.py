@@ -1,0 +1,38 @@
+"""Byte-level BPE tokenizers trained with Hugging Face `tokenizers` (the GPT-2 scheme: every byte is a symbol,
+so no text is ever out of vocabulary). The same special tokens serve every text objective."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+MASK = "<|mask|>"
+SPECIALS = [EOS, PAD, MASK]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load(path: str | Path) -> Tokenizer:
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise ValueError(f"tokenizer '{path}' could not be read as a tokenizer.json: {e}") from None
+    if tok.token_to_id(EOS) is None:
+        raise ValueError(f"tokenizer '{path}' has no '{EOS}' token, which separates packed documents")
+    return tok
+
+
+def eos_id(tok: Tokenizer) -> int:
+    return tok.token_to_id(EOS)

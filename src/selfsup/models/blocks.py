@@ -1,0 +1,114 @@
+"""Transformer blocks shared by every sequence model: the GPT decoder here, the encoders of later objectives.
+
+Pre-norm residual blocks with RMSNorm, rotary position embeddings (the "rotate half" layout used by Llama in
+Hugging Face transformers, so exports map weights one to one), `scaled_dot_product_attention`, and a SwiGLU
+or GELU MLP. No biases anywhere.
+
+Letters in shape comments: B batch, T time (tokens), D model width, H heads, K head size, F MLP hidden width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates each (i, i + K/2) pair of a head by position × frequency_i."""
+
+    def __init__(self, head_size: int, context: int, theta: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (K/2,)
+        angles = torch.outer(torch.arange(context, dtype=torch.float32), inv_freq)  # (T, K/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, K)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, q: Tensor, k: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        # q, k: (B, H, T, K); positions: (B, T) or None for 0..T-1
+        if positions is None:
+            T = q.shape[2]
+            cos, sin = self.cos[:T], self.sin[:T]  # (T, K)
+        else:
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, T, K)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, rotary: Rotary, positions: Tensor | None, mask: Tensor | None,
+                causal: bool) -> Tensor:
+        # x: (B, T, D); mask: (B, 1, T, T) bool, True where a query may attend to a key, or None
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, K)
+        q, k = rotary(q, k, positions)
+        p = self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, T, K)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # causality is in the mask
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Llama) or GELU (GPT-2/BERT) feed-forward; `hidden` is F."""
+
+    def __init__(self, dim: int, hidden: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.up = nn.Linear(dim, 2 * hidden if kind == "swiglu" else hidden, bias=False)  # SwiGLU: gate and up fused
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, T, D)
+        h = self.up(x)  # (B, T, 2F) or (B, T, F)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.down(h)
+
+
+def mlp_hidden(dim: int, ratio: float, kind: str) -> int:
+    """F: SwiGLU takes 2/3 of ratio × dim so both kinds have the same parameter count; rounded up to x64."""
+    hidden = ratio * dim * (2 / 3 if kind == "swiglu" else 1)
+    return int(math.ceil(hidden / 64) * 64)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.RMSNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, hidden, mlp)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, rotary: Rotary, positions: Tensor | None, mask: Tensor | None,
+                causal: bool) -> Tensor:  # (B, T, D) -> (B, T, D)
+        x = x + self.drop(self.attn(self.norm1(x), rotary, positions, mask, causal))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def init_weights(model: nn.Module, depth: int, std: float = 0.02) -> None:
+    """GPT-2 init: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 × depth)."""
+    for name, p in model.named_parameters():
+        if p.ndim < 2:
+            continue  # norms keep their ones
+        scale = 1 / math.sqrt(2 * depth) if name.endswith(("attn.out.weight", "mlp.down.weight")) else 1.0
+        nn.init.normal_(p, mean=0.0, std=std * scale)

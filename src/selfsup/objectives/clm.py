@@ -1,0 +1,36 @@
+"""Causal language modelling: predict token t+1 from tokens ≤ t.
+
+The batch holds packed windows of context + 1 tokens; the shift into inputs and targets happens here and only
+here. With `doc_mask`, EOS opens each document (it is the first token of the next one), so no token sees another
+document and the first real token of a document is predicted from EOS alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.models.gpt import GPT
+from selfsup.objectives.losses import token_cross_entropy
+from selfsup.objectives.output import LossOutput
+
+
+class CausalLM(nn.Module):
+    def __init__(self, model: GPT, eos_id: int, doc_mask: bool = True):
+        super().__init__()
+        self.model = model
+        self.eos_id = eos_id
+        self.doc_mask = doc_mask
+
+    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+        tokens = batch["tokens"]  # (B, T + 1)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each: the one shift
+        if "labels" in batch:  # evaluation may pad the last window with IGNORE labels
+            targets = batch["labels"][:, 1:]
+        doc_ids = torch.cumsum(inputs == self.eos_id, dim=1) if self.doc_mask else None  # (B, T)
+        logits = self.model(inputs, doc_ids)  # (B, T, V)
+        loss, count = token_cross_entropy(logits, targets)
+        return LossOutput(loss, count, tokens=inputs.numel())
+
+    def flops_per_token(self) -> float:
+        return self.model.flops_per_token()

@@ -1,0 +1,40 @@
+"""Opening a finished (or checkpointed) run directory: its config, tokenizer and trained objective."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from selfsup import config as config_mod
+from selfsup.config import RunConfig
+from selfsup.data import tokenizer as toks
+from selfsup.objectives.build import build_objective
+from selfsup.train import checkpoint
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used; the message is one line meant for the user."""
+
+
+def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer]:
+    """The run's objective in eval mode with its final weights, or those of its latest checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"'{run_dir}' is not a run directory: expected config.yaml inside "
+                          "(made by `selfsup train ... out_dir={run_dir}`)")
+    cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
+    tok = toks.load(run_dir / "tokenizer.json")
+    objective = build_objective(cfg, toks.eos_id(tok))
+    final = run_dir / "model.safetensors"
+    if final.is_file():
+        objective.model.load_state_dict(load_file(final))
+    else:
+        last = checkpoint.latest(run_dir)
+        if last is None:
+            raise RunDirError(f"'{run_dir}' has neither model.safetensors nor a checkpoint yet")
+        objective.load_state_dict(load_file(last / "model.safetensors"))
+    return cfg, objective.to(device).eval(), tok

@@ -1,0 +1,52 @@
+"""Model FLOPs utilisation: achieved training FLOP/s over the device's peak in the run's precision.
+
+The peak is measured once per machine, precision and thread count with a large matmul (cached in
+~/.cache/selfsup/peak_flops.json), or given by the user as `train.peak_tflops`. On a CPU this is the honest
+peak: a data-sheet figure assumes clocks and vector units a 2-core slice never sees.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import torch
+
+from selfsup.data.shards import default_cache
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    key = f"{_device_name(device)}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    path = default_cache() / "peak_flops.json"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in cache:
+        cache[key] = _measure(device, dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}:{platform.processor() or platform.machine()}"
+
+
+def _measure(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 0.5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,62 @@
+"""What a person sees while a run trains: a progress bar with loss, throughput and ETA, and `metrics.jsonl`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, console: Console):
+        self.path = run_dir / "metrics.jsonl"
+        _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
+        self.file = open(self.path, "a")
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False, disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, loss="-", speed="")
+        self.progress.start()
+
+    def log(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.progress.update(self.task, completed=record["step"], loss=f"{record['loss']:.4f}",
+                             speed=f"{record['tokens_per_s']:,.0f} tok/s")
+
+    def say(self, text: str) -> None:
+        self.progress.console.print(text)
+
+    def close(self) -> None:
+        self.progress.stop()
+        self.file.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line cut short by a kill
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records

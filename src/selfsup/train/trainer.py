@@ -1,0 +1,253 @@
+"""The training loop. It knows nothing about any objective: it moves batches, calls the objective for a summed
+loss and its count, steps the optimizer, logs, evaluates and checkpoints.
+
+Under gradient accumulation each micro-batch's *summed* loss is back-propagated and the accumulated gradient
+is divided once by the count of the whole step (e.g. valid tokens), so `grad_accum=4, batch=8` gives the same
+gradient as `grad_accum=1, batch=32`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from selfsup import config as config_mod
+from selfsup.config import RunConfig
+from selfsup.data.packing import PackedWindows
+from selfsup.data.shards import Corpus, prepare
+from selfsup.data.tokenizer import eos_id
+from selfsup.objectives.build import build_objective
+from selfsup.train import checkpoint, optim
+from selfsup.train.mfu import peak_flops
+from selfsup.train.monitor import Monitor
+from selfsup.train.schedule import lr_at
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to try."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into 'checkpoint and stop after this step'; a second one kills."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+@torch.no_grad()
+def evaluate(objective, loader: PackedWindows, batch_size: int, batches: int, device, precision: str) -> float:
+    """Mean loss per unit over the first `batches` validation batches (the same ones every time)."""
+    was_training = objective.training
+    objective.eval()
+    loader.load_state({"epoch": 0, "index": 0})
+    total, count = 0.0, 0
+    for _ in range(min(batches, max(len(loader) // batch_size, 1))):
+        batch = {k: v.to(device) for k, v in loader.next_batch(min(batch_size, len(loader))).items()}
+        with autocast(device, precision):
+            out = objective(batch)
+        total += out.loss.item()
+        count += int(out.count)
+    objective.train(was_training)
+    return total / max(count, 1)
+
+
+def train(cfg: RunConfig, console: Console | None = None) -> dict:
+    console = console or Console()
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t_cfg = cfg.train
+    seed_everything(cfg.seed)
+    device = resolve_device(t_cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    corpus = prepare(cfg.data, cfg.model.vocab_size, log=lambda s: console.print(f"[dim]{s}"))
+    shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
+    objective = build_objective(cfg, eos_id(corpus.tokenizer)).to(device)
+    optimizer = optim.build(objective, cfg.optim, device)
+    loader = PackedWindows(corpus.train, corpus.dtype, cfg.model.context, seed=cfg.seed)
+    val_loader = PackedWindows(corpus.val, corpus.dtype, cfg.model.context, shuffle=False)
+
+    step, counters = 0, {"nan_skipped_steps": 0, "elapsed_s": 0.0, "tokens_seen": 0}
+    last = checkpoint.latest(run_dir)
+    if last is not None:
+        state = checkpoint.load(last, objective, optimizer)
+        step, counters = state["step"], state["counters"]
+        loader.load_state(state["data"])
+        console.print(f"resuming from {last} (step {step})")
+    (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+
+    if t_cfg.compile:
+        objective.model.compile()
+    params = sum(p.numel() for p in objective.parameters())
+    flops_per_token = objective.flops_per_token()
+    dtype = torch.bfloat16 if t_cfg.precision == "bf16" else torch.float32
+    peak = t_cfg.peak_tflops * 1e12 if t_cfg.peak_tflops else peak_flops(device, dtype)
+    tokens_per_step = t_cfg.batch_size * t_cfg.grad_accum * cfg.model.context
+    console.print(f"{cfg.recipe}: {params / 1e6:.2f}M parameters on {device} ({t_cfg.precision}), "
+                  f"{len(loader):,} training windows of {cfg.model.context} tokens, "
+                  f"{tokens_per_step:,} tokens per step, {t_cfg.max_steps:,} steps")
+
+    monitor = Monitor(run_dir, t_cfg.max_steps, step, console)
+    params_list = [p for p in objective.parameters() if p.requires_grad]
+    bad_in_a_row = 0
+    status = "finished"
+    val_loss = None
+    objective.train()
+    t_session, t_log, tokens_log, loss_log = time.perf_counter(), time.perf_counter(), 0, []
+    with _StopFlag() as stop:
+        while step < t_cfg.max_steps:
+            lr = lr_at(step, t_cfg.max_steps, cfg.optim.lr, cfg.sched)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum, count, tokens = torch.zeros((), device=device), torch.zeros((), device=device), 0
+            for _ in range(t_cfg.grad_accum):
+                batch = {k: v.to(device, non_blocking=True) for k, v in loader.next_batch(t_cfg.batch_size).items()}
+                with autocast(device, t_cfg.precision):
+                    out = objective(batch)
+                out.loss.backward()
+                loss_sum += out.loss.detach()
+                count += out.count
+                tokens += out.tokens
+            loss_value = loss_sum.item() / max(count.item(), 1)
+            for p in params_list:
+                if p.grad is not None:
+                    p.grad.div_(count.clamp(min=1))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params_list, t_cfg.clip_grad or float("inf")).item()
+            step += 1
+            counters["tokens_seen"] += tokens
+            tokens_log += tokens
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                counters["nan_skipped_steps"] += 1
+                bad_in_a_row += 1
+                monitor.say(f"[yellow]step {step}: non-finite loss or gradient, step skipped "
+                            f"({bad_in_a_row} in a row)")
+                if bad_in_a_row >= t_cfg.max_bad_steps:
+                    _save(run_dir, step, objective, optimizer, loader, counters, t_session, t_cfg.keep_checkpoints)
+                    monitor.close()
+                    raise TrainingError(
+                        f"the loss was not finite for {bad_in_a_row} steps in a row (up to step {step}); a checkpoint "
+                        f"was saved in {run_dir}/checkpoints. Try a lower optim.lr, more sched.warmup_steps, "
+                        "train.clip_grad=1.0 or train.precision=fp32")
+                continue
+            bad_in_a_row = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if hasattr(objective, "after_step"):
+                objective.after_step(step)
+            loss_log.append(loss_value)
+
+            record = None
+            if step % t_cfg.log_every == 0 or step == t_cfg.max_steps:
+                now = time.perf_counter()
+                tok_s = tokens_log / (now - t_log)
+                record = dict(step=step, loss=sum(loss_log) / len(loss_log), lr=lr, tokens_per_s=tok_s,
+                              mfu=tok_s * flops_per_token / peak, grad_norm=grad_norm,
+                              time=counters["elapsed_s"] + now - t_session)
+                t_log, tokens_log, loss_log = now, 0, []
+            if step % t_cfg.eval_every == 0 or step == t_cfg.max_steps:
+                t_eval = time.perf_counter()
+                val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device,
+                                    t_cfg.precision)
+                t_log += time.perf_counter() - t_eval  # throughput counts training time only
+                record = record or dict(step=step, loss=loss_value, lr=lr, tokens_per_s=0.0, mfu=0.0,
+                                        grad_norm=grad_norm, time=counters["elapsed_s"] + time.perf_counter() - t_session)
+                record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
+                monitor.say(f"step {step:>6}: loss {record['loss']:.4f}  val_loss {val_loss:.4f}  "
+                            f"val_ppl {record['val_ppl']:.2f}")
+            if record:
+                monitor.log(record)
+            if step % t_cfg.checkpoint_every == 0 or step == t_cfg.max_steps or stop.signal is not None:
+                _save(run_dir, step, objective, optimizer, loader, counters, t_session, t_cfg.keep_checkpoints)
+                counters["elapsed_s"] += time.perf_counter() - t_session
+                t_session = time.perf_counter()
+            if stop.signal is not None:
+                status = "interrupted"
+                monitor.say(f"[yellow]stopped by signal {stop.signal} at step {step}; checkpoint saved. "
+                            f"Resume with: selfsup train {run_dir}")
+                break
+    monitor.close()
+    counters["elapsed_s"] += time.perf_counter() - t_session
+
+    if status == "finished":
+        (run_dir / "model.safetensors").unlink(missing_ok=True)
+        from safetensors.torch import save_file
+        save_file({k: v.detach().contiguous().cpu() for k, v in objective.model.state_dict().items()},
+                  run_dir / "model.safetensors")
+    return _summary(cfg, run_dir, corpus, status, step, counters, params, flops_per_token, peak, device, val_loss)
+
+
+def _save(run_dir, step, objective, optimizer, loader, counters, t_session, keep) -> Path:
+    counters = dict(counters, elapsed_s=counters["elapsed_s"] + time.perf_counter() - t_session)
+    return checkpoint.save(run_dir, step, objective, optimizer, {"data": loader.state(), "counters": counters}, keep)
+
+
+def _summary(cfg, run_dir, corpus: Corpus, status, step, counters, params, flops_per_token, peak, device,
+             val_loss) -> dict:
+    import json
+
+    from selfsup.train.monitor import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    tok_s = counters["tokens_seen"] / counters["elapsed_s"] if counters["elapsed_s"] else 0.0
+    if speeds:  # the median logged throughput: not skewed by start-up, evaluation or checkpoints
+        tok_s = float(np.median(speeds))
+    summary = dict(
+        status=status, recipe=cfg.recipe, objective=cfg.objective, steps=step, tokens_seen=counters["tokens_seen"],
+        wall_time_s=round(counters["elapsed_s"], 2), tokens_per_s=tok_s, mfu=tok_s * flops_per_token / peak,
+        peak_tflops=peak / 1e12, flops_per_token=flops_per_token, params=params, device=str(device),
+        precision=cfg.train.precision, final_loss=records[-1]["loss"] if records else None,
+        val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)) if val_loss is not None else None,
+        unigram_ppl=corpus.meta["unigram_ppl"], nan_skipped_steps=counters["nan_skipped_steps"],
+        data=dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
+                  skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir)),
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

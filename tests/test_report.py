@@ -1,0 +1,114 @@
+"""write_report: one self-contained HTML page from whatever a run directory holds."""
+
+import base64
+import json
+import re
+
+from selfsup.report import write_report
+
+CONFIG = """\
+recipe: gpt-clm
+objective: clm
+data:
+  path: builtin:python-docstrings
+train:
+  max_steps: 40
+"""
+
+SUMMARY = {
+    "steps": 40,
+    "tokens_seen": 1234567,
+    "tokens_per_s": 98765.4321,
+    "mfu": 0.4213,
+    "val_loss": 3.14159,
+    "val_ppl": 23.1406926,
+    "data": {"documents": {"train": 950, "val": 50}, "skipped": {"empty": 3, "invalid_utf8": 1}},
+    "status": "finished",
+}
+
+
+def _metrics(n=40, val_every=10):
+    rows = []
+    for step in range(1, n + 1):
+        row = {"step": step, "loss": 5.0 - step * 0.05, "lr": 1e-3 * min(1, step / 10),
+               "tokens_per_s": 1000.0 + step, "mfu": 0.3 if step > 1 else None,
+               "grad_norm": 1.0, "time": step * 0.1}
+        if step % val_every == 0:
+            row.update(val_loss=4.9 - step * 0.05, val_ppl=100.0)
+        rows.append(json.dumps(row))
+    return "\n".join(rows) + "\n"
+
+
+def _images(page):
+    return re.findall(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def test_full_run(tmp_path):
+    run = tmp_path / "run-1"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(_metrics())
+    (run / "summary.json").write_text(json.dumps(SUMMARY))
+    (run / "config.yaml").write_text(CONFIG)
+    (run / "eval" / "ppl.json").write_text(json.dumps(
+        {"task": "perplexity", "loss": 3.5, "perplexity": 33.115, "tokens": 20480, "protocol": "strided"}))
+
+    out = write_report(run)
+    assert out == run / "report.html" and out.is_file()
+    page = out.read_text(encoding="utf-8")
+
+    images = _images(page)
+    assert len(images) == 3  # loss, lr, throughput
+    assert all(base64.b64decode(b).startswith(b"\x89PNG") for b in images)
+    assert "<title>run-1 \u2014 gpt-clm</title>" in page
+    # self-contained: nothing fetched from elsewhere
+    assert "<script" not in page and "<link" not in page and "http" not in page
+    assert "path: builtin:python-docstrings" in page and "max_steps: 40" in page
+    # summary, formatted for humans, nested keys as paths
+    for text in ("1,234,567", "98,765", "42.13%", "3.142", "23.14", "data.skipped.empty",
+                 "data.documents.train", "finished"):
+        assert text in page, text
+    # eval table
+    assert "<h3>ppl</h3>" in page
+    for text in ("perplexity", "33.12", "20,480", "strided"):
+        assert text in page, text
+
+
+def test_truncated_metrics_and_no_summary(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(_metrics(n=5) + '{"step": 6, "loss": 4.')
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "5 logged steps" in page
+    assert len(_images(page)) == 3  # no val points: the loss plot is still drawn
+    assert "No summary.json yet" in page
+
+
+def test_empty_run_dir(tmp_path):
+    page = write_report(str(tmp_path)).read_text(encoding="utf-8")
+    assert "No metrics yet" in page
+    assert not _images(page)
+
+
+def test_mfu_absent_and_empty_metrics_file(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert "No metrics yet" in write_report(tmp_path).read_text(encoding="utf-8")
+    rows = [json.loads(r) | {"mfu": None} for r in _metrics(n=3).splitlines()]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    assert len(_images(write_report(tmp_path).read_text(encoding="utf-8"))) == 3
+
+
+def test_config_html_is_escaped(tmp_path):
+    (tmp_path / "config.yaml").write_text('recipe: "<i>r</i>"\npath: "<b>x</b> & more"\n')
+    (tmp_path / "summary.json").write_text(json.dumps({"note": "<script>alert(1)</script>"}))
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "&amp; more" in page
+    assert "<i>r</i>" not in page
+    assert f"<title>{tmp_path.name} \u2014 &lt;i&gt;r&lt;/i&gt;</title>" in page  # recipe parsed, escaped
+    assert "<script" not in page
+
+
+def test_rewrite_overwrites(tmp_path):
+    write_report(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(_metrics(n=3))
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "No metrics yet" not in page and len(_images(page)) == 3
+    assert not list(tmp_path.glob("*.tmp"))
