@@ -39,7 +39,8 @@ class ModelConfig(Section):
     depth: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
     context: int = Field(128, gt=1, description="sequence length in tokens")
-    vocab_size: int = Field(8192, ge=256, description="tokenizer vocabulary; the embedding is padded to x64")
+    vocab_size: int = Field(8192, ge=260, description="tokenizer vocabulary (>= 256 bytes + 3 special tokens + "
+                            "merges); the embedding is padded to x64")
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (SwiGLU uses 2/3 of it, as Llama)")
     dropout: float = Field(0.0, ge=0, lt=1)

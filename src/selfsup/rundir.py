@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, load_model
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -36,5 +36,5 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
         last = checkpoint.latest(run_dir)
         if last is None:
             raise RunDirError(f"'{run_dir}' has neither model.safetensors nor a checkpoint yet")
-        objective.load_state_dict(load_file(last / "model.safetensors"))
+        load_model(objective, str(last / "model.safetensors"))
     return cfg, objective.to(device).eval(), tok

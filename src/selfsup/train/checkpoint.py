@@ -2,7 +2,7 @@
 loading a checkpoint never runs code from it.
 
     RUN_DIR/checkpoints/step-00000200/
-        model.safetensors   the model (objective) state dict
+        model.safetensors   the objective's state dict (heads, teachers and the backbone)
         optim.safetensors   optimizer tensors, keyed state/<param index>/<name>
         rng.safetensors     torch (and CUDA) generator states
         state.json          step, data position, optimizer hyper-parameters, Python/NumPy RNG, counters
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 PREFIX = "step-"
@@ -34,7 +34,7 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
+    save_model(model, str(tmp / "model.safetensors"))  # stores a tensor shared by two modules once
     tensors, optim_json = _split_optimizer(optimizer.state_dict())
     save_file(tensors, tmp / "optim.safetensors")
     save_file(_torch_rng(), tmp / "rng.safetensors")
@@ -59,7 +59,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
     """Restore model, optimizer and RNG states; return state.json (step, data position, counters)."""
     state = json.loads((path / "state.json").read_text())
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
+    load_model(model, str(path / "model.safetensors"), device=str(device))
     optimizer.load_state_dict(_join_optimizer(load_file(path / "optim.safetensors"), state["optimizer"]))
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
@@ -69,10 +69,6 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
     np.random.set_state(tuple(state["numpy_rng"][:1]) + (np.array(state["numpy_rng"][1], dtype=np.uint32),)
                         + tuple(state["numpy_rng"][2:]))
     return state
-
-
-def _contiguous(tensors: dict) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
 def _split_optimizer(sd: dict) -> tuple[dict, dict]:

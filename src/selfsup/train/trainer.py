@@ -8,6 +8,7 @@ gradient as `grad_accum=1, batch=32`.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from safetensors.torch import save_file
 
 from selfsup import config as config_mod
 from selfsup.config import RunConfig
@@ -28,7 +30,7 @@ from selfsup.data.tokenizer import eos_id
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint, optim
 from selfsup.train.mfu import peak_flops
-from selfsup.train.monitor import Monitor
+from selfsup.train.monitor import Monitor, read_metrics
 from selfsup.train.schedule import lr_at
 
 
@@ -95,6 +97,25 @@ def evaluate(objective, loader: PackedWindows, batch_size: int, batches: int, de
     return total / max(count, 1)
 
 
+def accumulate(objective, batches, device: torch.device, precision: str) -> tuple[float, int]:
+    """Forward and backward every micro-batch of one optimizer step, then divide the summed gradient by the
+    count of the whole step. Returns (mean loss per unit, tokens processed)."""
+    loss_sum, count, tokens = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    for batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, precision):
+            out = objective(batch)
+        out.loss.backward()
+        loss_sum += out.loss.detach()
+        count += out.count
+        tokens += out.tokens
+    count = count.clamp(min=1)
+    for p in objective.parameters():
+        if p.grad is not None:
+            p.grad.div_(count)
+    return (loss_sum / count).item(), tokens
+
+
 def train(cfg: RunConfig, console: Console | None = None) -> dict:
     console = console or Console()
     run_dir = Path(cfg.out_dir)
@@ -145,19 +166,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             lr = lr_at(step, t_cfg.max_steps, cfg.optim.lr, cfg.sched)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss_sum, count, tokens = torch.zeros((), device=device), torch.zeros((), device=device), 0
-            for _ in range(t_cfg.grad_accum):
-                batch = {k: v.to(device, non_blocking=True) for k, v in loader.next_batch(t_cfg.batch_size).items()}
-                with autocast(device, t_cfg.precision):
-                    out = objective(batch)
-                out.loss.backward()
-                loss_sum += out.loss.detach()
-                count += out.count
-                tokens += out.tokens
-            loss_value = loss_sum.item() / max(count.item(), 1)
-            for p in params_list:
-                if p.grad is not None:
-                    p.grad.div_(count.clamp(min=1))
+            batches = (loader.next_batch(t_cfg.batch_size) for _ in range(t_cfg.grad_accum))
+            loss_value, tokens = accumulate(objective, batches, device, t_cfg.precision)
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, t_cfg.clip_grad or float("inf")).item()
             step += 1
             counters["tokens_seen"] += tokens
@@ -216,8 +226,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     counters["elapsed_s"] += time.perf_counter() - t_session
 
     if status == "finished":
-        (run_dir / "model.safetensors").unlink(missing_ok=True)
-        from safetensors.torch import save_file
+        if val_loss is None:  # resumed a run that had already finished
+            val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device, t_cfg.precision)
         save_file({k: v.detach().contiguous().cpu() for k, v in objective.model.state_dict().items()},
                   run_dir / "model.safetensors")
     return _summary(cfg, run_dir, corpus, status, step, counters, params, flops_per_token, peak, device, val_loss)
@@ -230,10 +240,6 @@ def _save(run_dir, step, objective, optimizer, loader, counters, t_session, keep
 
 def _summary(cfg, run_dir, corpus: Corpus, status, step, counters, params, flops_per_token, peak, device,
              val_loss) -> dict:
-    import json
-
-    from selfsup.train.monitor import read_metrics
-
     records = read_metrics(run_dir / "metrics.jsonl")
     speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
     tok_s = counters["tokens_seen"] / counters["elapsed_s"] if counters["elapsed_s"] else 0.0

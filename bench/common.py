@@ -1,0 +1,87 @@
+"""Helpers shared by the scripts in bench/: machine description, process memory on CPU, child processes, output.
+
+CPU allocators keep no peak-memory statistics (there is no torch.cuda.max_memory_allocated for CPU), so memory
+is measured as process RSS from /proc: the resident size now (VmRSS) and its high-water mark (VmHWM, the
+figure getrusage reports as ru_maxrss). The high-water mark can be reset (Linux clear_refs), which lets a
+benchmark leave compilation and warm-up out of a peak. Each setting runs in its own child process so that
+peaks of different settings never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored
+MIB = 1024 * 1024
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return dict(torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+                cores=cores, cpu=cpu_model(), platform=platform.platform())
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int:
+    """Resident set size now (second field of /proc/self/statm, in pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of the RSS since start or since the last reset_peak_rss()."""
+    kib = _status_kib("VmHWM")
+    if kib is None:  # no /proc/self/status: ru_maxrss (KiB on Linux), which cannot be reset
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (writing 5 to clear_refs, Linux >= 4.0); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_child(script: str, args: list[str], timeout: float = 900) -> dict:
+    """Run `python script *args` and parse the JSON object its last stdout line holds."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"child {args} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def write_json(name: str, data: dict) -> Path:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / name
+    path.write_text(json.dumps(data, indent=1))
+    return path

@@ -1,0 +1,44 @@
+"""Shared fixtures: a small real corpus (Python's own docstrings) and an isolated cache per test session."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+TINY = [  # a model small enough that a few steps take well under a second on 2 cores
+    "model.dim=32", "model.depth=2", "model.heads=2", "model.context=32", "model.vocab_size=512",
+    "train.batch_size=4", "train.eval_batches=2", "optim.lr=0.003", "sched.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    os.environ["SELFSUP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def docstrings(*modules) -> list[str]:
+    docs = []
+    for module in modules:
+        for _, obj in inspect.getmembers(module):
+            doc = inspect.getdoc(obj)
+            if doc and obj.__doc__ and len(doc) > 40:
+                docs.append(doc.replace("\n", " "))
+    return sorted(set(docs))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A folder with a .txt (a document per line) and a .jsonl, about 150 KB of real English."""
+    import argparse, collections, json as json_mod, pathlib, subprocess, textwrap
+
+    docs = docstrings(argparse, collections, json_mod, pathlib, subprocess, textwrap, inspect, os)
+    root = tmp_path_factory.mktemp("corpus")
+    half = len(docs) // 2
+    (root / "a.txt").write_text("\n".join(docs[:half]) + "\n")
+    (root / "sub").mkdir()
+    (root / "sub" / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[half:]))
+    return root

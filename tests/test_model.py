@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from selfsup.config import ModelConfig
+from selfsup.models.gpt import GPT, document_positions
+
+CFG = ModelConfig(dim=32, depth=2, heads=4, context=16, vocab_size=300)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(CFG).eval()
+
+
+def test_vocab_padded_to_64_and_head_tied(model):
+    assert model.vocab == 320 and model.embed.weight.shape == (320, 32)
+    assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 320)
+    assert sum(p.numel() for p in model.parameters()) == model.num_params()
+    assert not any("head" in n for n, _ in model.named_parameters())  # the output head is the embedding
+
+
+def test_gpt2_init_scales_residual_projections():
+    torch.manual_seed(0)
+    m = GPT(ModelConfig(dim=256, depth=8, heads=4, context=16, vocab_size=512))
+    assert m.embed.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.blocks[0].attn.out.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert m.blocks[0].mlp.down.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert (m.blocks[0].norm1.weight == 1).all()
+
+
+def test_causal_future_tokens_do_not_change_past_logits(model):
+    x = torch.randint(0, 300, (1, 12))
+    y = x.clone()
+    y[0, 7:] = torch.randint(0, 300, (5,))
+    assert torch.allclose(model(x)[0, :7], model(y)[0, :7], atol=1e-6)
+    assert not torch.allclose(model(x)[0, 7:], model(y)[0, 7:])
+
+
+def test_documents_do_not_attend_to_each_other(model):
+    x = torch.randint(1, 300, (1, 12))
+    docs = torch.tensor([[0] * 5 + [1] * 7])
+    y = x.clone()
+    y[0, :5] = torch.randint(1, 300, (5,))  # change only the first document
+    assert torch.allclose(model(x, docs)[0, 5:], model(y, docs)[0, 5:], atol=1e-6)
+    # and the second document is computed as if it stood alone, at positions 0..6
+    assert torch.allclose(model(x, docs)[0, 5:], model(x[:, 5:])[0], atol=1e-5)
+
+
+def test_document_positions_restart():
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2], [3, 3, 3, 3, 3, 3, 3, 3]])
+    assert document_positions(docs).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], list(range(8))]
+
+
+def test_too_long_sequence_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="longer than model.context=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_flops_per_token_follows_palm():
+    m = GPT(CFG)
+    assert m.flops_per_token() == 6 * m.num_params() + 12 * 2 * 32 * 16
