@@ -71,8 +71,9 @@ def build(impl: str, precision: str, compiled: bool):
         # use_cache=False: a training loop has no use for a KV cache, so HF gets its best case
         cfg = GPT2Config(vocab_size=VOCAB, n_positions=T, n_embd=DIM, n_layer=DEPTH, n_head=HEADS,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
-                         attn_implementation="sdpa")
+                         bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
         model = GPT2LMHeadModel(cfg)
+        model.loss_type = "ForCausalLM"  # what HF falls back to for GPT-2 anyway, minus a warning each build
         name = hf_default_optim()
         if name not in ("adamw_torch", "adamw_torch_fused"):
             raise SystemExit(f"HF's default optimizer is now {name!r}; update bench/clm_vs_hf.py to match it")
@@ -161,7 +162,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # the table needs ~110 columns, even in a log file
     machine = machine_info()
     console.print(f"torch {machine['torch']}, {machine['threads']} threads on {machine['cores']} cores, "
                   f"{machine['cpu']}")

@@ -155,5 +155,5 @@ def main() -> None:
     try:
         app()
     except (config_mod.ConfigError, DataError, RunDirError, TrainingError) as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -25,7 +25,7 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a run directory: expected config.yaml inside "
-                          "(made by `selfsup train ... out_dir={run_dir}`)")
+                          f"(made by `selfsup train ... out_dir={run_dir}`)")
     cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
     tok = toks.load(run_dir / "tokenizer.json")
     objective = build_objective(cfg, toks.eos_id(tok))
