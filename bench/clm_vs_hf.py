@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -40,8 +41,8 @@ def hf_default_optim() -> str:
 
 
 def build(impl: str, precision: str, compiled: bool):
-    """A fresh model and optimizer (same seed every time); returns (one training step on a (B, T+1) batch,
-    parameter count)."""
+    """A fresh model and optimizer (same seed every time). Returns one training step on a (B, T + 1) batch,
+    the parameter count and the optimizer in words."""
     torch.manual_seed(0)
     amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
     if impl == "selfsup":
@@ -95,7 +96,7 @@ def build(impl: str, precision: str, compiled: bool):
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]  # deduplicated: tied embeddings count once
-    return step, sum(p.numel() for p in params)
+    return step, sum(p.numel() for p in params), f"torch.optim.{type(opt).__name__}(fused={opt.defaults['fused']})"
 
 
 def make_batches() -> torch.Tensor:
@@ -115,7 +116,7 @@ def memory_child(spec: str) -> dict:
     """In a fresh process: RSS just before the first step, then the RSS peak of MEMORY_STEPS steps after warm-up
     (the high-water mark is reset after warm-up so compilation's transient memory stays out of the figure)."""
     impl, precision, compiled = spec.split(",")
-    step, _ = build(impl, precision, compiled == "1")
+    step, *_ = build(impl, precision, compiled == "1")
     batches = make_batches()
     base = rss_bytes()
     run_steps(step, batches, WARMUP[compiled == "1"])
@@ -148,16 +149,18 @@ def loader_tokens_per_s(n_batches: int = 100, repeats: int = 5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps per round (default 20)")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per round (default 10)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation (default 5)")
     ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated, of fp32 and bf16")
     ap.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager, compiled or both")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement in a fresh process
     args = ap.parse_args()
     if args.child:
-        import json
         print(json.dumps(memory_child(args.child)))
         return
+    precisions = args.precisions.split(",")
+    if not set(precisions) <= {"fp32", "bf16"} or args.steps < 1 or args.rounds < 1:
+        ap.error("--precisions takes fp32 and/or bf16; --steps and --rounds at least 1")
 
     from rich.console import Console
     from rich.table import Table
@@ -167,17 +170,16 @@ def main() -> None:
     console.print(f"torch {machine['torch']}, {machine['threads']} threads on {machine['cores']} cores, "
                   f"{machine['cpu']}")
     optim_name = hf_default_optim()
-    counts = {impl: build(impl, "fp32", False)[1] for impl in IMPLS}
+    built = {impl: build(impl, "fp32", False)[1:] for impl in IMPLS}
+    counts = {impl: b[0] for impl, b in built.items()}
     console.print(f"parameters: selfsup {counts['selfsup']:,}, HF GPT-2 {counts['hf']:,}  "
                   f"(selfsup: SwiGLU, RMSNorm, RoPE, tied head, no biases; GPT-2: GELU, LayerNorm, "
                   f"learned positions, biases, tied head)")
-    console.print(f"optimizer: torch.optim.AdamW(fused=True) for selfsup; HF Trainer default optim is "
-                  f"{optim_name!r} -> torch.optim.AdamW(fused={optim_name == 'adamw_torch_fused'}); "
-                  f"lr {LR}, wd {WD}, betas {BETAS}, clip {CLIP}")
+    console.print(f"optimizer: selfsup {built['selfsup'][1]}; HF Trainer's default optim is {optim_name!r}, "
+                  f"i.e. {built['hf'][1]}; both lr {LR}, wd {WD} (not on 1-D params), betas {BETAS}, clip {CLIP}")
     loader_tok_s = loader_tokens_per_s()
     console.print(f"data loader: PackedWindows.next_batch({B}) at {loader_tok_s:,.0f} tokens/s")
 
-    precisions = args.precisions.split(",")
     modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.compile]
     batches = make_batches()
     results = []

@@ -23,24 +23,24 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (K/2,)
         angles = torch.outer(torch.arange(context, dtype=torch.float32), inv_freq)  # (T, K/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, K)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, q: Tensor, k: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
-        # q, k: (B, H, T, K); positions: (B, T) or None for 0..T-1
+    def forward(self, T: int, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """cos and sin for each token, shaped to broadcast over (B, T, 2, H, K/2): computed once per forward
+        and shared by every block. positions: (B, T) or None for 0..T-1."""
         if positions is None:
-            T = q.shape[2]
-            cos, sin = self.cos[:T], self.sin[:T]  # (T, K)
+            cos, sin = self.cos[:T], self.sin[:T]  # (T, K/2)
         else:
-            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, T, K)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            cos, sin = self.cos[positions], self.sin[positions]  # (B, T, K/2)
+        return cos[..., None, None, :], sin[..., None, None, :]  # (B?, T, 1, 1, K/2)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, T, 2, H, K), queries and keys together; the "rotate half" layout of Llama in transformers."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, T, 2, H, K/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # bf16 under autocast, as in transformers' Llama
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class Attention(nn.Module):
@@ -51,12 +51,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, rotary: Rotary, positions: Tensor | None, mask: Tensor | None,
-                causal: bool) -> Tensor:
-        # x: (B, T, D); mask: (B, 1, T, T) bool, True where a query may attend to a key, or None
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, causal: bool) -> Tensor:
+        # x: (B, T, D); rope: cos, sin from Rotary; mask: (B, 1, T, T) bool, True where a query may see a key
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, K)
-        q, k = rotary(q, k, positions)
+        qkv = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)  # (B, T, 3, H, K)
+        qk = apply_rotary(qkv[:, :, :2], *rope)  # (B, T, 2, H, K)
+        q, k = qk.permute(2, 0, 3, 1, 4)  # 2 × (B, H, T, K)
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, K)
         p = self.dropout if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, T, K)
@@ -99,9 +100,9 @@ class Block(nn.Module):
         self.mlp = MLP(dim, hidden, mlp)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, rotary: Rotary, positions: Tensor | None, mask: Tensor | None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
                 causal: bool) -> Tensor:  # (B, T, D) -> (B, T, D)
-        x = x + self.drop(self.attn(self.norm1(x), rotary, positions, mask, causal))
+        x = x + self.drop(self.attn(self.norm1(x), rope, mask, causal))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 

@@ -44,8 +44,9 @@ class GPT(nn.Module):
             mask = mask.unsqueeze(1)  # (B, 1, T, T)
             positions = document_positions(doc_ids)  # (B, T)
         x = self.drop(self.embed(idx))  # (B, T, D)
+        rope = self.rotary(T, positions)
         for block in self.blocks:
-            x = block(x, self.rotary, positions, mask, causal=True)
+            x = block(x, rope, mask, causal=True)
         x = self.norm(x)
         return x @ self.embed.weight.t()  # (B, T, V), tied head
 

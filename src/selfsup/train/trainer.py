@@ -156,11 +156,16 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
 
     monitor = Monitor(run_dir, t_cfg.max_steps, step, console)
     params_list = [p for p in objective.parameters() if p.requires_grad]
-    bad_in_a_row = 0
-    status = "finished"
-    val_loss = None
+    t_start, elapsed_before = time.perf_counter(), counters["elapsed_s"]
+
+    def save() -> Path:
+        counters["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
+        state = {"data": loader.state(), "counters": counters}
+        return checkpoint.save(run_dir, step, objective, optimizer, state, t_cfg.keep_checkpoints)
+
+    bad_in_a_row, status, val_loss = 0, "finished", None
+    t_log, tokens_log, loss_log = time.perf_counter(), 0, []
     objective.train()
-    t_session, t_log, tokens_log, loss_log = time.perf_counter(), time.perf_counter(), 0, []
     with _StopFlag() as stop:
         while step < t_cfg.max_steps:
             lr = lr_at(step, t_cfg.max_steps, cfg.optim.lr, cfg.sched)
@@ -172,58 +177,51 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             step += 1
             counters["tokens_seen"] += tokens
             tokens_log += tokens
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
+            last_step = step == t_cfg.max_steps
+            if math.isfinite(loss_value) and math.isfinite(grad_norm):
+                bad_in_a_row = 0
+                optimizer.step()
+                loss_log.append(loss_value)
+                if hasattr(objective, "after_step"):  # EMA teachers, centers, logit-scale clamps
+                    objective.after_step(step)
+            else:
                 counters["nan_skipped_steps"] += 1
                 bad_in_a_row += 1
-                monitor.say(f"[yellow]step {step}: non-finite loss or gradient, step skipped "
-                            f"({bad_in_a_row} in a row)")
+                monitor.say(f"[yellow]step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)")
                 if bad_in_a_row >= t_cfg.max_bad_steps:
-                    _save(run_dir, step, objective, optimizer, loader, counters, t_session, t_cfg.keep_checkpoints)
+                    optimizer.zero_grad(set_to_none=True)
+                    save()
                     monitor.close()
                     raise TrainingError(
                         f"the loss was not finite for {bad_in_a_row} steps in a row (up to step {step}); a checkpoint "
                         f"was saved in {run_dir}/checkpoints. Try a lower optim.lr, more sched.warmup_steps, "
                         "train.clip_grad=1.0 or train.precision=fp32")
-                continue
-            bad_in_a_row = 0
-            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if hasattr(objective, "after_step"):
-                objective.after_step(step)
-            loss_log.append(loss_value)
 
-            record = None
-            if step % t_cfg.log_every == 0 or step == t_cfg.max_steps:
+            evaluate_now = step % t_cfg.eval_every == 0 or last_step
+            if loss_log and (step % t_cfg.log_every == 0 or evaluate_now):
                 now = time.perf_counter()
                 tok_s = tokens_log / (now - t_log)
                 record = dict(step=step, loss=sum(loss_log) / len(loss_log), lr=lr, tokens_per_s=tok_s,
                               mfu=tok_s * flops_per_token / peak, grad_norm=grad_norm,
-                              time=counters["elapsed_s"] + now - t_session)
-                t_log, tokens_log, loss_log = now, 0, []
-            if step % t_cfg.eval_every == 0 or step == t_cfg.max_steps:
-                t_eval = time.perf_counter()
-                val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device,
-                                    t_cfg.precision)
-                t_log += time.perf_counter() - t_eval  # throughput counts training time only
-                record = record or dict(step=step, loss=loss_value, lr=lr, tokens_per_s=0.0, mfu=0.0,
-                                        grad_norm=grad_norm, time=counters["elapsed_s"] + time.perf_counter() - t_session)
-                record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
-                monitor.say(f"step {step:>6}: loss {record['loss']:.4f}  val_loss {val_loss:.4f}  "
-                            f"val_ppl {record['val_ppl']:.2f}")
-            if record:
+                              time=elapsed_before + now - t_start)
+                if evaluate_now:
+                    val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device,
+                                        t_cfg.precision)
+                    record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
+                    monitor.say(f"step {step:>6}: loss {record['loss']:.4f}  val_loss {val_loss:.4f}  "
+                                f"val_ppl {record['val_ppl']:.2f}")
                 monitor.log(record)
-            if step % t_cfg.checkpoint_every == 0 or step == t_cfg.max_steps or stop.signal is not None:
-                _save(run_dir, step, objective, optimizer, loader, counters, t_session, t_cfg.keep_checkpoints)
-                counters["elapsed_s"] += time.perf_counter() - t_session
-                t_session = time.perf_counter()
-            if stop.signal is not None:
+                t_log, tokens_log, loss_log = time.perf_counter(), 0, []  # throughput counts training time only
+            if step % t_cfg.checkpoint_every == 0 or last_step or stop.signal is not None:
+                save()
+            if stop.signal is not None and not last_step:
                 status = "interrupted"
                 monitor.say(f"[yellow]stopped by signal {stop.signal} at step {step}; checkpoint saved. "
                             f"Resume with: selfsup train {run_dir}")
                 break
     monitor.close()
-    counters["elapsed_s"] += time.perf_counter() - t_session
+    counters["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
 
     if status == "finished":
         if val_loss is None:  # resumed a run that had already finished
@@ -231,11 +229,6 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         save_file({k: v.detach().contiguous().cpu() for k, v in objective.model.state_dict().items()},
                   run_dir / "model.safetensors")
     return _summary(cfg, run_dir, corpus, status, step, counters, params, flops_per_token, peak, device, val_loss)
-
-
-def _save(run_dir, step, objective, optimizer, loader, counters, t_session, keep) -> Path:
-    counters = dict(counters, elapsed_s=counters["elapsed_s"] + time.perf_counter() - t_session)
-    return checkpoint.save(run_dir, step, objective, optimizer, {"data": loader.state(), "counters": counters}, keep)
 
 
 def _summary(cfg, run_dir, corpus: Corpus, status, step, counters, params, flops_per_token, peak, device,
