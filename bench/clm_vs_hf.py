@@ -54,15 +54,13 @@ def build(impl: str, precision: str, compiled: bool):
         model = CausalLM(GPT(ModelConfig(dim=DIM, depth=DEPTH, heads=HEADS, context=T, vocab_size=VOCAB)),
                          eos_id=0, doc_mask=True)
         opt = optim.build(model, OptimConfig(lr=LR, weight_decay=WD, betas=BETAS, eps=EPS), torch.device("cpu"))
-        if compiled:
-            model.model.compile()  # as the trainer does: the GPT only; the loss stays eager
+        from selfsup.train.trainer import accumulate
 
-        def step(batch):  # mirrors selfsup.train.trainer: summed loss, grads / token count, clip, step
-            with amp():
-                out = model({"tokens": batch})
-            out.loss.backward()
-            for p in params:
-                p.grad.div_(out.count)
+        if compiled:
+            model.compile()  # as the trainer does with train.compile=true: model and loss
+
+        def step(batch):  # the trainer's step: summed loss backward, grads / token count, clip, step
+            accumulate(model, [{"tokens": batch}], torch.device("cpu"), precision)
             torch.nn.utils.clip_grad_norm_(params, CLIP)
             opt.step()
             opt.zero_grad(set_to_none=True)

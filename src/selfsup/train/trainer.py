@@ -144,7 +144,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
 
     if t_cfg.compile:
-        objective.model.compile()
+        objective.compile()  # the loss too, so its fp32 upcast fuses into the softmax; state-dict keys unchanged
     params = sum(p.numel() for p in objective.parameters())
     flops_per_token = objective.flops_per_token()
     dtype = torch.bfloat16 if t_cfg.precision == "bf16" else torch.float32
