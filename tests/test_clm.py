@@ -22,7 +22,7 @@ def test_loss_is_next_token_cross_entropy_summed_in_fp32():
     obj = objective(doc_mask=False)
     tokens = torch.randint(1, 300, (3, 17))
     out = obj({"tokens": tokens})
-    logits = obj.model(tokens[:, :-1])
+    logits = obj.model(tokens[:, :-1])  # the plain head, then the plain loss
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="sum")
     assert out.count == 3 * 16 and out.tokens == 3 * 16
     assert out.loss.dtype == torch.float32
@@ -35,9 +35,9 @@ def test_shift_happens_exactly_once():
     tokens = torch.arange(1, 18).repeat(2, 1)  # target t+1 = input t + 1
 
     class Oracle(torch.nn.Module):
-        cfg = obj.model.cfg
+        embed = torch.nn.Embedding.from_pretrained(torch.eye(320))  # logits = hidden @ I
 
-        def forward(self, idx, doc_ids=None):
+        def hidden(self, idx, doc_ids=None):
             return F.one_hot(idx + 1, 320).float() * 100
 
     obj.model = Oracle()
@@ -92,3 +92,33 @@ def test_grad_accum_divides_by_tokens_of_the_whole_step():
         out = wrong(b)
         (out.loss / out.count / 4).backward()
     assert not all(torch.allclose(g1, gw, atol=1e-7, rtol=1e-5) for g1, gw in zip(_grads(one), _grads(wrong)))
+
+
+def test_linear_cross_entropy_equals_the_plain_loss_and_gradients():
+    from selfsup.objectives.losses import linear_cross_entropy, token_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(50, 16, requires_grad=True)
+    w = torch.randn(70, 16, requires_grad=True)
+    y = torch.randint(0, 70, (50,))
+    y[::7] = IGNORE
+    plain, n_plain = token_cross_entropy(h @ w.t(), y)
+    plain.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    fused, n_fused = linear_cross_entropy(h, w, y, chunk=16)  # chunks that do not divide N
+    (fused * 3).backward()  # the upstream gradient scales both
+    assert n_plain == n_fused == 50 - 8
+    assert torch.allclose(fused, plain, rtol=1e-6)
+    assert torch.allclose(h.grad, 3 * gh, atol=1e-5) and torch.allclose(w.grad, 3 * gw, atol=1e-5)
+
+
+def test_linear_cross_entropy_under_bf16_autocast_is_close():
+    from selfsup.objectives.losses import linear_cross_entropy, token_cross_entropy
+
+    torch.manual_seed(0)
+    h, w, y = torch.randn(64, 32), torch.randn(100, 32) * 0.1, torch.randint(0, 100, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _ = linear_cross_entropy(h, w, y)
+    assert fused.dtype == torch.float32
+    assert torch.allclose(fused, token_cross_entropy(h @ w.t(), y)[0], rtol=2e-2)

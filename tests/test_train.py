@@ -154,3 +154,17 @@ def test_many_non_finite_steps_stop_with_a_checkpoint(corpus, tmp_path, monkeypa
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         trainer.train(cfg_for(corpus, tmp_path / "nan", "train.max_steps=20", "train.max_bad_steps=3"), quiet())
     assert (tmp_path / "nan" / "checkpoints" / "step-00000006").is_dir()
+
+
+def test_skipped_documents_reach_the_summary_and_a_saved_tokenizer_is_reused(corpus, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = (corpus / "a.txt").read_bytes()
+    (data / "mixed.txt").write_bytes(good + b"\xff\xfe not utf-8\n   \n" + b"y" * 300_000 + b"\n")
+    first = trainer.train(cfg_for(data, tmp_path / "one", "train.max_steps=2"), quiet())
+    assert first["data"]["skipped"] == {"empty": 1, "invalid_utf8": 1, "too_long": 1}
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["data"]["skipped"]["invalid_utf8"] == 1
+    second = trainer.train(cfg_for(data, tmp_path / "two", "train.max_steps=2",
+                                   f"data.tokenizer={tmp_path / 'one' / 'tokenizer.json'}"), quiet())
+    assert (tmp_path / "two" / "tokenizer.json").read_text() == (tmp_path / "one" / "tokenizer.json").read_text()
+    assert second["data"]["cache"] != first["data"]["cache"]

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from selfsup import config as config_mod
 
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs
 err = Console(stderr=True)
 
 
@@ -139,6 +139,23 @@ def generate(
     print(text)
 
 
+@app.command(name="export")
+def export_run(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
+                               "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json"),
+    out: Path = typer.Option(..., help="output directory"),
+):
+    """Export the trained model for other tools."""
+    import torch
+
+    from selfsup.export import export
+    from selfsup.rundir import open_run
+
+    cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
+    console.print(f"exported to {export(run_dir, cfg, objective.model, format, out)}")
+
+
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     """(Re)write RUN_DIR/report.html: loss, learning-rate and throughput plots, config and summary."""
@@ -149,11 +166,12 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
 
 def main() -> None:
     from selfsup.data.text import DataError
+    from selfsup.export import ExportError
     from selfsup.rundir import RunDirError
     from selfsup.train.trainer import TrainingError
 
     try:
         app()
-    except (config_mod.ConfigError, DataError, RunDirError, TrainingError) as e:
+    except (config_mod.ConfigError, DataError, ExportError, RunDirError, TrainingError) as e:
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

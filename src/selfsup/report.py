@@ -25,6 +25,8 @@ import yaml
 # leak, and safe to call from a training process that has its own matplotlib setup.
 from matplotlib.figure import Figure
 
+from selfsup.train.monitor import read_metrics
+
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
@@ -34,21 +36,6 @@ td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; vertical-
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12px; }
 """
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    """Logged steps, skipping unparsable lines (a killed run can leave half a line)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-            rows.append(row)
-    return rows
 
 
 def _read_json(path: Path) -> dict | str | None:
@@ -152,7 +139,7 @@ def _plots(rows: list[dict]) -> list[str]:
 
 def _render(run_dir: Path) -> str:
     e = html.escape
-    rows = _read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / "metrics.jsonl")
     summary = _read_json(run_dir / "summary.json")
     cfg_path = run_dir / "config.yaml"
     cfg_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else None

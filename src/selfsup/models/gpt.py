@@ -34,6 +34,10 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, doc_ids: Tensor | None = None) -> Tensor:
         """idx: (B, T) token ids; doc_ids: (B, T) non-decreasing document index per token, or None.
         Returns logits (B, T, V) with V the padded vocabulary."""
+        return self.hidden(idx, doc_ids) @ self.embed.weight.t()  # tied head
+
+    def hidden(self, idx: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+        """The final normalised hidden states (B, T, D), before the output head."""
         B, T = idx.shape
         if T > self.cfg.context:
             raise ValueError(f"sequence of {T} tokens is longer than model.context={self.cfg.context}")
@@ -47,8 +51,7 @@ class GPT(nn.Module):
         rope = self.rotary(T, positions)
         for block in self.blocks:
             x = block(x, rope, mask, causal=True)
-        x = self.norm(x)
-        return x @ self.embed.weight.t()  # (B, T, V), tied head
+        return self.norm(x)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.models.gpt import GPT
-from selfsup.objectives.losses import token_cross_entropy
+from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.output import LossOutput
 
 
@@ -28,8 +28,8 @@ class CausalLM(nn.Module):
         if "labels" in batch:  # evaluation may pad the last window with IGNORE labels
             targets = batch["labels"][:, 1:]
         doc_ids = torch.cumsum(inputs == self.eos_id, dim=1) if self.doc_mask else None  # (B, T)
-        logits = self.model(inputs, doc_ids)  # (B, T, V)
-        loss, count = token_cross_entropy(logits, targets)
+        hidden = self.model.hidden(inputs, doc_ids)  # (B, T, D)
+        loss, count = linear_cross_entropy(hidden.flatten(0, 1), self.model.embed.weight, targets.flatten())
         return LossOutput(loss, count, tokens=inputs.numel())
 
     def flops_per_token(self) -> float:

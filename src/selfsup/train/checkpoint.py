@@ -38,7 +38,7 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     tensors, optim_json = _split_optimizer(optimizer.state_dict())
     save_file(tensors, tmp / "optim.safetensors")
     save_file(_torch_rng(), tmp / "rng.safetensors")
-    state = dict(step=step, optimizer=optim_json, python_rng=_python_rng(), numpy_rng=_numpy_rng(), **extra)
+    state = dict(step=step, optimizer=optim_json, python_rng=random.getstate(), numpy_rng=_numpy_rng(), **extra)
     (tmp / "state.json").write_text(json.dumps(state))
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
         with open(f, "rb") as fh:
@@ -99,10 +99,6 @@ def _torch_rng() -> dict:
     if torch.cuda.is_available():
         rng.update({f"cuda{i:03d}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return rng
-
-
-def _python_rng():
-    return random.getstate()
 
 
 def _numpy_rng() -> list:

@@ -39,24 +39,20 @@ class Monitor:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass  # a line cut short by a kill
-    path.write_text("".join(line + "\n" for line in keep))
+    if path.is_file():
+        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
+        path.write_text("".join(kept))
 
 
 def read_metrics(path: Path) -> list[dict]:
-    records = []
+    """Logged steps, skipping unparsable lines (a killed run can leave half a line)."""
+    rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return records
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+                rows.append(row)
+    return rows

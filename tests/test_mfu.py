@@ -1,0 +1,22 @@
+import json
+
+import torch
+
+from selfsup.train import mfu
+
+
+def test_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(mfu, "_measure", lambda device, dtype: calls.append(dtype) or 1.5e11)
+    assert mfu.peak_flops(torch.device("cpu"), torch.float32) == 1.5e11
+    assert mfu.peak_flops(torch.device("cpu"), torch.float32) == 1.5e11
+    assert mfu.peak_flops(torch.device("cpu"), torch.bfloat16) == 1.5e11
+    assert calls == [torch.float32, torch.bfloat16]  # one measurement per precision
+    cached = json.loads((tmp_path / "peak_flops.json").read_text())
+    assert len(cached) == 2 and all("threads=" in k for k in cached)
+
+
+def test_measured_peak_is_a_plausible_matmul_rate():
+    flops = mfu._measure(torch.device("cpu"), torch.float32, n=256, seconds=0.05)
+    assert 1e8 < flops < 1e14
