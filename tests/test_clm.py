@@ -22,7 +22,7 @@ def test_loss_is_next_token_cross_entropy_summed_in_fp32():
     obj = objective(doc_mask=False)
     tokens = torch.randint(1, 300, (3, 17))
     out = obj({"tokens": tokens})
-    logits = obj.model(tokens[:, :-1])  # the plain head, then the plain loss
+    logits = obj.model.logits(obj.model(tokens[:, :-1]))  # the plain head, then the plain loss
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="sum")
     assert out.count == 3 * 16 and out.tokens == 3 * 16
     assert out.loss.dtype == torch.float32
@@ -37,7 +37,7 @@ def test_shift_happens_exactly_once():
     class Oracle(torch.nn.Module):
         embed = torch.nn.Embedding.from_pretrained(torch.eye(320))  # logits = hidden @ I
 
-        def hidden(self, idx, doc_ids=None):
+        def forward(self, idx, doc_ids=None):
             return F.one_hot(idx + 1, 320).float() * 100
 
     obj.model = Oracle()

@@ -111,5 +111,5 @@ def test_windows_span_shards_and_epochs_deterministically(tmp_path):
 
 
 def test_too_little_data_for_one_window(tmp_path):
-    with pytest.raises(DataError, match="no window of model.context"):
+    with pytest.raises(DataError, match="make no window of 11 tokens"):
         PackedWindows([_shard(tmp_path, 5)], np.dtype("uint16"), context=10)

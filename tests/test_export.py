@@ -22,7 +22,7 @@ def test_hf_export_matches_selfsup_logits(run, tmp_path):
     assert ids == ours_tok.encode(text).ids
     x = torch.tensor([ids])
     with torch.no_grad():
-        expected = objective.model(x)
+        expected = objective.model.logits(objective.model(x))
         got = hf(input_ids=x).logits
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-4)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from selfsup.config import ModelConfig
-from selfsup.models.gpt import GPT, document_positions
+from selfsup.models.gpt import GPT
+from selfsup.models.transformer import document_positions
 
 CFG = ModelConfig(dim=32, depth=2, heads=4, context=16, vocab_size=300)
 
@@ -17,7 +18,8 @@ def model():
 
 def test_vocab_padded_to_64_and_head_tied(model):
     assert model.vocab == 320 and model.embed.weight.shape == (320, 32)
-    assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 320)
+    hidden = model(torch.zeros(2, 5, dtype=torch.long))
+    assert hidden.shape == (2, 5, 32) and model.logits(hidden).shape == (2, 5, 320)
     assert sum(p.numel() for p in model.parameters()) == model.num_params()
     assert not any("head" in n for n, _ in model.named_parameters())  # the output head is the embedding
 

@@ -41,8 +41,13 @@ class ModelConfig(Section):
     context: int = Field(128, gt=1, description="sequence length in tokens")
     vocab_size: int = Field(8192, ge=260, description="tokenizer vocabulary (>= 256 bytes + 3 special tokens + "
                             "merges); the embedding is padded to x64")
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (SwiGLU uses 2/3 of it, as Llama)")
+    mlp: Literal["swiglu", "geglu", "gelu"] = Field("swiglu", description="swiglu (Llama), geglu (ModernBERT) "
+                                                    "or a plain gelu MLP")
+    mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (gated MLPs use 2/3 of it)")
+    norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="rmsnorm (eps 1e-6, Llama) or layernorm "
+                                                  "without bias (eps 1e-5, ModernBERT)")
+    pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
+                                            "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)
     rope_theta: float = Field(10000.0, gt=0)
 
@@ -88,9 +93,20 @@ class SchedConfig(Section):
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying at the end")
 
 
+class MLMConfig(Section):
+    p: float = Field(0.15, gt=0, lt=1, description="share of non-special tokens chosen for prediction")
+    whole_word: bool = Field(False, description="choose all tokens of a word together")
+
+
+class PLMConfig(Section):
+    p: float = Field(1 / 6, gt=0, lt=1, description="share of tokens predicted: the last 1/K of each factorisation "
+                     "order (K = 6 in XLNet)")
+    max_span: int = Field(5, ge=1, description="longest span of consecutive tokens predicted together")
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
-    objective: Literal["clm"] = "clm"
+    objective: Literal["clm", "mlm", "plm"] = Field("clm", description="clm (GPT), mlm (BERT) or plm (XLNet)")
     out_dir: str = Field("", description="run directory (default runs/<recipe>)")
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -98,6 +114,8 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
     sched: SchedConfig = SchedConfig()
+    mlm: MLMConfig = MLMConfig()
+    plm: PLMConfig = PLMConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:

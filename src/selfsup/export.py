@@ -37,9 +37,10 @@ def export(run_dir: Path, cfg: RunConfig, model: GPT, fmt: str, out: Path) -> Pa
         return out
     if fmt != "hf":
         raise ExportError(f"--format '{fmt}': expected 'hf' or 'safetensors'")
-    if cfg.objective != "clm" or cfg.model.mlp != "swiglu":
-        raise ExportError(f"--format hf maps the causal LM with model.mlp=swiglu onto Llama; this run has "
-                          f"objective={cfg.objective}, model.mlp={cfg.model.mlp}")
+    if cfg.objective != "clm" or cfg.model.mlp != "swiglu" or cfg.model.norm != "rmsnorm":
+        raise ExportError(f"--format hf maps the causal LM with model.mlp=swiglu and model.norm=rmsnorm onto Llama; "
+                          f"this run has objective={cfg.objective}, model.mlp={cfg.model.mlp}, "
+                          f"model.norm={cfg.model.norm}")
     save_file(llama_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(llama_config(cfg, model, run_dir), indent=1))
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")

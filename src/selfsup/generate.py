@@ -22,7 +22,7 @@ def generate(model, tok: Tokenizer, prompt: str, max_new_tokens: int = 64, tempe
     vocab = tok.get_vocab_size()
     for _ in range(max_new_tokens):
         idx = torch.tensor([ids[-model.cfg.context:]], device=device)  # (1, T)
-        logits = model(idx)[0, -1, :vocab].float()  # (V,) padded rows never sampled
+        logits = model.logits(model(idx)[0, -1])[:vocab].float()  # (V,) padded rows never sampled
         if temperature == 0:
             nxt = int(logits.argmax())
         else:

@@ -28,7 +28,7 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
                           f"(made by `selfsup train ... out_dir={run_dir}`)")
     cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
     tok = toks.load(run_dir / "tokenizer.json")
-    objective = build_objective(cfg, toks.eos_id(tok))
+    objective = build_objective(cfg, tok)
     final = run_dir / "model.safetensors"
     if final.is_file():
         objective.model.load_state_dict(load_file(final))

@@ -1,7 +1,7 @@
 """Packed fixed-length windows over memory-mapped token shards, in a seeded order with an exact position.
 
-Window i of a shard holds tokens [i·T, i·T + T] (T + 1 tokens: inputs and shifted targets overlap by one), so
-every token is a target once per epoch. Each epoch visits all windows in a permutation drawn from
+Window i of a shard holds tokens [i·T, i·T + T + overlap): with overlap 1 (causal LM) inputs and shifted targets
+share a token and every token is a target once per epoch; with overlap 0 (masked LM) windows tile the shard. Each epoch visits all windows in a permutation drawn from
 (seed, epoch); the position (epoch, windows consumed) is all a checkpoint needs to continue exactly.
 """
 
@@ -16,17 +16,18 @@ from selfsup.data.text import DataError
 
 
 class PackedWindows:
-    def __init__(self, shards: list[Path], dtype: np.dtype, context: int, seed: int = 0, shuffle: bool = True):
-        self.context = context
+    def __init__(self, shards: list[Path], dtype: np.dtype, context: int, overlap: int = 1, seed: int = 0,
+                 shuffle: bool = True):
+        self.context, self.overlap = context, overlap
         self.seed = seed
         self.shuffle = shuffle
         self.maps = [np.memmap(s, dtype=dtype, mode="r") for s in shards]
-        per_shard = [max((len(m) - 1) // context, 0) for m in self.maps]
+        per_shard = [max((len(m) - overlap) // context, 0) for m in self.maps]
         self.offsets = np.cumsum([0] + per_shard)  # window index where each shard starts
         self.n = int(self.offsets[-1])
         if self.n == 0:
             total = sum(len(m) for m in self.maps)
-            raise DataError(f"{total} tokens make no window of model.context + 1 = {context + 1} tokens; "
+            raise DataError(f"{total} tokens make no window of {context + overlap} tokens (model.context={context}); "
                             "expected more data or a smaller model.context")
         self.epoch = 0
         self.index = 0  # windows consumed in this epoch
@@ -41,10 +42,10 @@ class PackedWindows:
     def window(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
         start = (i - int(self.offsets[shard])) * self.context
-        return self.maps[shard][start:start + self.context + 1]
+        return self.maps[shard][start:start + self.context + self.overlap]
 
     def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """The next `batch_size` windows as {'tokens': (B, T + 1) int64}; epochs roll over seamlessly."""
+        """The next `batch_size` windows as {'tokens': (B, T + overlap) int64}; epochs roll over seamlessly."""
         rows = []
         for _ in range(batch_size):
             if self.index == self.n:

@@ -1,8 +1,8 @@
 """Transformer blocks shared by every sequence model: the GPT decoder here, the encoders of later objectives.
 
-Pre-norm residual blocks with RMSNorm, rotary position embeddings (the "rotate half" layout used by Llama in
-Hugging Face transformers, so exports map weights one to one), `scaled_dot_product_attention`, and a SwiGLU
-or GELU MLP. No biases anywhere.
+Pre-norm residual blocks with RMSNorm or LayerNorm, rotary position embeddings (the "rotate half" layout used by
+Llama and ModernBERT in Hugging Face transformers, so exports map weights one to one),
+`scaled_dot_product_attention`, and a SwiGLU, GeGLU or GELU MLP. No biases anywhere.
 
 Letters in shape comments: B batch, T time (tokens), D model width, H heads, K head size, F MLP hidden width.
 """
@@ -67,36 +67,40 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU (Llama) or GELU (GPT-2/BERT) feed-forward; `hidden` is F."""
+    """Gated (SwiGLU as Llama, GeGLU as ModernBERT) or plain GELU feed-forward; `hidden` is F."""
 
     def __init__(self, dim: int, hidden: int, kind: str):
         super().__init__()
-        self.kind = kind
-        self.up = nn.Linear(dim, 2 * hidden if kind == "swiglu" else hidden, bias=False)  # SwiGLU: gate and up fused
+        self.act = F.silu if kind == "swiglu" else F.gelu
+        self.gated = kind in ("swiglu", "geglu")
+        self.up = nn.Linear(dim, 2 * hidden if self.gated else hidden, bias=False)  # gated: (gate, up) fused
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, T, D)
         h = self.up(x)  # (B, T, 2F) or (B, T, F)
-        if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h)
-        return self.down(h)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)  # the first half goes through the activation, as in both references
+            return self.down(self.act(gate) * up)
+        return self.down(self.act(h))
 
 
 def mlp_hidden(dim: int, ratio: float, kind: str) -> int:
-    """F: SwiGLU takes 2/3 of ratio × dim so both kinds have the same parameter count; rounded up to x64."""
-    hidden = ratio * dim * (2 / 3 if kind == "swiglu" else 1)
+    """F: gated MLPs take 2/3 of ratio × dim so every kind has the same parameter count; rounded up to x64."""
+    hidden = ratio * dim * (2 / 3 if kind in ("swiglu", "geglu") else 1)
     return int(math.ceil(hidden / 64) * 64)
 
 
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """RMSNorm as Llama (eps 1e-6) or LayerNorm without bias as ModernBERT (eps 1e-5)."""
+    return nn.RMSNorm(dim, eps=1e-6) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=1e-5, bias=False)
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, norm: str, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim, eps=1e-6)
+        self.norm1 = make_norm(norm, dim)
         self.attn = Attention(dim, heads, dropout)
-        self.norm2 = nn.RMSNorm(dim, eps=1e-6)
+        self.norm2 = make_norm(norm, dim)
         self.mlp = MLP(dim, hidden, mlp)
         self.drop = nn.Dropout(dropout)
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from tokenizers import Tokenizer
 from torch import nn
 
 from selfsup.config import RunConfig
+from selfsup.data.tokenizer import eos_id
+from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
 from selfsup.objectives.clm import CausalLM
+from selfsup.objectives.mlm import MaskedLM
+from selfsup.views.masking import MaskingTable
 
 
-def build_objective(cfg: RunConfig, eos_id: int) -> nn.Module:
+def build_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
+    eos = eos_id(tok)
     if cfg.objective == "clm":
-        return CausalLM(GPT(cfg.model), eos_id, doc_mask=cfg.data.doc_mask)
-    raise ValueError(f"objective '{cfg.objective}' has no builder")
+        return CausalLM(GPT(cfg.model), eos, doc_mask=cfg.data.doc_mask)
+    if cfg.objective == "mlm":
+        encoder = Encoder(cfg.model)
+        return MaskedLM(encoder, MaskingTable(tok, encoder.vocab), eos, cfg.mlm.p, cfg.mlm.whole_word,
+                        doc_mask=cfg.data.doc_mask)
+    raise ValueError(f"objective '{cfg.objective}' has no builder yet")

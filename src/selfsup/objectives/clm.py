@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from selfsup.models.gpt import GPT
+from selfsup.models.transformer import Transformer
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.output import LossOutput
 
 
 class CausalLM(nn.Module):
-    def __init__(self, model: GPT, eos_id: int, doc_mask: bool = True):
+    window_overlap = 1  # windows of model.context + 1 tokens: inputs and targets shifted by one
+
+    def __init__(self, model: Transformer, eos_id: int, doc_mask: bool = True):
         super().__init__()
         self.model = model
         self.eos_id = eos_id
@@ -28,7 +30,7 @@ class CausalLM(nn.Module):
         if "labels" in batch:  # evaluation may pad the last window with IGNORE labels
             targets = batch["labels"][:, 1:]
         doc_ids = torch.cumsum(inputs == self.eos_id, dim=1) if self.doc_mask else None  # (B, T)
-        hidden = self.model.hidden(inputs, doc_ids)  # (B, T, D)
+        hidden = self.model(inputs, doc_ids)  # (B, T, D)
         loss, count = linear_cross_entropy(hidden.flatten(0, 1), self.model.embed.weight, targets.flatten())
         return LossOutput(loss, count, tokens=inputs.numel())
 

@@ -26,7 +26,6 @@ from selfsup import config as config_mod
 from selfsup.config import RunConfig
 from selfsup.data.packing import PackedWindows
 from selfsup.data.shards import Corpus, prepare
-from selfsup.data.tokenizer import eos_id
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint, optim
 from selfsup.train.mfu import peak_flops
@@ -129,10 +128,11 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
 
     corpus = prepare(cfg.data, cfg.model.vocab_size, log=lambda s: console.print(f"[dim]{s}"))
     shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
-    objective = build_objective(cfg, eos_id(corpus.tokenizer)).to(device)
+    objective = build_objective(cfg, corpus.tokenizer).to(device)
     optimizer = optim.build(objective, cfg.optim, device)
-    loader = PackedWindows(corpus.train, corpus.dtype, cfg.model.context, seed=cfg.seed)
-    val_loader = PackedWindows(corpus.val, corpus.dtype, cfg.model.context, shuffle=False)
+    overlap = objective.window_overlap  # CLM: one extra token for the shifted targets
+    loader = PackedWindows(corpus.train, corpus.dtype, cfg.model.context, overlap, seed=cfg.seed)
+    val_loader = PackedWindows(corpus.val, corpus.dtype, cfg.model.context, overlap, shuffle=False)
 
     step, counters = 0, {"nan_skipped_steps": 0, "elapsed_s": 0.0, "tokens_seen": 0}
     last = checkpoint.latest(run_dir)

@@ -1,0 +1,11 @@
+"""The text encoder: the shared transformer trunk, bidirectional, with a normalised embedding and no norm before
+the first attention. With model.norm=layernorm and model.mlp=geglu it maps onto ModernBERT exactly."""
+
+from __future__ import annotations
+
+from selfsup.config import ModelConfig
+from selfsup.models.transformer import Transformer
+
+
+def Encoder(cfg: ModelConfig) -> Transformer:  # noqa: N802 - reads as the class it builds
+    return Transformer(cfg, causal=False, embed_norm=True)

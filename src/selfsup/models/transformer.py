@@ -1,0 +1,97 @@
+"""The transformer trunk shared by the GPT decoder and the text encoder: token embedding, pre-norm blocks, final
+norm, and a tied output head for token predictions.
+
+The vocabulary is padded to a multiple of 64 for fast matmuls; padded rows are never targets and are masked out
+when sampling. Packed windows carry several documents; with `doc_ids` a token attends only to tokens of its own
+document (earlier ones, when causal) and positions restart at each document.
+
+    GPT     = Transformer(cfg, causal=True)                     maps onto Llama
+    encoder = Transformer(cfg, causal=False, embed_norm=True)   maps onto ModernBERT (layernorm, geglu)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.config import ModelConfig
+from selfsup.models.blocks import Block, Rotary, init_weights, make_norm, mlp_hidden
+
+
+def padded_vocab(vocab_size: int) -> int:
+    return (vocab_size + 63) // 64 * 64
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool, embed_norm: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.causal = causal
+        self.vocab = padded_vocab(cfg.vocab_size)
+        self.embed = nn.Embedding(self.vocab, cfg.dim)
+        self.embed_norm = make_norm(cfg.norm, cfg.dim) if embed_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+        hidden = mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, hidden, cfg.mlp, cfg.norm, cfg.dropout)
+                                    for _ in range(cfg.depth))
+        if embed_norm:
+            self.blocks[0].norm1 = nn.Identity()  # its input is the normalised embedding already (ModernBERT)
+        self.norm = make_norm(cfg.norm, cfg.dim)
+        self.rotary = Rotary(cfg.dim // cfg.heads, cfg.context, cfg.rope_theta)
+        init_weights(self, cfg.depth)
+
+    def forward(self, idx: Tensor, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
+        """idx: (B, T) token ids; doc_ids: (B, T) non-decreasing document index per token, or None;
+        pad_mask: (B, T) True on real tokens, False on padding, or None. Returns hidden states (B, T, D)."""
+        B, T = idx.shape
+        if T > self.cfg.context:
+            raise ValueError(f"sequence of {T} tokens is longer than model.context={self.cfg.context}")
+        mask = positions = None
+        if doc_ids is not None:
+            mask = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T) query, key in the same document
+            positions = document_positions(doc_ids)  # (B, T)
+        if pad_mask is not None:
+            keys = pad_mask[:, None, :].expand(B, T, T)  # (B, T, T) no query attends to padding
+            mask = keys if mask is None else mask & keys
+        if mask is not None:
+            if self.causal:
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+            mask = mask.unsqueeze(1)  # (B, 1, T, T)
+        x = self.drop(self.embed_norm(self.embed(idx)))  # (B, T, D)
+        rope = self.rotary(T, positions)
+        for block in self.blocks:
+            x = block(x, rope, mask, causal=self.causal)
+        return self.norm(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., D) -> (..., V) through the tied output head."""
+        return hidden @ self.embed.weight.t()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token as in PaLM appendix B / nanoGPT: 6N for the weights (forward + backward)
+        plus 12 · L · D · T for attention scores and values (not halved for causal masks, as they do)."""
+        c = self.cfg
+        return 6 * self.num_params() + 12 * c.depth * c.dim * c.context
+
+
+def document_positions(doc_ids: Tensor) -> Tensor:
+    """(B, T) document index -> (B, T) position of each token inside its document."""
+    B, T = doc_ids.shape
+    t = torch.arange(T, device=doc_ids.device).expand(B, T)  # (B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values  # (B, T) start of own document
+    return t - first
+
+
+def pool(hidden: Tensor, pad_mask: Tensor | None, kind: str) -> Tensor:
+    """(B, T, D) -> (B, D): the first token ('cls'; EOS opens every document) or the mean over real tokens."""
+    if kind == "cls":
+        return hidden[:, 0]
+    if pad_mask is None:
+        return hidden.mean(dim=1)
+    w = pad_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)

@@ -1,0 +1,62 @@
+"""Masked language modelling (BERT): predict the chosen 15% of tokens from the bidirectional context.
+
+The batch holds packed windows of model.context tokens; masking is drawn anew for every batch (dynamic, as
+RoBERTa) on the training device. Only the chosen positions go through the prediction head and the tied output
+layer, as ModernBERT's sparse prediction does: the other 85% carry no loss, so computing their logits is waste.
+The head is ModernBERT's: dense, GELU, norm, then the tied embedding with a bias.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.models.blocks import make_norm
+from selfsup.models.transformer import Transformer
+from selfsup.objectives.losses import IGNORE, linear_cross_entropy
+from selfsup.objectives.output import LossOutput
+from selfsup.views.masking import MaskingTable, mask_tokens
+
+
+class MLMHead(nn.Module):
+    def __init__(self, dim: int, norm: str, vocab: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim, bias=False)
+        self.norm = make_norm(norm, dim)
+        self.bias = nn.Parameter(torch.zeros(vocab))  # of the tied output layer
+
+    def forward(self, h: Tensor) -> Tensor:  # (N, D) -> (N, D)
+        return self.norm(F.gelu(self.dense(h)))
+
+
+class MaskedLM(nn.Module):
+    window_overlap = 0  # windows of exactly model.context tokens
+
+    def __init__(self, encoder: Transformer, table: MaskingTable, eos_id: int, p: float = 0.15,
+                 whole_word: bool = False, doc_mask: bool = True):
+        super().__init__()
+        self.model = encoder
+        self.head = MLMHead(encoder.cfg.dim, encoder.cfg.norm, encoder.vocab)
+        nn.init.normal_(self.head.dense.weight, std=0.02)
+        self.table = table
+        self.eos_id, self.p, self.whole_word, self.doc_mask = eos_id, p, whole_word, doc_mask
+
+    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+        tokens = batch["tokens"]  # (B, T)
+        pad_mask = batch.get("pad_mask")  # (B, T) or None
+        if "labels" in batch:  # evaluation passes a fixed masking
+            inputs, labels = batch["inputs"], batch["labels"]
+        else:
+            inputs, labels = mask_tokens(tokens, self.table.to(tokens.device), self.p, self.whole_word, pad_mask)
+        doc_ids = torch.cumsum(tokens == self.eos_id, dim=1) if self.doc_mask else None  # EOS is never masked
+        hidden = self.model(inputs, doc_ids, pad_mask)  # (B, T, D)
+        chosen = labels != IGNORE  # (B, T)
+        h = self.head(hidden[chosen])  # (N, D), N chosen tokens
+        loss, count = linear_cross_entropy(h, self.model.embed.weight, labels[chosen], self.head.bias)
+        return LossOutput(loss, count, tokens=tokens.numel())
+
+    def flops_per_token(self) -> float:
+        """The trunk on every token; the head and output layer only on the chosen share p."""
+        embed, dense = self.model.embed.weight.numel(), self.head.dense.weight.numel()
+        return self.model.flops_per_token() - 6 * embed + self.p * 6 * (embed + dense)
