@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from selfsup.cli import app
+from tests.conftest import TINY
 from tests.test_cli import invoke, run  # noqa: F401  (the trained run fixture)
 
 transformers = pytest.importorskip("transformers")
@@ -31,3 +32,38 @@ def test_hf_export_matches_selfsup_logits(run, tmp_path):
 def test_safetensors_export_has_weights_config_and_tokenizer(run, tmp_path):
     invoke("export", run, "--format", "safetensors", "--out", tmp_path / "st")
     assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+
+
+@pytest.fixture(scope="module")
+def mlm_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlm") / "run"
+    invoke("train", "bert-mlm", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=6")
+    return out
+
+
+def test_mlm_export_loads_as_modernbert_with_the_same_logits(mlm_run, tmp_path):
+    from selfsup.rundir import open_run
+
+    invoke("export", mlm_run, "--format", "hf", "--out", tmp_path / "hf")
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf", attn_implementation="sdpa").eval()
+    assert type(hf).__name__ == "ModernBertForMaskedLM"
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    _, objective, _ = open_run(mlm_run, torch.device("cpu"))
+    batch = tok(["<|endoftext|>Return the number of items.", "<|endoftext|>Split a <|mask|> into parts, then more."],
+                padding=True, return_tensors="pt")
+    pad_mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        h = objective.head(objective.model(batch["input_ids"], pad_mask=pad_mask))
+        expected = objective.model.logits(h) + objective.head.bias
+        got = hf(**batch).logits
+    assert got.shape == expected.shape
+    assert torch.allclose(got[pad_mask], expected[pad_mask], atol=1e-4)  # padded positions carry no meaning
+
+
+def test_export_of_an_unmappable_model_says_why(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    out = tmp_path / "run"
+    invoke("train", "gpt-clm", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=2", "model.mlp=gelu")
+    result = CliRunner().invoke(app, ["export", str(out), "--format", "hf", "--out", str(tmp_path / "x")])
+    assert "model.mlp=gelu" in str(result.exception)

@@ -153,7 +153,7 @@ def export_run(
     from selfsup.rundir import open_run
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
-    console.print(f"exported to {export(run_dir, cfg, objective.model, format, out)}")
+    console.print(f"exported to {export(run_dir, cfg, objective, format, out)}")
 
 
 @app.command()

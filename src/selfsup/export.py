@@ -1,10 +1,14 @@
 """Exporting a trained run for the rest of the ecosystem.
 
-`hf`: a directory that Hugging Face transformers loads with its Auto classes. The GPT decoder maps one to one
-onto Llama (`LlamaForCausalLM`): pre-norm RMSNorm (eps 1e-6), rotary embeddings in the same "rotate half"
-layout, SwiGLU MLP, no biases, tied embeddings. Our fused `qkv` and `up` (gate, up) matrices are split into
-Llama's separate projections; nothing is permuted. The tokenizer goes along as `tokenizer.json`, which
-`PreTrainedTokenizerFast` loads.
+`hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
+permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads):
+- the GPT decoder onto Llama (`AutoModelForCausalLM`): pre-norm RMSNorm (eps 1e-6), rotary embeddings in the
+  "rotate half" layout, SwiGLU MLP, no biases, tied embeddings; our fused `qkv` and `up` (gate, up) matrices
+  are split into Llama's separate projections.
+- the masked-LM encoder onto ModernBERT (`AutoModelForMaskedLM`): normalised embedding, LayerNorm without bias
+  (eps 1e-5), no norm before the first attention, fused Wqkv, GeGLU, RoPE, every layer global attention, the
+  dense-GELU-norm head and a tied decoder with bias. Requires model.norm=layernorm and model.mlp=geglu (the
+  bert-mlm recipe's defaults).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code.
 """
@@ -16,41 +20,48 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_file, save_model
+from torch import nn
 
 from selfsup.config import RunConfig
-from selfsup.data.tokenizer import EOS, PAD
+from selfsup.data.tokenizer import EOS, MASK, PAD
 from selfsup.models.blocks import mlp_hidden
-from selfsup.models.gpt import GPT
+from selfsup.models.transformer import Transformer
 
 
 class ExportError(ValueError):
     """An export that cannot be made; the message is one line meant for the user."""
 
 
-def export(run_dir: Path, cfg: RunConfig, model: GPT, fmt: str, out: Path) -> Path:
+def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path) -> Path:
+    model, head = objective.model, getattr(objective, "head", None)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+        save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
         shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
         shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
         return out
     if fmt != "hf":
         raise ExportError(f"--format '{fmt}': expected 'hf' or 'safetensors'")
-    if cfg.objective != "clm" or cfg.model.mlp != "swiglu" or cfg.model.norm != "rmsnorm":
-        raise ExportError(f"--format hf maps the causal LM with model.mlp=swiglu and model.norm=rmsnorm onto Llama; "
-                          f"this run has objective={cfg.objective}, model.mlp={cfg.model.mlp}, "
-                          f"model.norm={cfg.model.norm}")
-    save_file(llama_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(llama_config(cfg, model, run_dir), indent=1))
+    m = cfg.model
+    if cfg.objective == "clm" and (m.mlp, m.norm) == ("swiglu", "rmsnorm"):
+        weights, config = llama_state_dict(model), llama_config(cfg, model, run_dir)
+    elif cfg.objective == "mlm" and (m.mlp, m.norm) == ("geglu", "layernorm"):
+        weights, config = modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
+    else:
+        raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
+                          "masked LM with model.mlp=geglu, model.norm=layernorm onto ModernBERT; this run has "
+                          f"objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}")
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=1))
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
-        "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
+        "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
     return out
 
 
-def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+def llama_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     D = model.cfg.dim
     F = mlp_hidden(D, model.cfg.mlp_ratio, "swiglu")
     sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
@@ -67,9 +78,8 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def llama_config(cfg: RunConfig, model: GPT, run_dir: Path) -> dict:
-    tok = json.loads((run_dir / "tokenizer.json").read_text())
-    specials = {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
+def llama_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
+    specials = _special_ids(run_dir)
     m = cfg.model
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": model.vocab,
@@ -80,3 +90,41 @@ def llama_config(cfg: RunConfig, model: GPT, run_dir: Path) -> dict:
         "tie_word_embeddings": True, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),
         "pad_token_id": specials.get(PAD), "torch_dtype": "float32", "initializer_range": 0.02,
     }
+
+
+def modernbert_state_dict(model: Transformer, head: nn.Module) -> dict[str, torch.Tensor]:
+    sd = {"model.embeddings.tok_embeddings.weight": model.embed.weight,
+          "model.embeddings.norm.weight": model.embed_norm.weight, "model.final_norm.weight": model.norm.weight,
+          "head.dense.weight": head.dense.weight, "head.norm.weight": head.norm.weight,
+          "decoder.bias": head.bias}
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        if i > 0:  # layer 0 has no attention norm in either model
+            sd[p + "attn_norm.weight"] = block.norm1.weight
+        sd.update({p + "attn.Wqkv.weight": block.attn.qkv.weight, p + "attn.Wo.weight": block.attn.out.weight,
+                   p + "mlp_norm.weight": block.norm2.weight, p + "mlp.Wi.weight": block.mlp.up.weight,
+                   p + "mlp.Wo.weight": block.mlp.down.weight})
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def modernbert_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
+    specials = _special_ids(run_dir)
+    m = cfg.model
+    rope = {"rope_type": "default", "rope_theta": m.rope_theta}
+    return {
+        "architectures": ["ModernBertForMaskedLM"], "model_type": "modernbert", "vocab_size": model.vocab,
+        "hidden_size": m.dim, "intermediate_size": mlp_hidden(m.dim, m.mlp_ratio, "geglu"),
+        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "hidden_activation": "gelu",
+        "max_position_embeddings": m.context, "norm_eps": 1e-5, "norm_bias": False, "attention_bias": False,
+        "mlp_bias": False, "decoder_bias": True, "classifier_bias": False, "classifier_activation": "gelu",
+        "classifier_pooling": m.pooling, "layer_types": ["full_attention"] * m.depth,
+        "rope_parameters": {"full_attention": rope, "sliding_attention": rope}, "local_attention": 2 * m.context,
+        "tie_word_embeddings": True, "pad_token_id": specials.get(PAD), "eos_token_id": specials.get(EOS),
+        "bos_token_id": specials.get(EOS), "cls_token_id": specials.get(EOS), "sep_token_id": specials.get(EOS),
+        "torch_dtype": "float32", "initializer_range": 0.02,
+    }
+
+
+def _special_ids(run_dir: Path) -> dict[str, int]:
+    tok = json.loads((run_dir / "tokenizer.json").read_text())
+    return {t["content"]: t["id"] for t in tok.get("added_tokens", [])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model
+from safetensors.torch import load_model
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -21,7 +21,7 @@ class RunDirError(ValueError):
 
 
 def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer]:
-    """The run's objective in eval mode with its final weights, or those of its latest checkpoint."""
+    """The run's objective (backbone and heads) in eval mode with its final weights, or its latest checkpoint's."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a run directory: expected config.yaml inside "
@@ -29,12 +29,11 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
     tok = toks.load(run_dir / "tokenizer.json")
     objective = build_objective(cfg, tok)
-    final = run_dir / "model.safetensors"
-    if final.is_file():
-        objective.model.load_state_dict(load_file(final))
-    else:
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
         last = checkpoint.latest(run_dir)
         if last is None:
             raise RunDirError(f"'{run_dir}' has neither model.safetensors nor a checkpoint yet")
-        load_model(objective, str(last / "model.safetensors"))
+        weights = last / "model.safetensors"
+    load_model(objective, str(weights))
     return cfg, objective.to(device).eval(), tok

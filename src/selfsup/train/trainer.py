@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from safetensors.torch import save_file
+from safetensors.torch import save_model
 
 from selfsup import config as config_mod
 from selfsup.config import RunConfig
@@ -226,8 +226,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     if status == "finished":
         if val_loss is None:  # resumed a run that had already finished
             val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device, t_cfg.precision)
-        save_file({k: v.detach().contiguous().cpu() for k, v in objective.model.state_dict().items()},
-                  run_dir / "model.safetensors")
+        save_model(objective, str(run_dir / "model.safetensors"))  # backbone and heads
     return _summary(cfg, run_dir, corpus, status, step, counters, params, flops_per_token, peak, device, val_loss)
 
 

@@ -45,7 +45,8 @@ def mask_tokens(tokens: Tensor, table: MaskingTable, p: float = 0.15, whole_word
         candidates &= pad_mask
     draw = torch.rand(tokens.shape, device=tokens.device)  # (B, T)
     if whole_word:  # every token of a word takes the draw of the word's first token
-        starts = table.word_start[tokens] | ~candidates
+        starts = table.word_start[tokens] | ~candidates  # (B, T); a word also starts after a special or padding
+        starts[:, 1:] |= ~candidates[:, :-1]
         t = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values  # (B, T)
         draw = draw.gather(1, first)
