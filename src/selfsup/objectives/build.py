@@ -22,4 +22,10 @@ def build_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
         encoder = Encoder(cfg.model)
         return MaskedLM(encoder, MaskingTable(tok, encoder.vocab), eos, cfg.mlm.p, cfg.mlm.whole_word,
                         doc_mask=cfg.data.doc_mask)
+    if cfg.objective == "plm":
+        from selfsup.objectives.plm import PermutationLM
+
+        encoder = Encoder(cfg.model)
+        return PermutationLM(encoder, MaskingTable(tok, encoder.vocab).special, eos, cfg.plm.p, cfg.plm.max_span,
+                             doc_mask=cfg.data.doc_mask)
     raise ValueError(f"objective '{cfg.objective}' has no builder yet")
