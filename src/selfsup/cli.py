@@ -83,27 +83,57 @@ def recipes():
 @app.command(name="eval")
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    task: str = typer.Option("perplexity", help="evaluation task: perplexity"),
+    task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text), or a transfer task on "
+                             "labeled text: linear (probe on frozen features), knn (weighted kNN on frozen "
+                             "features), finetune (whole trunk + linear head)"),
     data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl file or folder (perplexity)"),
-    batch_size: int = typer.Option(16, help="windows per forward pass"),
+    train: Optional[str] = typer.Option(None, help="labeled .jsonl ('text', 'label') to train on (linear, knn, "
+                                        "finetune); see `selfsup data labeled-docstrings`"),
+    test: Optional[str] = typer.Option(None, help="labeled .jsonl to score (linear, knn, finetune)"),
+    baseline: Optional[str] = typer.Option(None, help="random: also evaluate a randomly initialised model of the "
+                                           "same shape (the run's seed) and report the gain"),
+    k: int = typer.Option(20, help="knn: neighbours that vote"),
+    temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
+    epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
+    lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
+    layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
+    patience: int = typer.Option(3, help="finetune: epochs without a better validation accuracy before stopping"),
+    batch_size: int = typer.Option(16, help="windows (perplexity) or texts (other tasks) per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
     """Evaluate a trained run; prints a table and writes RUN_DIR/eval/<task>.json."""
     from rich.progress import track
 
+    from selfsup.eval.labeled import TASKS
     from selfsup.eval.perplexity import perplexity
     from selfsup.rundir import open_run
     from selfsup.train.trainer import resolve_device
 
-    if task != "perplexity":
-        raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity")
-    if not data:
-        raise config_mod.ConfigError("--data is required for --task perplexity (a held-out .txt/.jsonl file)")
+    if task not in ("perplexity", *TASKS):
+        raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, {', '.join(TASKS)}")
+    if baseline not in (None, "random"):
+        raise config_mod.ConfigError(f"--baseline '{baseline}': expected random")
+    if task == "perplexity":
+        if not data:
+            raise config_mod.ConfigError("--data is required for --task perplexity (a held-out .txt/.jsonl file)")
+        if baseline:
+            raise config_mod.ConfigError("--baseline is for the transfer tasks: linear, knn, finetune")
+    elif not (train and test):
+        raise config_mod.ConfigError(f"--task {task} needs --train and --test: labeled .jsonl files with 'text' "
+                                     "and 'label' (e.g. from `selfsup data labeled-docstrings --out DIR`)")
     dev = resolve_device(device)
     cfg, objective, tok = open_run(run_dir, dev)
+    out = run_dir / "eval" / f"{task}.json"
+    if task != "perplexity":
+        result = _transfer(task, run_dir, cfg, objective.model, tok, train, test, baseline, dev,
+                           dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
+                                lr=lr, layer_decay=layer_decay, patience=patience))
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        console.print(f"written: {out}")
+        return
     result = perplexity(objective, tok, data, cfg.model.context, cfg.data.max_doc_chars, dev, batch_size,
                         progress=lambda it: track(it, description="perplexity", console=err))
-    out = run_dir / "eval" / f"{task}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     table = Table(title=f"{task} on {data}")
@@ -115,6 +145,120 @@ def evaluate(
     if result["skipped"]:
         console.print(f"skipped documents: {result['skipped']}")
     console.print(f"written: {out}")
+
+
+def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baseline, dev, opts) -> dict:
+    """linear / knn / finetune on the trained trunk (and a random one): print the table, return the JSON."""
+    from rich.progress import track
+
+    from selfsup.eval.features import random_trunk
+    from selfsup.eval.labeled import evaluate as run_task, read_labeled
+
+    train_set = read_labeled(train_path, max_chars=cfg.data.max_doc_chars)
+    test_set = read_labeled(test_path, classes=train_set.classes, max_chars=cfg.data.max_doc_chars)
+
+    def progress(it, what):
+        return track(it, description=what, console=err, transient=True)
+
+    results = {"pretrained": run_task(task, trunk, tok, train_set, test_set, dev, progress=progress, **opts)}
+    if baseline == "random":
+        results["random"] = run_task(task, random_trunk(cfg, tok, dev), tok, train_set, test_set, dev,
+                                     progress=progress, **opts)
+    result = dict(task=task, run_dir=str(run_dir), recipe=cfg.recipe,
+                  objective=cfg.objective, protocol=results["pretrained"]["protocol"], classes=train_set.classes,
+                  data=dict(train=train_set.counts(), test=test_set.counts()),
+                  skipped=dict(train=train_set.skipped, test=test_set.skipped), **results)
+    if "random" in results:
+        result["gain"] = {m: results["pretrained"][m] - results["random"][m] for m in ("accuracy", "macro_f1")}
+
+    table = Table(title=f"{task} on {test_path}: {len(train_set.classes)} classes, "
+                        f"{len(train_set.texts):,} train / {len(test_set.texts):,} test texts")
+    for col, justify in (("task", "left"), ("model", "left"), ("accuracy", "right"), ("macro-F1", "right")):
+        table.add_column(col, justify=justify)
+    for name, r in results.items():
+        table.add_row(task, name, f"{100 * r['accuracy']:.1f}%", f"{100 * r['macro_f1']:.1f}%")
+    if "gain" in result:
+        g = result["gain"]
+        table.add_row(task, "gain", f"{100 * g['accuracy']:+.1f} pts", f"{100 * g['macro_f1']:+.1f} pts")
+    console.print(table)
+    for name, r in results.items():
+        if name == "pretrained" or r["protocol"] != result["protocol"]:
+            console.print(f"protocol{'' if name == 'pretrained' else f' ({name})'}: {r['protocol']}")
+        if task == "linear":
+            console.print(f"{name}: l2 = {r['l2']:g} (validation accuracy per l2: {r['val_accuracy']})")
+    for name, s in result["skipped"].items():
+        if s:
+            console.print(f"skipped {name} lines: {s}")
+    return result
+
+
+@app.command()
+def embed(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    input: str = typer.Argument(..., help="texts: a .txt (one per line), a .jsonl ('text' per line) or a folder"),
+    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th text read"),
+    jsonl: Optional[Path] = typer.Option(None, help="also write a .jsonl of {\"text\", \"embedding\"}"),
+    batch_size: int = typer.Option(32, help="texts per forward pass"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda"),
+):
+    """Embed texts with a trained trunk (pooled final hidden states; see the printed protocol)."""
+    from collections import Counter
+
+    import numpy as np
+    from rich.progress import track
+
+    from selfsup.config import BUILTIN_CORPUS
+    from selfsup.data.text import DataError, read_documents, source_files
+    from selfsup.eval.features import describe, encode
+    from selfsup.rundir import open_run
+    from selfsup.train.trainer import resolve_device
+
+    dev = resolve_device(device)
+    cfg, objective, tok = open_run(run_dir, dev)
+    skipped: Counter = Counter()
+    texts = list(read_documents(source_files(input), skipped, cfg.data.max_doc_chars,
+                                builtin=input == BUILTIN_CORPUS))
+    if not texts:
+        raise DataError(f"'{input}' holds no usable texts (skipped: {dict(skipped) or 'none'})")
+    emb = encode(objective.model, tok, texts, batch_size, dev,
+                 progress=lambda it: track(it, description="embedding", console=err))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, emb.numpy())
+    if jsonl is not None:
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with open(jsonl, "w", encoding="utf-8") as f:
+            for text, row in zip(texts, emb.tolist()):
+                f.write(json.dumps({"text": text, "embedding": row}) + "\n")
+    console.print(f"embedded {len(texts):,} texts -> {tuple(emb.shape)} float32: {out}"
+                  + (f", {jsonl}" if jsonl is not None else ""))
+    console.print(f"protocol: {describe(objective.model)}")
+    console.print(f"skipped: {dict(sorted(skipped.items())) or 'none'}")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets: labeled-docstrings.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("labeled-docstrings")
+def labeled_docstrings(
+    out: Path = typer.Option(..., help="output folder for train.jsonl and test.jsonl"),
+    classes: int = typer.Option(8, help="the N stdlib packages with the most docstrings become the classes"),
+    per_class: Optional[int] = typer.Option(None, help="at most this many texts per class (default: the size of "
+                                            "the smallest class, so classes are balanced)"),
+):
+    """A small real labeled set for demos: Python stdlib docstrings labeled by their package, split 80/20 by a
+    hash of the text. Note: the built-in pretraining corpus holds these same texts, without labels."""
+    from selfsup.data.labeled_docstrings import build
+
+    summary = build(out, classes, per_class)
+    table = Table(title=f"stdlib docstrings by package: {len(summary['classes'])} classes")
+    for col in ("class", "train", "test"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in summary["classes"]:
+        table.add_row(c, str(summary["train"]["per_class"].get(c, 0)), str(summary["test"]["per_class"].get(c, 0)))
+    table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
+    console.print(table)
+    console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
 from selfsup.objectives.clm import CausalLM
 from selfsup.objectives.mlm import MaskedLM
+from selfsup.objectives.plm import PermutationLM
 from selfsup.views.masking import MaskingTable
 
 
@@ -23,9 +24,7 @@ def build_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
         return MaskedLM(encoder, MaskingTable(tok, encoder.vocab), eos, cfg.mlm.p, cfg.mlm.whole_word,
                         doc_mask=cfg.data.doc_mask)
     if cfg.objective == "plm":
-        from selfsup.objectives.plm import PermutationLM
-
         encoder = Encoder(cfg.model)
         return PermutationLM(encoder, MaskingTable(tok, encoder.vocab).special, eos, cfg.plm.p, cfg.plm.max_span,
                              doc_mask=cfg.data.doc_mask)
-    raise ValueError(f"objective '{cfg.objective}' has no builder yet")
+    raise ValueError(f"objective '{cfg.objective}' has no builder")
