@@ -19,6 +19,11 @@ from selfsup.objectives.output import LossOutput
 from selfsup.views.masking import MaskingTable, mask_tokens
 
 
+# The number of chosen tokens changes every batch; compiled, the chunk loop of the loss would be re-traced for each
+# new count. Left eager, it is the same kernels either way.
+_sparse_cross_entropy = torch.compiler.disable(linear_cross_entropy)
+
+
 class MLMHead(nn.Module):
     def __init__(self, dim: int, norm: str, vocab: int):
         super().__init__()
@@ -53,7 +58,7 @@ class MaskedLM(nn.Module):
         hidden = self.model(inputs, doc_ids, pad_mask)  # (B, T, D)
         chosen = labels != IGNORE  # (B, T)
         h = self.head(hidden[chosen])  # (N, D), N chosen tokens
-        loss, count = linear_cross_entropy(h, self.model.embed.weight, labels[chosen], self.head.bias)
+        loss, count = _sparse_cross_entropy(h, self.model.embed.weight, labels[chosen], self.head.bias)
         return LossOutput(loss, count, tokens=tokens.numel())
 
     def flops_per_token(self) -> float:
