@@ -1,0 +1,83 @@
+"""Frozen features of a trained trunk: one (D,) vector per text.
+
+Each text is tokenized as [EOS] + tokens (EOS opens every document in training, so it is the 'cls' position),
+truncated to model.cfg.context tokens, right-padded with PAD and masked (`pad_mask`), run through the trunk,
+and pooled over the final normalised hidden states: `model.cfg.pooling` ('cls' or 'mean') for an encoder, always
+the mean over real tokens for a causal model (its first token sees nothing but itself). Texts are batched in
+order of length, so little of a batch is padding, and returned in the input order.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from selfsup.data.tokenizer import PAD, eos_id
+from selfsup.models.transformer import pool
+
+
+def pooling_kind(model: nn.Module) -> str:
+    return "mean" if model.causal else model.cfg.pooling
+
+
+def describe(model: nn.Module) -> str:
+    """The feature part of a protocol string."""
+    kind = pooling_kind(model)
+    where = "the first ([EOS]) token" if kind == "cls" else "the mean over real tokens"
+    trunk = "causal" if model.causal else "bidirectional"
+    return (f"final-norm hidden states of the {trunk} trunk (dim {model.cfg.dim}, depth {model.cfg.depth}) at "
+            f"{where}; input [EOS] + text truncated to {model.cfg.context} tokens, padding masked")
+
+
+def tokenize(tok: Tokenizer, texts: list[str], context: int) -> list[list[int]]:
+    eos = eos_id(tok)
+    return [([eos] + enc.ids)[:context] for enc in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def pad_id(tok: Tokenizer) -> int:
+    pad = tok.token_to_id(PAD)
+    return eos_id(tok) if pad is None else pad
+
+
+def collate(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token lists -> idx (B, T) right-padded with `pad`, pad_mask (B, T) True on real tokens."""
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = True
+    return idx.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def encode(model: nn.Module, tok: Tokenizer, texts: list[str], batch_size: int, device: torch.device,
+           progress=None) -> Tensor:
+    """(N, D) float32 features on the CPU, row i for texts[i]. `progress` wraps the iterable of batches
+    (e.g. rich.progress.track)."""
+    if not texts:
+        return torch.zeros((0, model.cfg.dim), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    kind, pad = pooling_kind(model), pad_id(tok)
+    seqs = tokenize(tok, texts, model.cfg.context)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # longest first: the first batch shows OOM
+    out = torch.empty((len(seqs), model.cfg.dim), dtype=torch.float32)
+    starts = range(0, len(order), batch_size)
+    for start in (progress(starts) if progress else starts):
+        rows = order[start:start + batch_size]
+        idx, mask = collate([seqs[i] for i in rows], pad, device)
+        hidden = model(idx, pad_mask=mask)  # (B, T, D)
+        out[torch.tensor(rows)] = pool(hidden, mask, kind).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def random_trunk(cfg, tok: Tokenizer, device: torch.device) -> nn.Module:
+    """A randomly initialised trunk of the run's shape, seeded with the run's seed: the `--baseline random`."""
+    from selfsup.objectives.build import build_objective
+    from selfsup.train.trainer import seed_everything
+
+    seed_everything(cfg.seed)
+    return build_objective(cfg, tok).model.to(device).eval()
