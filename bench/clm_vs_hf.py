@@ -12,7 +12,6 @@ medians and the ratio selfsup / HF. Peak memory comes from one fresh child proce
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import MIB, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, write_json
+from common import (MIB, hf_default_optim, hf_trainer_adamw, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes,
+                    run_child, write_json)
 
 B, T, VOCAB, DIM, DEPTH, HEADS = 32, 128, 8192, 256, 4, 4
 LR, WD, BETAS, EPS, CLIP = 1e-3, 0.1, (0.9, 0.95), 1e-8, 1.0
@@ -30,14 +30,6 @@ IMPLS = ("selfsup", "hf")
 WARMUP = {False: 2, True: 3}  # compiled: step 1 compiles forward and backward, 2-3 settle optimizer and caches
 MEMORY_STEPS = 3  # steps measured in a memory child after its warm-up
 POOL = 4  # distinct batches cycled through; the same for both sides
-
-
-def hf_default_optim() -> str:
-    """The optimizer the HF Trainer uses when none is named: the dataclass default of TrainingArguments.optim
-    (read from the field, as instantiating TrainingArguments requires accelerate)."""
-    from transformers import TrainingArguments
-    name = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "optim")
-    return getattr(name, "value", name)
 
 
 def build(impl: str, precision: str, compiled: bool):
@@ -73,13 +65,7 @@ def build(impl: str, precision: str, compiled: bool):
                          bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
         model = GPT2LMHeadModel(cfg)
         model.loss_type = "ForCausalLM"  # what HF falls back to for GPT-2 anyway, minus a warning each build
-        name = hf_default_optim()
-        if name not in ("adamw_torch", "adamw_torch_fused"):
-            raise SystemExit(f"HF's default optimizer is now {name!r}; update bench/clm_vs_hf.py to match it")
-        # Trainer.create_optimizer decays all but biases and LayerNorm weights: for GPT-2, exactly the 1-D params
-        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": WD},
-                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=name == "adamw_torch_fused")
+        opt = hf_trainer_adamw(model, LR, WD, BETAS, EPS)
         if compiled:
             model.compile()  # the whole module, loss included (HF computes it in forward)
 

@@ -9,6 +9,7 @@ peaks of different settings never mix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -85,3 +86,23 @@ def write_json(name: str, data: dict) -> Path:
     path = OUT_DIR / name
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def hf_default_optim() -> str:
+    """The optimizer the HF Trainer uses when none is named: the dataclass default of TrainingArguments.optim
+    (read from the field, as instantiating TrainingArguments requires accelerate)."""
+    from transformers import TrainingArguments
+    name = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "optim")
+    return getattr(name, "value", name)
+
+
+def hf_trainer_adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas, eps: float):
+    """The optimizer HF's Trainer builds by default: its default AdamW (checked, so a change in transformers stops
+    the benchmark instead of silently comparing something else), decaying all but biases and LayerNorm weights,
+    which for GPT-2 and BERT are exactly the 1-D parameters."""
+    name = hf_default_optim()
+    if name not in ("adamw_torch", "adamw_torch_fused"):
+        raise SystemExit(f"HF's default optimizer is now {name!r}; update bench/common.py to match it")
+    groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=name == "adamw_torch_fused")

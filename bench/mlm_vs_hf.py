@@ -15,7 +15,6 @@ selfsup / HF. Peak memory comes from one fresh child process per setting. The ma
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import statistics
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from common import MIB, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, write_json
+from common import (MIB, hf_default_optim, hf_trainer_adamw, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes,
+                    run_child, write_json)
 
 B, T, VOCAB, DIM, DEPTH, HEADS, FFN = 32, 128, 8192, 256, 4, 4, 1024
 P = 0.15  # share of non-special tokens chosen for prediction, both sides
@@ -36,14 +36,6 @@ MEMORY_STEPS = 3  # steps measured in a memory child after its warm-up
 POOL = 4  # distinct batches the training steps cycle through; the same for both sides
 COLLATE_POOL = 16  # distinct batches the masking timing cycles through (the first POOL are the training batches)
 COLLATORS = ("selfsup", "hf lists", "hf dicts", "hf tensors", "hf torch_call")
-
-
-def hf_default_optim() -> str:
-    """The optimizer the HF Trainer uses when none is named: the dataclass default of TrainingArguments.optim
-    (read from the field, as instantiating TrainingArguments requires accelerate)."""
-    from transformers import TrainingArguments
-    name = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "optim")
-    return getattr(name, "value", name)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -127,13 +119,7 @@ def build(impl: str, precision: str, compiled: bool, tok, hf_tok):
                          attn_implementation="sdpa")
         model = BertForMaskedLM(cfg)
         collator = DataCollatorForLanguageModeling(hf_tok, mlm_probability=P)
-        name = hf_default_optim()
-        if name not in ("adamw_torch", "adamw_torch_fused"):
-            raise SystemExit(f"HF's default optimizer is now {name!r}; update bench/mlm_vs_hf.py to match it")
-        # Trainer.create_optimizer decays all but biases and LayerNorm weights: for BERT, exactly the 1-D params
-        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": WD},
-                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=name == "adamw_torch_fused")
+        opt = hf_trainer_adamw(model, LR, WD, BETAS, EPS)
         if compiled:
             model.compile()  # the whole module, loss included (HF computes it in forward); the collator stays eager
 

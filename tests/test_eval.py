@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
-from typer.testing import CliRunner
 
 from selfsup import config
 from selfsup.cli import app
@@ -25,6 +24,7 @@ from selfsup.eval.metrics import accuracy, macro_f1
 from selfsup.models.transformer import Transformer
 from selfsup.train import trainer
 from tests.conftest import TINY
+from tests.test_cli import invoke, runner
 
 
 
@@ -262,13 +262,6 @@ def test_labeled_docstrings_are_balanced_disjoint_and_deterministic(docstring_se
 
 # --------------------------------------------------------------------------------------------- the CLI
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from selfsup.data.text import DataError
+from selfsup.data.text import DataError, read_lines
 
 
 @dataclass
@@ -69,21 +69,9 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
     skipped: Counter = Counter()
     texts, labels = [], []
     for f in files:
-        try:
-            raw = f.read_bytes()
-        except OSError:
-            skipped["unreadable_file"] += 1
-            continue
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                if line:
-                    skipped["empty"] += 1
-                continue
+        for line in read_lines(f, skipped):
             try:
-                record = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                skipped["invalid_utf8"] += 1
-                continue
+                record = json.loads(line)
             except json.JSONDecodeError:
                 skipped["bad_json"] += 1
                 continue
