@@ -67,3 +67,12 @@ def test_export_of_an_unmappable_model_says_why(corpus, tmp_path):
     invoke("train", "gpt-clm", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=2", "model.mlp=gelu")
     result = CliRunner().invoke(app, ["export", str(out), "--format", "hf", "--out", str(tmp_path / "x")])
     assert "model.mlp=gelu" in str(result.exception)
+
+
+def test_perplexity_of_a_masked_lm_is_refused(mlm_run, tmp_path):
+    from typer.testing import CliRunner
+
+    held = tmp_path / "h.txt"
+    held.write_text("some text\n")
+    result = CliRunner().invoke(app, ["eval", str(mlm_run), "--task", "perplexity", "--data", str(held)])
+    assert "scores a causal LM" in str(result.exception)

@@ -123,6 +123,9 @@ def evaluate(
                                      "and 'label' (e.g. from `selfsup data labeled-docstrings --out DIR`)")
     dev = resolve_device(device)
     cfg, objective, tok = open_run(run_dir, dev)
+    if task == "perplexity" and cfg.objective != "clm":
+        raise config_mod.ConfigError(f"--task perplexity scores a causal LM; '{run_dir}' trained objective "
+                                     f"'{cfg.objective}' (use --task linear, knn or finetune)")
     out = run_dir / "eval" / f"{task}.json"
     if task != "perplexity":
         result = _transfer(task, run_dir, cfg, objective.model, tok, train, test, baseline, dev,
