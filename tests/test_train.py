@@ -170,3 +170,13 @@ def test_skipped_documents_reach_the_summary_and_a_saved_tokenizer_is_reused(cor
                                    f"data.tokenizer={tmp_path / 'one' / 'tokenizer.json'}"), quiet())
     assert (tmp_path / "two" / "tokenizer.json").read_text() == (tmp_path / "one" / "tokenizer.json").read_text()
     assert second["data"]["cache"] != first["data"]["cache"]
+
+
+def test_compiled_training_matches_eager(corpus, tmp_path):
+    eager = trainer.train(cfg_for(corpus, tmp_path / "eager", "train.max_steps=3", "train.log_every=1"), quiet())
+    compiled = trainer.train(cfg_for(corpus, tmp_path / "compiled", "train.max_steps=3", "train.log_every=1",
+                                     "train.compile=true"), quiet())
+    assert compiled["status"] == "finished"
+    for step, loss in losses(tmp_path / "eager").items():
+        assert losses(tmp_path / "compiled")[step] == pytest.approx(loss, rel=1e-4)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
