@@ -11,7 +11,7 @@ from rich.console import Console
 
 from selfsup import config
 from selfsup.cli import app
-from selfsup.config import ModelConfig, RunConfig
+from selfsup.config import ModelConfig
 from selfsup.data.labeled_docstrings import build as build_docstrings
 from selfsup.data.text import DataError
 from selfsup.data.tokenizer import train_bpe
