@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Small models on the docstrings of Python's standard library, 2 CPU cores: a GPT (about 4 minutes of training),
-# then a masked-LM encoder (about 2.5 minutes) probed on the docstrings labeled by package, beside a random init.
+# then a masked-LM encoder (about 2.5 minutes); both probed on the docstrings labeled by package, beside a random init.
 SMALL := model.dim=192 model.vocab_size=4096 train.batch_size=16 sched.warmup_steps=50 optim.lr=0.002
 
 demo: setup
@@ -26,6 +26,7 @@ demo: setup
 	$(BIN)/selfsup train bert-mlm out_dir=runs/demo-mlm $(SMALL) train.max_steps=700
 	$(BIN)/selfsup data labeled-docstrings --out runs/labeled
 	$(BIN)/selfsup eval runs/demo-mlm --task linear --train runs/labeled/train.jsonl --test runs/labeled/test.jsonl --baseline random
+	$(BIN)/selfsup eval runs/demo --task linear --train runs/labeled/train.jsonl --test runs/labeled/test.jsonl --baseline random
 
 test: setup
 	$(BIN)/pytest
