@@ -11,7 +11,6 @@ medians and the ratio selfsup / HF. Peak memory comes from one fresh child proce
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -21,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (MIB, hf_default_optim, hf_trainer_adamw, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes,
-                    run_child, write_json)
+from common import (MIB, clip_and_step, describe_optimizer, hf_default_optim, hf_trainer_adamw, machine_info,
+                    peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, training_args, write_json)
 
 B, T, VOCAB, DIM, DEPTH, HEADS = 32, 128, 8192, 256, 4, 4
 LR, WD, BETAS, EPS, CLIP = 1e-3, 0.1, (0.9, 0.95), 1e-8, 1.0
@@ -53,9 +52,7 @@ def build(impl: str, precision: str, compiled: bool):
 
         def step(batch):  # the trainer's step: summed loss backward, grads / token count, clip, step
             accumulate(model, [{"tokens": batch}], torch.device("cpu"), precision)
-            torch.nn.utils.clip_grad_norm_(params, CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            clip_and_step(params, opt, CLIP)
     else:
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -74,13 +71,11 @@ def build(impl: str, precision: str, compiled: bool):
             with amp():
                 loss = model(input_ids=x, labels=x).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            clip_and_step(params, opt, CLIP)
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]  # deduplicated: tied embeddings count once
-    return step, sum(p.numel() for p in params), f"torch.optim.{type(opt).__name__}(fused={opt.defaults['fused']})"
+    return step, sum(p.numel() for p in params), describe_optimizer(opt)
 
 
 def make_batches() -> torch.Tensor:
@@ -131,13 +126,7 @@ def loader_tokens_per_s(n_batches: int = 100, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps per round (default 10)")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation (default 5)")
-    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated, of fp32 and bf16")
-    ap.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager, compiled or both")
-    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement in a fresh process
+    ap = training_args(__doc__)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(memory_child(args.child)))

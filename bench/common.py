@@ -9,6 +9,7 @@ peaks of different settings never mix.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -106,3 +107,25 @@ def hf_trainer_adamw(model: torch.nn.Module, lr: float, weight_decay: float, bet
     groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
               {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=name == "adamw_torch_fused")
+
+
+def clip_and_step(params: list, opt: torch.optim.Optimizer, clip: float) -> None:
+    """The end of every training step on both sides: clip the global gradient norm, step, free the gradients."""
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def describe_optimizer(opt: torch.optim.Optimizer) -> str:
+    return f"torch.optim.{type(opt).__name__}(fused={opt.defaults['fused']})"
+
+
+def training_args(doc: str) -> argparse.ArgumentParser:
+    """The options every side-by-side training benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per round (default 10)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation (default 5)")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated, of fp32 and bf16")
+    ap.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager, compiled or both")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement in a fresh process
+    return ap

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from common import (MIB, hf_default_optim, hf_trainer_adamw, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes,
-                    run_child, write_json)
+from common import (MIB, clip_and_step, describe_optimizer, hf_default_optim, hf_trainer_adamw, machine_info,
+                    peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, training_args, write_json)
 
 B, T, VOCAB, DIM, DEPTH, HEADS, FFN = 32, 128, 8192, 256, 4, 4, 1024
 P = 0.15  # share of non-special tokens chosen for prediction, both sides
@@ -107,9 +107,7 @@ def build(impl: str, precision: str, compiled: bool, tok, hf_tok):
 
         def step(batch):  # the trainer's step: mask, summed loss backward, grads / target count, clip, step
             accumulate(model, [{"tokens": batch}], torch.device("cpu"), precision)
-            torch.nn.utils.clip_grad_norm_(params, CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            clip_and_step(params, opt, CLIP)
     else:
         from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
@@ -128,13 +126,11 @@ def build(impl: str, precision: str, compiled: bool, tok, hf_tok):
             with amp():
                 loss = model(input_ids=masked["input_ids"], labels=masked["labels"]).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            clip_and_step(params, opt, CLIP)
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]  # deduplicated: tied embeddings count once
-    return step, sum(p.numel() for p in params), f"torch.optim.{type(opt).__name__}(fused={opt.defaults['fused']})"
+    return step, sum(p.numel() for p in params), describe_optimizer(opt)
 
 
 def graphs_compiled() -> int:
@@ -240,15 +236,9 @@ def masking_shares(fns: dict, batches: torch.Tensor, tok) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------------- main
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps per round (default 10)")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation (default 5)")
-    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated, of fp32 and bf16")
-    ap.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager, compiled or both")
+    ap = training_args(__doc__)
     ap.add_argument("--mask-batches", type=int, default=200,
                     help="batches per round when timing the masking alone (default 200)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement in a fresh process
     ap.add_argument("--data", help=argparse.SUPPRESS)  # internal: the folder prepare_data wrote
     args = ap.parse_args()
     if args.child:
