@@ -22,7 +22,7 @@ def test_loss_is_next_token_cross_entropy_summed_in_fp32():
     out = obj({"tokens": tokens})
     logits = obj.model.logits(obj.model(tokens[:, :-1]))  # the plain head, then the plain loss
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="sum")
-    assert out.count == 3 * 16 and out.tokens == 3 * 16
+    assert out.count == 3 * 16 and out.units == 3 * 16
     assert out.loss.dtype == torch.float32
     assert torch.allclose(out.loss, expected)
 
@@ -77,9 +77,9 @@ def test_grad_accum_divides_by_tokens_of_the_whole_step():
         labels[8 * k:8 * k + 8, 1 + valid:] = IGNORE
     one, four = objective(), objective()
     four.load_state_dict(one.state_dict())
-    loss1, tok1 = accumulate(one, [{"tokens": tokens, "labels": labels}], torch.device("cpu"), "fp32")
+    loss1, tok1, _ = accumulate(one, [{"tokens": tokens, "labels": labels}], torch.device("cpu"), "fp32")
     micro = [{"tokens": tokens[i:i + 8], "labels": labels[i:i + 8]} for i in range(0, 32, 8)]
-    loss4, tok4 = accumulate(four, micro, torch.device("cpu"), "fp32")
+    loss4, tok4, _ = accumulate(four, micro, torch.device("cpu"), "fp32")
     assert tok1 == tok4 == 32 * 16
     assert loss1 == pytest.approx(loss4, rel=1e-6)
     for g1, g4 in zip(_grads(one), _grads(four)):

@@ -17,6 +17,7 @@ from selfsup.data.text import DataError
 from selfsup.data.tokenizer import train_bpe
 from selfsup.eval.features import encode
 from selfsup.eval.finetune import Classifier, finetune, llrd_param_groups
+from selfsup.eval.inputs import TextInputs
 from selfsup.eval.knn import knn_eval, knn_predict
 from selfsup.eval.labeled import read_labeled
 from selfsup.eval.linear import GRID, linear_probe, stratified_split
@@ -194,7 +195,7 @@ def test_finetune_learns_a_tiny_text_task_and_leaves_the_trunk_alone(tok):
     test_texts, test_y = word_texts(40, seed=2)
     trunk = tiny_trunk()
     before = {k: v.clone() for k, v in trunk.state_dict().items()}
-    r = finetune(trunk, tok, train_texts, train_y, test_texts, test_y, 2, torch.device("cpu"), lr=3e-3,
+    r = finetune(trunk, TextInputs(tok, trunk), train_texts, train_y, test_texts, test_y, 2, torch.device("cpu"), lr=3e-3,
                  max_epochs=6, patience=2, batch_size=8, seed=0)
     assert r["accuracy"] >= 0.85, r["history"]
     assert 1 <= r["best_epoch"] <= r["epochs_run"] <= 6 and len(r["history"]) == r["epochs_run"]
@@ -213,7 +214,7 @@ def test_labeled_reader_skips_and_counts_bad_lines(tmp_path):
              json.dumps(["a list"]), "   ", json.dumps({"text": "good three", "label": "b"})]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     s = read_labeled(str(tmp_path / "train.jsonl"))
-    assert s.texts == ["good one", "good two", "good three"] and s.classes == ["a", "b"]
+    assert s.items == ["good one", "good two", "good three"] and s.classes == ["a", "b"]
     assert s.labels.tolist() == [1, 0, 1]
     assert s.skipped == {"bad_json": 1, "empty": 2, "no_label": 2, "no_text_field": 2}
     assert s.counts()["per_class"] == {"a": 1, "b": 2}

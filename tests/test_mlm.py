@@ -91,7 +91,7 @@ def test_loss_counts_only_the_chosen_tokens(tok, table):
     out = obj({"tokens": tokens, "pad_mask": pad_mask})
     torch.manual_seed(5)
     _, labels = mask_tokens(tokens, table, 0.15, pad_mask=pad_mask)
-    assert out.count == (labels != IGNORE).sum() and out.tokens == tokens.numel()
+    assert out.count == (labels != IGNORE).sum() and out.units == tokens.numel()
     assert 0.5 * torch.log(torch.tensor(448.0)) < out.loss / out.count < 2 * torch.log(torch.tensor(448.0))
     out.loss.backward()
     assert obj.head.bias.grad.abs().sum() > 0 and enc.embed.weight.grad.abs().sum() > 0

@@ -210,7 +210,7 @@ def test_loss_count_gradients_and_training():
     torch.manual_seed(3)
     n_targets = sample_targets(tokens, obj.special, obj.p, obj.max_span).sum()
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
-    assert out.count == n_targets > 0 and out.tokens == 4 * 16
+    assert out.count == n_targets > 0 and out.units == 4 * 16
     out.loss.backward()
     named = dict(obj.named_parameters())
     for name in ("query", "model.embed.weight", "model.blocks.0.attn.qkv.weight", "model.blocks.1.mlp.up.weight",

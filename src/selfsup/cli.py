@@ -55,19 +55,27 @@ def train(
 
 def _print_summary(s: dict) -> None:
     table = Table(title=f"{s['recipe']}: {s['status']} after {s['steps']:,} steps", show_header=False)
-    rows = [
-        ("validation loss", f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "-"),
-        ("validation perplexity", f"{s['val_ppl']:.2f}" if s["val_ppl"] is not None else "-"),
-        ("unigram baseline perplexity", f"{s['unigram_ppl']:.2f}"),
+    unit, d = s["unit"], s["data"]
+    rows = [("validation loss", f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "-")]
+    if unit == "token":
+        rows += [("validation perplexity", f"{s['val_ppl']:.2f}" if s["val_ppl"] is not None else "-"),
+                 ("unigram baseline perplexity", f"{s['unigram_ppl']:.2f}")]
+    mfu = f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:.2f} TFLOP/s measured peak" if s["mfu"] else "-"
+    rows += [
         ("parameters", f"{s['params'] / 1e6:.2f}M"),
-        ("tokens seen", f"{s['tokens_seen']:,}"),
-        ("throughput", f"{s['tokens_per_s']:,.0f} tokens/s"),
-        ("MFU", f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:.2f} TFLOP/s measured peak"),
+        (f"{unit}s seen", f"{s[unit + 's_seen']:,}"),
+        ("throughput", f"{s[unit + 's_per_s']:,.0f} {unit}s/s"),
+        ("MFU", mfu),
         ("wall time", f"{s['wall_time_s']:.0f} s"),
-        ("documents train / val", f"{s['data']['documents']['train']:,} / {s['data']['documents']['val']:,}"),
-        ("skipped documents", ", ".join(f"{k}: {v}" for k, v in s["data"]["skipped"].items()) or "none"),
-        ("non-finite steps skipped", str(s["nan_skipped_steps"])),
     ]
+    if unit == "token":
+        rows.append(("documents train / val", f"{d['documents']['train']:,} / {d['documents']['val']:,}"))
+    else:
+        rows += [("images train / val", f"{d['images']['train']:,} / {d['images']['val']:,}"),
+                 ("collapse warnings", str(s["collapse_warnings"]))]
+    rows += [(f"skipped {'documents' if unit == 'token' else 'images'}",
+              ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"),
+             ("non-finite steps skipped", str(s["nan_skipped_steps"]))]
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -84,12 +92,13 @@ def recipes():
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text), or a transfer task on "
-                             "labeled text: linear (probe on frozen features), knn (weighted kNN on frozen "
+                             "labeled data: linear (probe on frozen features), knn (weighted kNN on frozen "
                              "features), finetune (whole trunk + linear head)"),
     data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl file or folder (perplexity)"),
-    train: Optional[str] = typer.Option(None, help="labeled .jsonl ('text', 'label') to train on (linear, knn, "
-                                        "finetune); see `selfsup data labeled-docstrings`"),
-    test: Optional[str] = typer.Option(None, help="labeled .jsonl to score (linear, knn, finetune)"),
+    train: Optional[str] = typer.Option(None, help="labeled data to train on (linear, knn, finetune): text runs "
+                                        "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image "
+                                        "runs a folder with one sub-folder per class (see `selfsup data digits`)"),
+    test: Optional[str] = typer.Option(None, help="labeled data to score, same form as --train"),
     baseline: Optional[str] = typer.Option(None, help="random: also evaluate a randomly initialised model of the "
                                            "same shape (the run's seed) and report the gain"),
     k: int = typer.Option(20, help="knn: neighbours that vote"),
@@ -98,10 +107,12 @@ def evaluate(
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
     layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
     patience: int = typer.Option(3, help="finetune: epochs without a better validation accuracy before stopping"),
-    batch_size: int = typer.Option(16, help="windows (perplexity) or texts (other tasks) per forward pass"),
+    batch_size: int = typer.Option(16, help="windows (perplexity), texts or images (other tasks) per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
-    """Evaluate a trained run; prints a table and writes RUN_DIR/eval/<task>.json."""
+    """Evaluate a trained run; prints a table and writes RUN_DIR/eval/<task>.json. Each transfer task states its
+    protocol beside the numbers (kNN: cosine, k, temperature; linear: features, standardisation, L2 chosen on a
+    validation split; finetune: optimiser, schedule, early stopping)."""
     from rich.progress import track
 
     from selfsup.eval.labeled import TASKS
@@ -120,7 +131,8 @@ def evaluate(
             raise config_mod.ConfigError("--baseline is for the transfer tasks: linear, knn, finetune")
     elif not (train and test):
         raise config_mod.ConfigError(f"--task {task} needs --train and --test: labeled .jsonl files with 'text' "
-                                     "and 'label' (e.g. from `selfsup data labeled-docstrings --out DIR`)")
+                                     "and 'label' (text runs, e.g. `selfsup data labeled-docstrings --out DIR`) or "
+                                     "folders of class sub-folders (image runs, e.g. `selfsup data digits --out DIR`)")
     dev = resolve_device(device)
     cfg, objective, tok = open_run(run_dir, dev)
     if task == "perplexity" and cfg.objective != "clm":
@@ -155,17 +167,25 @@ def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baseline, d
     from rich.progress import track
 
     from selfsup.eval.features import random_trunk
-    from selfsup.eval.labeled import evaluate as run_task, read_labeled
+    from selfsup.eval.inputs import ImageInputs, TextInputs
+    from selfsup.eval.labeled import evaluate as run_task, read_labeled, read_labeled_images
 
-    train_set = read_labeled(train_path, max_chars=cfg.data.max_doc_chars)
-    test_set = read_labeled(test_path, classes=train_set.classes, max_chars=cfg.data.max_doc_chars)
+    if cfg.is_image:
+        im = cfg.image
+        train_set = read_labeled_images(train_path, im.size, im.channels, cache_dir=cfg.data.cache_dir)
+        test_set = read_labeled_images(test_path, im.size, im.channels, train_set.classes, cfg.data.cache_dir)
+        inputs = ImageInputs(im.size, im.mean, im.std)
+    else:
+        train_set = read_labeled(train_path, max_chars=cfg.data.max_doc_chars)
+        test_set = read_labeled(test_path, classes=train_set.classes, max_chars=cfg.data.max_doc_chars)
+        inputs = TextInputs(tok, trunk)
 
     def progress(it, what):
         return track(it, description=what, console=err, transient=True)
 
-    results = {"pretrained": run_task(task, trunk, tok, train_set, test_set, dev, progress=progress, **opts)}
+    results = {"pretrained": run_task(task, trunk, inputs, train_set, test_set, dev, progress=progress, **opts)}
     if baseline == "random":
-        results["random"] = run_task(task, random_trunk(cfg, tok, dev), tok, train_set, test_set, dev,
+        results["random"] = run_task(task, random_trunk(cfg, tok, dev), inputs, train_set, test_set, dev,
                                      progress=progress, **opts)
     result = dict(task=task, run_dir=str(run_dir), recipe=cfg.recipe,
                   objective=cfg.objective, protocol=results["pretrained"]["protocol"], classes=train_set.classes,
@@ -175,7 +195,8 @@ def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baseline, d
         result["gain"] = {m: results["pretrained"][m] - results["random"][m] for m in ("accuracy", "macro_f1")}
 
     table = Table(title=f"{task} on {test_path}: {len(train_set.classes)} classes, "
-                        f"{len(train_set.texts):,} train / {len(test_set.texts):,} test texts")
+                        f"{len(train_set.items):,} train / {len(test_set.items):,} test "
+                        f"{'images' if cfg.is_image else 'texts'}")
     for col, justify in (("task", "left"), ("model", "left"), ("accuracy", "right"), ("macro-F1", "right")):
         table.add_column(col, justify=justify)
     for name, r in results.items():
@@ -198,13 +219,14 @@ def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baseline, d
 @app.command()
 def embed(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    input: str = typer.Argument(..., help="texts: a .txt (one per line), a .jsonl ('text' per line) or a folder"),
-    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th text read"),
-    jsonl: Optional[Path] = typer.Option(None, help="also write a .jsonl of {\"text\", \"embedding\"}"),
-    batch_size: int = typer.Option(32, help="texts per forward pass"),
+    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line) or a "
+                                "folder of them; image runs: an image, a folder (recursive), .tar shards or .npz"),
+    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th text or image read"),
+    jsonl: Optional[Path] = typer.Option(None, help="text runs: also write a .jsonl of {\"text\", \"embedding\"}"),
+    batch_size: int = typer.Option(32, help="texts or images per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
-    """Embed texts with a trained trunk (pooled final hidden states; see the printed protocol)."""
+    """Embed texts or images with a trained trunk (pooled features; see the printed protocol)."""
     from collections import Counter
 
     import numpy as np
@@ -212,34 +234,53 @@ def embed(
 
     from selfsup.config import BUILTIN_CORPUS
     from selfsup.data.text import DataError, read_documents, source_files
-    from selfsup.eval.features import describe, encode
+    from selfsup.eval.inputs import ImageInputs, TextInputs, encode
     from selfsup.rundir import open_run
     from selfsup.train.trainer import resolve_device
 
     dev = resolve_device(device)
     cfg, objective, tok = open_run(run_dir, dev)
-    skipped: Counter = Counter()
-    texts = list(read_documents(source_files(input), skipped, cfg.data.max_doc_chars,
-                                builtin=input == BUILTIN_CORPUS))
-    if not texts:
-        raise DataError(f"'{input}' holds no usable texts (skipped: {dict(skipped) or 'none'})")
-    emb = encode(objective.model, tok, texts, batch_size, dev,
-                 progress=lambda it: track(it, description="embedding", console=err))
+    trunk = objective.model
+    progress = lambda it: track(it, description="embedding", console=err)  # noqa: E731
+    if cfg.is_image:
+        from selfsup.data.images import prepare_images
+
+        im = cfg.image
+        data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None)
+        inputs, items, skipped, what = ImageInputs(im.size, im.mean, im.std), data.train, data.meta["skipped"], "images"
+    else:
+        counts: Counter = Counter()
+        items = list(read_documents(source_files(input), counts, cfg.data.max_doc_chars,
+                                    builtin=input == BUILTIN_CORPUS))
+        if not items:
+            raise DataError(f"'{input}' holds no usable texts (skipped: {dict(counts) or 'none'})")
+        inputs, skipped, what = TextInputs(tok, trunk), dict(sorted(counts.items())), "texts"
+    emb = encode(trunk, inputs, items, batch_size, dev, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, emb.numpy())
-    if jsonl is not None:
+    if jsonl is not None and not cfg.is_image:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(jsonl, "w", encoding="utf-8") as f:
-            for text, row in zip(texts, emb.tolist()):
+            for text, row in zip(items, emb.tolist()):
                 f.write(json.dumps({"text": text, "embedding": row}) + "\n")
-    console.print(f"embedded {len(texts):,} texts -> {tuple(emb.shape)} float32: {out}"
-                  + (f", {jsonl}" if jsonl is not None else ""))
-    console.print(f"protocol: {describe(objective.model)}")
-    console.print(f"skipped: {dict(sorted(skipped.items())) or 'none'}")
+    console.print(f"embedded {len(items):,} {what} -> {tuple(emb.shape)} float32: {out}"
+                  + (f", {jsonl}" if jsonl is not None and not cfg.is_image else ""))
+    console.print(f"protocol: {inputs.describe(trunk)}")
+    console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets: labeled-docstrings.")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets: labeled-docstrings, digits.")
 app.add_typer(data_app, name="data")
+
+
+@data_app.command("digits")
+def digits(out: Path = typer.Option(..., help="output folder for train/ and test/ (one sub-folder per digit)")):
+    """scikit-learn's bundled handwritten digits (1,797 grayscale 8×8 images) as PNG folders, stratified ~75/25:
+    pretrain on OUT/train (its labels are ignored), evaluate with --train OUT/train --test OUT/test."""
+    from selfsup.data.digits import write_digits
+
+    counts = write_digits(out)
+    console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and {out}/test")
 
 
 @data_app.command("labeled-docstrings")

@@ -14,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUILTIN_CORPUS = "builtin:python-docstrings"
+TEXT_OBJECTIVES = ("clm", "mlm", "plm")
+IMAGE_OBJECTIVES = ("simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav", "deepcluster")
+Objective = Literal["clm", "mlm", "plm", "simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav",
+                    "deepcluster"]
 
 
 class ConfigError(ValueError):
@@ -25,13 +29,24 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    path: str = Field(BUILTIN_CORPUS, description=f"a .txt/.jsonl file or a folder of them; '{BUILTIN_CORPUS}' is "
-                      "the docstrings of Python's standard library, present on every machine")
+    path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl file or a folder of them; '{BUILTIN_CORPUS}' "
+                      "is the docstrings of Python's standard library, present on every machine. Images: a folder "
+                      "(recursive), webdataset .tar shards or an .npz")
     tokenizer: str | None = Field(None, description="a tokenizer.json to reuse instead of training one")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out for validation")
     max_doc_chars: int = Field(200_000, gt=0, description="longer documents are skipped and counted")
     doc_mask: bool = Field(True, description="packed documents do not attend to each other")
-    cache_dir: str | None = Field(None, description="where token shards are cached (default ~/.cache/selfsup)")
+    cache_dir: str | None = Field(None, description="where token shards and decoded images are cached (default "
+                                  "~/.cache/selfsup)")
+    workers: int | None = Field(None, ge=0, description="image decoding processes (default: min(cores, 8))")
+
+
+class ImageConfig(Section):
+    size: int = Field(32, ge=8, description="side of the square images (global views) the model sees")
+    channels: Literal[1, 3] = Field(3, description="1 (grayscale) or 3 (RGB); images are converted on decoding")
+    mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (default: "
+                                     "measured on the training images)")
+    std: list[float] | None = Field(None, description="per-channel normalisation std (default: measured)")
 
 
 class ModelConfig(Section):
@@ -50,6 +65,10 @@ class ModelConfig(Section):
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)
     rope_theta: float = Field(10000.0, gt=0)
+    backbone: Literal["vit", "resnet18", "resnet50"] = Field("vit", description="image objectives: a ViT of "
+                                                             "dim/depth/heads, or a ResNet")
+    patch: int = Field(4, gt=0, description="ViT patch side in pixels (image.size must be a multiple)")
+    small_stem: bool = Field(True, description="ResNet: 3x3 stride-1 stem without max-pool, for images <= 64 px")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelConfig:
@@ -104,24 +123,115 @@ class PLMConfig(Section):
     max_span: int = Field(5, ge=1, description="longest span of consecutive tokens predicted together")
 
 
+class ViewsConfig(Section):
+    crop_scale: tuple[float, float] = Field((0.2, 1.0), description="global crops: area range of RandomResizedCrop")
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.4, 0.1), description="color jitter strengths: "
+                                                      "brightness, contrast, saturation, hue")
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: tuple[float, float] = Field((0.5, 0.5), description="Gaussian blur probability of global view 1, 2 "
+                                        "(BYOL: 1.0, 0.1)")
+    solarize_p: tuple[float, float] = Field((0.0, 0.0), description="solarize probability of global view 1, 2 "
+                                            "(BYOL: 0.0, 0.2)")
+    local_crops: int = Field(0, ge=0, description="multi-crop (DINO, SwAV): number of small local crops")
+    local_size: int = Field(0, ge=0, description="side of local crops (0: 3/7 of image.size, as 96/224)")
+    local_scale: tuple[float, float] = Field((0.05, 0.4), description="local crops: area range")
+
+
+class SSLConfig(Section):
+    temperature: float = Field(0.2, gt=0, description="softmax temperature of contrastive and swapped losses")
+    momentum: float = Field(0.99, ge=0, le=1, description="EMA of the momentum encoder/teacher (MoCo v2: constant; "
+                            "MoCo v3, BYOL, DINO: start of a cosine schedule to 1)")
+    queue_size: int = Field(4096, gt=0, description="MoCo v2: negative keys kept")
+    proj_hidden: int = Field(2048, gt=0, description="projection MLP hidden width")
+    proj_dim: int = Field(128, gt=0, description="projection output (the embedding the loss sees)")
+    pred_hidden: int = Field(512, gt=0, description="BYOL, MoCo v3: predictor MLP hidden width")
+    collapse_every: int = Field(50, gt=0, description="steps between collapse-monitor readings (std, RankMe, "
+                                "alignment, uniformity)")
+
+
+class DINOConfig(Section):
+    out_dim: int = Field(4096, gt=0, description="prototypes of the DINO head (65536 in the paper)")
+    bottleneck: int = Field(256, gt=0, description="L2-normalised bottleneck before the last layer")
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.04, gt=0, description="teacher temperature after warm-up")
+    warmup_teacher_temp: float = Field(0.04, gt=0, description="teacher temperature at step 0")
+    teacher_temp_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the teacher temperature")
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    freeze_last_layer_steps: int = Field(0, ge=0, description="the last layer gets no update for this many steps")
+
+
+class MAEConfig(Section):
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    norm_pix_loss: bool = Field(True, description="targets are each patch's pixels normalised by its own mean/var")
+    decoder_dim: int = Field(128, gt=0)
+    decoder_depth: int = Field(2, gt=0)
+    decoder_heads: int = Field(4, gt=0)
+
+
+class BEiTConfig(Section):
+    mask_ratio: float = Field(0.4, gt=0, lt=1, description="share of patches masked block-wise")
+    codebook_size: int = Field(512, gt=1, description="visual tokens: k-means centroids of normalised patches")
+    codebook_images: int = Field(4096, gt=0, description="training images whose patches fit the codebook")
+
+
+class SwAVConfig(Section):
+    prototypes: int = Field(512, gt=1, description="(3000 in the paper for ImageNet)")
+    epsilon: float = Field(0.05, gt=0, description="Sinkhorn-Knopp entropy regularisation")
+    sinkhorn_iters: int = Field(3, gt=0)
+    freeze_prototypes_steps: int = Field(0, ge=0, description="prototypes get no update for this many steps")
+
+
+class DeepClusterConfig(Section):
+    clusters: int = Field(100, gt=1, description="k of k-means (10000 in the paper for ImageNet)")
+    recluster_every: int = Field(100, gt=0, description="steps between re-clusterings (the paper: every epoch)")
+    pca_dim: int = Field(64, gt=0, description="features are PCA-whitened to this many dimensions before k-means")
+    kmeans_iters: int = Field(20, gt=0)
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
-    objective: Literal["clm", "mlm", "plm"] = Field("clm", description="clm (GPT), mlm (BERT) or plm (XLNet)")
+    objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet); images: simclr, "
+                                 "mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster")
     out_dir: str = Field("", description="run directory (default runs/<recipe>)")
     seed: int = 0
     data: DataConfig = DataConfig()
+    image: ImageConfig = ImageConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
     sched: SchedConfig = SchedConfig()
     mlm: MLMConfig = MLMConfig()
     plm: PLMConfig = PLMConfig()
+    views: ViewsConfig = ViewsConfig()
+    ssl: SSLConfig = SSLConfig()
+    dino: DINOConfig = DINOConfig()
+    mae: MAEConfig = MAEConfig()
+    beit: BEiTConfig = BEiTConfig()
+    swav: SwAVConfig = SwAVConfig()
+    deepcluster: DeepClusterConfig = DeepClusterConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:
         if not self.out_dir:
             self.out_dir = f"runs/{self.recipe}"
         return self
+
+    @model_validator(mode="after")
+    def _image_fits_patches(self) -> RunConfig:
+        if self.is_image and self.model.backbone == "vit" and self.image.size % self.model.patch:
+            raise ValueError(f"image.size ({self.image.size}) must be a multiple of model.patch ({self.model.patch})")
+        for key in ("mean", "std"):
+            value = getattr(self.image, key)
+            if value is not None and len(value) != self.image.channels:
+                raise ValueError(f"image.{key} has {len(value)} values; expected one per channel "
+                                 f"(image.channels={self.image.channels})")
+        return self
+
+    @property
+    def is_image(self) -> bool:
+        return self.objective in IMAGE_OBJECTIVES
 
 
 # ----------------------------------------------------------------------------------------------- recipes
@@ -203,6 +313,8 @@ def validate(tree: dict) -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         err = e.errors()[0]
+        if err["type"] == "value_error":  # a cross-field rule: its message names the keys itself
+            raise ConfigError(_expected(err)) from None
         key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
         given = _lookup(tree, key)
         given_text = f"got {given!r}; " if given is not None else ""

@@ -39,7 +39,8 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
     if fmt == "safetensors":
         save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
         shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
-        shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
+        if not cfg.is_image:
+            shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
         return out
     if fmt != "hf":
         raise ExportError(f"--format '{fmt}': expected 'hf' or 'safetensors'")
@@ -50,7 +51,8 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
         weights, config = modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
     else:
         raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
-                          "masked LM with model.mlp=geglu, model.norm=layernorm onto ModernBERT; this run has "
+                          "masked LM with model.mlp=geglu, model.norm=layernorm onto ModernBERT (image backbones: use "
+                          "--format safetensors); this run has "
                           f"objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}")
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))

@@ -20,14 +20,15 @@ class RunDirError(ValueError):
     """A run directory that cannot be used; the message is one line meant for the user."""
 
 
-def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer]:
-    """The run's objective (backbone and heads) in eval mode with its final weights, or its latest checkpoint's."""
+def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer | None]:
+    """The run's objective (backbone and heads) in eval mode with its final weights, or its latest checkpoint's;
+    the tokenizer for text runs, None for image runs."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a run directory: expected config.yaml inside "
                           f"(made by `selfsup train ... out_dir={run_dir}`)")
     cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
-    tok = toks.load(run_dir / "tokenizer.json")
+    tok = None if cfg.is_image else toks.load(run_dir / "tokenizer.json")
     objective = build_objective(cfg, tok)
     weights = run_dir / "model.safetensors"
     if not weights.is_file():

@@ -1,4 +1,5 @@
-"""Frozen features of a trained trunk: one (D,) vector per text.
+"""Frozen features of a trained text trunk: one (D,) vector per text (see eval/inputs.py for the path shared with
+images).
 
 Each text is tokenized as [EOS] + tokens (EOS opens every document in training, so it is the 'cls' position),
 truncated to model.cfg.context tokens, right-padded with PAD and masked (`pad_mask`), run through the trunk,
@@ -14,20 +15,10 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from selfsup.data.tokenizer import PAD, eos_id
-from selfsup.models.transformer import pool
 
 
 def pooling_kind(model: nn.Module) -> str:
     return "mean" if model.causal else model.cfg.pooling
-
-
-def describe(model: nn.Module) -> str:
-    """The feature part of a protocol string."""
-    kind = pooling_kind(model)
-    where = "the first ([EOS]) token" if kind == "cls" else "the mean over real tokens"
-    trunk = "causal" if model.causal else "bidirectional"
-    return (f"final-norm hidden states of the {trunk} trunk (dim {model.cfg.dim}, depth {model.cfg.depth}) at "
-            f"{where}; input [EOS] + text truncated to {model.cfg.context} tokens, padding masked")
 
 
 def tokenize(tok: Tokenizer, texts: list[str], context: int) -> list[list[int]]:
@@ -51,30 +42,15 @@ def collate(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[Tens
     return idx.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def encode(model: nn.Module, tok: Tokenizer, texts: list[str], batch_size: int, device: torch.device,
            progress=None) -> Tensor:
-    """(N, D) float32 features on the CPU, row i for texts[i]. `progress` wraps the iterable of batches
-    (e.g. rich.progress.track)."""
-    if not texts:
-        return torch.zeros((0, model.cfg.dim), dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    kind, pad = pooling_kind(model), pad_id(tok)
-    seqs = tokenize(tok, texts, model.cfg.context)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # longest first: the first batch shows OOM
-    out = torch.empty((len(seqs), model.cfg.dim), dtype=torch.float32)
-    starts = range(0, len(order), batch_size)
-    for start in (progress(starts) if progress else starts):
-        rows = order[start:start + batch_size]
-        idx, mask = collate([seqs[i] for i in rows], pad, device)
-        hidden = model(idx, pad_mask=mask)  # (B, T, D)
-        out[torch.tensor(rows)] = pool(hidden, mask, kind).float().cpu()
-    model.train(was_training)
-    return out
+    """(N, D) float32 features of texts on the CPU, row i for texts[i]."""
+    from selfsup.eval.inputs import TextInputs, encode as encode_items
+
+    return encode_items(model, TextInputs(tok, model), texts, batch_size, device, progress)
 
 
-def random_trunk(cfg, tok: Tokenizer, device: torch.device) -> nn.Module:
+def random_trunk(cfg, tok: Tokenizer | None, device: torch.device) -> nn.Module:
     """A randomly initialised trunk of the run's shape, seeded with the run's seed: the `--baseline random`."""
     from selfsup.objectives.build import build_objective
     from selfsup.train.trainer import seed_everything

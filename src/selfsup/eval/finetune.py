@@ -6,7 +6,8 @@ lr · decay^(depth + 1); weight decay on matrices only (ndim >= 2, by shape, as 
 warms up linearly over the first 6% of max_epochs' steps, then decays linearly to zero at max_epochs. After every
 epoch the model is scored on a seeded stratified split held out from train; training stops after `patience`
 epochs without a better validation accuracy (ties: lower validation loss), and the best epoch's weights are
-restored before the test set is scored. The trunk passed in is copied, never changed.
+restored before the test set is scored. The trunk passed in is copied, never changed. Inputs (texts or images)
+reach the trunk through an `inputs` object of eval/inputs.py, so one loop serves every modality.
 """
 
 from __future__ import annotations
@@ -16,36 +17,39 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from selfsup.eval.features import collate, pad_id, pooling_kind, tokenize
 from selfsup.eval.linear import stratified_split
 from selfsup.eval.metrics import accuracy, macro_f1
-from selfsup.models.transformer import pool
 
 
 class Classifier(nn.Module):
-    """trunk -> pooled (B, D) -> linear head -> logits (B, C)."""
+    """trunk -> pooled features (B, D) -> linear head -> logits (B, C)."""
 
-    def __init__(self, trunk: nn.Module, num_classes: int):
+    def __init__(self, trunk: nn.Module, num_classes: int, inputs=None):
         super().__init__()
         self.trunk = trunk
-        self.kind = pooling_kind(trunk)
-        self.head = nn.Linear(trunk.cfg.dim, num_classes)
+        self.inputs = inputs
+        self.head = nn.Linear(trunk.out_dim, num_classes)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, idx: Tensor, pad_mask: Tensor) -> Tensor:
-        return self.head(pool(self.trunk(idx, pad_mask=pad_mask), pad_mask, self.kind))
+    def forward(self, *args: Tensor) -> Tensor:
+        return self.head(self.inputs.features(self.trunk, *args))
+
+
+def trunk_depth(trunk: nn.Module) -> int:
+    """Layers below the head: transformer blocks, or a ResNet's residual blocks."""
+    return len(trunk.blocks) if hasattr(trunk, "blocks") else len(trunk.layers)
 
 
 def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm, the head and anything else."""
+    """0 for the embeddings (token or patch embedding, class token, ResNet stem), i + 1 for block i (transformer
+    block or residual block), depth + 1 for the final norm, the head and anything else."""
     parts = name.split(".")
-    if parts[0] == "trunk" and parts[1] in ("embed", "embed_norm"):
+    if parts[0] == "trunk" and parts[1] in ("embed", "embed_norm", "cls", "stem"):
         return 0
-    if parts[0] == "trunk" and parts[1] == "blocks":
+    if parts[0] == "trunk" and parts[1] in ("blocks", "layers"):
         return int(parts[2]) + 1
     return depth + 1
 
@@ -53,7 +57,7 @@ def layer_id(name: str, depth: int) -> int:
 def llrd_param_groups(model: Classifier, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
     """One AdamW group per (layer, decayed or not): lr · layer_decay^(depth + 1 − layer_id); no weight decay on
     parameters with ndim <= 1. Each group carries `layer` and `scale` for inspection."""
-    depth = model.trunk.cfg.depth
+    depth = trunk_depth(model.trunk)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -69,41 +73,38 @@ def llrd_param_groups(model: Classifier, lr: float, layer_decay: float, weight_d
 
 
 @torch.no_grad()
-def _score(model: Classifier, seqs: list[list[int]], labels: Tensor, pad: int, batch_size: int,
+def _score(model: Classifier, items, rows: list[int], labels: Tensor, batch_size: int,
            device: torch.device) -> tuple[Tensor, float]:
-    """Predictions (N,) and mean cross-entropy, in eval mode, batches in length order."""
+    """Predictions and mean cross-entropy for items[rows] (labels: (len(rows),)), in eval mode."""
     model.eval()
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    logits = torch.empty((len(seqs), model.head.out_features))
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        idx, mask = collate([seqs[i] for i in rows], pad, device)
-        logits[torch.tensor(rows)] = model(idx, mask).float().cpu()
+    logits = torch.empty((len(rows), model.head.out_features))
+    for start in range(0, len(rows), batch_size):
+        logits[start:start + batch_size] = model(*model.inputs.batch(items, rows[start:start + batch_size],
+                                                                     device)).float().cpu()
     return logits.argmax(dim=1), F.cross_entropy(logits, labels).item()
 
 
-def finetune(trunk: nn.Module, tok: Tokenizer, train_texts: list[str], train_y: Tensor, test_texts: list[str],
-             test_y: Tensor, num_classes: int, device: torch.device, lr: float = 3e-4, layer_decay: float = 0.75,
-             weight_decay: float = 0.01, max_epochs: int = 10, patience: int = 3, batch_size: int = 16,
-             val_fraction: float = 0.15, seed: int = 0, progress=None) -> dict:
-    """Fine-tune a copy of `trunk` with a linear head; returns test metrics and the protocol. `progress` wraps
-    the iterable of epochs."""
+def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items, test_y: Tensor, num_classes: int,
+             device: torch.device, lr: float = 3e-4, layer_decay: float = 0.75, weight_decay: float = 0.01,
+             max_epochs: int = 10, patience: int = 3, batch_size: int = 16, val_fraction: float = 0.15,
+             seed: int = 0, progress=None) -> dict:
+    """Fine-tune a copy of `trunk` with a linear head; returns test metrics and the protocol. `inputs` (see
+    eval/inputs.py) turns items (texts, images) into the trunk's inputs; `progress` wraps the iterable of epochs."""
     torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(trunk), num_classes).to(device)
+    model = Classifier(copy.deepcopy(trunk), num_classes, inputs).to(device)
     fit_idx, val_idx = stratified_split(train_y.cpu(), val_fraction, seed)
     if len(val_idx) == 0:
         raise ValueError("fine-tuning needs a validation split: every class has a single training example")
-    pad, context = pad_id(tok), trunk.cfg.context
-    seqs = tokenize(tok, train_texts, context)
-    fit_seqs, fit_y = [seqs[i] for i in fit_idx], train_y[fit_idx]
-    val_seqs, val_y = [seqs[i] for i in val_idx], train_y[val_idx]
-    test_seqs = tokenize(tok, test_texts, context)
+    items, test_prepared = inputs.prepare(train_items), inputs.prepare(test_items)
+    fit_rows, val_rows = fit_idx.tolist(), val_idx.tolist()
+    fit_y, val_y = train_y[fit_idx], train_y[val_idx]
+    test_rows = list(range(len(test_y)))
 
     groups = llrd_param_groups(model, lr, layer_decay, weight_decay)
     for g in groups:
         g["base_lr"] = g["lr"]
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    steps_per_epoch = math.ceil(len(fit_seqs) / batch_size)
+    steps_per_epoch = math.ceil(len(fit_rows) / batch_size)
     total = steps_per_epoch * max_epochs
     warmup = max(1, round(0.06 * total))
     g = torch.Generator().manual_seed(seed)
@@ -113,15 +114,15 @@ def finetune(trunk: nn.Module, tok: Tokenizer, train_texts: list[str], train_y: 
     epochs = range(1, max_epochs + 1)
     for epoch in (progress(epochs) if progress else epochs):
         model.train()
-        perm = torch.randperm(len(fit_seqs), generator=g).tolist()
+        perm = torch.randperm(len(fit_rows), generator=g).tolist()
         train_loss = 0.0
         for start in range(0, len(perm), batch_size):
             rows = perm[start:start + batch_size]
-            idx, mask = collate([fit_seqs[i] for i in rows], pad, device)
             factor = min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            loss = F.cross_entropy(model(idx, mask).float(), fit_y[rows].to(device))
+            logits = model(*inputs.batch(items, [fit_rows[i] for i in rows], device)).float()
+            loss = F.cross_entropy(logits, fit_y[rows].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -129,9 +130,9 @@ def finetune(trunk: nn.Module, tok: Tokenizer, train_texts: list[str], train_y: 
             train_loss += loss.item() * len(rows)
             step += 1
         epochs_run = epoch
-        pred, val_loss = _score(model, val_seqs, val_y, pad, batch_size, device)
+        pred, val_loss = _score(model, items, val_rows, val_y, batch_size, device)
         val_acc = accuracy(pred, val_y)
-        history.append(dict(epoch=epoch, train_loss=train_loss / len(fit_seqs), val_loss=val_loss,
+        history.append(dict(epoch=epoch, train_loss=train_loss / len(fit_rows), val_loss=val_loss,
                             val_accuracy=val_acc))
         if val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"]):
             best = dict(acc=val_acc, loss=val_loss, epoch=epoch,
@@ -139,17 +140,16 @@ def finetune(trunk: nn.Module, tok: Tokenizer, train_texts: list[str], train_y: 
         elif epoch - best["epoch"] >= patience:
             break
     model.load_state_dict(best["state"])
-    pred, test_loss = _score(model, test_seqs, test_y, pad, batch_size, device)
+    pred, test_loss = _score(model, test_prepared, test_rows, test_y, batch_size, device)
     return dict(
         accuracy=accuracy(pred, test_y), macro_f1=macro_f1(pred, test_y, num_classes), test_loss=test_loss,
         val_accuracy=best["acc"], best_epoch=best["epoch"], epochs_run=epochs_run, history=history,
         lr=lr, layer_decay=layer_decay, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
         max_epochs=max_epochs, train_examples=len(fit_idx), val_examples=len(val_idx), test_examples=len(test_y),
-        protocol=(f"fine-tune: whole {'causal' if trunk.causal else 'bidirectional'} trunk + linear head on "
-                  f"{pooling_kind(trunk)}-pooled final hidden states, input [EOS] + text truncated to {context} "
-                  f"tokens; AdamW lr={lr:g} (6% linear warm-up, linear decay to 0 at {max_epochs} epochs), "
-                  f"layer-wise lr decay {layer_decay:g} (embeddings lr·{layer_decay:g}^{trunk.cfg.depth + 1}), "
-                  f"weight decay {weight_decay:g} on matrices only, grad-norm clip 1.0, batch {batch_size}, "
-                  f"dropout {trunk.cfg.dropout:g}; early stopping on val accuracy of a seeded stratified "
+        protocol=(f"fine-tune: whole trunk + linear head on {inputs.describe(trunk)}; "
+                  f"AdamW lr={lr:g} (6% linear warm-up, linear decay to 0 at {max_epochs} epochs), "
+                  f"layer-wise lr decay {layer_decay:g} (embeddings lr·{layer_decay:g}^{trunk_depth(trunk) + 1}), "
+                  f"weight decay {weight_decay:g} on matrices only, grad-norm clip 1.0, batch {batch_size}; "
+                  f"early stopping on val accuracy of a seeded stratified "
                   f"{val_fraction:.0%} split of train (patience {patience}): ran {epochs_run} of {max_epochs} "
                   f"epochs, best epoch {best['epoch']} restored (seed {seed})"))

@@ -1,6 +1,10 @@
-"""Labeled text for transfer evaluation, and running one transfer task (linear, knn, finetune) on a trunk.
+"""Labeled data for transfer evaluation, and running one transfer task (linear, knn, finetune) on a trunk.
 
-A labeled set is a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
+Images: a folder whose first-level sub-folders name the classes (or webdataset shards with `.cls`, or an .npz
+with `labels`), decoded as for training; unlabeled images are skipped as 'no_label', and test images of a class
+the training set lacks as 'unknown_label' (classes are matched by name).
+
+Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
 line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON, no `text` string, an
 empty or too long text, no usable `label`, and, in a test set, a label the training set does not have.
 Class ids follow the sorted training labels (numerically when every label is an integer).
@@ -13,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,14 +27,14 @@ from selfsup.data.text import DataError, read_lines
 @dataclass
 class LabeledSet:
     path: str
-    texts: list[str]
+    items: list[str] | np.ndarray  # texts, or images (N, C, H, W) uint8
     labels: Tensor  # (N,) long class ids
     classes: list[str]  # class id -> label as written
     skipped: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
         per_class = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
-        return dict(path=self.path, examples=len(self.texts), skipped=self.skipped,
+        return dict(path=self.path, examples=len(self.items), skipped=self.skipped,
                     per_class=dict(zip(self.classes, per_class)))
 
 
@@ -98,38 +103,67 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
     if not texts:
         raise DataError(f"labeled data '{path}' holds no usable examples with a 'text' and a 'label' "
                         f"(skipped: {skipped or 'none'})")
-    if classes is None:
-        classes = sorted(set(labels), key=_sort_key)
-        if len(classes) < 2:
-            raise DataError(f"labeled data '{path}' has {len(classes)} class ({classes[0]!r}); "
-                            "classification needs at least 2")
+    classes = _check_classes(path, classes, labels)
     ids = {c: i for i, c in enumerate(classes)}
     return LabeledSet(str(path), texts, torch.tensor([ids[lab] for lab in labels], dtype=torch.long),
                       list(classes), skipped)
 
 
+def _check_classes(path, classes: list[str] | None, labels: list[str]) -> list[str]:
+    if classes is None:
+        classes = sorted(set(labels), key=_sort_key)
+        if len(classes) < 2:
+            raise DataError(f"labeled data '{path}' has {len(classes)} class ({classes[0]!r}); "
+                            "classification needs at least 2")
+    return classes
+
+
+def read_labeled_images(path: str, size: int, channels: int, classes: list[str] | None = None,
+                        cache_dir: str | None = None, log=None) -> LabeledSet:
+    """Decode a labeled image set (cached like training data). Without `classes` (a training set) its class
+    names become the classes; with them (a test set) images are mapped to them by name."""
+    from selfsup.data.images import prepare_images
+
+    data = prepare_images(path, size, channels, val_fraction=0.0, cache_dir=cache_dir, log=log or (lambda s: None))
+    skipped = Counter(data.meta["skipped"])
+    names = [data.classes[i] if i >= 0 else None for i in data.train_labels.tolist()]
+    skipped["no_label"] += sum(n is None for n in names)
+    found = [n for n in names if n is not None]
+    if not found:
+        raise DataError(f"labeled images '{path}' carry no labels; expected class sub-folders (e.g. "
+                        f"{path}/cat/1.png), `.cls` members in .tar shards or a `labels` array in an .npz")
+    classes = _check_classes(path, classes, found)
+    ids = {c: i for i, c in enumerate(classes)}
+    skipped["unknown_label"] += sum(n is not None and n not in ids for n in names)
+    keep = [i for i, n in enumerate(names) if n in ids]
+    labels = torch.tensor([ids[names[i]] for i in keep], dtype=torch.long)
+    return LabeledSet(str(path), data.train[keep], labels, list(classes),
+                      {k: v for k, v in sorted(skipped.items()) if v})
+
+
 TASKS = ("linear", "knn", "finetune")
 
 
-def evaluate(task: str, trunk, tok, train: LabeledSet, test: LabeledSet, device: torch.device,
+def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, device: torch.device,
              batch_size: int = 16, seed: int = 0, k: int = 20, temperature: float = 0.07, epochs: int = 10,
              lr: float = 3e-4, layer_decay: float = 0.75, patience: int = 3, progress=None) -> dict:
-    """One transfer task on one trunk: accuracy, macro_f1, protocol and the task's own figures."""
-    from selfsup.eval import features
+    """One transfer task on one trunk: accuracy, macro_f1, protocol and the task's own figures. `inputs` (see
+    eval/inputs.py) says how items reach the trunk."""
+    from selfsup.eval.inputs import encode
 
     n = len(train.classes)
     if task == "finetune":
         from selfsup.eval.finetune import finetune
 
-        return finetune(trunk, tok, train.texts, train.labels, test.texts, test.labels, n, device, lr=lr,
+        return finetune(trunk, inputs, train.items, train.labels, test.items, test.labels, n, device, lr=lr,
                         layer_decay=layer_decay, max_epochs=epochs, patience=patience, batch_size=batch_size,
                         seed=seed, progress=progress and (lambda it: progress(it, "fine-tuning")))
     if task not in TASKS:
         raise ValueError(f"task '{task}': expected one of {', '.join(TASKS)}")
     wrap = (lambda what: (lambda it: progress(it, what))) if progress else (lambda what: None)
-    train_x = features.encode(trunk, tok, train.texts, batch_size, device, wrap("encoding train"))
-    test_x = features.encode(trunk, tok, test.texts, batch_size, device, wrap("encoding test"))
-    described = features.describe(trunk)
+    train_x = encode(trunk, inputs, train.items, batch_size, device, wrap("encoding train"))
+    test_x = encode(trunk, inputs, test.items, batch_size, device, wrap("encoding test"))
+    described = inputs.describe(trunk)
     if task == "linear":
         from selfsup.eval.linear import linear_probe
 

@@ -51,11 +51,12 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, causal: bool) -> Tensor:
-        # x: (B, T, D); rope: cos, sin from Rotary; mask: (B, 1, T, T) bool, True where a query may see a key
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, causal: bool) -> Tensor:
+        # x: (B, T, D); rope: cos, sin from Rotary, or None (ViT: positions are added to the input);
+        # mask: (B, 1, T, T) bool, True where a query may see a key
         B, T, D = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)  # (B, T, 3, H, K)
-        qk = apply_rotary(qkv[:, :, :2], *rope)  # (B, T, 2, H, K)
+        qk = qkv[:, :, :2] if rope is None else apply_rotary(qkv[:, :, :2], *rope)  # (B, T, 2, H, K)
         q, k = qk.permute(2, 0, 3, 1, 4)  # 2 × (B, H, T, K)
         v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, K)
         p = self.dropout if self.training else 0.0
@@ -104,7 +105,7 @@ class Block(nn.Module):
         self.mlp = MLP(dim, hidden, mlp)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 causal: bool) -> Tensor:  # (B, T, D) -> (B, T, D)
         x = x + self.drop(self.attn(self.norm1(x), rope, mask, causal))
         return x + self.drop(self.mlp(self.norm2(x)))

@@ -67,6 +67,10 @@ class Transformer(nn.Module):
         """(..., D) -> (..., V) through the tied output head."""
         return hidden @ self.embed.weight.t()
 
+    @property
+    def out_dim(self) -> int:  # width of the pooled features, as every backbone states it
+        return self.cfg.dim
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

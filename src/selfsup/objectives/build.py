@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -9,13 +10,90 @@ from selfsup.config import RunConfig
 from selfsup.data.tokenizer import eos_id
 from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
+from selfsup.models.resnet import ResNet
+from selfsup.models.vit import ViT
+from selfsup.objectives.beit import BEiT
+from selfsup.objectives.byol import BYOL
 from selfsup.objectives.clm import CausalLM
+from selfsup.objectives.deepcluster import DeepCluster
+from selfsup.objectives.dino import DINO
+from selfsup.objectives.mae import MAE
 from selfsup.objectives.mlm import MaskedLM
+from selfsup.objectives.mocov2 import MoCoV2
+from selfsup.objectives.mocov3 import MoCoV3
 from selfsup.objectives.plm import PermutationLM
+from selfsup.objectives.simclr import SimCLR
+from selfsup.objectives.swav import SwAV
+from selfsup.views.augment import MultiView
 from selfsup.views.masking import MaskingTable
 
 
-def build_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
+def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.ndarray | None = None,
+                    backbone: nn.Module | None = None) -> nn.Module:
+    """tok: the tokenizer (text objectives); images: the training images (N, C, H, W) uint8, which DeepCluster
+    clusters and BEiT fits its codebook on (None when opening a trained run); backbone: any module mapping images
+    (B, C, H, W) to features (B, D) with an `out_dim` attribute, instead of the configured one (from Python)."""
+    if not cfg.is_image:
+        return _text_objective(cfg, tok)
+    if cfg.image.mean is None or cfg.image.std is None:
+        raise ValueError("image.mean and image.std must be resolved (measured on the data) before building")
+    net = backbone if backbone is not None else image_backbone(cfg)
+    views = image_views(cfg)
+    s, mean, std = cfg.ssl, cfg.image.mean, cfg.image.std
+    steps = cfg.train.max_steps
+    if cfg.objective == "simclr":
+        return SimCLR(net, views, s.proj_hidden, s.proj_dim, s.temperature)
+    if cfg.objective == "mocov2":
+        return MoCoV2(net, views, s.proj_hidden, s.proj_dim, s.temperature, s.momentum, s.queue_size)
+    if cfg.objective == "mocov3":
+        return MoCoV3(net, views, s.proj_hidden, s.proj_dim, s.pred_hidden, s.temperature, s.momentum, steps)
+    if cfg.objective == "byol":
+        return BYOL(net, views, s.proj_hidden, s.proj_dim, s.pred_hidden, s.momentum, steps)
+    if cfg.objective == "dino":
+        d = cfg.dino
+        return DINO(net, views, d.out_dim, s.proj_hidden, d.bottleneck, d.student_temp, d.teacher_temp,
+                    d.warmup_teacher_temp, d.teacher_temp_warmup_steps, d.center_momentum, s.momentum,
+                    d.freeze_last_layer_steps, steps)
+    if cfg.objective == "swav":
+        w = cfg.swav
+        return SwAV(net, views, s.proj_hidden, s.proj_dim, w.prototypes, s.temperature, w.epsilon, w.sinkhorn_iters,
+                    w.freeze_prototypes_steps)
+    if cfg.objective == "deepcluster":
+        d = cfg.deepcluster
+        return DeepCluster(net, views, d.clusters, d.recluster_every, d.pca_dim, d.kmeans_iters, images, mean, std,
+                           cfg.seed)
+    if not isinstance(net, ViT):
+        raise ValueError(f"objective '{cfg.objective}' masks patches: it needs model.backbone=vit")
+    if cfg.objective == "mae":
+        m = cfg.mae
+        return MAE(net, views, cfg.image.channels, m.mask_ratio, m.norm_pix_loss, m.decoder_dim, m.decoder_depth,
+                   m.decoder_heads)
+    if cfg.objective == "beit":
+        b = cfg.beit
+        return BEiT(net, views, b.mask_ratio, b.codebook_size, b.codebook_images, images, mean, std, cfg.seed)
+    raise ValueError(f"objective '{cfg.objective}' has no builder")
+
+
+def image_backbone(cfg: RunConfig) -> nn.Module:
+    if cfg.model.backbone == "vit":
+        return ViT(cfg.model, cfg.image.size, cfg.image.channels)
+    return ResNet(cfg.model.backbone, cfg.image.channels, cfg.model.small_stem)
+
+
+def image_views(cfg: RunConfig) -> MultiView:
+    """The recipe's augmentations. Masked-image and clustering objectives take one view; local crops get a side
+    that is a multiple of the ViT patch."""
+    v, size = cfg.views, cfg.image.size
+    one_view = cfg.objective in ("mae", "beit", "deepcluster")
+    local_size = v.local_size or max(cfg.model.patch * 2, round(size * 3 / 7 / cfg.model.patch) * cfg.model.patch)
+    return MultiView.build(size, cfg.image.mean, cfg.image.std, global_scale=v.crop_scale,
+                           blur_p=v.blur_p[:1] if one_view else v.blur_p,
+                           solarize_p=v.solarize_p[:1] if one_view else v.solarize_p,
+                           jitter=v.jitter, jitter_p=v.jitter_p, grayscale_p=v.grayscale_p, flip_p=v.flip_p,
+                           n_local=v.local_crops, local_size=local_size, local_scale=v.local_scale)
+
+
+def _text_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
     eos = eos_id(tok)
     if cfg.objective == "clm":
         return CausalLM(GPT(cfg.model), eos, doc_mask=cfg.data.doc_mask)
@@ -23,8 +101,6 @@ def build_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
         encoder = Encoder(cfg.model)
         return MaskedLM(encoder, MaskingTable(tok, encoder.vocab), eos, cfg.mlm.p, cfg.mlm.whole_word,
                         doc_mask=cfg.data.doc_mask)
-    if cfg.objective == "plm":
-        encoder = Encoder(cfg.model)
-        return PermutationLM(encoder, MaskingTable(tok, encoder.vocab).special, eos, cfg.plm.p, cfg.plm.max_span,
-                             doc_mask=cfg.data.doc_mask)
-    raise ValueError(f"objective '{cfg.objective}' has no builder")
+    encoder = Encoder(cfg.model)
+    return PermutationLM(encoder, MaskingTable(tok, encoder.vocab).special, eos, cfg.plm.p, cfg.plm.max_span,
+                         doc_mask=cfg.data.doc_mask)

@@ -16,6 +16,7 @@ from selfsup.objectives.output import LossOutput
 
 
 class CausalLM(nn.Module):
+    unit = "token"
     window_overlap = 1  # windows of model.context + 1 tokens: inputs and targets shifted by one
 
     def __init__(self, model: Transformer, eos_id: int, doc_mask: bool = True):
@@ -32,7 +33,7 @@ class CausalLM(nn.Module):
         doc_ids = torch.cumsum(inputs == self.eos_id, dim=1) if self.doc_mask else None  # (B, T)
         hidden = self.model(inputs, doc_ids)  # (B, T, D)
         loss, count = linear_cross_entropy(hidden.flatten(0, 1), self.model.embed.weight, targets.flatten())
-        return LossOutput(loss, count, tokens=inputs.numel())
+        return LossOutput(loss, count, units=inputs.numel())
 
     def flops_per_token(self) -> float:
         return self.model.flops_per_token()

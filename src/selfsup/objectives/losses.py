@@ -66,3 +66,116 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         grad_bias = grad_bias.to(grad_hidden.dtype) * grad_loss if ctx.has_bias else None
         return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None
+
+
+# ------------------------------------------------------------------------------------ losses on embeddings
+# Letters: B images per view, E embedding width, K prototypes / queue entries, V crops (views) per image.
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, int]:
+    """SimCLR's NT-Xent. z1, z2: (B, E) projections of two views of the same images. Each of the 2B embeddings
+    is an anchor whose positive is the other view of its image; its negatives are the other 2B − 2 embeddings.
+    Self-similarity is left out of the softmax, the positive is kept in it. Returns (sum over the 2B anchors, 2B)."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)  # (2B, E)
+    n = z.shape[0]
+    logits = z @ z.t() / temperature  # (2B, 2B)
+    self_pairs = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_pairs, float("-inf"))
+    positives = (torch.arange(n, device=z.device) + n // 2) % n  # anchor i's other view
+    return F.cross_entropy(logits, positives, reduction="sum"), n
+
+
+def moco_v2_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, int]:
+    """MoCo v2's InfoNCE. q: (B, E) queries from the online encoder; k: (B, E) keys of the other view from the
+    momentum encoder (no gradient); queue: (K, E) normalised keys of earlier batches, the negatives. The logits
+    are [q·k⁺, q·queue] / τ with the positive at index 0. Returns (sum over B queries, B)."""
+    q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+    positive = (q * k).sum(dim=-1, keepdim=True)  # (B, 1)
+    negatives = q @ queue.float().t()  # (B, K)
+    logits = torch.cat([positive, negatives], dim=1) / temperature  # (B, 1 + K)
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels, reduction="sum"), q.shape[0]
+
+
+def moco_v3_loss(q: Tensor, k: Tensor, temperature: float) -> tuple[Tensor, int]:
+    """MoCo v3's InfoNCE within the batch. q: (B, E) predictions for one view; k: (B, E) momentum-encoder keys of
+    the other view (no gradient). Image i's key is q_i's positive, the other keys its negatives. Scaled by 2τ as
+    in the paper's code, which makes the gradient's size independent of τ. Returns (sum over B, B)."""
+    q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+    logits = q @ k.t() / temperature  # (B, B)
+    labels = torch.arange(q.shape[0], device=q.device)
+    return F.cross_entropy(logits, labels, reduction="sum") * 2 * temperature, q.shape[0]
+
+
+def byol_loss(p: Tensor, z: Tensor) -> tuple[Tensor, int]:
+    """BYOL's regression: ‖p̂ − ẑ‖² = 2 − 2·cos(p, z) between the online prediction p (B, E) and the target
+    projection z (B, E) of the other view (no gradient). Returns (sum over B, B)."""
+    cos = F.cosine_similarity(p.float(), z.float(), dim=-1)  # (B,)
+    return (2 - 2 * cos).sum(), p.shape[0]
+
+
+def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, student_temp: float,
+              teacher_temp: float) -> tuple[Tensor, int]:
+    """DINO's cross-entropy between the centred, sharpened teacher and the student. student: V tensors (B, K) of
+    logits, one per crop, global crops first; teacher: G tensors (B, K) for the G global crops (no gradient);
+    center: (K,). Every pair (teacher crop g, student crop v) with v ≠ g counts; the paper averages over pairs
+    and images. Returns (sum over pairs and images, pairs × B)."""
+    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1) for t in teacher]  # G × (B, K)
+    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]  # V × (B, K)
+    total, pairs = torch.zeros((), device=center.device), 0
+    for g, target in enumerate(targets):
+        for v, log_p in enumerate(log_probs):
+            if v == g:
+                continue  # the same view seen by teacher and student carries no signal
+            total = total + (-target * log_p).sum()
+            pairs += 1
+    return total, pairs * student[0].shape[0]
+
+
+@torch.no_grad()
+def sinkhorn(scores: Tensor, epsilon: float, iters: int) -> Tensor:
+    """SwAV's Sinkhorn-Knopp: soft codes (B, K) from prototype scores (B, K) such that every image's codes sum to
+    1 and every prototype receives B/K of the batch (the equal-partition constraint that prevents collapse)."""
+    q = torch.exp((scores.float() - scores.float().max()) / epsilon).t()  # (K, B); the shift cancels out
+    q /= q.sum()
+    K, B = q.shape
+    for _ in range(iters):
+        q /= q.sum(dim=1, keepdim=True) * K  # each prototype: total mass 1/K
+        q /= q.sum(dim=0, keepdim=True) * B  # each image: total mass 1/B
+    return (q * B).t()  # (B, K), rows sum to 1
+
+
+def swav_loss(scores: list[Tensor], codes: list[Tensor], temperature: float) -> tuple[Tensor, int]:
+    """SwAV's swapped prediction. scores: V tensors (B, K) of prototype scores, one per crop, global crops first;
+    codes: G tensors (B, K) of Sinkhorn codes of the global crops. The code of global crop g is predicted from
+    every other crop v: −Σ_k q_g log softmax(s_v / τ). Returns (sum over pairs and images, pairs × B)."""
+    log_probs = [F.log_softmax(s.float() / temperature, dim=-1) for s in scores]  # V × (B, K)
+    total, pairs = torch.zeros((), device=scores[0].device), 0
+    for g, q in enumerate(codes):
+        for v, log_p in enumerate(log_probs):
+            if v != g:
+                total = total + (-q * log_p).sum()
+                pairs += 1
+    return total, pairs * scores[0].shape[0]
+
+
+def patchify(images: Tensor, patch: int) -> Tensor:
+    """(B, C, H, W) -> (B, T, P·P·C), patches in row-major order as the ViT embeds them."""
+    B, C, H, W = images.shape
+    x = images.reshape(B, C, H // patch, patch, W // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
+
+
+def normalize_patches(patches: Tensor) -> Tensor:
+    """(..., P·P·C) -> each patch minus its mean, over its standard deviation (MAE's norm_pix, unbiased var)."""
+    x = patches.float()
+    mean, var = x.mean(dim=-1, keepdim=True), x.var(dim=-1, keepdim=True)
+    return (x - mean) / (var + 1e-6).sqrt()
+
+
+def masked_patch_loss(pred: Tensor, patches: Tensor, mask: Tensor, norm_pix: bool) -> tuple[Tensor, Tensor]:
+    """MAE's reconstruction loss. pred, patches: (B, T, P·P·C); mask: (B, T) True on masked patches. The mean
+    squared error of each patch counts only where it was masked; with `norm_pix` the target is each patch
+    normalised by its own mean and variance. Returns (sum over masked patches of their MSE, masked count)."""
+    target = normalize_patches(patches) if norm_pix else patches.float()
+    per_patch = ((pred.float() - target) ** 2).mean(dim=-1)  # (B, T)
+    return (per_patch * mask).sum(), mask.sum()

@@ -36,6 +36,7 @@ class MLMHead(nn.Module):
 
 
 class MaskedLM(nn.Module):
+    unit = "token"
     window_overlap = 0  # windows of exactly model.context tokens
 
     def __init__(self, encoder: Transformer, table: MaskingTable, eos_id: int, p: float = 0.15,
@@ -59,7 +60,7 @@ class MaskedLM(nn.Module):
         chosen = labels != IGNORE  # (B, T)
         h = self.head(hidden[chosen])  # (N, D), N chosen tokens
         loss, count = _sparse_cross_entropy(h, self.model.embed.weight, labels[chosen], self.head.bias)
-        return LossOutput(loss, count, tokens=tokens.numel())
+        return LossOutput(loss, count, units=tokens.numel())
 
     def flops_per_token(self) -> float:
         """The trunk on every token; the head and output layer only on the chosen share p."""

@@ -9,7 +9,11 @@ from torch import Tensor
 
 @dataclass
 class LossOutput:
-    loss: Tensor  # summed over `count` units (fp32 scalar)
-    count: Tensor  # number of units the loss is summed over (here: valid target tokens)
-    tokens: int  # tokens processed, for throughput
+    loss: Tensor  # summed over `count` terms (fp32 scalar)
+    count: Tensor | int  # number of terms the loss is summed over (valid target tokens, anchors, masked patches)
+    units: int  # what throughput counts, in the objective's `unit`: tokens (text) or images
     metrics: dict[str, float] = field(default_factory=dict)
+    # for the collapse monitor, detached, one or two views of the same B images: backbone features (B, D) and,
+    # where the loss compares embeddings, the projections (B, E) it compares
+    embeddings: tuple[Tensor, ...] = ()
+    projections: tuple[Tensor, ...] = ()

@@ -111,6 +111,7 @@ def permutation_masks(order: Tensor, doc_ids: Tensor, pad_mask: Tensor | None = 
 
 
 class PermutationLM(nn.Module):
+    unit = "token"
     window_overlap = 0  # windows of exactly model.context tokens
 
     def __init__(self, encoder: Transformer, special: Tensor, eos_id: int, p: float = 1 / 6, max_span: int = 5,
@@ -139,7 +140,7 @@ class PermutationLM(nn.Module):
         h = self.head(hidden[valid])  # (N, D)
         labels = tokens.gather(1, rows)[valid]  # (N,)
         loss, count = linear_cross_entropy(h, self.model.embed.weight, labels, self.head.bias)
-        return LossOutput(loss, count, tokens=tokens.numel())
+        return LossOutput(loss, count, units=tokens.numel())
 
     def doc_ids(self, tokens: Tensor) -> Tensor:
         """(B, T) -> (B, T) document index; EOS opens a document. One document per row without doc_mask."""

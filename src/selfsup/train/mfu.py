@@ -50,3 +50,13 @@ def _measure(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: f
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def count_flops(fn):
+    """Run fn() under torch's FlopCounterMode: (FLOPs of its matmuls and convolutions, forward and backward,
+    fn's result). Used where no closed formula is kept (image objectives: backbones, heads, teachers, views)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        result = fn()
+    return counter.get_total_flops(), result

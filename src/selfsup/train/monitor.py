@@ -10,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, console: Console):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, console: Console, unit: str = "token"):
+        self.unit = unit
         self.path = run_dir / "metrics.jsonl"
         _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
         self.file = open(self.path, "a")
@@ -28,7 +29,7 @@ class Monitor:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         self.progress.update(self.task, completed=record["step"], loss=f"{record['loss']:.4f}",
-                             speed=f"{record['tokens_per_s']:,.0f} tok/s")
+                             speed=f"{record[self.unit + 's_per_s']:,.0f} {self.unit}s/s")
 
     def say(self, text: str) -> None:
         self.progress.console.print(text)

@@ -27,3 +27,15 @@ def lr_at(step: int, max_steps: int, peak: float, cfg: SchedConfig) -> float:
         return peak
     progress = min((step - decay_start) / max(max_steps - decay_start, 1), 1.0)
     return peak + (floor - peak) * progress
+
+
+def momentum_at(step: int, max_steps: int, base: float) -> float:
+    """EMA momentum on BYOL's cosine schedule: `base` at step 0, rising to 1 at max_steps."""
+    return 1 - (1 - base) * (math.cos(math.pi * min(step / max(max_steps, 1), 1.0)) + 1) / 2
+
+
+def linear_warmup(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """From `start` to `end` linearly over `warmup_steps`, then `end` (DINO's teacher temperature)."""
+    if step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps

@@ -24,11 +24,13 @@ from safetensors.torch import save_model
 
 from selfsup import config as config_mod
 from selfsup.config import RunConfig
+from selfsup.data.images import ImageLoader, prepare_images
 from selfsup.data.packing import PackedWindows
-from selfsup.data.shards import Corpus, prepare
+from selfsup.data.shards import prepare
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint, optim
-from selfsup.train.mfu import peak_flops
+from selfsup.train.collapse import collapse_metrics, collapse_warning
+from selfsup.train.mfu import count_flops, peak_flops
 from selfsup.train.monitor import Monitor, read_metrics
 from selfsup.train.schedule import lr_at
 
@@ -80,7 +82,7 @@ class _StopFlag:
 
 
 @torch.no_grad()
-def evaluate(objective, loader: PackedWindows, batch_size: int, batches: int, device, precision: str) -> float:
+def evaluate(objective, loader: PackedWindows | ImageLoader, batch_size: int, batches: int, device, precision: str) -> float:
     """Mean loss per unit over the first `batches` validation batches (the same ones every time)."""
     was_training = objective.training
     objective.eval()
@@ -96,10 +98,11 @@ def evaluate(objective, loader: PackedWindows, batch_size: int, batches: int, de
     return total / max(count, 1)
 
 
-def accumulate(objective, batches, device: torch.device, precision: str) -> tuple[float, int]:
+def accumulate(objective, batches, device: torch.device, precision: str):
     """Forward and backward every micro-batch of one optimizer step, then divide the summed gradient by the
-    count of the whole step. Returns (mean loss per unit, tokens processed)."""
-    loss_sum, count, tokens = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    count of the whole step. Returns (mean loss per term, units processed, the last micro-batch's output, whose
+    embeddings the collapse monitor reads)."""
+    loss_sum, count, units, out = torch.zeros((), device=device), torch.zeros((), device=device), 0, None
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, precision):
@@ -107,12 +110,47 @@ def accumulate(objective, batches, device: torch.device, precision: str) -> tupl
         out.loss.backward()
         loss_sum += out.loss.detach()
         count += out.count
-        tokens += out.tokens
+        units += out.units
     count = count.clamp(min=1)
     for p in objective.parameters():
         if p.grad is not None:
             p.grad.div_(count)
-    return (loss_sum / count).item(), tokens
+    return (loss_sum / count).item(), units, out
+
+
+class _Data:
+    """The run's data, whatever the modality: training and validation loaders and what the summary reports."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, log):
+        self.tokenizer, self.train_images = None, None
+        if cfg.is_image:
+            d, im = cfg.data, cfg.image
+            images = prepare_images(d.path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+            if im.mean is None or im.std is None:  # written into config.yaml, so evaluation normalises the same way
+                im.mean, im.std = [round(v, 4) for v in images.mean], [round(v, 4) for v in images.std]
+            self.train_images = images.train
+            self.loader = ImageLoader(images.train, seed=cfg.seed)
+            self.val_loader = ImageLoader(images.val, shuffle=False) if len(images.val) else None
+            self.window = (f"{len(images.train):,} training images of {im.channels}×{im.size}×{im.size}", 1)
+            self.summary = dict(path=d.path, files=images.meta["files"], images=images.meta["images"],
+                                skipped=images.meta["skipped"], classes=len(images.classes), mean=im.mean,
+                                std=im.std, cache=str(images.dir))
+            self.unigram_ppl = None
+            return
+        corpus = prepare(cfg.data, cfg.model.vocab_size, log=log)
+        shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
+        self.tokenizer = corpus.tokenizer
+        self.corpus = corpus
+        self.unigram_ppl = corpus.meta["unigram_ppl"]
+        self.summary = dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
+                            skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir))
+
+    def text_loaders(self, cfg: RunConfig, overlap: int) -> None:
+        """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
+        c = self.corpus
+        self.loader = PackedWindows(c.train, c.dtype, cfg.model.context, overlap, seed=cfg.seed)
+        self.val_loader = PackedWindows(c.val, c.dtype, cfg.model.context, overlap, shuffle=False)
+        self.window = (f"{len(self.loader):,} training windows of {cfg.model.context} tokens", cfg.model.context)
 
 
 def train(cfg: RunConfig, console: Console | None = None) -> dict:
@@ -126,35 +164,38 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    corpus = prepare(cfg.data, cfg.model.vocab_size, log=lambda s: console.print(f"[dim]{s}"))
-    shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
-    objective = build_objective(cfg, corpus.tokenizer).to(device)
+    data = _Data(cfg, run_dir, log=lambda text: console.print(f"[dim]{text}"))
+    objective = build_objective(cfg, data.tokenizer, data.train_images).to(device)
     optimizer = optim.build(objective, cfg.optim, device)
-    overlap = objective.window_overlap  # CLM: one extra token for the shifted targets
-    loader = PackedWindows(corpus.train, corpus.dtype, cfg.model.context, overlap, seed=cfg.seed)
-    val_loader = PackedWindows(corpus.val, corpus.dtype, cfg.model.context, overlap, shuffle=False)
+    if not cfg.is_image:
+        data.text_loaders(cfg, objective.window_overlap)
+    loader, val_loader = data.loader, data.val_loader
+    if not getattr(objective, "validates", True):
+        val_loader = None  # e.g. DeepCluster: pseudo-labels exist for training images only
+    unit = objective.unit  # "token" or "image": what throughput and MFU count
 
-    step, counters = 0, {"nan_skipped_steps": 0, "elapsed_s": 0.0, "tokens_seen": 0}
+    step, counters = 0, {"nan_skipped_steps": 0, "elapsed_s": 0.0, f"{unit}s_seen": 0, "collapse_warnings": 0}
     last = checkpoint.latest(run_dir)
     if last is not None:
         state = checkpoint.load(last, objective, optimizer)
-        step, counters = state["step"], state["counters"]
+        step, counters = state["step"], {**counters, **state["counters"]}
         loader.load_state(state["data"])
         console.print(f"resuming from {last} (step {step})")
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
 
     if t_cfg.compile:
         objective.compile()  # the loss too, so its fp32 upcast fuses into the softmax; state-dict keys unchanged
-    params = sum(p.numel() for p in objective.parameters())
-    flops_per_token = objective.flops_per_token()
+    params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+    # text: the PaLM formula; images: counted by torch's FlopCounterMode on this process's second step
+    flops_per_unit = objective.flops_per_token() if unit == "token" else counters.get("flops_per_image")
     dtype = torch.bfloat16 if t_cfg.precision == "bf16" else torch.float32
     peak = t_cfg.peak_tflops * 1e12 if t_cfg.peak_tflops else peak_flops(device, dtype)
-    tokens_per_step = t_cfg.batch_size * t_cfg.grad_accum * cfg.model.context
-    console.print(f"{cfg.recipe}: {params / 1e6:.2f}M parameters on {device} ({t_cfg.precision}), "
-                  f"{len(loader):,} training windows of {cfg.model.context} tokens, "
-                  f"{tokens_per_step:,} tokens per step, {t_cfg.max_steps:,} steps")
+    described, per_sample = data.window
+    units_per_step = t_cfg.batch_size * t_cfg.grad_accum * per_sample
+    console.print(f"{cfg.recipe}: {params / 1e6:.2f}M trained parameters on {device} ({t_cfg.precision}), "
+                  f"{described}, {units_per_step:,} {unit}s per step, {t_cfg.max_steps:,} steps")
 
-    monitor = Monitor(run_dir, t_cfg.max_steps, step, console)
+    monitor = Monitor(run_dir, t_cfg.max_steps, step, console, unit)
     params_list = [p for p in objective.parameters() if p.requires_grad]
     t_start, elapsed_before = time.perf_counter(), counters["elapsed_s"]
 
@@ -163,8 +204,13 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         state = {"data": loader.state(), "counters": counters}
         return checkpoint.save(run_dir, step, objective, optimizer, state, t_cfg.keep_checkpoints)
 
-    bad_in_a_row, status, val_loss = 0, "finished", None
-    t_log, tokens_log, loss_log = time.perf_counter(), 0, []
+    def validate() -> float | None:
+        if val_loader is None:
+            return None
+        return evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device, t_cfg.precision)
+
+    bad_in_a_row, status, val_loss, steps_here = 0, "finished", None, 0
+    t_log, units_log, loss_log = time.perf_counter(), 0, []
     objective.train()
     with _StopFlag() as stop:
         while step < t_cfg.max_steps:
@@ -172,14 +218,22 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             batches = (loader.next_batch(t_cfg.batch_size) for _ in range(t_cfg.grad_accum))
-            loss_value, tokens = accumulate(objective, batches, device, t_cfg.precision)
+            steps_here += 1
+            if flops_per_unit is None and steps_here == 2:  # after any lazy set-up (codebooks, first clustering)
+                flops, (loss_value, units, out) = count_flops(
+                    lambda: accumulate(objective, batches, device, t_cfg.precision))
+                flops_per_unit = counters["flops_per_image"] = flops / max(units, 1)
+            else:
+                loss_value, units, out = accumulate(objective, batches, device, t_cfg.precision)
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, t_cfg.clip_grad or float("inf")).item()
             step += 1
-            counters["tokens_seen"] += tokens
-            tokens_log += tokens
+            counters[f"{unit}s_seen"] += units
+            units_log += units
             last_step = step == t_cfg.max_steps
             if math.isfinite(loss_value) and math.isfinite(grad_norm):
                 bad_in_a_row = 0
+                if hasattr(objective, "before_step"):  # gradients an objective holds back (DINO's last layer)
+                    objective.before_step(step)
                 optimizer.step()
                 loss_log.append(loss_value)
                 if hasattr(objective, "after_step"):  # EMA teachers, centers, logit-scale clamps
@@ -199,20 +253,32 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
 
             evaluate_now = step % t_cfg.eval_every == 0 or last_step
-            if loss_log and (step % t_cfg.log_every == 0 or evaluate_now):
+            collapse_now = bool(out.embeddings) and (step % cfg.ssl.collapse_every == 0 or last_step)
+            if loss_log and (step % t_cfg.log_every == 0 or evaluate_now or collapse_now):
                 now = time.perf_counter()
-                tok_s = tokens_log / (now - t_log)
-                record = dict(step=step, loss=sum(loss_log) / len(loss_log), lr=lr, tokens_per_s=tok_s,
-                              mfu=tok_s * flops_per_token / peak, grad_norm=grad_norm,
-                              time=elapsed_before + now - t_start)
+                rate = units_log / (now - t_log)
+                record = {"step": step, "loss": sum(loss_log) / len(loss_log), "lr": lr, f"{unit}s_per_s": rate,
+                          "mfu": rate * flops_per_unit / peak if flops_per_unit else None, "grad_norm": grad_norm,
+                          "time": elapsed_before + now - t_start}
+                if collapse_now:
+                    readings = collapse_metrics(out.embeddings, out.projections)
+                    record.update({f"collapse_{k}": v for k, v in readings.items()})
+                    warning = collapse_warning(readings, out.embeddings, out.projections)
+                    if warning:
+                        counters["collapse_warnings"] += 1
+                        record["collapse_warning"] = warning
+                        monitor.say(f"[yellow]step {step}: {warning}")
                 if evaluate_now:
-                    val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device,
-                                        t_cfg.precision)
-                    record.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
-                    monitor.say(f"step {step:>6}: loss {record['loss']:.4f}  val_loss {val_loss:.4f}  "
-                                f"val_ppl {record['val_ppl']:.2f}")
+                    val_loss = validate()
+                    if val_loss is not None:
+                        record["val_loss"] = val_loss
+                        text = f"step {step:>6}: loss {record['loss']:.4f}  val_loss {val_loss:.4f}"
+                        if unit == "token":
+                            record["val_ppl"] = math.exp(min(val_loss, 50))
+                            text += f"  val_ppl {record['val_ppl']:.2f}"
+                        monitor.say(text)
                 monitor.log(record)
-                t_log, tokens_log, loss_log = time.perf_counter(), 0, []  # throughput counts training time only
+                t_log, units_log, loss_log = time.perf_counter(), 0, []  # throughput counts training time only
             if step % t_cfg.checkpoint_every == 0 or last_step or stop.signal is not None:
                 save()
             if stop.signal is not None and not last_step:
@@ -225,27 +291,29 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
 
     if status == "finished":
         if val_loss is None:  # resumed a run that had already finished
-            val_loss = evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device, t_cfg.precision)
+            val_loss = validate()
         save_model(objective, str(run_dir / "model.safetensors"))  # backbone and heads
-    return _summary(cfg, run_dir, corpus, status, step, counters, params, flops_per_token, peak, device, val_loss)
+    return _summary(cfg, run_dir, data, unit, status, step, counters, params, flops_per_unit, peak, device, val_loss)
 
 
-def _summary(cfg, run_dir, corpus: Corpus, status, step, counters, params, flops_per_token, peak, device,
+def _summary(cfg, run_dir, data: _Data, unit, status, step, counters, params, flops_per_unit, peak, device,
              val_loss) -> dict:
     records = read_metrics(run_dir / "metrics.jsonl")
-    speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
-    tok_s = counters["tokens_seen"] / counters["elapsed_s"] if counters["elapsed_s"] else 0.0
+    rate_key = f"{unit}s_per_s"
+    speeds = [r[rate_key] for r in records if r.get(rate_key)]
+    rate = counters[f"{unit}s_seen"] / counters["elapsed_s"] if counters["elapsed_s"] else 0.0
     if speeds:  # the median logged throughput: not skewed by start-up, evaluation or checkpoints
-        tok_s = float(np.median(speeds))
-    summary = dict(
-        status=status, recipe=cfg.recipe, objective=cfg.objective, steps=step, tokens_seen=counters["tokens_seen"],
-        wall_time_s=round(counters["elapsed_s"], 2), tokens_per_s=tok_s, mfu=tok_s * flops_per_token / peak,
-        peak_tflops=peak / 1e12, flops_per_token=flops_per_token, params=params, device=str(device),
-        precision=cfg.train.precision, final_loss=records[-1]["loss"] if records else None,
-        val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)) if val_loss is not None else None,
-        unigram_ppl=corpus.meta["unigram_ppl"], nan_skipped_steps=counters["nan_skipped_steps"],
-        data=dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
-                  skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir)),
-    )
+        rate = float(np.median(speeds))
+    text = unit == "token"
+    summary = {
+        "status": status, "recipe": cfg.recipe, "objective": cfg.objective, "unit": unit, "steps": step,
+        f"{unit}s_seen": counters[f"{unit}s_seen"], "wall_time_s": round(counters["elapsed_s"], 2), rate_key: rate,
+        "mfu": rate * flops_per_unit / peak if flops_per_unit else None, "peak_tflops": peak / 1e12,
+        f"flops_per_{unit}": flops_per_unit, "params": params, "device": str(device),
+        "precision": cfg.train.precision, "final_loss": records[-1]["loss"] if records else None,
+        "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)) if text and val_loss is not None else None,
+        "unigram_ppl": data.unigram_ppl, "nan_skipped_steps": counters["nan_skipped_steps"],
+        "collapse_warnings": counters["collapse_warnings"], "data": data.summary,
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

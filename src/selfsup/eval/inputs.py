@@ -1,0 +1,89 @@
+"""How evaluation feeds a trunk, per modality: one evaluation path (kNN, linear probe, fine-tuning, embedding)
+for text and images, and later audio and video.
+
+An inputs object turns a labeled set's items into model inputs and pooled features:
+    prepare(items)                 -> prepared items (token lists, an image tensor)
+    order(prepared)                -> the order to batch them in (texts: longest first, so little is padding)
+    batch(prepared, rows, device)  -> the trunk's arguments for those rows
+    features(trunk, *args)         -> (B, D) pooled features, differentiable (fine-tuning goes through it)
+    describe(trunk)                -> the feature part of a protocol string
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from selfsup.eval.features import collate, pad_id, pooling_kind, tokenize
+from selfsup.models.transformer import pool
+from selfsup.views.augment import center_view
+
+
+class TextInputs:
+    def __init__(self, tok: Tokenizer, trunk: nn.Module):
+        self.tok, self.pad, self.context, self.kind = tok, pad_id(tok), trunk.cfg.context, pooling_kind(trunk)
+
+    def prepare(self, texts: list[str]) -> list[list[int]]:
+        return tokenize(self.tok, texts, self.context)
+
+    def order(self, seqs: list[list[int]]) -> list[int]:
+        return sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+
+    def batch(self, seqs: list[list[int]], rows: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+        return collate([seqs[i] for i in rows], self.pad, device)
+
+    def features(self, trunk: nn.Module, idx: Tensor, mask: Tensor) -> Tensor:
+        return pool(trunk(idx, pad_mask=mask), mask, self.kind)
+
+    def describe(self, trunk: nn.Module) -> str:
+        where = "the first ([EOS]) token" if self.kind == "cls" else "the mean over real tokens"
+        kind = "causal" if trunk.causal else "bidirectional"
+        return (f"final-norm hidden states of the {kind} trunk (dim {trunk.cfg.dim}, depth {trunk.cfg.depth}) at "
+                f"{where}; input [EOS] + text truncated to {self.context} tokens, padding masked")
+
+
+class ImageInputs:
+    """Images (N, C, H, W) uint8 -> the deterministic centre view at the training size, normalised with the
+    run's mean and std: no augmentation at evaluation."""
+
+    def __init__(self, size: int, mean: list[float], std: list[float]):
+        self.size, self.mean, self.std = size, mean, std
+
+    def prepare(self, images: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.asarray(images))
+
+    def order(self, images: Tensor) -> list[int]:
+        return list(range(len(images)))
+
+    def batch(self, images: Tensor, rows: list[int], device: torch.device) -> tuple[Tensor]:
+        return (center_view(images[rows].to(device), self.size, self.mean, self.std),)
+
+    def features(self, trunk: nn.Module, x: Tensor) -> Tensor:
+        return trunk(x)
+
+    def describe(self, trunk: nn.Module) -> str:
+        if hasattr(trunk, "blocks"):
+            where = "class token" if trunk.cfg.pooling == "cls" else "mean of the patch tokens"
+            what = f"ViT (dim {trunk.cfg.dim}, depth {trunk.cfg.depth}, patch {trunk.patch}) final-norm {where}"
+        else:
+            what = f"{type(trunk).__name__} globally average-pooled last stage (dim {trunk.out_dim})"
+        return (f"{what}; centre view resized to {self.size}×{self.size}, normalised by the run's mean/std, "
+                "no augmentation")
+
+
+@torch.no_grad()
+def encode(trunk: nn.Module, inputs, items, batch_size: int, device: torch.device, progress=None) -> Tensor:
+    """(N, D) float32 features on the CPU, row i for items[i]; `progress` wraps the iterable of batches."""
+    was_training = trunk.training
+    trunk.eval()
+    prepared = inputs.prepare(items)
+    order = inputs.order(prepared)
+    out = torch.empty((len(order), trunk.out_dim), dtype=torch.float32)
+    starts = range(0, len(order), batch_size)
+    for start in (progress(starts) if progress else starts):
+        rows = order[start:start + batch_size]
+        out[torch.tensor(rows, dtype=torch.long)] = inputs.features(trunk, *inputs.batch(prepared, rows, device)).float().cpu()
+    trunk.train(was_training)
+    return out
