@@ -99,8 +99,10 @@ def evaluate(
                                         "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image "
                                         "runs a folder with one sub-folder per class (see `selfsup data digits`)"),
     test: Optional[str] = typer.Option(None, help="labeled data to score, same form as --train"),
-    baseline: Optional[str] = typer.Option(None, help="random: also evaluate a randomly initialised model of the "
-                                           "same shape (the run's seed) and report the gain"),
+    baseline: Optional[list[str]] = typer.Option(None, help="random: also evaluate a randomly initialised model of "
+                                                 "the same shape (the run's seed) and report the gain; pixels (image "
+                                                 "runs, linear and knn): also the raw pixels of the same views. "
+                                                 "Repeatable"),
     k: int = typer.Option(20, help="knn: neighbours that vote"),
     temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
     epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
@@ -122,12 +124,16 @@ def evaluate(
 
     if task not in ("perplexity", *TASKS):
         raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, {', '.join(TASKS)}")
-    if baseline not in (None, "random"):
-        raise config_mod.ConfigError(f"--baseline '{baseline}': expected random")
+    baselines = baseline or []
+    for name in baselines:
+        if name not in ("random", "pixels"):
+            raise config_mod.ConfigError(f"--baseline '{name}': expected random or pixels")
+    if "pixels" in baselines and task not in ("linear", "knn"):
+        raise config_mod.ConfigError(f"--baseline pixels is for --task linear and knn (got --task {task})")
     if task == "perplexity":
         if not data:
             raise config_mod.ConfigError("--data is required for --task perplexity (a held-out .txt/.jsonl file)")
-        if baseline:
+        if baselines:
             raise config_mod.ConfigError("--baseline is for the transfer tasks: linear, knn, finetune")
     elif not (train and test):
         raise config_mod.ConfigError(f"--task {task} needs --train and --test: labeled .jsonl files with 'text' "
@@ -140,7 +146,10 @@ def evaluate(
                                      f"'{cfg.objective}' (use --task linear, knn or finetune)")
     out = run_dir / "eval" / f"{task}.json"
     if task != "perplexity":
-        result = _transfer(task, run_dir, cfg, objective.model, tok, train, test, baseline, dev,
+        if "pixels" in baselines and not cfg.is_image:
+            raise config_mod.ConfigError(f"--baseline pixels is for image runs; '{run_dir}' trained "
+                                         f"'{cfg.objective}' on text")
+        result = _transfer(task, run_dir, cfg, objective.model, tok, train, test, baselines, dev,
                            dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
                                 lr=lr, layer_decay=layer_decay, patience=patience))
         out.parent.mkdir(exist_ok=True)
@@ -162,12 +171,12 @@ def evaluate(
     console.print(f"written: {out}")
 
 
-def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baseline, dev, opts) -> dict:
+def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baselines, dev, opts) -> dict:
     """linear / knn / finetune on the trained trunk (and a random one): print the table, return the JSON."""
     from rich.progress import track
 
     from selfsup.eval.features import random_trunk
-    from selfsup.eval.inputs import ImageInputs, TextInputs
+    from selfsup.eval.inputs import ImageInputs, Pixels, TextInputs
     from selfsup.eval.labeled import evaluate as run_task, read_labeled, read_labeled_images
 
     if cfg.is_image:
@@ -184,9 +193,12 @@ def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baseline, d
         return track(it, description=what, console=err, transient=True)
 
     results = {"pretrained": run_task(task, trunk, inputs, train_set, test_set, dev, progress=progress, **opts)}
-    if baseline == "random":
+    if "random" in baselines:
         results["random"] = run_task(task, random_trunk(cfg, tok, dev), inputs, train_set, test_set, dev,
                                      progress=progress, **opts)
+    if "pixels" in baselines:
+        results["pixels"] = run_task(task, Pixels(cfg.image.channels, cfg.image.size), inputs, train_set, test_set,
+                                     dev, progress=progress, **opts)
     result = dict(task=task, run_dir=str(run_dir), recipe=cfg.recipe,
                   objective=cfg.objective, protocol=results["pretrained"]["protocol"], classes=train_set.classes,
                   data=dict(train=train_set.counts(), test=test_set.counts()),
@@ -342,6 +354,40 @@ def export_run(
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
     console.print(f"exported to {export(run_dir, cfg, objective, format, out)}")
+
+
+@app.command()
+def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to put side by side")):
+    """One table of several runs: objective, training time and every evaluation they hold (RUN_DIR/eval/*.json:
+    accuracy of the pretrained model and of each baseline evaluated beside it)."""
+    from selfsup.rundir import RunDirError
+
+    rows, tasks = [], []
+    for run in run_dirs:
+        summary_path = run / "summary.json"
+        if not summary_path.is_file():
+            raise RunDirError(f"'{run}' has no summary.json: expected a finished run directory")
+        s = json.loads(summary_path.read_text())
+        evals = {}
+        for f in sorted((run / "eval").glob("*.json")):
+            r = json.loads(f.read_text())
+            if "accuracy" in r.get("pretrained", {}):
+                evals[f.stem] = r
+                tasks += [f.stem] if f.stem not in tasks else []
+        rows.append((run, s, evals))
+    table = Table(title="runs compared (accuracy %: pretrained/random init/raw pixels)")
+    for col in ("run", "objective", "steps", "train time"):
+        table.add_column(col)
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for run, s, evals in rows:
+        cells = []
+        for task in tasks:
+            r = evals.get(task)
+            cells.append("/".join(f"{100 * r[m]['accuracy']:.1f}" if m in r else "-"
+                                    for m in ("pretrained", "random", "pixels")) if r else "-")
+        table.add_row(run.name, s["objective"], f"{s['steps']:,}", f"{s['wall_time_s']:.0f} s", *cells)
+    console.print(table)
 
 
 @app.command()

@@ -31,7 +31,8 @@ class Section(BaseModel):
 class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl file or a folder of them; '{BUILTIN_CORPUS}' "
                       "is the docstrings of Python's standard library, present on every machine. Images: a folder "
-                      "(recursive), webdataset .tar shards or an .npz")
+                      "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
+                      "handwritten digits (training split)")
     tokenizer: str | None = Field(None, description="a tokenizer.json to reuse instead of training one")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out for validation")
     max_doc_chars: int = Field(200_000, gt=0, description="longer documents are skipped and counted")
@@ -220,6 +221,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _image_fits_patches(self) -> RunConfig:
+        if self.objective in ("mae", "beit") and self.model.backbone != "vit":
+            raise ValueError(f"objective '{self.objective}' masks patches: it needs model.backbone=vit "
+                             f"(got {self.model.backbone})")
         if self.is_image and self.model.backbone == "vit" and self.image.size % self.model.patch:
             raise ValueError(f"image.size ({self.image.size}) must be a multiple of model.patch ({self.model.patch})")
         for key in ("mean", "std"):

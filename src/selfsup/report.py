@@ -124,14 +124,27 @@ def _plots(rows: list[dict]) -> list[str]:
         fig, ax = _new_axes("Learning rate", "lr")
         ax.plot(s, lr, lw=1)
         out.append(_png(fig))
-    (s, tps), (ms, mfu) = _series(rows, "tokens_per_s"), _series(rows, "mfu")
+    unit = "images" if any("images_per_s" in r for r in rows) else "tokens"
+    (s, tps), (ms, mfu) = _series(rows, f"{unit}_per_s"), _series(rows, "mfu")
     if tps:
-        fig, ax = _new_axes("Throughput", "tokens/s")
-        lines = ax.plot(s, tps, lw=1, label="tokens/s")
+        fig, ax = _new_axes("Throughput", f"{unit}/s")
+        lines = ax.plot(s, tps, lw=1, label=f"{unit}/s")
         if mfu:
             twin = ax.twinx()
             twin.set_ylabel("MFU (%)")
             lines += twin.plot(ms, [100 * m for m in mfu], lw=1, color="tab:orange", label="MFU %")
+        ax.legend(lines, [ln.get_label() for ln in lines])
+        out.append(_png(fig))
+    (s, rank), (ss, std) = _series(rows, "collapse_rankme"), _series(rows, "collapse_std")
+    if rank:
+        fig, ax = _new_axes("Collapse monitor", "effective rank (RankMe)")
+        lines = ax.plot(s, rank, "o-", ms=3, lw=1, label="effective rank of features")
+        twin = ax.twinx()
+        twin.set_ylabel("std of normalised embeddings")
+        lines += twin.plot(ss, std, "o-", ms=3, lw=1, color="tab:orange", label="per-dimension std")
+        for r in rows:
+            if r.get("collapse_warning"):
+                ax.axvline(r["step"], color="tab:red", alpha=0.3)
         ax.legend(lines, [ln.get_label() for ln in lines])
         out.append(_png(fig))
     return out
@@ -159,6 +172,10 @@ def _render(run_dir: Path) -> str:
         parts.append(f'<p class="meta">{len(rows):,} logged steps; latest step {e(_fmt("step", last["step"]))}'
                      + (f', loss {e(_fmt("loss", last["loss"]))}' if "loss" in last else "") + "</p>")
         parts += _plots(rows)
+        warnings = [r for r in rows if r.get("collapse_warning")]
+        if warnings:
+            parts.append(f'<p class="note">Collapse warnings at {len(warnings)} reading(s) (red lines above); the '
+                         f'last, at step {warnings[-1]["step"]}: {e(warnings[-1]["collapse_warning"])}</p>')
     else:
         parts.append('<p class="note">No metrics yet.</p>')
 

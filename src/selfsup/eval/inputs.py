@@ -52,7 +52,7 @@ class ImageInputs:
         self.size, self.mean, self.std = size, mean, std
 
     def prepare(self, images: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(images))
+        return torch.from_numpy(np.array(images))
 
     def order(self, images: Tensor) -> list[int]:
         return list(range(len(images)))
@@ -64,13 +64,26 @@ class ImageInputs:
         return trunk(x)
 
     def describe(self, trunk: nn.Module) -> str:
-        if hasattr(trunk, "blocks"):
+        if isinstance(trunk, Pixels):
+            what = f"raw pixels ({trunk.out_dim} values)"
+        elif hasattr(trunk, "blocks"):
             where = "class token" if trunk.cfg.pooling == "cls" else "mean of the patch tokens"
             what = f"ViT (dim {trunk.cfg.dim}, depth {trunk.cfg.depth}, patch {trunk.patch}) final-norm {where}"
         else:
             what = f"{type(trunk).__name__} globally average-pooled last stage (dim {trunk.out_dim})"
         return (f"{what}; centre view resized to {self.size}×{self.size}, normalised by the run's mean/std, "
                 "no augmentation")
+
+
+class Pixels(nn.Module):
+    """The raw-pixel baseline: the normalised centre view itself, flattened to (B, C·S·S)."""
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.out_dim = channels * size * size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
 
 
 @torch.no_grad()

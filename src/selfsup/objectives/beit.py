@@ -50,7 +50,7 @@ class BEiT(nn.Module):
         g = torch.Generator().manual_seed(self._seed)
         n = len(self._images)
         pick = np.sort(torch.randperm(n, generator=g)[:self._fit_images].numpy())
-        x = center_view(torch.from_numpy(np.asarray(self._images[pick])).to(device), self._images.shape[-1],
+        x = center_view(torch.from_numpy(np.array(self._images[pick])).to(device), self._images.shape[-1],
                         *self._norm)  # (N, C, H, W)
         patches = normalize_patches(patchify(x, self.model.patch)).flatten(0, 1)  # (N·T, P·P·C)
         centroids, _ = kmeans(patches, self.codebook.shape[0], iters=20, generator=g)

@@ -56,7 +56,7 @@ class DeepCluster(nn.Module):
         self.eval()
         feats = []
         for i in range(0, len(self._images), 256):
-            x = torch.from_numpy(np.asarray(self._images[i:i + 256])).to(device)
+            x = torch.from_numpy(np.array(self._images[i:i + 256])).to(device)
             feats.append(self.model(center_view(x, x.shape[-1], *self._norm)).float())  # (b, D)
         self.train(was_training)
         x = F.normalize(pca_whiten(torch.cat(feats), self.pca_dim), dim=1)  # (N, pca_dim)

@@ -13,15 +13,31 @@ def nearest(x: Tensor, centroids: Tensor, chunk: int = 65536) -> Tensor:
     return torch.cat(out)
 
 
+def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre is a point drawn with probability
+    proportional to its squared distance to the nearest centre chosen so far. x: (N, D) -> (K, D)."""
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids = [x[first]]
+    d2 = ((x - x[first]) ** 2).sum(dim=1)  # (N,) squared distance to the nearest centre
+    for _ in range(1, k):
+        weights = d2.cpu().double()
+        if weights.sum() <= 0:  # fewer distinct points than k: any point will do, Lloyd re-seeds empties
+            weights = torch.ones_like(weights)
+        nxt = int(torch.multinomial(weights, 1, generator=generator))
+        centroids.append(x[nxt])
+        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(dim=1))
+    return torch.stack(centroids)
+
+
 def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means from k distinct random points. x: (N, D) float. Returns centroids (K, D) and the
-    assignment (N,). An empty cluster is re-seeded with the point farthest from its centroid, so all K are used."""
+    """Lloyd's k-means from k-means++ seeds. x: (N, D) float. Returns centroids (K, D) and the assignment (N,).
+    An empty cluster is re-seeded with the point farthest from its centroid, so all K are used."""
     x = x.float()
     n = x.shape[0]
     if n < k:
         raise ValueError(f"k-means of {n} points into {k} clusters: expected at least as many points as clusters")
-    start = torch.randperm(n, generator=generator)[:k].to(x.device)
-    centroids = x[start].clone()  # (K, D)
+    centroids = kmeans_plus_plus(x, k, generator)  # (K, D)
     for _ in range(iters):
         assign = nearest(x, centroids)  # (N,)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)  # (K, D)

@@ -46,9 +46,11 @@ class MoCoV2(nn.Module):
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:  # keys: (N, E) replace the oldest N entries of the ring
-        K, n = self.queue.shape[0], keys.shape[0]
+        K = self.queue.shape[0]
+        keys = keys[-K:]  # more keys than the queue holds: the newest K
+        n = keys.shape[0]
         idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % K
-        self.queue[idx] = keys[-K:] if n > K else keys
+        self.queue[idx] = keys
         self.queue_ptr.copy_((self.queue_ptr + n) % K)
 
     def after_step(self, step: int) -> None:

@@ -24,9 +24,10 @@ from safetensors.torch import save_model
 
 from selfsup import config as config_mod
 from selfsup.config import RunConfig
+from selfsup.data import digits
 from selfsup.data.images import ImageLoader, prepare_images
 from selfsup.data.packing import PackedWindows
-from selfsup.data.shards import prepare
+from selfsup.data.shards import default_cache, prepare
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint, optim
 from selfsup.train.collapse import collapse_metrics, collapse_warning
@@ -125,7 +126,8 @@ class _Data:
         self.tokenizer, self.train_images = None, None
         if cfg.is_image:
             d, im = cfg.data, cfg.image
-            images = prepare_images(d.path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+            cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
+            images = prepare_images(digits.resolve(d.path, cache), im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
             if im.mean is None or im.std is None:  # written into config.yaml, so evaluation normalises the same way
                 im.mean, im.std = [round(v, 4) for v in images.mean], [round(v, 4) for v in images.std]
             self.train_images = images.train
