@@ -16,7 +16,12 @@ The peer is chosen at start and named in the output and the JSON (`peer`):
   conv patch embedding, class token and learned positions; SimCLR's Linear-BN-ReLU-Linear projector and NT-Xent
   as F.cross_entropy over the masked 2B × 2B cosine matrix; DINO's student/teacher with a head of our sizes
   (weight-normalised last layer, g fixed to 1), the centred/sharpened loss over the two global views, the teacher
-  EMA as the usual per-parameter loop and the centre EMA; torch.optim.AdamW with its defaults (foreach).
+  EMA as the usual per-parameter loop and the centre EMA.
+
+Either peer steps torch.optim.AdamW with torch's defaults, the recipe's lr, weight decay (not on 1-D parameters,
+as DINO's code), betas and clipping. On CPU the default (foreach=None) is the per-parameter for-loop: torch picks
+the multi-tensor kernel only on CUDA/XPU. `--peer-optim foreach` gives the peer that kernel; selfsup's optimizer
+is what the trainer builds, AdamW(fused=True).
 
 Fairness: both sides train on the SAME pre-augmented views. The two views of each pool batch are made once with
 the recipe's kornia MultiView and fed to both; on the selfsup side `objective.views` is replaced by a module that
@@ -39,7 +44,8 @@ objective, side and setting, with its high-water mark reset after warm-up.
 
     .venv/bin/python bench/vision_ssl.py                          # the full benchmark (eager, fp32 and bf16)
     .venv/bin/python bench/vision_ssl.py --compile both           # eager and torch.compile on both sides
-    .venv/bin/python bench/vision_ssl.py --steps 1 --rounds 1 --batch 16 --aug-batches 2   # a smoke test
+    .venv/bin/python bench/vision_ssl.py --peer-optim foreach     # the peer on torch's multi-tensor AdamW
+    .venv/bin/python bench/vision_ssl.py --steps 1 --rounds 1 --batch 16 --aug-batches 2   # a smoke test (~1 min)
 """
 
 from __future__ import annotations
@@ -57,8 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (MIB, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child,
-                    training_args, write_json)
+from common import MIB, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, training_args, write_json
 
 SIZE, CHANNELS, PATCH, DIM, DEPTH, HEADS, MLP = 32, 3, 4, 192, 6, 3, 768
 B = 128  # images per step (--batch changes it, for smoke tests only)
@@ -105,7 +110,7 @@ class PremadeViews(nn.Module):
 
 def build_selfsup(objective: str, precision: str, compiled: bool, batch: int):
     """The objective as `selfsup train` builds it, its views replaced; returns (step, trained params, optimizer,
-    settings the peer copies)."""
+    config)."""
     from selfsup.objectives.build import build_objective
     from selfsup.train import optim
     from selfsup.train.trainer import accumulate
@@ -251,7 +256,8 @@ def lightly_available() -> bool:
 
 
 class LightlySimCLR(nn.Module):
-    """lightly's SimCLR tutorial around the reference ViT, both views in one pass (BatchNorm over 2B, as ours)."""
+    """lightly's SimCLR tutorial around the reference ViT, both views in one pass (BatchNorm over 2B, as ours).
+    SimCLRProjectionHead's defaults put a BatchNorm after its last linear layer too."""
 
     def __init__(self, proj_hidden: int, proj_dim: int, temperature: float):
         super().__init__()
@@ -281,10 +287,11 @@ class LightlyDINO(nn.Module):
         from lightly.models.utils import deactivate_requires_grad
 
         self.student_backbone = RefViT()
-        self.student_head = DINOProjectionHead(DIM, hidden, bottleneck, out_dim, freeze_last_layer=freeze)
+        self.student_head = DINOProjectionHead(DIM, hidden, bottleneck, out_dim, batch_norm=False,
+                                               freeze_last_layer=freeze)
         self.teacher_backbone = copy.deepcopy(self.student_backbone)
-        self.teacher_head = DINOProjectionHead(DIM, hidden, bottleneck, out_dim)
-        self.teacher_head.load_state_dict(self.student_head.state_dict())
+        self.teacher_head = DINOProjectionHead(DIM, hidden, bottleneck, out_dim, batch_norm=False)  # as lightly's
+        self.teacher_head.load_state_dict(self.student_head.state_dict())  # example: its weight_norm can't deepcopy
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(output_dim=out_dim, warmup_teacher_temp=teacher_temp, teacher_temp=teacher_temp,
@@ -401,9 +408,9 @@ def augmentations(batch: int) -> dict:
     simclr, dino, dino_local = (load_config("simclr", batch), load_config("dino", batch),
                                 load_config("dino", batch, local_crops=True))
     local = image_views(dino_local)
-    return {"simclr": (image_views(simclr), f"2 views of {SIZE}"),
-            "dino": (image_views(dino), f"2 global views of {SIZE}"),
-            "dino+local": (local, f"2 global of {SIZE} + {local.n_local} local of {local.local.settings['size']}")}
+    return {"simclr": (image_views(simclr), f"2 × {SIZE}²"),
+            "dino": (image_views(dino), f"2 × {SIZE}²"),
+            "dino+local": (local, f"2 × {SIZE}² + {local.n_local} × {local.local.settings['size']}²")}
 
 
 def augment_rate(fns: dict, images: torch.Tensor, n_batches: int, rounds: int) -> dict[str, list[float]]:
@@ -491,10 +498,11 @@ def main() -> None:
     batch = args.batch
     foreach = {"default": None, "foreach": True}[args.peer_optim]
 
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 120))  # the tables need ~110 columns, even in a log file
+    console = Console(width=max(Console().width, 120))  # the tables need ~100 columns, even in a log file
     machine = machine_info()
     console.print(f"torch {machine['torch']}, {machine['threads']} threads on {machine['cores']} cores, "
                   f"{machine['cpu']}")
@@ -565,10 +573,8 @@ def main() -> None:
                             recompiled[impl] += graphs_compiled() - graphs
                     del steps  # free both models before the memory children start
                     img_s = {impl: statistics.median(v) for impl, v in speeds.items()}
-                    memory = {impl: run_child(__file__, [
-                        "--child", f"{impl},{peer},{o},{precision},{int(compiled)},{batch},{args.peer_optim}",
-                        "--data", tmp])
-                        for impl in IMPLS}
+                    spec = f"{peer},{o},{precision},{int(compiled)},{batch},{args.peer_optim}"
+                    memory = {impl: run_child(__file__, ["--child", f"{impl},{spec}", "--data", tmp]) for impl in IMPLS}
                     results.append(dict(objective=o, precision=precision, compiled=compiled, images_per_s=img_s,
                                         rounds=speeds, warmup_s=warmup_s, memory=memory,
                                         graphs_compiled_in_timed_steps=recompiled,
@@ -581,10 +587,12 @@ def main() -> None:
                                       f" selfsup {recompiled['selfsup']}, peer {recompiled['peer']}; those steps "
                                       f"include compile time")
 
-    table = Table(title=f"selfsup vs {peer_name}: ViT {DIM}×{DEPTH}, {HEADS} heads, patch {PATCH}, {SIZE}×{SIZE}, "
-                        f"batch {batch} × 2 views, {args.rounds} rounds × {args.steps} steps, same pre-made views")
-    for col in ("objective", "precision", "mode", "selfsup img/s", f"{peer_name} img/s", "speed ×", "selfsup MiB",
-                f"{peer_name} MiB", "memory ×"):
+    console.print(f"[bold]selfsup vs {peer_name} (peer): ViT {DIM}×{DEPTH}, {HEADS} heads, patch {PATCH}, "
+                  f"{SIZE}×{SIZE}, batch {batch} × 2 views, {args.rounds} rounds × {args.steps} steps, the same "
+                  "pre-made views")
+    table = Table(box=box.MARKDOWN)  # pastes into BENCHMARKS.md as it is
+    for col in ("objective", "precision", "mode", "selfsup img/s", "peer img/s", "speed ×", "selfsup MiB",
+                "peer MiB", "memory ×"):
         table.add_column(col, justify="left" if col in ("objective", "precision", "mode") else "right")
     for r in results:
         table.add_row(r["objective"], r["precision"], "compiled" if r["compiled"] else "eager",
@@ -599,8 +607,9 @@ def main() -> None:
     consumption = {o: max(max(r["images_per_s"].values()) for r in results if r["objective"] == o)
                    for o in objectives}
     augmentation = {}
-    atable = Table(title=f"augmentation (recipe MultiView, uint8 {batch}×{CHANNELS}×{SIZE}×{SIZE}, median of "
-                         f"{args.rounds} rounds × {args.aug_batches} batches) beside training consumption")
+    console.print(f"[bold]augmentation (the recipe's MultiView on uint8 {batch}×{CHANNELS}×{SIZE}×{SIZE}, median of "
+                  f"{args.rounds} rounds × {args.aug_batches} batches) beside training consumption")
+    atable = Table(box=box.MARKDOWN)
     for col in ("augmentation", "views", "aug img/s", "fastest training img/s", "aug / training", "share of a step"):
         atable.add_column(col, justify="left" if col in ("augmentation", "views") else "right")
     for name, rate in aug_rate.items():

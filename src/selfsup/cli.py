@@ -358,7 +358,7 @@ def export_run(
 
 @app.command()
 def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to put side by side")):
-    """One table of several runs: objective, training time and every evaluation they hold (RUN_DIR/eval/*.json:
+    """One table of several runs: training steps and time, and every evaluation they hold (RUN_DIR/eval/*.json:
     accuracy of the pretrained model and of each baseline evaluated beside it)."""
     from selfsup.rundir import RunDirError
 
@@ -375,18 +375,17 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to 
                 evals[f.stem] = r
                 tasks += [f.stem] if f.stem not in tasks else []
         rows.append((run, s, evals))
-    table = Table(title="runs compared (accuracy %: pretrained/random init/raw pixels)")
-    for col in ("run", "objective", "steps", "train time"):
-        table.add_column(col)
-    for task in tasks:
-        table.add_column(task, justify="right")
+    table = Table(title="runs compared: accuracy of each evaluation")
+    for col, justify in (("run", "left"), ("steps, time", "right"), ("task", "left"), ("pretrained", "right"),
+                         ("random init", "right"), ("raw pixels", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
     for run, s, evals in rows:
-        cells = []
-        for task in tasks:
-            r = evals.get(task)
-            cells.append("/".join(f"{100 * r[m]['accuracy']:.1f}" if m in r else "-"
-                                    for m in ("pretrained", "random", "pixels")) if r else "-")
-        table.add_row(run.name, s["objective"], f"{s['steps']:,}", f"{s['wall_time_s']:.0f} s", *cells)
+        for i, task in enumerate(tasks or ["-"]):
+            r = evals.get(task, {})
+            cells = [f"{100 * r[m]['accuracy']:.1f}%" if m in r else "-" for m in ("pretrained", "random", "pixels")]
+            name = run.name if run.name == s["objective"] else f"{run.name} ({s['objective']})"
+            head = (name, f"{s['steps']:,}, {s['wall_time_s']:.0f} s") if i == 0 else ("", "")
+            table.add_row(*head, task, *cells, end_section=i == len(tasks or ["-"]) - 1)
     console.print(table)
 
 

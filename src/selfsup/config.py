@@ -161,6 +161,8 @@ class DINOConfig(Section):
     teacher_temp_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the teacher temperature")
     center_momentum: float = Field(0.9, ge=0, lt=1)
     freeze_last_layer_steps: int = Field(0, ge=0, description="the last layer gets no update for this many steps")
+    head_bn: bool = Field(False, description="BatchNorm in the head's hidden layers (DINO's use_bn_in_head, its "
+                          "ResNet setting): keeps small-data runs from collapsing to a uniform teacher")
 
 
 class MAEConfig(Section):

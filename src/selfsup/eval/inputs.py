@@ -51,8 +51,8 @@ class ImageInputs:
     def __init__(self, size: int, mean: list[float], std: list[float]):
         self.size, self.mean, self.std = size, mean, std
 
-    def prepare(self, images: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.array(images))
+    def prepare(self, images: np.ndarray | Tensor) -> Tensor:
+        return images if isinstance(images, Tensor) else torch.from_numpy(np.array(images))  # a memmap is read-only
 
     def order(self, images: Tensor) -> list[int]:
         return list(range(len(images)))

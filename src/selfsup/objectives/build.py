@@ -6,7 +6,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from torch import nn
 
-from selfsup.config import RunConfig
+from selfsup.config import ConfigError, RunConfig
 from selfsup.data.tokenizer import eos_id
 from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
@@ -44,6 +44,10 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
     if cfg.objective == "simclr":
         return SimCLR(net, views, s.proj_hidden, s.proj_dim, s.temperature)
     if cfg.objective == "mocov2":
+        if images is not None and s.queue_size + 2 * cfg.train.batch_size > len(images):
+            raise ConfigError(f"ssl.queue_size={s.queue_size} plus a step's {2 * cfg.train.batch_size} keys exceeds the "
+                             f"{len(images)} training images: the queue would hold keys of the very images being "
+                             "contrasted, as negatives; expected a smaller ssl.queue_size (MoCo: ~5% of the data)")
         return MoCoV2(net, views, s.proj_hidden, s.proj_dim, s.temperature, s.momentum, s.queue_size)
     if cfg.objective == "mocov3":
         return MoCoV3(net, views, s.proj_hidden, s.proj_dim, s.pred_hidden, s.temperature, s.momentum, steps)
@@ -53,15 +57,15 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         d = cfg.dino
         return DINO(net, views, d.out_dim, s.proj_hidden, d.bottleneck, d.student_temp, d.teacher_temp,
                     d.warmup_teacher_temp, d.teacher_temp_warmup_steps, d.center_momentum, s.momentum,
-                    d.freeze_last_layer_steps, steps)
+                    d.freeze_last_layer_steps, steps, d.head_bn)
     if cfg.objective == "swav":
         w = cfg.swav
         return SwAV(net, views, s.proj_hidden, s.proj_dim, w.prototypes, s.temperature, w.epsilon, w.sinkhorn_iters,
                     w.freeze_prototypes_steps)
     if cfg.objective == "deepcluster":
         d = cfg.deepcluster
-        return DeepCluster(net, views, d.clusters, d.recluster_every, d.pca_dim, d.kmeans_iters, images, mean, std,
-                           cfg.seed)
+        return DeepCluster(net, views, s.proj_hidden, s.proj_dim, d.clusters, d.recluster_every, d.pca_dim,
+                           d.kmeans_iters, images, mean, std, cfg.seed)
     if not isinstance(net, ViT):
         raise ValueError(f"objective '{cfg.objective}' masks patches: it needs model.backbone=vit")
     if cfg.objective == "mae":

@@ -2,7 +2,10 @@
 k-means (after PCA whitening and L2 normalisation) and training the network to predict each image's cluster
 from an augmented view.
 
-As in the paper: re-clustered on a schedule (`recluster_every` steps; the paper does it every epoch), the
+The classifier sits on a projection MLP (AlexNet's fc6-fc7 in the paper, a projector in DeepCluster-v2), so
+the backbone's features, which evaluation reads, are not forced to be linearly separable into each clustering's
+arbitrary classes (measured on the digits demo: a linear classifier right on the backbone left its features
+worse than a random init's). As in the paper: re-clustered on a schedule (`recluster_every` steps; the paper does it every epoch), the
 classifier is re-initialised after each clustering (cluster indices are arbitrary), and clusters count equally
 (the paper samples images uniformly over clusters; here each image's loss is weighted by 1 / its cluster's
 size, which has the same expectation without a special sampler). The pseudo-labels are part of the checkpoint.
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.models.heads import mlp
 from selfsup.objectives.kmeans import kmeans, pca_whiten
 from selfsup.objectives.output import LossOutput
 from selfsup.views.augment import center_view
@@ -23,12 +27,14 @@ from selfsup.views.augment import center_view
 class DeepCluster(nn.Module):
     unit = "image"
     validates = False  # pseudo-labels exist for the training images only: no held-out loss
-    def __init__(self, backbone: nn.Module, views: nn.Module, clusters: int, recluster_every: int, pca_dim: int,
-                 kmeans_iters: int, images: np.ndarray | None, mean: list[float], std: list[float], seed: int = 0):
+    def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, clusters: int,
+                 recluster_every: int, pca_dim: int, kmeans_iters: int, images: np.ndarray | None, mean: list[float],
+                 std: list[float], seed: int = 0):
         super().__init__()
         self.model = backbone
         self.views = views
-        self.classifier = nn.Linear(backbone.out_dim, clusters)
+        self.projector = mlp(backbone.out_dim, proj_hidden, proj_dim, layers=2)
+        self.classifier = nn.Linear(proj_dim, clusters)
         self.clusters, self.recluster_every, self.pca_dim, self.kmeans_iters = clusters, recluster_every, pca_dim, \
             kmeans_iters
         self._images, self._norm, self._seed = images, (mean, std), seed
@@ -73,7 +79,7 @@ class DeepCluster(nn.Module):
         with torch.no_grad():
             x = self.views(images)[0]  # (B, C, S, S)
         h = self.model(x)  # (B, D)
-        logits = self.classifier(h).float()  # (B, K)
+        logits = self.classifier(self.projector(h)).float()  # (B, K)
         index = batch["index"].cpu()
         if len(self.labels):
             labels = self.labels[index].to(images.device)

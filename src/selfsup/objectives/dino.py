@@ -26,11 +26,11 @@ class DINO(nn.Module):
     def __init__(self, backbone: nn.Module, views: nn.Module, out_dim: int, hidden: int, bottleneck: int,
                  student_temp: float, teacher_temp: float, warmup_teacher_temp: float, teacher_temp_warmup_steps: int,
                  center_momentum: float, momentum: float, freeze_last_layer_steps: int, max_steps: int,
-                 n_global: int = 2):
+                 head_bn: bool = False, n_global: int = 2):
         super().__init__()
         self.model = backbone
         self.views = views
-        self.head = DINOHead(backbone.out_dim, out_dim, hidden, bottleneck)
+        self.head = DINOHead(backbone.out_dim, out_dim, hidden, bottleneck, bn=head_bn)
         self.teacher = frozen_copy(nn.ModuleDict({"model": backbone, "head": self.head}))
         self.register_buffer("center", torch.zeros(out_dim))  # (K,)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -47,16 +47,21 @@ class DINO(nn.Module):
         with torch.no_grad():
             teacher = self.teacher.head(self.teacher.model(global_crops))  # (G·B, K)
         h = self.model(global_crops)  # (G·B, D)
-        student = list(self.head(h).chunk(g))  # G × (B, K)
+        z = self.head.bottleneck(h)  # (G·B, bottleneck)
+        student = list(self.head.logits(z).chunk(g))  # G × (B, K)
         if local_crops:
             student += self.head(self.model(torch.cat(local_crops))).chunk(len(local_crops))  # N × (B, K)
         start, end, warmup = self.teacher_temp
         temp = linear_warmup(int(self.steps_done), warmup, start, end)
         loss, count = dino_loss(student, list(teacher.chunk(g)), self.center, self.student_temp, temp)
+        with torch.no_grad():  # the paper's collapse indicators: uniform collapse drives the teacher's entropy to
+            probs = torch.softmax((teacher.float() - self.center) / temp, dim=-1)  # ln K, one-hot collapse to 0
+            entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=-1).mean()  # read at logging steps only
         if self.training:
             self._update_center(teacher)
         return LossOutput(loss, count, units=crops[0].shape[0], embeddings=h.detach().chunk(g)[:2],
-                          metrics={"teacher_temp": temp})
+                          projections=z.detach().chunk(g)[:2],
+                          metrics={"teacher_temp": temp, "teacher_entropy": entropy})
 
     @torch.no_grad()
     def _update_center(self, teacher: Tensor) -> None:  # teacher: (G·B, K); across ranks: all-reduce the mean

@@ -12,7 +12,7 @@ class LossOutput:
     loss: Tensor  # summed over `count` terms (fp32 scalar)
     count: Tensor | int  # number of terms the loss is summed over (valid target tokens, anchors, masked patches)
     units: int  # what throughput counts, in the objective's `unit`: tokens (text) or images
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | Tensor] = field(default_factory=dict)  # logged with the step (tensors read then)
     # for the collapse monitor, detached, one or two views of the same B images: backbone features (B, D) and,
     # where the loss compares embeddings, the projections (B, E) it compares
     embeddings: tuple[Tensor, ...] = ()

@@ -112,11 +112,9 @@ def accumulate(objective, batches, device: torch.device, precision: str):
         loss_sum += out.loss.detach()
         count += out.count
         units += out.units
-    count = count.clamp(min=1)
-    for p in objective.parameters():
-        if p.grad is not None:
-            p.grad.div_(count)
-    return (loss_sum / count).item(), units, out
+    grads = [p.grad for p in objective.parameters() if p.grad is not None]
+    torch._foreach_div_(grads, count.clamp(min=1))
+    return (loss_sum / count.clamp(min=1)).item(), units, out
 
 
 class _Data:
@@ -262,6 +260,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                 record = {"step": step, "loss": sum(loss_log) / len(loss_log), "lr": lr, f"{unit}s_per_s": rate,
                           "mfu": rate * flops_per_unit / peak if flops_per_unit else None, "grad_norm": grad_norm,
                           "time": elapsed_before + now - t_start}
+                record.update({k: float(v) for k, v in out.metrics.items()})  # the objective's own readings
                 if collapse_now:
                     readings = collapse_metrics(out.embeddings, out.projections)
                     record.update({f"collapse_{k}": v for k, v in readings.items()})
