@@ -111,6 +111,9 @@ def test_knn_separates_gaussians_and_is_chance_on_shuffled_labels(blobs):
         assert words in r["protocol"], words
     assert knn_eval(xtr, shuffled(ytr), xte, yte, 3)["accuracy"] < 0.55
     assert knn_eval(xtr[:5], ytr[:5], xte, yte, 3)["k"] == 5  # k never exceeds the training set
+    by_k = r["accuracy_by_k"]  # k = 200 reported beside k = 20, as DINO does, each its own vote
+    assert set(by_k) == {"20", str(min(200, len(ytr)))} and by_k["20"] == r["accuracy"]
+    assert by_k[str(min(200, len(ytr)))] == knn_eval(xtr, ytr, xte, yte, 3, k=200)["accuracy"]
 
 
 def test_knn_votes_are_weighted_by_exp_cosine_over_temperature():

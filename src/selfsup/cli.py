@@ -103,7 +103,7 @@ def evaluate(
                                                  "the same shape (the run's seed) and report the gain; pixels (image "
                                                  "runs, linear and knn): also the raw pixels of the same views. "
                                                  "Repeatable"),
-    k: int = typer.Option(20, help="knn: neighbours that vote"),
+    k: int = typer.Option(20, help="knn: neighbours that vote (the accuracy at k=200 is reported beside it)"),
     temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
     epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
@@ -222,6 +222,9 @@ def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baselines, 
             console.print(f"protocol{'' if name == 'pretrained' else f' ({name})'}: {r['protocol']}")
         if task == "linear":
             console.print(f"{name}: l2 = {r['l2']:g} (validation accuracy per l2: {r['val_accuracy']})")
+        if task == "knn":
+            console.print(f"{name}: accuracy by k: " + ", ".join(f"k={k} {100 * a:.1f}%"
+                                                                  for k, a in r["accuracy_by_k"].items()))
     for name, s in result["skipped"].items():
         if s:
             console.print(f"skipped {name} lines: {s}")

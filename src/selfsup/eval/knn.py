@@ -35,11 +35,18 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: i
 
 
 def knn_eval(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int, k: int = 20,
-             temperature: float = 0.07, features: str = "frozen features") -> dict:
+             temperature: float = 0.07, features: str = "frozen features", also_k: tuple[int, ...] = (200,)) -> dict:
+    """Accuracy and macro-F1 at k, and the accuracy at each of `also_k` too (`accuracy_by_k`; DINO reports
+    k = 20 and 200)."""
     pred = knn_predict(train_x, train_y, test_x, num_classes, k, temperature)
     used_k = min(k, len(train_y))
+    by_k = {str(used_k): accuracy(pred, test_y)}
+    for other in also_k:
+        if str(min(other, len(train_y))) not in by_k:
+            other_pred = knn_predict(train_x, train_y, test_x, num_classes, other, temperature)
+            by_k[str(min(other, len(train_y)))] = accuracy(other_pred, test_y)
     return dict(accuracy=accuracy(pred, test_y), macro_f1=macro_f1(pred, test_y, num_classes), k=used_k,
-                temperature=temperature, train_examples=len(train_y), test_examples=len(test_y),
+                accuracy_by_k=by_k, temperature=temperature, train_examples=len(train_y), test_examples=len(test_y),
                 protocol=(f"weighted kNN (Wu et al. 2018 / DINO): {features}; L2-normalised, cosine similarity, "
                           f"k={used_k} nearest training examples vote exp(cos/T) with T={temperature:g}, "
                           "argmax of summed votes"))
