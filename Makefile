@@ -45,7 +45,7 @@ PROBE := --train runs/digits/train --test runs/digits/test --baseline random --b
 demo-vision: setup
 	rm -rf runs/vision
 	$(BIN)/selfsup data digits --out runs/digits
-	$(foreach r,$(VISION_RECIPES),$(BIN)/selfsup train $(r) out_dir=runs/vision/$(r) $(VISION) $(VISION_$(r)) && \
+	@$(foreach r,$(VISION_RECIPES),echo "--- $(r)" && $(BIN)/selfsup train $(r) out_dir=runs/vision/$(r) $(VISION) $(VISION_$(r)) && \
 		$(BIN)/selfsup eval runs/vision/$(r) --task knn $(PROBE) && \
 		$(BIN)/selfsup eval runs/vision/$(r) --task linear $(PROBE) && ) true
 	$(BIN)/selfsup compare $(addprefix runs/vision/,$(VISION_RECIPES))

@@ -15,6 +15,18 @@ TINY = [  # a model small enough that a few steps take well under a second on 2 
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny problems: on shared, busy cores a second BLAS/OpenMP thread costs 10-100x in waiting.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
     os.environ["SELFSUP_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -29,13 +29,7 @@ from tests.test_cli import invoke, runner
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These problems are tiny: on shared, busy cores a second BLAS/OpenMP thread costs 100x in waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ------------------------------------------------------------------------------------------------ metrics
 

@@ -53,13 +53,7 @@ NORM = ["image.mean=[0.3]", "image.std=[0.4]"]  # objectives built directly need
 SIZE, PATCHES = 16, (16 // 4) ** 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These problems are tiny: on shared, busy cores a second BLAS/OpenMP thread costs 10-100x in waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

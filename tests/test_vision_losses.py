@@ -23,14 +23,7 @@ from selfsup.train.collapse import collapse_metrics, collapse_warning
 from selfsup.train.schedule import linear_warmup, momentum_at
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: on shared cores, intra-op threads only add contention (a 200 × 5 k-means step took
-    25 ms with 2 busy threads, 0.03 ms with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from selfsup.data.order import EpochOrder
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 
@@ -459,38 +460,19 @@ class ImageLoader:
             raise DataError("an image split holds no images; expected at least one (more data, or another "
                             "val_fraction)")
         self.images = images  # (N, C, H, W) uint8
-        self.seed, self.shuffle = seed, shuffle
         self.n = len(images)
-        self.epoch = 0
-        self.index = 0  # rows consumed in this epoch
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g).numpy()
+        self.order = EpochOrder(self.n, seed, shuffle)
 
     def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
         """{'images': (B, C, H, W) uint8, 'index': (B,) int64 rows in the array}; epochs roll over seamlessly."""
-        parts, need = [], batch_size
-        while need:
-            if self.index == self.n:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-            take = self._order[self.index:self.index + need]
-            parts.append(take)
-            self.index += len(take)
-            need -= len(take)
-        index = np.concatenate(parts).astype(np.int64)  # (B,)
+        index = self.order.take(batch_size)  # (B,)
         return {"images": torch.from_numpy(np.asarray(self.images[index])), "index": torch.from_numpy(index)}
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return self.order.state()
 
     def load_state(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+        self.order.load_state(state)
 
     def __len__(self) -> int:
         return self.n

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.data.order import EpochOrder
 from selfsup.data.text import DataError
 
 
@@ -19,8 +20,6 @@ class PackedWindows:
     def __init__(self, shards: list[Path], dtype: np.dtype, context: int, overlap: int = 1, seed: int = 0,
                  shuffle: bool = True):
         self.context, self.overlap = context, overlap
-        self.seed = seed
-        self.shuffle = shuffle
         self.maps = [np.memmap(s, dtype=dtype, mode="r") for s in shards]
         per_shard = [max((len(m) - overlap) // context, 0) for m in self.maps]
         self.offsets = np.cumsum([0] + per_shard)  # window index where each shard starts
@@ -29,15 +28,7 @@ class PackedWindows:
             total = sum(len(m) for m in self.maps)
             raise DataError(f"{total} tokens make no window of {context + overlap} tokens (model.context={context}); "
                             "expected more data or a smaller model.context")
-        self.epoch = 0
-        self.index = 0  # windows consumed in this epoch
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g).numpy()
+        self.order = EpochOrder(self.n, seed, shuffle)
 
     def window(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
@@ -46,21 +37,14 @@ class PackedWindows:
 
     def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
         """The next `batch_size` windows as {'tokens': (B, T + overlap) int64}; epochs roll over seamlessly."""
-        rows = []
-        for _ in range(batch_size):
-            if self.index == self.n:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-            rows.append(self.window(int(self._order[self.index])))
-            self.index += 1
+        rows = [self.window(int(i)) for i in self.order.take(batch_size)]
         return {"tokens": torch.from_numpy(np.stack(rows).astype(np.int64))}
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return self.order.state()
 
     def load_state(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+        self.order.load_state(state)
 
     def __len__(self) -> int:
         return self.n
