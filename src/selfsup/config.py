@@ -145,8 +145,9 @@ class SSLConfig(Section):
     momentum: float = Field(0.99, ge=0, le=1, description="EMA of the momentum encoder/teacher (MoCo v2: constant; "
                             "MoCo v3, BYOL, DINO: start of a cosine schedule to 1)")
     queue_size: int = Field(4096, gt=0, description="MoCo v2: negative keys kept")
-    proj_hidden: int = Field(2048, gt=0, description="projection MLP hidden width")
-    proj_dim: int = Field(128, gt=0, description="projection output (the embedding the loss sees)")
+    proj_hidden: int = Field(2048, gt=0, description="projection MLP hidden width (also the DINO head's)")
+    proj_dim: int = Field(128, gt=0, description="projection output (the embedding the loss or the DeepCluster "
+                          "classifier sees)")
     pred_hidden: int = Field(512, gt=0, description="BYOL, MoCo v3: predictor MLP hidden width")
     collapse_every: int = Field(50, gt=0, description="steps between collapse-monitor readings (std, RankMe, "
                                 "alignment, uniformity)")

@@ -1,8 +1,9 @@
 """Packed fixed-length windows over memory-mapped token shards, in a seeded order with an exact position.
 
 Window i of a shard holds tokens [i·T, i·T + T + overlap): with overlap 1 (causal LM) inputs and shifted targets
-share a token and every token is a target once per epoch; with overlap 0 (masked LM) windows tile the shard. Each epoch visits all windows in a permutation drawn from
-(seed, epoch); the position (epoch, windows consumed) is all a checkpoint needs to continue exactly.
+share a token and every token is a target once per epoch; with overlap 0 (masked LM) windows tile the shard.
+Each epoch visits all windows in a permutation drawn from (seed, epoch) (data/order.py); the position (epoch,
+windows consumed) is all a checkpoint needs to continue exactly.
 """
 
 from __future__ import annotations

@@ -97,6 +97,7 @@ def encode(trunk: nn.Module, inputs, items, batch_size: int, device: torch.devic
     starts = range(0, len(order), batch_size)
     for start in (progress(starts) if progress else starts):
         rows = order[start:start + batch_size]
-        out[torch.tensor(rows, dtype=torch.long)] = inputs.features(trunk, *inputs.batch(prepared, rows, device)).float().cpu()
+        features = inputs.features(trunk, *inputs.batch(prepared, rows, device))  # (b, D)
+        out[torch.tensor(rows, dtype=torch.long)] = features.float().cpu()
     trunk.train(was_training)
     return out

@@ -45,8 +45,8 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         return SimCLR(net, views, s.proj_hidden, s.proj_dim, s.temperature)
     if cfg.objective == "mocov2":
         if images is not None and s.queue_size + 2 * cfg.train.batch_size > len(images):
-            raise ConfigError(f"ssl.queue_size={s.queue_size} plus a step's {2 * cfg.train.batch_size} keys exceeds the "
-                             f"{len(images)} training images: the queue would hold keys of the very images being "
+            raise ConfigError(f"ssl.queue_size={s.queue_size} plus a step's {2 * cfg.train.batch_size} keys exceeds "
+                             f"the {len(images)} training images: the queue would hold keys of the very images being "
                              "contrasted, as negatives; expected a smaller ssl.queue_size (MoCo: ~5% of the data)")
         return MoCoV2(net, views, s.proj_hidden, s.proj_dim, s.temperature, s.momentum, s.queue_size)
     if cfg.objective == "mocov3":

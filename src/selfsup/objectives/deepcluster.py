@@ -5,10 +5,11 @@ from an augmented view.
 The classifier sits on a projection MLP (AlexNet's fc6-fc7 in the paper, a projector in DeepCluster-v2), so
 the backbone's features, which evaluation reads, are not forced to be linearly separable into each clustering's
 arbitrary classes (measured on the digits demo: a linear classifier right on the backbone left its features
-worse than a random init's). As in the paper: re-clustered on a schedule (`recluster_every` steps; the paper does it every epoch), the
-classifier is re-initialised after each clustering (cluster indices are arbitrary), and clusters count equally
-(the paper samples images uniformly over clusters; here each image's loss is weighted by 1 / its cluster's
-size, which has the same expectation without a special sampler). The pseudo-labels are part of the checkpoint.
+worse than a random init's). As in the paper: re-clustered on a schedule (`recluster_every` steps; the paper
+does it every epoch), the classifier is re-initialised after each clustering (cluster indices are arbitrary),
+and clusters count equally (the paper samples images uniformly over clusters; here each image's loss is
+weighted by 1 / its cluster's size, which has the same expectation without a special sampler). The
+pseudo-labels are part of the checkpoint.
 """
 
 from __future__ import annotations

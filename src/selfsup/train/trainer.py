@@ -83,7 +83,8 @@ class _StopFlag:
 
 
 @torch.no_grad()
-def evaluate(objective, loader: PackedWindows | ImageLoader, batch_size: int, batches: int, device, precision: str) -> float:
+def evaluate(objective, loader: PackedWindows | ImageLoader, batch_size: int, batches: int, device,
+             precision: str) -> float:
     """Mean loss per unit over the first `batches` validation batches (the same ones every time)."""
     was_training = objective.training
     objective.eval()
@@ -125,7 +126,8 @@ class _Data:
         if cfg.is_image:
             d, im = cfg.data, cfg.image
             cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
-            images = prepare_images(digits.resolve(d.path, cache), im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+            images = prepare_images(digits.resolve(d.path, cache), im.size, im.channels, d.val_fraction, d.cache_dir,
+                                    d.workers, log=log)
             if im.mean is None or im.std is None:  # written into config.yaml, so evaluation normalises the same way
                 im.mean, im.std = [round(v, 4) for v in images.mean], [round(v, 4) for v in images.std]
             self.train_images = images.train
