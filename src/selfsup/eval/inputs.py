@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from selfsup.eval.features import collate, pad_id, pooling_kind, tokenize
 from selfsup.models.transformer import pool
+from selfsup.models.vit import ViT
 from selfsup.views.augment import center_view
 
 
@@ -66,7 +67,7 @@ class ImageInputs:
     def describe(self, trunk: nn.Module) -> str:
         if isinstance(trunk, Pixels):
             what = f"raw pixels ({trunk.out_dim} values)"
-        elif hasattr(trunk, "blocks"):
+        elif isinstance(trunk, ViT):
             where = "class token" if trunk.cfg.pooling == "cls" else "mean of the patch tokens"
             what = f"ViT (dim {trunk.cfg.dim}, depth {trunk.cfg.depth}, patch {trunk.patch}) final-norm {where}"
         else:
