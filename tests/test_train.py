@@ -45,6 +45,16 @@ def test_train_writes_the_run_directory(corpus, tmp_path):
     assert summary["status"] == "finished" and summary["steps"] == 12 and summary["tokens_seen"] == 12 * 4 * 32
     assert summary["tokens_per_s"] > 0 and 0 < summary["mfu"] < 1
     assert json.loads((out / "summary.json").read_text())["val_ppl"] == pytest.approx(summary["val_ppl"])
+    cost = summary["cost"]  # FLOPs from the formula × tokens; energy = device-hours × the stated nominal power
+    assert cost["total_flops"] == summary["flops_per_token"] * summary["tokens_seen"]
+    assert cost["device_hours"] == pytest.approx(summary["wall_time_s"] / 3600, abs=0.006 / 3600)  # 0.01 s rounding
+    assert cost["energy_kwh"] == pytest.approx(cost["power_w"] * cost["device_hours"] / 1000)
+    assert "CPU threads" in cost["power_source"]
+
+
+def test_energy_uses_the_configured_device_power(corpus, tmp_path):
+    summary = trainer.train(cfg_for(corpus, tmp_path / "w", "train.max_steps=2", "train.device_watts=250"), quiet())
+    assert summary["cost"]["power_w"] == 250 and summary["cost"]["power_source"] == "train.device_watts"
 
 
 def test_each_optimizer_and_schedule_trains(corpus, tmp_path):

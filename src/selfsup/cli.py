@@ -67,6 +67,7 @@ def _print_summary(s: dict) -> None:
         ("throughput", f"{s[unit + 's_per_s']:,.0f} {unit}s/s"),
         ("MFU", mfu),
         ("wall time", f"{s['wall_time_s']:.0f} s"),
+        ("cost", _cost_line(s["cost"])),
     ]
     if unit == "token":
         rows.append(("documents train / val", f"{d['documents']['train']:,} / {d['documents']['val']:,}"))
@@ -79,6 +80,12 @@ def _print_summary(s: dict) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def _cost_line(c: dict) -> str:
+    total = c["total_flops"] or 0
+    flops = f"{total / 1e15:.3g} PFLOP, " if total >= 1e15 else f"{total / 1e12:.3g} TFLOP, " if total else ""
+    return f"{flops}{c['device_hours']:.3g} device-hours, ~{c['energy_kwh']:.2g} kWh at {c['power_w']:g} W"
 
 
 @app.command()

@@ -94,6 +94,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep")
     max_bad_steps: int = Field(20, gt=0, description="consecutive non-finite losses before the run stops")
     peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU; measured once if unset")
+    device_watts: float | None = Field(None, gt=0, description="nominal power of one device for the energy "
+                                       "estimate (default: a GPU's board power from a table, or 10 W per CPU thread)")
 
 
 class OptimConfig(Section):

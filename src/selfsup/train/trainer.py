@@ -31,6 +31,7 @@ from selfsup.data.shards import default_cache, prepare
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint, optim
 from selfsup.train.collapse import collapse_metrics, collapse_warning
+from selfsup.train.cost import nominal_power, run_cost
 from selfsup.train.mfu import count_flops, peak_flops
 from selfsup.train.monitor import Monitor, read_metrics
 from selfsup.train.schedule import lr_at
@@ -316,7 +317,10 @@ def _summary(cfg, run_dir, data: _Data, unit, status, step, counters, params, fl
         "precision": cfg.train.precision, "final_loss": records[-1]["loss"] if records else None,
         "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)) if text and val_loss is not None else None,
         "unigram_ppl": data.unigram_ppl, "nan_skipped_steps": counters["nan_skipped_steps"],
-        "collapse_warnings": counters["collapse_warnings"], "data": data.summary,
+        "collapse_warnings": counters["collapse_warnings"],
+        "cost": run_cost(flops_per_unit, counters[f"{unit}s_seen"], counters["elapsed_s"],
+                         *nominal_power(device, cfg.train.device_watts)),
+        "data": data.summary,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
