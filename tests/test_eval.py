@@ -201,6 +201,21 @@ def test_finetune_learns_a_tiny_text_task_and_leaves_the_trunk_alone(tok):
     assert all(torch.equal(v, trunk.state_dict()[k]) for k, v in before.items())
 
 
+def test_finetune_can_freeze_blocks_and_pull_toward_the_pretrained_weights(tok):
+    train_texts, train_y = word_texts(60, seed=1)
+    test_texts, test_y = word_texts(20, seed=2)
+    args = (TextInputs(tok, tiny_trunk()), train_texts, train_y, test_texts, test_y, 2, torch.device("cpu"))
+    opts = dict(lr=3e-3, max_epochs=3, patience=3, batch_size=8, seed=0)
+    free = finetune(tiny_trunk(), *args, **opts)["relative_drift_by_layer"]
+    frozen = finetune(tiny_trunk(), *args, freeze_blocks=1, **opts)
+    drift = frozen["relative_drift_by_layer"]  # layer 0: embeddings, 1..2: blocks, 3: final norm
+    assert drift["0"] == 0.0 and drift["1"] == 0.0 and drift["2"] > 0 and free["0"] > 0 and free["1"] > 0
+    assert "embeddings and first 1 blocks frozen" in frozen["protocol"]
+    held = finetune(tiny_trunk(), *args, l2sp=10.0, **opts)
+    assert all(held["relative_drift_by_layer"][k] < free[k] for k in ("0", "1", "2")), (held, free)
+    assert "L2-SP alpha=10" in held["protocol"]
+
+
 # ---------------------------------------------------------------------------------------- labeled data
 
 

@@ -116,6 +116,9 @@ def evaluate(
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
     layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
     patience: int = typer.Option(3, help="finetune: epochs without a better validation accuracy before stopping"),
+    freeze_blocks: int = typer.Option(0, help="finetune: freeze the embeddings and the first N blocks"),
+    l2sp: float = typer.Option(0.0, help="finetune: L2-SP strength, alpha/2 · |w - w_pretrained|^2 on the trunk "
+                               "(keeps it near its pretrained weights; e.g. 0.01)"),
     batch_size: int = typer.Option(16, help="windows (perplexity), texts or images (other tasks) per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
@@ -158,7 +161,8 @@ def evaluate(
                                          f"'{cfg.objective}' on text")
         result = _transfer(task, run_dir, cfg, objective.model, tok, train, test, baselines, dev,
                            dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
-                                lr=lr, layer_decay=layer_decay, patience=patience))
+                                lr=lr, layer_decay=layer_decay, patience=patience, freeze_blocks=freeze_blocks,
+                                l2sp=l2sp))
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         console.print(f"written: {out}")

@@ -6,7 +6,11 @@ lr · decay^(depth + 1); weight decay on matrices only (ndim >= 2, by shape, as 
 warms up linearly over the first 6% of max_epochs' steps, then decays linearly to zero at max_epochs. After every
 epoch the model is scored on a seeded stratified split held out from train; training stops after `patience`
 epochs without a better validation accuracy (ties: lower validation loss), and the best epoch's weights are
-restored before the test set is scored. The trunk passed in is copied, never changed. Inputs (texts or images)
+restored before the test set is scored. The trunk passed in is copied, never changed.
+
+Options that keep what pretraining learned (forgetting-aware fine-tuning): `freeze_blocks` freezes the
+embeddings and the first N blocks; `l2sp` adds L2-SP (Li et al. 2018), α/2 · ‖w − w₀‖² toward the pretrained
+weights w₀ of the trunk, in place of weight decay toward zero on those weights (the head keeps its decay). Inputs (texts or images)
 reach the trunk through an `inputs` object of eval/inputs.py, so one loop serves every modality.
 """
 
@@ -87,7 +91,7 @@ def _score(model: Classifier, items, rows: list[int], labels: Tensor, batch_size
 def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items, test_y: Tensor, num_classes: int,
              device: torch.device, lr: float = 3e-4, layer_decay: float = 0.75, weight_decay: float = 0.01,
              max_epochs: int = 10, patience: int = 3, batch_size: int = 16, val_fraction: float = 0.15,
-             seed: int = 0, progress=None) -> dict:
+             seed: int = 0, freeze_blocks: int = 0, l2sp: float = 0.0, progress=None) -> dict:
     """Fine-tune a copy of `trunk` with a linear head; returns test metrics and the protocol. `inputs` (see
     eval/inputs.py) turns items (texts, images) into the trunk's inputs; `progress` wraps the iterable of epochs."""
     torch.manual_seed(seed)
@@ -100,9 +104,17 @@ def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items,
     fit_y, val_y = train_y[fit_idx], train_y[val_idx]
     test_rows = list(range(len(test_y)))
 
+    depth = trunk_depth(trunk)
+    for name, p in model.named_parameters():
+        if freeze_blocks and name.startswith("trunk.") and layer_id(name, depth) <= freeze_blocks:
+            p.requires_grad_(False)  # layer 0 is the embeddings, layer i the i-th block
+    pretrained = {name: p.detach().clone() for name, p in model.trunk.named_parameters()}  # w0
+    anchors = {name: w for name, w in pretrained.items() if model.trunk.get_parameter(name).requires_grad}
     groups = llrd_param_groups(model, lr, layer_decay, weight_decay)
     for g in groups:
         g["base_lr"] = g["lr"]
+        if l2sp and g["layer"] <= depth:  # trunk weights: pulled toward w0 by L2-SP instead of toward zero
+            g["weight_decay"] = 0.0
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = math.ceil(len(fit_rows) / batch_size)
     total = steps_per_epoch * max_epochs
@@ -123,6 +135,9 @@ def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items,
                 group["lr"] = group["base_lr"] * factor
             logits = model(*inputs.batch(items, [fit_rows[i] for i in rows], device)).float()
             loss = F.cross_entropy(logits, fit_y[rows].to(device))
+            if l2sp:
+                drift = sum(((p - anchors[n]) ** 2).sum() for n, p in model.trunk.named_parameters() if n in anchors)
+                loss = loss + l2sp / 2 * drift
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -141,15 +156,24 @@ def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items,
             break
     model.load_state_dict(best["state"])
     pred, test_loss = _score(model, test_prepared, test_rows, test_y, batch_size, device)
+    drift: dict[int, list[float]] = {}  # per layer: (‖w − w0‖², ‖w0‖²), how far fine-tuning moved the trunk
+    for name, p in model.trunk.named_parameters():
+        d = drift.setdefault(layer_id("trunk." + name, depth), [0.0, 0.0])
+        d[0] += (p.detach() - pretrained[name]).pow(2).sum().item()
+        d[1] += pretrained[name].pow(2).sum().item()
     return dict(
         accuracy=accuracy(pred, test_y), macro_f1=macro_f1(pred, test_y, num_classes), test_loss=test_loss,
         val_accuracy=best["acc"], best_epoch=best["epoch"], epochs_run=epochs_run, history=history,
         lr=lr, layer_decay=layer_decay, weight_decay=weight_decay, batch_size=batch_size, patience=patience,
+        freeze_blocks=freeze_blocks, l2sp=l2sp,
+        relative_drift_by_layer={str(k): (a / b) ** 0.5 if b else 0.0 for k, (a, b) in sorted(drift.items())},
         max_epochs=max_epochs, train_examples=len(fit_idx), val_examples=len(val_idx), test_examples=len(test_y),
         protocol=(f"fine-tune: whole trunk + linear head on {inputs.describe(trunk)}; "
                   f"AdamW lr={lr:g} (6% linear warm-up, linear decay to 0 at {max_epochs} epochs), "
                   f"layer-wise lr decay {layer_decay:g} (embeddings lr·{layer_decay:g}^{trunk_depth(trunk) + 1}), "
                   f"weight decay {weight_decay:g} on matrices only, grad-norm clip 1.0, batch {batch_size}; "
-                  f"early stopping on val accuracy of a seeded stratified "
+                  + (f"embeddings and first {freeze_blocks} blocks frozen; " if freeze_blocks else "")
+                  + (f"L2-SP alpha={l2sp:g} toward the pretrained trunk (no decay to zero there); " if l2sp else "")
+                  + "early stopping on val accuracy of a seeded stratified "
                   f"{val_fraction:.0%} split of train (patience {patience}): ran {epochs_run} of {max_epochs} "
                   f"epochs, best epoch {best['epoch']} restored (seed {seed})"))
