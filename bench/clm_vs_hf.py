@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from common import (MIB, clip_and_step, describe_optimizer, hf_default_optim, hf_trainer_adamw, machine_info,
-                    peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, training_args, write_json)
+                    peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, run_steps, training_args, write_json)
 
 B, T, VOCAB, DIM, DEPTH, HEADS = 32, 128, 8192, 256, 4, 4
 LR, WD, BETAS, EPS, CLIP = 1e-3, 0.1, (0.9, 0.95), 1e-8, 1.0
@@ -83,14 +83,6 @@ def make_batches() -> torch.Tensor:
     return torch.randint(0, VOCAB, (POOL, B, T + 1), generator=torch.Generator().manual_seed(0))
 
 
-def run_steps(step, batches: torch.Tensor, n: int) -> float:
-    """Run n steps; input tokens per second (B × T per step, the same count for both sides)."""
-    t0 = time.perf_counter()
-    for i in range(n):
-        step(batches[i % POOL])
-    return n * B * T / (time.perf_counter() - t0)
-
-
 def memory_child(spec: str) -> dict:
     """In a fresh process: RSS just before the first step, then the RSS peak of MEMORY_STEPS steps after warm-up
     (the high-water mark is reset after warm-up so compilation's transient memory stays out of the figure)."""
@@ -98,10 +90,10 @@ def memory_child(spec: str) -> dict:
     step, *_ = build(impl, precision, compiled == "1")
     batches = make_batches()
     base = rss_bytes()
-    run_steps(step, batches, WARMUP[compiled == "1"])
+    run_steps(step, batches, WARMUP[compiled == "1"], B * T)
     with_warmup = peak_rss_bytes()
     was_reset = reset_peak_rss()
-    run_steps(step, batches, MEMORY_STEPS)
+    run_steps(step, batches, MEMORY_STEPS, B * T)
     peak = peak_rss_bytes()
     return dict(peak_mib=(peak - base) / MIB, peak_with_warmup_mib=(with_warmup - base) / MIB,
                 base_mib=base / MIB, peak_was_reset=was_reset)
@@ -163,12 +155,12 @@ def main() -> None:
             warmup_s = {}
             for impl in IMPLS:  # compilation happens here, outside the timed rounds
                 t0 = time.perf_counter()
-                run_steps(steps[impl], batches, WARMUP[compiled])
+                run_steps(steps[impl], batches, WARMUP[compiled], B * T)
                 warmup_s[impl] = time.perf_counter() - t0
             speeds = {impl: [] for impl in IMPLS}
             for r in range(args.rounds):  # who goes first alternates too
                 for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
-                    speeds[impl].append(run_steps(steps[impl], batches, args.steps))
+                    speeds[impl].append(run_steps(steps[impl], batches, args.steps, B * T))
             del steps  # free both models before the memory children start
             tok_s = {impl: statistics.median(v) for impl, v in speeds.items()}
             memory = {impl: run_child(__file__, ["--child", f"{impl},{precision},{int(compiled)}"])

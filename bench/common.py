@@ -17,6 +17,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -80,6 +81,20 @@ def run_child(script: str, args: list[str], timeout: float = 900) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {args} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def graphs_compiled() -> int:
+    """Graphs torch.compile has built so far in this process (a recompilation builds one more)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def run_steps(step, pool, n: int, units_per_step: int) -> float:
+    """Run n steps, step i on pool[i % len(pool)]; units (tokens, images) per second."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        step(pool[i % len(pool)])
+    return n * units_per_step / (time.perf_counter() - t0)
 
 
 def write_json(name: str, data: dict) -> Path:

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from common import (MIB, clip_and_step, describe_optimizer, hf_default_optim, hf_trainer_adamw, machine_info,
-                    peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, training_args, write_json)
+                    graphs_compiled, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, run_steps, training_args,
+                    write_json)
 
 B, T, VOCAB, DIM, DEPTH, HEADS, FFN = 32, 128, 8192, 256, 4, 4, 1024
 P = 0.15  # share of non-special tokens chosen for prediction, both sides
@@ -133,20 +134,6 @@ def build(impl: str, precision: str, compiled: bool, tok, hf_tok):
     return step, sum(p.numel() for p in params), describe_optimizer(opt)
 
 
-def graphs_compiled() -> int:
-    """Graphs torch.compile has built so far in this process (a recompilation builds one more)."""
-    from torch._dynamo.utils import counters
-    return counters["stats"]["unique_graphs"]
-
-
-def run_steps(step, batches: torch.Tensor, n: int) -> float:
-    """Run n steps; input tokens per second (B × T per step, the same count for both sides)."""
-    t0 = time.perf_counter()
-    for i in range(n):
-        step(batches[i % POOL])
-    return n * B * T / (time.perf_counter() - t0)
-
-
 def memory_child(spec: str, folder: Path) -> dict:
     """In a fresh process: RSS just before the first step, then the RSS peak of MEMORY_STEPS steps after warm-up
     (the high-water mark is reset after warm-up so compilation's transient memory stays out of the figure)."""
@@ -154,11 +141,11 @@ def memory_child(spec: str, folder: Path) -> dict:
     tok, hf_tok, batches = load_data(folder)
     step, *_ = build(impl, precision, compiled == "1", tok, hf_tok)
     base = rss_bytes()
-    run_steps(step, batches, WARMUP[compiled == "1"])
+    run_steps(step, batches[:POOL], WARMUP[compiled == "1"], B * T)
     with_warmup = peak_rss_bytes()
     was_reset = reset_peak_rss()
     graphs = graphs_compiled()
-    run_steps(step, batches, MEMORY_STEPS)
+    run_steps(step, batches[:POOL], MEMORY_STEPS, B * T)
     peak = peak_rss_bytes()
     return dict(peak_mib=(peak - base) / MIB, peak_with_warmup_mib=(with_warmup - base) / MIB,
                 base_mib=base / MIB, peak_was_reset=was_reset,
@@ -292,13 +279,13 @@ def main() -> None:
                 warmup_s = {}
                 for impl in IMPLS:  # compilation happens here, outside the timed rounds
                     t0 = time.perf_counter()
-                    run_steps(steps[impl], batches, WARMUP[compiled])
+                    run_steps(steps[impl], batches[:POOL], WARMUP[compiled], B * T)
                     warmup_s[impl] = time.perf_counter() - t0
                 speeds, recompiled = {impl: [] for impl in IMPLS}, dict.fromkeys(IMPLS, 0)
                 for r in range(args.rounds):  # who goes first alternates too
                     for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
                         graphs = graphs_compiled()
-                        speeds[impl].append(run_steps(steps[impl], batches, args.steps))
+                        speeds[impl].append(run_steps(steps[impl], batches[:POOL], args.steps, B * T))
                         recompiled[impl] += graphs_compiled() - graphs
                 del steps  # free both models before the memory children start
                 tok_s = {impl: statistics.median(v) for impl, v in speeds.items()}

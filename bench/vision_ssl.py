@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import MIB, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, training_args, write_json
+from common import (MIB, graphs_compiled, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, run_steps,
+                    training_args, write_json)
 
 SIZE, CHANNELS, PATCH, DIM, DEPTH, HEADS, MLP = 32, 3, 4, 192, 6, 3, 768
 B = 128  # images per step (--batch changes it, for smoke tests only)
@@ -433,20 +434,6 @@ def augment_rate(fns: dict, images: torch.Tensor, n_batches: int, rounds: int) -
 
 # ---------------------------------------------------------------------------------------------- timing
 
-def graphs_compiled() -> int:
-    """Graphs torch.compile has built so far in this process (a recompilation builds one more)."""
-    from torch._dynamo.utils import counters
-    return counters["stats"]["unique_graphs"]
-
-
-def run_steps(step, views: torch.Tensor, n: int) -> float:
-    """Run n steps on the pool of views; images/s (B source images, two views each, per step)."""
-    t0 = time.perf_counter()
-    for i in range(n):
-        step(views[i % POOL])
-    return n * views.shape[2] / (time.perf_counter() - t0)
-
-
 def memory_child(spec: str, folder: Path) -> dict:
     """In a fresh process: RSS just before the first step, then the RSS peak of MEMORY_STEPS steps after warm-up
     (the high-water mark is reset after warm-up so compilation's transient memory stays out of the figure)."""
@@ -455,11 +442,11 @@ def memory_child(spec: str, folder: Path) -> dict:
     views = torch.load(folder / f"{objective}.pt")
     step, *_ = build(impl, peer, objective, precision, compiled, batch, foreach)
     base = rss_bytes()
-    run_steps(step, views, WARMUP[compiled])
+    run_steps(step, views, WARMUP[compiled], views.shape[2])
     with_warmup = peak_rss_bytes()
     was_reset = reset_peak_rss()
     graphs = graphs_compiled()
-    run_steps(step, views, MEMORY_STEPS)
+    run_steps(step, views, MEMORY_STEPS, views.shape[2])
     peak = peak_rss_bytes()
     return dict(peak_mib=(peak - base) / MIB, peak_with_warmup_mib=(with_warmup - base) / MIB,
                 base_mib=base / MIB, peak_was_reset=was_reset,
@@ -563,13 +550,13 @@ def main() -> None:
                     warmup_s = {}
                     for impl in IMPLS:  # compilation happens here, outside the timed rounds
                         t0 = time.perf_counter()
-                        run_steps(steps[impl], pools[o], WARMUP[compiled])
+                        run_steps(steps[impl], pools[o], WARMUP[compiled], pools[o].shape[2])
                         warmup_s[impl] = time.perf_counter() - t0
                     speeds, recompiled = {impl: [] for impl in IMPLS}, dict.fromkeys(IMPLS, 0)
                     for r in range(args.rounds):  # who goes first alternates too
                         for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
                             graphs = graphs_compiled()
-                            speeds[impl].append(run_steps(steps[impl], pools[o], args.steps))
+                            speeds[impl].append(run_steps(steps[impl], pools[o], args.steps, pools[o].shape[2]))
                             recompiled[impl] += graphs_compiled() - graphs
                     del steps  # free both models before the memory children start
                     img_s = {impl: statistics.median(v) for impl, v in speeds.items()}
