@@ -581,3 +581,26 @@ def test_image_size_not_a_multiple_of_the_patch_is_a_one_line_config_error(tmp_p
                             f"out_dir={tmp_path / 'r'}")
     assert code == 2 and err.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "r").exists()  # failed before any work
+
+
+def test_moco_queue_larger_than_the_data_is_a_one_line_error(digits_dir, tmp_path, monkeypatch, capsys):
+    # 1,287 training digits: a 2,000-key queue would hold the very images being contrasted, as negatives
+    code, _, err = run_main(monkeypatch, capsys, "train", "mocov2", f"data.path={digits_dir / 'train'}",
+                            f"out_dir={tmp_path / 'q'}", *TINY_VISION, "ssl.queue_size=2000")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "ssl.queue_size=2000" in lines[0] and "smaller ssl.queue_size" in lines[0]
+
+
+def test_eval_baseline_misuse_is_a_one_line_error(image_run, digits_dir, monkeypatch, capsys):
+    labeled = ["--train", digits_dir / "train", "--test", digits_dir / "test"]
+    for args, words in ((["--task", "finetune", "--baseline", "pixels"], "--baseline pixels is for --task linear"),
+                        (["--task", "knn", "--baseline", "noise"], "expected random or pixels")):
+        code, _, err = run_main(monkeypatch, capsys, "eval", image_run, *args, *labeled)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_compare_puts_runs_side_by_side_and_refuses_a_non_run(image_run, tmp_path, monkeypatch, capsys):
+    code, out, _ = run_main(monkeypatch, capsys, "compare", image_run)
+    assert code in (0, None) and "pretrained" in out and image_run.name in out
+    code, _, err = run_main(monkeypatch, capsys, "compare", tmp_path)
+    assert code == 2 and "has no summary.json" in err and len(err.strip().splitlines()) == 1
