@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from selfsup.data import images as im
-from selfsup.data.images import ImageLoader, image_files, prepare_images
+from selfsup.data.images import image_files, prepare_images
+from selfsup.data.loader import RowLoader
 from selfsup.data.text import DataError
 
 SIZE = 16
@@ -205,27 +206,27 @@ def test_clear_errors(folder, tmp_path):
 
 def test_loader_visits_every_image_once_per_epoch_and_is_seeded():
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(2, axis=2)  # (10, 1, 2, 1)
-    loader = ImageLoader(images, seed=5)
+    loader = RowLoader({"images": images}, seed=5)
     seen = torch.cat([loader.next_batch(3)["index"] for _ in range(10)])  # 30 rows: three epochs
     for epoch in range(3):
         assert sorted(seen[epoch * 10:(epoch + 1) * 10].tolist()) == list(range(10))
     assert seen[:10].tolist() != seen[10:20].tolist()  # a new permutation each epoch
-    batch = ImageLoader(images, seed=5).next_batch(4)
+    batch = RowLoader({"images": images}, seed=5).next_batch(4)
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 1, 2, 1)
     assert torch.equal(batch["images"][:, 0, 0, 0].long(), batch["index"]) and batch["index"].dtype == torch.int64
     assert torch.equal(batch["index"], seen[:4])
-    assert not torch.equal(ImageLoader(images, seed=6).next_batch(10)["index"], seen[:10])
-    assert ImageLoader(images, shuffle=False).next_batch(10)["index"].tolist() == list(range(10))
+    assert not torch.equal(RowLoader({"images": images}, seed=6).next_batch(10)["index"], seen[:10])
+    assert RowLoader({"images": images}, shuffle=False).next_batch(10)["index"].tolist() == list(range(10))
 
 
 @pytest.mark.parametrize("stop", [2, 3])  # mid-epoch, and just before a batch that straddles the boundary
 def test_resumed_loader_gives_identical_batches(stop):
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-    straight = ImageLoader(images, seed=1)
+    straight = RowLoader({"images": images}, seed=1)
     expected = [straight.next_batch(4)["index"] for _ in range(8)]
-    first = ImageLoader(images, seed=1)
+    first = RowLoader({"images": images}, seed=1)
     got = [first.next_batch(4)["index"] for _ in range(stop)]
-    resumed = ImageLoader(images, seed=1)
+    resumed = RowLoader({"images": images}, seed=1)
     resumed.load_state(first.state())
     got += [resumed.next_batch(4)["index"] for _ in range(8 - stop)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected)) and len(resumed) == 10

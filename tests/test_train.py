@@ -155,7 +155,7 @@ class _SometimesNaN(torch.nn.Module):
 
 def test_non_finite_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
     build = trainer.build_objective
-    monkeypatch.setattr(trainer, "build_objective", lambda cfg, tok, images: _SometimesNaN(build(cfg, tok), {3, 5}))
+    monkeypatch.setattr(trainer, "build_objective", lambda cfg, tok, images, **_: _SometimesNaN(build(cfg, tok), {3, 5}))
     summary = trainer.train(cfg_for(corpus, tmp_path / "nan", "train.max_steps=8", "train.log_every=1"), quiet())
     assert summary["nan_skipped_steps"] == 2 and summary["status"] == "finished"
     assert all(loss == loss for loss in losses(tmp_path / "nan").values())  # no NaN logged
@@ -163,7 +163,7 @@ def test_non_finite_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch)
 
 def test_many_non_finite_steps_stop_with_a_checkpoint(corpus, tmp_path, monkeypatch):
     build = trainer.build_objective
-    monkeypatch.setattr(trainer, "build_objective", lambda cfg, tok, images: _SometimesNaN(build(cfg, tok), set(range(4, 99))))
+    monkeypatch.setattr(trainer, "build_objective", lambda cfg, tok, images, **_: _SometimesNaN(build(cfg, tok), set(range(4, 99))))
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         trainer.train(cfg_for(corpus, tmp_path / "nan", "train.max_steps=20", "train.max_bad_steps=3"), quiet())
     assert (tmp_path / "nan" / "checkpoints" / "step-00000006").is_dir()

@@ -69,14 +69,14 @@ def _print_summary(s: dict) -> None:
         ("wall time", f"{s['wall_time_s']:.0f} s"),
         ("cost", _cost_line(s["cost"])),
     ]
-    if unit == "token":
-        rows.append(("documents train / val", f"{d['documents']['train']:,} / {d['documents']['val']:,}"))
-    else:
-        rows += [("images train / val", f"{d['images']['train']:,} / {d['images']['val']:,}"),
-                 ("collapse warnings", str(s["collapse_warnings"]))]
-    rows += [(f"skipped {'documents' if unit == 'token' else 'images'}",
-              ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"),
-             ("non-finite steps skipped", str(s["nan_skipped_steps"]))]
+    what = "documents" if unit == "token" else "images" if unit == "image" else "samples"
+    rows.append((f"{what} train / val", f"{d[what]['train']:,} / {d[what]['val']:,}"))
+    if unit != "token":
+        rows.append(("collapse warnings", str(s["collapse_warnings"])))
+    rows.append((f"skipped {what}", ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"))
+    if d.get("notes"):
+        rows.append(("kept with notes", ", ".join(f"{k}: {v}" for k, v in d["notes"].items())))
+    rows.append(("non-finite steps skipped", str(s["nan_skipped_steps"])))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 BUILTIN_CORPUS = "builtin:python-docstrings"
 TEXT_OBJECTIVES = ("clm", "mlm", "plm")
 IMAGE_OBJECTIVES = ("simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav", "deepcluster")
+PAIR_OBJECTIVES = ("clip", "siglip")  # a media tower (image, audio or video) aligned with a text tower
+AUDIO_OBJECTIVES = ("hubert",)
 Objective = Literal["clm", "mlm", "plm", "simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav",
-                    "deepcluster"]
+                    "deepcluster", "clip", "siglip", "hubert"]
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,31 @@ class ImageConfig(Section):
     mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (default: "
                                      "measured on the training images)")
     std: list[float] | None = Field(None, description="per-channel normalisation std (default: measured)")
+
+
+class AudioConfig(Section):
+    sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate on decoding")
+    seconds: float = Field(1.0, gt=0, description="clip length: longer audio keeps its centre, shorter is padded "
+                           "with silence (masked out of attention, pooling and losses)")
+    min_seconds: float = Field(0.1, ge=0, description="shorter audio is skipped and counted")
+    n_mels: int = Field(64, gt=0, description="log-mel bands (Slaney mel scale, librosa's filterbank)")
+    n_fft: int = Field(400, gt=0, description="STFT window in samples (25 ms at 16 kHz)")
+    hop: int = Field(160, gt=0, description="STFT hop in samples (10 ms at 16 kHz)")
+    stride: int = Field(2, ge=1, description="the convolutional front end emits a token every `stride` frames")
+    mean: float | None = Field(None, description="log-mel normalisation mean (default: measured on the training "
+                               "clips)")
+    std: float | None = Field(None, description="log-mel normalisation std (default: measured)")
+
+
+class VideoConfig(Section):
+    frames: int = Field(8, ge=1, description="frames the model sees per clip")
+    cache_frames: int = Field(16, ge=1, description="frames decoded per clip (segment centres); training samples "
+                              "`frames` of them, one per segment, at random (video.sampling=segment)")
+    sampling: Literal["segment", "uniform"] = Field("segment", description="training: a random frame per segment "
+                                                    "(TSN) or the segment centres; evaluation is always uniform")
+    temporal: Literal["attention", "mean"] = Field("attention", description="how frame features become a clip's: "
+                                                   "transformer blocks over time, or the mean")
+    temporal_depth: int = Field(1, ge=1, description="temporal transformer blocks")
 
 
 class ModelConfig(Section):
@@ -196,10 +223,35 @@ class DeepClusterConfig(Section):
     kmeans_iters: int = Field(20, gt=0)
 
 
+class AlignConfig(Section):
+    modality: Literal["image", "audio", "video"] = Field("image", description="what the text is paired with: the "
+                                                          "key of a pair in the data")
+    embed_dim: int = Field(256, gt=0, description="the joint embedding both towers project to")
+    logit_scale: float | None = Field(None, description="initial log of the logit scale (default: ln(1/0.07) for "
+                                      "clip, ln 10 for siglip); learned")
+    max_logit_scale: float = Field(100.0, gt=0, description="the learned scale is clamped to at most this")
+    logit_bias: float = Field(-10.0, description="siglip: initial learned bias")
+    local_loss: bool = Field(False, description="multi-process: each rank scores its own rows against all gathered "
+                             "features (open_clip's local_loss)")
+    gather_with_grad: bool = Field(False, description="multi-process: gradients flow back through the gathered "
+                                   "features of other ranks")
+    chunk: int = Field(0, ge=0, description="siglip: text rows per block of the pairwise loss, which then never "
+                       "holds the whole batch x batch matrix (0: in one piece)")
+
+
+class HuBERTConfig(Section):
+    clusters: int = Field(100, gt=1, description="k-means targets (HuBERT's first iteration: 100 on MFCCs)")
+    kmeans_frames: int = Field(50_000, gt=0, description="training frames the k-means is fitted on")
+    mask_prob: float = Field(0.08, gt=0, lt=1, description="share of tokens that start a masked span")
+    mask_length: int = Field(10, ge=1, description="tokens per masked span")
+    temperature: float = Field(0.1, gt=0, description="of the cosine logits against the cluster embeddings")
+    proj_dim: int = Field(256, gt=0, description="projection and cluster-embedding width")
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
     objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet); images: simclr, "
-                                 "mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster")
+                                 "mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster; pairs with text: clip, siglip; audio: hubert")
     out_dir: str = Field("", description="run directory (default runs/<recipe>)")
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -217,6 +269,13 @@ class RunConfig(Section):
     beit: BEiTConfig = BEiTConfig()
     swav: SwAVConfig = SwAVConfig()
     deepcluster: DeepClusterConfig = DeepClusterConfig()
+    align: AlignConfig = AlignConfig()
+    text: ModelConfig = Field(ModelConfig(dim=256, depth=4, heads=4, context=32, vocab_size=4096, mlp="gelu",
+                                          norm="layernorm", pooling="mean"),
+                              description="clip, siglip: the text tower (a bidirectional transformer)")
+    audio: AudioConfig = AudioConfig()
+    video: VideoConfig = VideoConfig()
+    hubert: HuBERTConfig = HuBERTConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:
@@ -229,11 +288,15 @@ class RunConfig(Section):
         if self.objective in ("mae", "beit") and self.model.backbone != "vit":
             raise ValueError(f"objective '{self.objective}' masks patches: it needs model.backbone=vit "
                              f"(got {self.model.backbone})")
-        if self.is_image and self.model.backbone == "vit" and self.image.size % self.model.patch:
+        pixels = self.modality in ("image", "video")
+        if pixels and self.model.backbone == "vit" and self.image.size % self.model.patch:
             raise ValueError(f"image.size ({self.image.size}) must be a multiple of model.patch ({self.model.patch})")
+        if self.video.cache_frames % self.video.frames:
+            raise ValueError(f"video.cache_frames ({self.video.cache_frames}) must be a multiple of video.frames "
+                             f"({self.video.frames}): each of the frames samples from its own segment")
         for key in ("mean", "std"):
             value = getattr(self.image, key)
-            if value is not None and len(value) != self.image.channels:
+            if pixels and value is not None and len(value) != self.image.channels:
                 raise ValueError(f"image.{key} has {len(value)} values; expected one per channel "
                                  f"(image.channels={self.image.channels})")
         return self
@@ -241,6 +304,15 @@ class RunConfig(Section):
     @property
     def is_image(self) -> bool:
         return self.objective in IMAGE_OBJECTIVES
+
+    @property
+    def modality(self) -> str:
+        """What the trained trunk reads: text, image, audio or video."""
+        if self.objective in IMAGE_OBJECTIVES:
+            return "image"
+        if self.objective in PAIR_OBJECTIVES:
+            return self.align.modality
+        return "audio" if self.objective in AUDIO_OBJECTIVES else "text"
 
 
 # ----------------------------------------------------------------------------------------------- recipes

@@ -28,22 +28,18 @@ import io
 import json
 import os
 import shutil
-import struct
 import tarfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
-from selfsup.data.order import EpochOrder
+from selfsup.data.decoding import NpyWriter, Skip, decoded
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 
@@ -51,8 +47,6 @@ FORMAT = 1  # bump when the cache layout or the decoding changes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SOURCE_SUFFIXES = IMAGE_SUFFIXES + (".tar", ".npz")
 LABEL_EXTS = ("cls", "label", "txt")  # tar members that carry a sample's label
-DECODE_CHUNK = 64  # images per worker task: amortises pickling, yet keeps the workers evenly loaded
-NPY_HEADER = 128  # bytes reserved for a .npy header, so images stream to disk before their count is known
 
 
 @dataclass
@@ -81,12 +75,6 @@ class _Item(NamedTuple):
     label: int | str | None
     kind: str  # how a worker gets the pixels: 'file' (a path to read), 'bytes' (a tar member), 'array' (npz entry)
     payload: object
-
-
-class _Skip(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def image_files(path: str) -> list[Path]:
@@ -161,11 +149,11 @@ def _build(path: str, root: Path, files: list[Path], out: Path, size: int, chann
            workers: int, log) -> None:
     start = time.perf_counter()
     skipped: Counter = Counter()
-    writers = {split: _NpyWriter(out / f"{split}.npy", (channels, size, size)) for split in ("train", "val")}
+    writers = {split: NpyWriter(out / f"{split}.npy", (channels, size, size), np.uint8) for split in ("train", "val")}
     labels: dict[str, list] = {"train": [], "val": []}
     hist = np.zeros((channels, 256), np.int64)  # training pixel values per channel, for an exact mean and std
     try:
-        for chunk, images, reasons in _decoded(_items(root, files, skipped), size, channels, workers):
+        for chunk, (images, reasons) in decoded(_items(root, files, skipped), _decode_chunk, (size, channels), workers):
             skipped.update(r for r in reasons if r is not None)
             kept = [item for item, r in zip(chunk, reasons) if r is None]
             val = np.array([is_val(item.ident, val_fraction) for item in kept], dtype=bool)  # (k,)
@@ -305,38 +293,14 @@ def _to_uint8(a: np.ndarray, peak: float) -> np.ndarray:
     return np.clip(np.nan_to_num(a.astype(np.float32) * (255 / peak)).round(), 0, 255).astype(np.uint8)
 
 
-def _chunks(items: Iterator[_Item]) -> Iterator[list[_Item]]:
-    while chunk := list(islice(items, DECODE_CHUNK)):
-        yield chunk
-
-
-def _decoded(items: Iterator[_Item], size: int, channels: int, workers: int):
-    """(chunk, its decoded images (k, C, S, S) uint8, a skip reason or None per item), in input order. At most two
-    chunks per worker are in flight, so memory stays bounded however large the set."""
-    if workers == 0:
-        for chunk in _chunks(items):
-            yield chunk, *_decode_chunk([(i.kind, i.payload) for i in chunk], size, channels)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        pending = deque()
-        for chunk in _chunks(items):
-            pending.append((chunk, pool.submit(_decode_chunk, [(i.kind, i.payload) for i in chunk], size, channels)))
-            if len(pending) >= 2 * workers:
-                chunk, future = pending.popleft()
-                yield chunk, *future.result()
-        while pending:
-            chunk, future = pending.popleft()
-            yield chunk, *future.result()
-
-
-def _decode_chunk(tasks: list[tuple[str, object]], size: int, channels: int) -> tuple[np.ndarray, list[str | None]]:
-    """Runs in a worker: the images that decoded, stacked, and for each task None or why it was skipped."""
+def _decode_chunk(items: list[_Item], size: int, channels: int) -> tuple[np.ndarray, list[str | None]]:
+    """Runs in a worker: the images that decoded, stacked, and for each item None or why it was skipped."""
     images, reasons = [], []
-    for kind, payload in tasks:
+    for item in items:
         try:
-            images.append(_decode(kind, payload, size, channels))
+            images.append(_decode(item.kind, item.payload, size, channels))
             reasons.append(None)
-        except _Skip as e:
+        except Skip as e:
             reasons.append(e.reason)
     return (np.stack(images) if images else np.empty((0, channels, size, size), np.uint8)), reasons
 
@@ -351,7 +315,7 @@ def _decode(kind: str, payload, size: int, channels: int) -> np.ndarray:
     try:
         img = _to_mode(img, channels)
     except Exception:  # a mode Pillow cannot convert is a property of the file, not a bug here
-        raise _Skip("unsupported image mode") from None
+        raise Skip("unsupported image mode") from None
     w, h = img.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)  # the center square, in source pixels
@@ -364,12 +328,12 @@ def _read(f: Path) -> bytes:
     try:
         return f.read_bytes()
     except OSError:
-        raise _Skip("unreadable file") from None
+        raise Skip("unreadable file") from None
 
 
 def _open_image(data: bytes, size: int) -> Image.Image:
     if not data:
-        raise _Skip("empty file")
+        raise Skip("empty file")
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
@@ -378,9 +342,9 @@ def _open_image(data: bytes, size: int) -> Image.Image:
         img.load()  # Pillow decodes lazily: truncated data shows only here
         return ImageOps.exif_transpose(img)
     except Image.DecompressionBombError:
-        raise _Skip("image too large") from None
+        raise Skip("image too large") from None
     except Exception as e:  # Pillow's plugins raise many kinds of exception on malformed data
-        raise _Skip("truncated image" if "truncated" in str(e) else "corrupt image") from None
+        raise Skip("truncated image" if "truncated" in str(e) else "corrupt image") from None
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -420,59 +384,7 @@ def _mean_std(hist: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-class _NpyWriter:
-    """Appends uint8 rows to a .npy file whose row count is only known at the end: the header is padded to a
-    fixed NPY_HEADER bytes, so closing rewrites it in place instead of copying the data."""
-
-    def __init__(self, path: Path, row_shape: tuple[int, ...]):
-        self.row_shape, self.rows = row_shape, 0
-        self._file = open(path, "wb")
-        self._file.write(self._header())
-
-    def write(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows).data)
-        self.rows += len(rows)
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.seek(0)
-            self._file.write(self._header())
-            self._file.close()
-
-    def _header(self) -> bytes:
-        d = repr({"descr": "|u1", "fortran_order": False, "shape": (self.rows, *self.row_shape)})
-        body = d.ljust(NPY_HEADER - 11) + "\n"  # 6 magic + 2 version + 2 length bytes, then the dict
-        return np.lib.format.magic(1, 0) + struct.pack("<H", len(body)) + body.encode("latin1")
-
-
 def _open(out: Path) -> ImageSet:
     meta = json.loads((out / "meta.json").read_text())
     return ImageSet(out, np.load(out / "train.npy", mmap_mode="r"), np.load(out / "val.npy", mmap_mode="r"),
                     np.load(out / "train_labels.npy"), np.load(out / "val_labels.npy"), meta["classes"], meta)
-
-
-class ImageLoader:
-    """Batches of whole images in a seeded order with an exact position, like PackedWindows: each epoch visits
-    every row once in a permutation drawn from (seed, epoch); (epoch, rows consumed) is all a checkpoint needs."""
-
-    def __init__(self, images: np.ndarray, seed: int = 0, shuffle: bool = True):
-        if len(images) == 0:
-            raise DataError("an image split holds no images; expected at least one (more data, or another "
-                            "val_fraction)")
-        self.images = images  # (N, C, H, W) uint8
-        self.n = len(images)
-        self.order = EpochOrder(self.n, seed, shuffle)
-
-    def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """{'images': (B, C, H, W) uint8, 'index': (B,) int64 rows in the array}; epochs roll over seamlessly."""
-        index = self.order.take(batch_size)  # (B,)
-        return {"images": torch.from_numpy(np.asarray(self.images[index])), "index": torch.from_numpy(index)}
-
-    def state(self) -> dict:
-        return self.order.state()
-
-    def load_state(self, state: dict) -> None:
-        self.order.load_state(state)
-
-    def __len__(self) -> int:
-        return self.n

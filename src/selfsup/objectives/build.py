@@ -6,33 +6,51 @@ import numpy as np
 from tokenizers import Tokenizer
 from torch import nn
 
-from selfsup.config import ConfigError, RunConfig
+from selfsup.config import PAIR_OBJECTIVES, ConfigError, RunConfig
+from selfsup.data.audio import clip_frames
 from selfsup.data.tokenizer import eos_id
 from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
+from selfsup.models.audio import AudioEncoder
 from selfsup.models.resnet import ResNet
+from selfsup.models.video import VideoEncoder
 from selfsup.models.vit import ViT
 from selfsup.objectives.beit import BEiT
 from selfsup.objectives.byol import BYOL
+from selfsup.objectives.clip import CLIP
 from selfsup.objectives.clm import CausalLM
 from selfsup.objectives.deepcluster import DeepCluster
 from selfsup.objectives.dino import DINO
+from selfsup.objectives.hubert import HuBERT
 from selfsup.objectives.mae import MAE
 from selfsup.objectives.mlm import MaskedLM
 from selfsup.objectives.mocov2 import MoCoV2
 from selfsup.objectives.mocov3 import MoCoV3
 from selfsup.objectives.plm import PermutationLM
+from selfsup.objectives.siglip import SigLIP
 from selfsup.objectives.simclr import SimCLR
 from selfsup.objectives.swav import SwAV
-from selfsup.views.augment import MultiView
+from selfsup.views.augment import Augment, MultiView
+from selfsup.views.media import AudioView, ImageView, VideoView
 from selfsup.views.masking import MaskingTable
 
 
 def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.ndarray | None = None,
-                    backbone: nn.Module | None = None) -> nn.Module:
-    """tok: the tokenizer (text objectives); images: the training images (N, C, H, W) uint8, which DeepCluster
-    clusters and BEiT fits its codebook on (None when opening a trained run); backbone: any module mapping images
-    (B, C, H, W) to features (B, D) with an `out_dim` attribute, instead of the configured one (from Python)."""
+                    backbone: nn.Module | None = None,
+                    clips: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Module:
+    """tok: the tokenizer (text objectives, and the text tower of clip/siglip); images: the training images
+    (N, C, H, W) uint8, which DeepCluster clusters and BEiT fits its codebook on (None when opening a trained run);
+    backbone: any module mapping images (B, C, H, W) to features (B, D) with an `out_dim` attribute, instead of
+    the configured one (from Python); clips: the training log-mel clips (N, M, F) and their real frames (N,),
+    which HuBERT fits its units on."""
+    if cfg.objective in PAIR_OBJECTIVES:
+        return _pair_objective(cfg, tok, backbone)
+    if cfg.objective == "hubert":
+        h = cfg.hubert
+        encoder, view = media_tower(cfg, "audio")
+        rows, lengths = clips if clips is not None else (None, None)
+        return HuBERT(encoder, view, h.clusters, h.kmeans_frames, h.mask_prob, h.mask_length, h.temperature,
+                      h.proj_dim, rows, lengths, cfg.seed)
     if not cfg.is_image:
         return _text_objective(cfg, tok)
     if cfg.image.mean is None or cfg.image.std is None:
@@ -76,6 +94,41 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         b = cfg.beit
         return BEiT(net, views, b.mask_ratio, b.codebook_size, b.codebook_images, images, mean, std, cfg.seed)
     raise ValueError(f"objective '{cfg.objective}' has no builder")
+
+
+def _pair_objective(cfg: RunConfig, tok: Tokenizer | None, backbone: nn.Module | None) -> nn.Module:
+    a = cfg.align
+    media, view = media_tower(cfg, a.modality, backbone)
+    text = Encoder(cfg.text)
+    if tok is not None and tok.get_vocab_size() > text.vocab:
+        raise ConfigError(f"the tokenizer has {tok.get_vocab_size()} tokens but text.vocab_size is "
+                          f"{cfg.text.vocab_size}; expected text.vocab_size >= the tokenizer's size")
+    if cfg.objective == "clip":
+        return CLIP(media, view, text, a.embed_dim, a.logit_scale, a.max_logit_scale, a.local_loss,
+                    a.gather_with_grad)
+    return SigLIP(media, view, text, a.embed_dim, a.logit_scale, a.max_logit_scale, a.logit_bias,
+                  a.gather_with_grad, a.chunk)
+
+
+def media_tower(cfg: RunConfig, modality: str, backbone: nn.Module | None = None) -> tuple[nn.Module, nn.Module]:
+    """The encoder of one modality and the view that feeds it cached rows (see views/media.py)."""
+    if modality == "audio":
+        a = cfg.audio
+        if a.mean is None or a.std is None:
+            raise ValueError("audio.mean and audio.std must be resolved (measured on the data) before building")
+        frames = clip_frames(a.sample_rate, a.seconds, a.hop)
+        return AudioEncoder(cfg.model, a.n_mels, frames, a.stride), AudioView(a.mean, a.std)
+    im, v = cfg.image, cfg.views
+    if im.mean is None or im.std is None:
+        raise ValueError("image.mean and image.std must be resolved (measured on the data) before building")
+    net = backbone if backbone is not None else image_backbone(cfg)
+    if modality == "video":
+        video = cfg.video
+        return (VideoEncoder(net, video.frames, video.temporal, video.temporal_depth, cfg.model),
+                VideoView(video.frames, video.sampling, im.mean, im.std))
+    augment = Augment(im.size, v.crop_scale, im.mean, im.std, flip_p=v.flip_p, jitter=v.jitter, jitter_p=v.jitter_p,
+                      grayscale_p=v.grayscale_p, blur_p=v.blur_p[0], solarize_p=v.solarize_p[0])
+    return net, ImageView(augment, im.size, im.mean, im.std)
 
 
 def image_backbone(cfg: RunConfig) -> nn.Module:

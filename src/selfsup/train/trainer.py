@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -24,14 +23,13 @@ from safetensors.torch import save_model
 
 from selfsup import config as config_mod
 from selfsup.config import RunConfig
-from selfsup.data import digits
-from selfsup.data.images import ImageLoader, prepare_images
+from selfsup.data.loader import RowLoader
 from selfsup.data.packing import PackedWindows
-from selfsup.data.shards import default_cache, prepare
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint, optim
 from selfsup.train.collapse import collapse_metrics, collapse_warning
 from selfsup.train.cost import nominal_power, run_cost
+from selfsup.train.data import RunData
 from selfsup.train.mfu import count_flops, peak_flops
 from selfsup.train.monitor import Monitor, read_metrics
 from selfsup.train.schedule import lr_at
@@ -84,7 +82,7 @@ class _StopFlag:
 
 
 @torch.no_grad()
-def evaluate(objective, loader: PackedWindows | ImageLoader, batch_size: int, batches: int, device,
+def evaluate(objective, loader: PackedWindows | RowLoader, batch_size: int, batches: int, device,
              precision: str) -> float:
     """Mean loss per unit over the first `batches` validation batches (the same ones every time)."""
     was_training = objective.training
@@ -119,43 +117,6 @@ def accumulate(objective, batches, device: torch.device, precision: str):
     return (loss_sum / count.clamp(min=1)).item(), units, out
 
 
-class _Data:
-    """The run's data, whatever the modality: training and validation loaders and what the summary reports."""
-
-    def __init__(self, cfg: RunConfig, run_dir: Path, log):
-        self.tokenizer, self.train_images = None, None
-        if cfg.is_image:
-            d, im = cfg.data, cfg.image
-            cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
-            images = prepare_images(digits.resolve(d.path, cache), im.size, im.channels, d.val_fraction, d.cache_dir,
-                                    d.workers, log=log)
-            if im.mean is None or im.std is None:  # written into config.yaml, so evaluation normalises the same way
-                im.mean, im.std = [round(v, 4) for v in images.mean], [round(v, 4) for v in images.std]
-            self.train_images = images.train
-            self.loader = ImageLoader(images.train, seed=cfg.seed)
-            self.val_loader = ImageLoader(images.val, shuffle=False) if len(images.val) else None
-            self.window = (f"{len(images.train):,} training images of {im.channels}×{im.size}×{im.size}", 1)
-            self.summary = dict(path=d.path, files=images.meta["files"], images=images.meta["images"],
-                                skipped=images.meta["skipped"], classes=len(images.classes), mean=im.mean,
-                                std=im.std, cache=str(images.dir))
-            self.unigram_ppl = None
-            return
-        corpus = prepare(cfg.data, cfg.model.vocab_size, log=log)
-        shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
-        self.tokenizer = corpus.tokenizer
-        self.corpus = corpus
-        self.unigram_ppl = corpus.meta["unigram_ppl"]
-        self.summary = dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
-                            skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir))
-
-    def text_loaders(self, cfg: RunConfig, overlap: int) -> None:
-        """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
-        c = self.corpus
-        self.loader = PackedWindows(c.train, c.dtype, cfg.model.context, overlap, seed=cfg.seed)
-        self.val_loader = PackedWindows(c.val, c.dtype, cfg.model.context, overlap, shuffle=False)
-        self.window = (f"{len(self.loader):,} training windows of {cfg.model.context} tokens", cfg.model.context)
-
-
 def train(cfg: RunConfig, console: Console | None = None) -> dict:
     console = console or Console()
     run_dir = Path(cfg.out_dir)
@@ -167,10 +128,10 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    data = _Data(cfg, run_dir, log=lambda text: console.print(f"[dim]{text}"))
-    objective = build_objective(cfg, data.tokenizer, data.train_images).to(device)
+    data = RunData(cfg, run_dir, log=lambda text: console.print(f"[dim]{text}"))
+    objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
     optimizer = optim.build(objective, cfg.optim, device)
-    if not cfg.is_image:
+    if cfg.modality == "text":
         data.text_loaders(cfg, objective.window_overlap)
     loader, val_loader = data.loader, data.val_loader
     if not getattr(objective, "validates", True):
@@ -190,7 +151,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         objective.compile()  # the loss too, so its fp32 upcast fuses into the softmax; state-dict keys unchanged
     params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     # text: the PaLM formula; images: counted by torch's FlopCounterMode on this process's second step
-    flops_per_unit = objective.flops_per_token() if unit == "token" else counters.get("flops_per_image")
+    flops_per_unit = objective.flops_per_token() if unit == "token" else counters.get(f"flops_per_{unit}")
     dtype = torch.bfloat16 if t_cfg.precision == "bf16" else torch.float32
     peak = t_cfg.peak_tflops * 1e12 if t_cfg.peak_tflops else peak_flops(device, dtype)
     described, per_sample = data.window
@@ -225,7 +186,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             if flops_per_unit is None and steps_here == 2:  # after any lazy set-up (codebooks, first clustering)
                 flops, (loss_value, units, out) = count_flops(
                     lambda: accumulate(objective, batches, device, t_cfg.precision))
-                flops_per_unit = counters["flops_per_image"] = flops / max(units, 1)
+                flops_per_unit = counters[f"flops_per_{unit}"] = flops / max(units, 1)
             else:
                 loss_value, units, out = accumulate(objective, batches, device, t_cfg.precision)
             grad_norm = torch.nn.utils.clip_grad_norm_(params_list, t_cfg.clip_grad or float("inf")).item()
@@ -300,7 +261,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     return _summary(cfg, run_dir, data, unit, status, step, counters, params, flops_per_unit, peak, device, val_loss)
 
 
-def _summary(cfg, run_dir, data: _Data, unit, status, step, counters, params, flops_per_unit, peak, device,
+def _summary(cfg, run_dir, data: RunData, unit, status, step, counters, params, flops_per_unit, peak, device,
              val_loss) -> dict:
     records = read_metrics(run_dir / "metrics.jsonl")
     rate_key = f"{unit}s_per_s"

@@ -1,0 +1,43 @@
+"""Data sets made on the machine, for recipes' defaults, demos and tests: nothing is downloaded.
+
+    builtin:digits         scikit-learn's handwritten digits, the training images (data/digits.py)
+    builtin:digit-pairs    the same images with generated captions, a .jsonl of pairs
+    builtin:tones          synthetic labeled sounds, the training clips (data/tones.py)
+    builtin:tone-pairs     the same clips with generated captions
+    builtin:moving-digits  digits moving across a frame, clips with captions (data/moving_digits.py)
+
+Each set is written once into the cache, atomically, and its training part returned as a data path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from selfsup.data.digits import write_digits
+from selfsup.data.moving_digits import write_moving_digits
+from selfsup.data.tones import write_tones
+
+SETS = {  # name: (cache folder, writer, the training part's path inside it)
+    "builtin:digits": ("digits", write_digits, "train"),
+    "builtin:digit-pairs": ("digits", write_digits, "train.jsonl"),
+    "builtin:tones": ("tones", write_tones, "train"),
+    "builtin:tone-pairs": ("tones", write_tones, "train.jsonl"),
+    "builtin:moving-digits": ("moving-digits", write_moving_digits, "train.jsonl"),
+}
+
+
+def resolve(path: str, cache: Path) -> str:
+    """A data path with a built-in name replaced by the path of its training part (written on first use)."""
+    if path not in SETS:
+        return path
+    folder, write, part = SETS[path]
+    root = cache / "builtin" / folder
+    if not (root / "train.jsonl").is_file():
+        tmp = root.with_name(f".{folder}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)  # atomic: a killed run leaves no half-written set
+    return str(root / part)

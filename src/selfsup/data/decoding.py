@@ -1,0 +1,77 @@
+"""Decoding media once, in worker processes, into arrays streamed to disk: what the image, audio, video and pair
+caches share.
+
+    for chunk, result in decoded(items, decode_chunk, args, workers): ...
+
+`decode_chunk(items, *args)` runs in a worker on up to CHUNK items and returns anything picklable (typically the
+rows that decoded, stacked, and a skip reason or None per item). Results come back in input order; at most two
+chunks per worker are in flight, so memory stays bounded however large the set.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 64  # items per worker task: amortises pickling, yet keeps the workers evenly loaded
+NPY_HEADER = 128  # bytes reserved for a .npy header, so rows stream to disk before their count is known
+
+
+class Skip(Exception):
+    """An input that cannot be used; `reason` is what the summary counts it under."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int) -> Iterator[tuple[list, object]]:
+    """(chunk of items, decode_chunk(chunk, *args)) in input order; workers=0 decodes in this process."""
+    items = iter(items)
+    chunks = iter(lambda: list(islice(items, CHUNK)), [])
+    if workers == 0:
+        for chunk in chunks:
+            yield chunk, decode_chunk(chunk, *args)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(decode_chunk, chunk, *args)))
+            if len(pending) >= 2 * workers:
+                chunk, future = pending.popleft()
+                yield chunk, future.result()
+        while pending:
+            chunk, future = pending.popleft()
+            yield chunk, future.result()
+
+
+class NpyWriter:
+    """Appends rows to a .npy file whose row count is only known at the end: the header is padded to a fixed
+    NPY_HEADER bytes, so closing rewrites it in place instead of copying the data."""
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...], dtype):
+        self.row_shape, self.dtype, self.rows = row_shape, np.dtype(dtype), 0
+        self._file = open(path, "wb")
+        self._file.write(self._header())
+
+    def write(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.seek(0)
+            self._file.write(self._header())
+            self._file.close()
+
+    def _header(self) -> bytes:
+        d = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, *self.row_shape)})
+        body = d.ljust(NPY_HEADER - 11) + "\n"  # 6 magic + 2 version + 2 length bytes, then the dict
+        return np.lib.format.magic(1, 0) + struct.pack("<H", len(body)) + body.encode("latin1")

@@ -1,0 +1,112 @@
+"""HuBERT (Hsu et al. 2021), first iteration: masked prediction of discrete acoustic units. Every token of a clip
+gets a target, the k-means cluster of its own input frames; spans of the front-end features are replaced by a
+learned mask embedding, and the transformer must predict the clusters of the masked tokens from the context.
+
+Why HuBERT among wav2vec 2.0 / HuBERT / data2vec: its targets are fixed before training (k-means of the input),
+so nothing can collapse and nothing needs tuning on small data: no quantiser with a diversity loss (wav2vec
+2.0), no EMA teacher whose schedule decides whether the targets stay informative (data2vec). It reuses the
+k-means the framework already has (BEiT's codebook, DeepCluster), and it is deterministic.
+
+As the paper: spans of `mask_length` tokens start at a share `mask_prob` of tokens (about half the tokens end up
+masked at 0.08 × 10); the loss is on masked tokens only (α = 1, its best setting); logits are cosine
+similarities between a projection of the output and an embedding per cluster, over temperature 0.1. The paper's
+first-iteration features are 39-d MFCCs; here each token's unit is the k-means cluster of its `stride` stacked,
+normalised log-mel frames (the same frames the token's front end reads), fitted on the first training step on
+up to `kmeans_frames` real (unpadded) tokens of the training clips, and kept in the checkpoint. Iterating (new
+targets from the model's own features) is not done.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.models.audio import AudioEncoder
+from selfsup.objectives.kmeans import kmeans, nearest
+from selfsup.objectives.output import LossOutput
+
+
+def span_mask(real: Tensor, mask_prob: float, length: int) -> Tensor:
+    """(B, T) real-token mask -> (B, T) True on masked tokens: each real token starts a span with probability
+    mask_prob, spans of `length` tokens may overlap, and at least one token per clip is masked."""
+    B, T = real.shape
+    starts = (torch.rand(B, T).to(real.device) < mask_prob) & real  # (B, T); drawn on the CPU, as the views
+    starts[:, 0] |= ~starts.any(dim=1)  # no clip goes unmasked (token 0 is always real: padding is at the end)
+    # a token is masked when a span started at one of the `length` tokens up to it
+    window = F.pad(starts.float(), (length - 1, 0)).unfold(1, length, 1)  # (B, T, length)
+    return (window.sum(dim=-1) > 0) & real
+
+
+def token_frames(mel: Tensor, stride: int, T: int) -> Tensor:
+    """(B, M, F) -> (B, T, M · stride): the frames each token's strided front end starts on, stacked."""
+    B, M, F_ = mel.shape
+    x = F.pad(mel, (0, T * stride - F_)) if T * stride > F_ else mel[..., :T * stride]
+    return x.view(B, M, T, stride).permute(0, 2, 1, 3).reshape(B, T, M * stride)
+
+
+class HuBERT(nn.Module):
+    unit = "clip"
+
+    def __init__(self, encoder: AudioEncoder, view: nn.Module, clusters: int, kmeans_frames: int, mask_prob: float,
+                 mask_length: int, temperature: float, proj_dim: int, clips: np.ndarray | None = None,
+                 lengths: np.ndarray | None = None, seed: int = 0):
+        super().__init__()
+        self.model = encoder
+        self.view = view
+        self.mask_prob, self.mask_length, self.temperature = mask_prob, mask_length, temperature
+        D = encoder.out_dim
+        self.mask_embed = nn.Parameter(torch.empty(D).uniform_())  # as the paper's code
+        self.proj = nn.Linear(D, proj_dim)
+        self.units = nn.Embedding(clusters, proj_dim)  # one embedding per cluster (the paper's label embeddings)
+        n_mels = encoder.front[0].in_channels
+        self.register_buffer("centroids", torch.zeros(clusters, n_mels * encoder.stride))  # (K, M · stride)
+        self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
+        self._clips, self._lengths, self._fit_frames, self._seed = clips, lengths, kmeans_frames, seed
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def fit_units(self, device: torch.device) -> None:
+        """k-means over the token frames of real audio, from as many training clips as `kmeans_frames` needs."""
+        if self._clips is None:
+            raise RuntimeError("HuBERT needs the training clips to fit its units (or a trained run to load)")
+        g = torch.Generator().manual_seed(self._seed)
+        T = self.model.tokens_per_clip
+        n = min(len(self._clips), -(-self._fit_frames // T))
+        pick = np.sort(torch.randperm(len(self._clips), generator=g)[:n].numpy())
+        mel, lengths = self.view(torch.from_numpy(np.array(self._clips[pick])).to(device),
+                                 torch.from_numpy(self._lengths[pick]).to(device))
+        real = self.model.token_mask(lengths, T)  # (n, T)
+        frames = token_frames(mel, self.model.stride, T)[real]  # (n_real, M · stride)
+        k = self.centroids.shape[0]
+        if len(frames) < k:
+            raise ValueError(f"hubert.clusters={k} needs at least as many audio tokens; the training clips have "
+                             f"{len(frames)}: expected fewer clusters or more audio")
+        frames = frames[torch.randperm(len(frames), generator=g)[:self._fit_frames].to(device)]
+        centroids, _ = kmeans(frames, k, iters=20, generator=g)
+        self.centroids.copy_(centroids)
+        self.centroids_ready.fill_(True)
+
+    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+        if self.training and not self.centroids_ready:
+            self.fit_units(batch["audio"].device)
+        mel, lengths = self.view(batch["audio"], batch["lengths"])  # (B, M, F), (B,)
+        x = self.model.embed(mel)  # (B, T, D)
+        B, T, _ = x.shape
+        real = self.model.token_mask(lengths, T)  # (B, T)
+        with torch.no_grad():
+            targets = nearest(token_frames(mel, self.model.stride, T).flatten(0, 1), self.centroids).view(B, T)
+            masked = span_mask(real, self.mask_prob, self.mask_length)  # (B, T)
+        x = torch.where(masked.unsqueeze(-1), self.mask_embed.to(x.dtype), x)
+        h = self.model.encode(x, real)  # (B, T, D)
+        z = F.normalize(self.proj(h[masked]).float(), dim=-1)  # (n, P) for the n masked tokens
+        logits = z @ F.normalize(self.units.weight.float(), dim=-1).t() / self.temperature  # (n, K)
+        y = targets[masked]
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        with torch.no_grad():
+            metrics = {"masked_acc": (logits.argmax(dim=1) == y).float().mean(),
+                       "masked_share": masked.sum() / real.sum()}
+            w = real.unsqueeze(-1).to(h.dtype)
+            pooled = (h * w).sum(dim=1) / w.sum(dim=1)
+        return LossOutput(loss, masked.sum(), units=B, metrics=metrics, embeddings=(pooled.detach(),))

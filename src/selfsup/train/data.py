@@ -1,0 +1,106 @@
+"""A run's data, whatever the modality: training and validation loaders, what the objective is built from
+(tokenizer, training images or clips) and what the summary reports. Measured normalisation statistics are
+written into the config, so evaluation normalises exactly as training did."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from selfsup.config import PAIR_OBJECTIVES, RunConfig
+from selfsup.data import builtin
+from selfsup.data.captions import caption_arrays, caption_tokenizer
+from selfsup.data.images import prepare_images
+from selfsup.data.loader import RowLoader
+from selfsup.data.media import MediaSet, prepare_media, settings
+from selfsup.data.packing import PackedWindows
+from selfsup.data.shards import default_cache, prepare
+from selfsup.data.text import DataError
+
+
+class RunData:
+    def __init__(self, cfg: RunConfig, run_dir: Path, log):
+        self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = None
+        d = cfg.data
+        cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
+        path = builtin.resolve(d.path, cache)
+        if cfg.modality == "text":
+            self._text(cfg, run_dir, log)
+        elif cfg.is_image:
+            self._images(cfg, path, log)
+        else:
+            self._media(cfg, path, run_dir, log)
+
+    def _text(self, cfg: RunConfig, run_dir: Path, log) -> None:
+        corpus = prepare(cfg.data, cfg.model.vocab_size, log=log)
+        shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
+        self.tokenizer, self.corpus = corpus.tokenizer, corpus
+        self.unigram_ppl = corpus.meta["unigram_ppl"]
+        self.summary = dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
+                            skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir))
+
+    def text_loaders(self, cfg: RunConfig, overlap: int) -> None:
+        """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
+        c = self.corpus
+        self.loader = PackedWindows(c.train, c.dtype, cfg.model.context, overlap, seed=cfg.seed)
+        self.val_loader = PackedWindows(c.val, c.dtype, cfg.model.context, overlap, shuffle=False)
+        self.window = (f"{len(self.loader):,} training windows of {cfg.model.context} tokens", cfg.model.context)
+
+    def _images(self, cfg: RunConfig, path: str, log) -> None:
+        d, im = cfg.data, cfg.image
+        images = prepare_images(path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+        if im.mean is None or im.std is None:
+            im.mean, im.std = [round(v, 4) for v in images.mean], [round(v, 4) for v in images.std]
+        self.train_images = images.train
+        self.loader = RowLoader({"images": images.train}, seed=cfg.seed)
+        self.val_loader = RowLoader({"images": images.val}, shuffle=False) if len(images.val) else None
+        self.window = (f"{len(images.train):,} training images of {im.channels}×{im.size}×{im.size}", 1)
+        self.summary = dict(path=d.path, files=images.meta["files"], images=images.meta["images"],
+                            skipped=images.meta["skipped"], classes=len(images.classes), mean=im.mean,
+                            std=im.std, cache=str(images.dir))
+
+    def _media(self, cfg: RunConfig, path: str, run_dir: Path, log) -> None:
+        d, modality = cfg.data, cfg.modality
+        media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log)
+        resolve_stats(cfg, media)
+        train, val = media.train, media.val
+        if cfg.objective in PAIR_OBJECTIVES:
+            if train.captions is None:
+                raise DataError(f"data.path '{d.path}': {cfg.objective} trains on {modality}-text pairs, but these "
+                                f"{modality} files carry no captions; expected a .jsonl of pairs ({{\"{modality}\": "
+                                "path, \"text\": caption}) or .tar shards with .txt captions")
+            saved = run_dir / "tokenizer.json"  # a resumed run keeps the tokenizer it started with
+            self.tokenizer = caption_tokenizer(train.captions, cfg.text.vocab_size,
+                                               str(saved) if saved.is_file() else d.tokenizer)
+            self.tokenizer.save(str(saved))
+            self.loader, self.val_loader = (self._pairs(cfg, split, seed=cfg.seed, shuffle=shuffle)
+                                            for split, shuffle in ((train, True), (val, False)))
+            what = f"{modality}-text pairs"
+        else:
+            self.train_clips = (train.rows, train.lengths)
+            self.loader = RowLoader({"audio": train.rows, "lengths": train.lengths}, seed=cfg.seed)
+            self.val_loader = (RowLoader({"audio": val.rows, "lengths": val.lengths}, shuffle=False)
+                               if len(val.rows) else None)
+            what = f"{modality} clips"
+        self.window = (f"{len(train.rows):,} training {what}", 1)
+        self.summary = dict(path=d.path, files=media.meta["files"], samples=media.meta["samples"],
+                            skipped=media.meta["skipped"], notes=media.meta["notes"], classes=len(media.classes),
+                            mean=media.meta["mean"], std=media.meta["std"], cache=str(media.dir))
+
+    def _pairs(self, cfg: RunConfig, split, seed: int, shuffle: bool) -> RowLoader | None:
+        if not len(split.rows):
+            return None
+        ids, mask = caption_arrays(self.tokenizer, split.captions, cfg.text.context)
+        return RowLoader({"media": split.rows, "lengths": split.lengths, "text": ids, "text_mask": mask},
+                         seed=seed, shuffle=shuffle)
+
+
+def resolve_stats(cfg: RunConfig, media: MediaSet) -> None:
+    """Normalisation statistics measured on the training rows, unless the config sets them."""
+    mean, std = media.meta["mean"], media.meta["std"]
+    section = cfg.audio if media.modality == "audio" else cfg.image
+    if section.mean is None or section.std is None:
+        if media.modality == "audio":
+            section.mean, section.std = round(mean, 4), round(std, 4)
+        else:
+            section.mean, section.std = [round(v, 4) for v in mean], [round(v, 4) for v in std]
