@@ -15,6 +15,7 @@ from selfsup import config as config_mod
 
 console = Console(soft_wrap=True)  # long lines stay whole in logs
 err = Console(stderr=True)
+JOINT_TASKS = ("zeroshot", "retrieval")  # clip / siglip runs: in the joint media-text space
 
 
 def _keys_help() -> str:
@@ -100,12 +101,19 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text), or a transfer task on "
                              "labeled data: linear (probe on frozen features), knn (weighted kNN on frozen "
-                             "features), finetune (whole trunk + linear head)"),
+                             "features), finetune (whole trunk + linear head); clip/siglip runs also: zeroshot "
+                             "(classes named by prompts, --test only), retrieval (recall@1/5/10 both ways on "
+                             "--test pairs)"),
     data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl file or folder (perplexity)"),
     train: Optional[str] = typer.Option(None, help="labeled data to train on (linear, knn, finetune): text runs "
-                                        "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image "
-                                        "runs a folder with one sub-folder per class (see `selfsup data digits`)"),
-    test: Optional[str] = typer.Option(None, help="labeled data to score, same form as --train"),
+                                        "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image, "
+                                        "audio and video runs a folder with one sub-folder per class (see `selfsup "
+                                        "data digits`, `selfsup data tones`) or a .jsonl with a 'label'"),
+    test: Optional[str] = typer.Option(None, help="labeled data to score, same form as --train; retrieval: a "
+                                       ".jsonl of pairs (or .tar shards) held out from training"),
+    prompt: Optional[list[str]] = typer.Option(None, help="zeroshot: a prompt template with {label}, e.g. \"a photo "
+                                               "of a {label}\"; repeatable, the class embedding averages them "
+                                               "(default: a few generic templates per modality)"),
     baseline: Optional[list[str]] = typer.Option(None, help="random: also evaluate a randomly initialised model of "
                                                  "the same shape (the run's seed) and report the gain; pixels (image "
                                                  "runs, linear and knn): also the raw pixels of the same views. "
@@ -132,8 +140,9 @@ def evaluate(
     from selfsup.rundir import open_run
     from selfsup.train.trainer import resolve_device
 
-    if task not in ("perplexity", *TASKS):
-        raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, {', '.join(TASKS)}")
+    if task not in ("perplexity", *TASKS, *JOINT_TASKS):
+        raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, {', '.join(TASKS)}, "
+                                     f"{', '.join(JOINT_TASKS)}")
     baselines = baseline or []
     for name in baselines:
         if name not in ("random", "pixels"):
@@ -145,6 +154,13 @@ def evaluate(
             raise config_mod.ConfigError("--data is required for --task perplexity (a held-out .txt/.jsonl file)")
         if baselines:
             raise config_mod.ConfigError("--baseline is for the transfer tasks: linear, knn, finetune")
+    elif task in JOINT_TASKS:
+        if not test:
+            raise config_mod.ConfigError(f"--task {task} needs --test: " + (
+                "labeled items (a folder of class sub-folders, or a .jsonl with a 'label')" if task == "zeroshot"
+                else "held-out pairs (a .jsonl with the media path and 'text', or .tar shards)"))
+        if "pixels" in baselines:
+            raise config_mod.ConfigError(f"--baseline pixels is for --task linear and knn (got --task {task})")
     elif not (train and test):
         raise config_mod.ConfigError(f"--task {task} needs --train and --test: labeled .jsonl files with 'text' "
                                      "and 'label' (text runs, e.g. `selfsup data labeled-docstrings --out DIR`) or "
@@ -155,14 +171,20 @@ def evaluate(
         raise config_mod.ConfigError(f"--task perplexity scores a causal LM; '{run_dir}' trained objective "
                                      f"'{cfg.objective}' (use --task linear, knn or finetune)")
     out = run_dir / "eval" / f"{task}.json"
-    if task != "perplexity":
-        if "pixels" in baselines and not cfg.is_image:
+    if task in JOINT_TASKS:
+        if cfg.objective not in config_mod.PAIR_OBJECTIVES:
+            raise config_mod.ConfigError(f"--task {task} needs a joint media-text space (clip or siglip runs); "
+                                         f"'{run_dir}' trained '{cfg.objective}'")
+        result = _joint(task, run_dir, cfg, objective, tok, test, prompt, baselines, dev, batch_size)
+    elif task != "perplexity":
+        if "pixels" in baselines and cfg.modality != "image":
             raise config_mod.ConfigError(f"--baseline pixels is for image runs; '{run_dir}' trained "
-                                         f"'{cfg.objective}' on text")
-        result = _transfer(task, run_dir, cfg, objective.model, tok, train, test, baselines, dev,
+                                         f"'{cfg.objective}' on {cfg.modality}")
+        result = _transfer(task, run_dir, cfg, objective, tok, train, test, baselines, dev,
                            dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
                                 lr=lr, layer_decay=layer_decay, patience=patience, freeze_blocks=freeze_blocks,
                                 l2sp=l2sp))
+    if task != "perplexity":
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         console.print(f"written: {out}")
@@ -182,26 +204,102 @@ def evaluate(
     console.print(f"written: {out}")
 
 
-def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baselines, dev, opts) -> dict:
-    """linear / knn / finetune on the trained trunk (and a random one): print the table, return the JSON."""
+def _progress(it, what):
     from rich.progress import track
 
-    from selfsup.eval.features import random_trunk
-    from selfsup.eval.inputs import ImageInputs, Pixels, TextInputs
-    from selfsup.eval.labeled import evaluate as run_task, read_labeled, read_labeled_images
+    return track(it, description=what, console=err, transient=True)
 
-    if cfg.is_image:
+
+def _labeled_set(cfg, objective, tok, path: str, classes=None):
+    """A labeled evaluation set in the run's modality, and the inputs that feed it to the trunk."""
+    from selfsup.data.media import settings
+    from selfsup.eval.inputs import ImageInputs, MediaInputs, TextInputs
+    from selfsup.eval.labeled import read_labeled, read_labeled_images, read_labeled_media
+
+    if cfg.modality == "image":
         im = cfg.image
-        train_set = read_labeled_images(train_path, im.size, im.channels, cache_dir=cfg.data.cache_dir)
-        test_set = read_labeled_images(test_path, im.size, im.channels, train_set.classes, cfg.data.cache_dir)
-        inputs = ImageInputs(im.size, im.mean, im.std)
-    else:
-        train_set = read_labeled(train_path, max_chars=cfg.data.max_doc_chars)
-        test_set = read_labeled(test_path, classes=train_set.classes, max_chars=cfg.data.max_doc_chars)
-        inputs = TextInputs(tok, trunk)
+        return (read_labeled_images(path, im.size, im.channels, classes, cfg.data.cache_dir),
+                ImageInputs(im.size, im.mean, im.std))
+    if cfg.modality in ("audio", "video"):
+        return (read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir),
+                MediaInputs(objective.view, cfg.modality))
+    return read_labeled(path, classes, cfg.data.max_doc_chars), TextInputs(tok, objective.model)
 
-    def progress(it, what):
-        return track(it, description=what, console=err, transient=True)
+
+def _joint(task, run_dir, cfg, objective, tok, test_path, prompts, baselines, dev, batch_size) -> dict:
+    """zeroshot / retrieval in the joint space of the run (and of a random init): print the table, return JSON."""
+    from selfsup.data.media import prepare_media, settings
+    from selfsup.eval import joint
+    from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs
+    from selfsup.eval.features import random_objective
+
+    models = {"pretrained": objective}
+    if "random" in baselines:
+        models["random"] = random_objective(cfg, tok, dev)
+    context = cfg.text.context
+    results = {}
+    if task == "zeroshot":
+        test_set, inputs = _labeled_set(cfg, objective, tok, test_path)
+        templates = list(prompts or joint.TEMPLATES[cfg.modality])
+        for t in templates:
+            if "{label}" not in t:
+                raise config_mod.ConfigError(f"--prompt '{t}' has no {{label}}; expected e.g. \"a photo of a "
+                                             "{label}\"")
+        for name, model in models.items():
+            results[name] = joint.zeroshot(model, tok, inputs, test_set.items, test_set.labels, test_set.classes,
+                                           templates, context, batch_size, dev,
+                                           progress=lambda it: _progress(it, f"encoding ({name})"))
+        data = dict(test=test_set.counts(), skipped=test_set.skipped)
+        title = (f"zeroshot on {test_path}: {len(test_set.classes)} classes, {len(test_set.items):,} "
+                 f"{cfg.modality} items, {len(templates)} prompt templates")
+        columns = ("top-1", "top-5", "macro-F1")
+        rows = {n: (f"{100 * r['accuracy']:.1f}%", f"{100 * r['top5']:.1f}%", f"{100 * r['macro_f1']:.1f}%")
+                for n, r in results.items()}
+        rows["chance"] = (f"{100 * results['pretrained']['chance']:.1f}%", "", "")
+    else:
+        media = prepare_media(test_path, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
+                              log=lambda s: None)
+        split = media.train
+        if split.captions is None:
+            raise config_mod.ConfigError(f"--test '{test_path}' has no captions; retrieval needs pairs (a .jsonl "
+                                         f"with '{cfg.modality}' and 'text', or .tar shards with .txt)")
+        if cfg.modality == "image":
+            inputs, items = ImageInputs(cfg.image.size, cfg.image.mean, cfg.image.std), split.rows
+        else:
+            inputs, items = MediaInputs(objective.view, cfg.modality), Clips(split.rows, split.lengths)
+        for name, model in models.items():
+            results[name] = joint.retrieval(model, tok, inputs, items, split.captions, context, batch_size, dev,
+                                            progress=lambda it: _progress(it, f"encoding ({name})"))
+        data = dict(test=dict(path=test_path, items=len(split.captions)), skipped=media.meta["skipped"])
+        title = (f"retrieval on {test_path}: {len(split.captions):,} {cfg.modality} items, "
+                 f"{results['pretrained']['texts']:,} distinct captions")
+        columns = tuple(f"{d} R@{k}" for d in ("m→t", "t→m") for k in joint.KS) + ("mean",)
+        rows = {n: tuple(f"{100 * r[d][k]:.1f}%" for d in ("media_to_text", "text_to_media") for k in joint.KS)
+                + (f"{100 * r['mean_recall']:.1f}%",) for n, r in results.items()}
+    table = Table(title=title)
+    table.add_column("model")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for name, cells in rows.items():
+        table.add_row(name, *cells)
+    console.print(table)
+    console.print(f"protocol: {results['pretrained']['protocol']}")
+    if data["skipped"]:
+        console.print(f"skipped: {data['skipped']}")
+    return dict(task=task, run_dir=str(run_dir), recipe=cfg.recipe, objective=cfg.objective,
+                protocol=results["pretrained"]["protocol"], data=data, **results)
+
+
+def _transfer(task, run_dir, cfg, objective, tok, train_path, test_path, baselines, dev, opts) -> dict:
+    """linear / knn / finetune on the trained trunk (and a random one): print the table, return the JSON."""
+    from selfsup.eval.features import random_trunk
+    from selfsup.eval.inputs import Pixels
+    from selfsup.eval.labeled import evaluate as run_task
+
+    trunk = objective.model
+    train_set, inputs = _labeled_set(cfg, objective, tok, train_path)
+    test_set, _ = _labeled_set(cfg, objective, tok, test_path, train_set.classes)
+    progress = _progress
 
     results = {"pretrained": run_task(task, trunk, inputs, train_set, test_set, dev, progress=progress, **opts)}
     if "random" in baselines:
@@ -219,7 +317,7 @@ def _transfer(task, run_dir, cfg, trunk, tok, train_path, test_path, baselines, 
 
     table = Table(title=f"{task} on {test_path}: {len(train_set.classes)} classes, "
                         f"{len(train_set.items):,} train / {len(test_set.items):,} test "
-                        f"{'images' if cfg.is_image else 'texts'}")
+                        f"{'texts' if cfg.modality == 'text' else cfg.modality + ' items'}")
     for col, justify in (("task", "left"), ("model", "left"), ("accuracy", "right"), ("macro-F1", "right")):
         table.add_column(col, justify=justify)
     for name, r in results.items():
@@ -295,7 +393,7 @@ def embed(
     console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets: labeled-docstrings, digits.")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets: labeled-docstrings, digits, tones, moving-digits.")
 app.add_typer(data_app, name="data")
 
 
@@ -306,7 +404,35 @@ def digits(out: Path = typer.Option(..., help="output folder for train/ and test
     from selfsup.data.digits import write_digits
 
     counts = write_digits(out)
-    console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and {out}/test")
+    console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and {out}/test, "
+                  f"with generated captions in {out}/train.jsonl and {out}/test.jsonl")
+
+
+@data_app.command("tones")
+def tones(out: Path = typer.Option(..., help="output folder for train/ and test/ (one sub-folder per sound)"),
+          seed: int = typer.Option(0, help="the same seed writes the same files")):
+    """Synthetic 1-second sounds of six kinds (hum, whistle, rising and falling sweeps, beeps, noise) as 16 kHz
+    WAV folders with generated captions in OUT/train.jsonl and OUT/test.jsonl: pretrain audio-mask on OUT/train,
+    clap on OUT/train.jsonl; evaluate with --train OUT/train --test OUT/test (or --task zeroshot / retrieval)."""
+    from selfsup.data.tones import write_tones
+
+    counts = write_tones(out, seed=seed)
+    console.print(f"written {counts['train']:,} train and {counts['test']:,} test clips to {out}/train and {out}/test, "
+                  f"with captions in {out}/train.jsonl and {out}/test.jsonl")
+
+
+@data_app.command("moving-digits")
+def moving_digits(out: Path = typer.Option(..., help="output folder for train/ and test/ (one sub-folder per "
+                                           "direction)"),
+                  seed: int = typer.Option(0, help="the same seed writes the same frames")):
+    """Handwritten digits moving left, right, up or down across a 32×32 frame, 8 frames per MP4 clip, with captions
+    naming digit and motion in OUT/train.jsonl and OUT/test.jsonl: pretrain videoclip on OUT/train.jsonl; evaluate
+    with --task zeroshot --test OUT/test (classes are the directions) or --task retrieval --test OUT/test.jsonl."""
+    from selfsup.data.moving_digits import write_moving_digits
+
+    counts = write_moving_digits(out, seed=seed)
+    console.print(f"written {counts['train']:,} train and {counts['test']:,} test clips to {out}/train and {out}/test, "
+                  f"with captions in {out}/train.jsonl and {out}/test.jsonl")
 
 
 @data_app.command("labeled-docstrings")

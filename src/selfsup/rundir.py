@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from selfsup import config as config_mod
-from selfsup.config import RunConfig
+from selfsup.config import PAIR_OBJECTIVES, RunConfig
 from selfsup.data import tokenizer as toks
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint
@@ -22,13 +22,14 @@ class RunDirError(ValueError):
 
 def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer | None]:
     """The run's objective (backbone and heads) in eval mode with its final weights, or its latest checkpoint's;
-    the tokenizer for text runs, None for image runs."""
+    the tokenizer for text and media-text runs, None otherwise."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a run directory: expected config.yaml inside "
                           f"(made by `selfsup train ... out_dir={run_dir}`)")
     cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
-    tok = None if cfg.is_image else toks.load(run_dir / "tokenizer.json")
+    has_text = cfg.modality == "text" or cfg.objective in PAIR_OBJECTIVES
+    tok = toks.load(run_dir / "tokenizer.json") if has_text else None
     objective = build_objective(cfg, tok)
     weights = run_dir / "model.safetensors"
     if not weights.is_file():

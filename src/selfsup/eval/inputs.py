@@ -1,5 +1,5 @@
-"""How evaluation feeds a trunk, per modality: one evaluation path (kNN, linear probe, fine-tuning, embedding)
-for text and images, and later audio and video.
+"""How evaluation feeds a trunk, per modality: one evaluation path (kNN, linear probe, fine-tuning, embedding,
+zero-shot, retrieval) for text, images, audio and video.
 
 An inputs object turns a labeled set's items into model inputs and pooled features:
     prepare(items)                 -> prepared items (token lists, an image tensor)
@@ -74,6 +74,48 @@ class ImageInputs:
             what = f"{type(trunk).__name__} globally average-pooled last stage (dim {trunk.out_dim})"
         return (f"{what}; centre view resized to {self.size}×{self.size}, normalised by the run's mean/std, "
                 "no augmentation")
+
+
+class Clips:
+    """Cached audio or video rows (N, ...) and their real lengths (N,): the items of MediaInputs."""
+
+    def __init__(self, rows: np.ndarray, lengths: np.ndarray):
+        self.rows, self.lengths = rows, lengths
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> Clips:
+        return Clips(self.rows[index], self.lengths[index])
+
+
+class MediaInputs:
+    """Audio clips or videos as cached (log-mel frames, or frames at segment centres), through the run's own view
+    in eval mode: the training normalisation, and for video the frame at the middle of each segment."""
+
+    def __init__(self, view: nn.Module, modality: str):
+        self.view, self.modality = view.eval(), modality
+
+    def prepare(self, clips: Clips) -> tuple[Tensor, Tensor]:
+        return torch.from_numpy(np.array(clips.rows)), torch.from_numpy(np.array(clips.lengths))
+
+    def order(self, prepared: tuple[Tensor, Tensor]) -> list[int]:
+        return list(range(len(prepared[0])))
+
+    def batch(self, prepared: tuple[Tensor, Tensor], rows: list[int], device: torch.device) -> tuple:
+        return self.view(prepared[0][rows].to(device), prepared[1][rows].to(device))
+
+    def features(self, trunk: nn.Module, *args) -> Tensor:
+        return trunk(*args)
+
+    def describe(self, trunk: nn.Module) -> str:
+        c = getattr(trunk, "cfg", None)
+        shape = f" (dim {c.dim}, depth {c.depth})" if c is not None else ""
+        if self.modality == "audio":
+            return (f"audio encoder{shape} final-norm tokens averaged over real audio; log-mel normalised by the "
+                    "run's mean/std, no augmentation")
+        return (f"video encoder (dim {trunk.out_dim}, temporal {getattr(trunk, 'temporal', '?')}) clip feature; the "
+                "middle frame of each segment, normalised by the run's mean/std, no augmentation")
 
 
 class Pixels(nn.Module):

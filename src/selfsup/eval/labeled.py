@@ -4,6 +4,9 @@ Images: a folder whose first-level sub-folders name the classes (or webdataset s
 with `labels`), decoded as for training; unlabeled images are skipped as 'no_label', and test images of a class
 the training set lacks as 'unknown_label' (classes are matched by name).
 
+Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with a `label`, or webdataset shards
+with `.cls`/`.label`, decoded as for training (data/media.py).
+
 Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
 line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON, no `text` string, an
 empty or too long text, no usable `label`, and, in a test set, a label the training set does not have.
@@ -22,12 +25,13 @@ import torch
 from torch import Tensor
 
 from selfsup.data.text import DataError, read_lines
+from selfsup.eval.inputs import Clips
 
 
 @dataclass
 class LabeledSet:
     path: str
-    items: list[str] | np.ndarray  # texts, or images (N, C, H, W) uint8
+    items: list[str] | np.ndarray | Clips  # texts, images (N, C, H, W) uint8, or audio/video clips
     labels: Tensor  # (N,) long class ids
     classes: list[str]  # class id -> label as written
     skipped: dict = field(default_factory=dict)
@@ -125,20 +129,37 @@ def read_labeled_images(path: str, size: int, channels: int, classes: list[str] 
     from selfsup.data.images import prepare_images
 
     data = prepare_images(path, size, channels, val_fraction=0.0, cache_dir=cache_dir, log=log or (lambda s: None))
-    skipped = Counter(data.meta["skipped"])
-    names = [data.classes[i] if i >= 0 else None for i in data.train_labels.tolist()]
+    return _labeled(path, data.train, data.train_labels, data.classes, data.meta["skipped"], classes,
+                    "images", "cat/1.png")
+
+
+def read_labeled_media(path: str, modality: str, decode: dict, classes: list[str] | None = None,
+                       cache_dir: str | None = None, log=None) -> LabeledSet:
+    """Decode a labeled audio or video set (cached like training data), classes as read_labeled_images."""
+    from selfsup.data.media import prepare_media
+
+    data = prepare_media(path, modality, decode, 0.0, cache_dir, log=log or (lambda s: None))
+    clips = Clips(data.train.rows, data.train.lengths)
+    example = "dog/1.wav" if modality == "audio" else "running/1.mp4"
+    return _labeled(path, clips, data.train.labels, data.classes, data.meta["skipped"], classes, modality, example)
+
+
+def _labeled(path, items, label_ids: np.ndarray, names_of: list[str], skipped: dict, classes: list[str] | None,
+             what: str, example: str) -> LabeledSet:
+    skipped = Counter(skipped)
+    names = [names_of[i] if i >= 0 else None for i in label_ids.tolist()]
     skipped["no_label"] += sum(n is None for n in names)
     found = [n for n in names if n is not None]
     if not found:
-        raise DataError(f"labeled images '{path}' carry no labels; expected class sub-folders (e.g. "
-                        f"{path}/cat/1.png), `.cls` members in .tar shards or a `labels` array in an .npz")
+        raise DataError(f"labeled {what} '{path}' carry no labels; expected class sub-folders (e.g. "
+                        f"{path}/{example}), `.cls` members in .tar shards, a `label` per .jsonl line or a "
+                        "`labels` array in an .npz")
     classes = _check_classes(path, classes, found)
     ids = {c: i for i, c in enumerate(classes)}
     skipped["unknown_label"] += sum(n is not None and n not in ids for n in names)
     keep = [i for i, n in enumerate(names) if n in ids]
     labels = torch.tensor([ids[names[i]] for i in keep], dtype=torch.long)
-    return LabeledSet(str(path), data.train[keep], labels, list(classes),
-                      {k: v for k, v in sorted(skipped.items()) if v})
+    return LabeledSet(str(path), items[keep], labels, list(classes), {k: v for k, v in sorted(skipped.items()) if v})
 
 
 TASKS = ("linear", "knn", "finetune")

@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _wide(x: Tensor) -> Tensor:
+    """At least fp32: half-precision inputs are computed in fp32; float64 stays float64 (not cut to fp32)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def clip_loss(media: Tensor, text: Tensor, log_scale: Tensor, all_media: Tensor | None = None,
               all_text: Tensor | None = None, offset: int = 0) -> tuple[Tensor, int]:
     """CLIP's symmetric InfoNCE (Radford et al. 2021, fig. 3): logits = exp(log_scale) · media @ textᵀ; each media
@@ -24,10 +29,10 @@ def clip_loss(media: Tensor, text: Tensor, log_scale: Tensor, all_media: Tensor 
     Returns (Σ over the B rows of (ce_media→text + ce_text→media) / 2, B)."""
     all_media = media if all_media is None else all_media
     all_text = text if all_text is None else all_text
-    scale = log_scale.float().exp()
+    scale = _wide(log_scale).exp()
     labels = torch.arange(media.shape[0], device=media.device) + offset  # (B,)
-    per_media = scale * media.float() @ all_text.float().t()  # (B, N)
-    per_text = scale * text.float() @ all_media.float().t()  # (B, N)
+    per_media = scale * _wide(media) @ _wide(all_text).t()  # (B, N)
+    per_text = scale * _wide(text) @ _wide(all_media).t()  # (B, N)
     loss = F.cross_entropy(per_media, labels, reduction="sum") + F.cross_entropy(per_text, labels, reduction="sum")
     return loss / 2, media.shape[0]
 
@@ -44,7 +49,7 @@ def siglip_loss(media: Tensor, text: Tensor, log_scale: Tensor, bias: Tensor, of
     Returns (Σ over the B × N pairs, B)."""
     if chunk:
         return _ChunkedSigmoid.apply(media, text, log_scale, bias, offset, chunk), media.shape[0]
-    logits = log_scale.float().exp() * media.float() @ text.float().t() + bias.float()  # (B, N)
+    logits = _wide(log_scale).exp() * _wide(media) @ _wide(text).t() + _wide(bias)  # (B, N)
     signs = -torch.ones_like(logits)
     signs[torch.arange(media.shape[0]), torch.arange(media.shape[0]) + offset] = 1.0
     return F.softplus(-signs * logits).sum(), media.shape[0]  # −log σ(x) = softplus(−x)
@@ -56,12 +61,12 @@ class _ChunkedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, media, text, log_scale, bias, offset, chunk):
-        m, t = media.float(), text.float()
-        s, b = log_scale.float().exp(), bias.float()
-        B = m.shape[0]
+        m, t = _wide(media), _wide(text)
+        s, b = _wide(log_scale).exp(), _wide(bias)
+        B, dtype = m.shape[0], torch.promote_types(m.dtype, t.dtype)
         grad_m, grad_t = torch.zeros_like(m), torch.empty_like(t)  # (B, E), (N, E)
-        grad_scale, grad_bias = torch.zeros((), device=m.device), torch.zeros((), device=m.device)
-        loss = torch.zeros((), device=m.device)
+        grad_scale, grad_bias = (torch.zeros((), device=m.device, dtype=dtype) for _ in range(2))
+        loss = torch.zeros((), device=m.device, dtype=dtype)
         rows = torch.arange(B, device=m.device)
         for start in range(0, t.shape[0], chunk):
             block = t[start:start + chunk]  # (c, E)
