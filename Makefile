@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-vision test bench clean
+.PHONY: setup demo demo-vision demo-multimodal test bench clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,36 @@ demo-vision: setup
 		$(BIN)/selfsup eval runs/vision/$(r) --task knn $(PROBE) && \
 		$(BIN)/selfsup eval runs/vision/$(r) --task linear $(PROBE) && ) true
 	$(BIN)/selfsup compare $(addprefix runs/vision/,$(VISION_RECIPES))
+
+# Media-text alignment and audio on data made here (digits with generated captions, synthetic tones, moving digits):
+# towers of dim 128 (4 media blocks, 2 text blocks), 300 steps each (about 1-3 minutes per recipe on 2 CPU cores);
+# zero-shot and retrieval beside a random init; the HuBERT encoder by kNN and a linear probe on the tones' classes.
+MM := model.dim=128 model.depth=4 model.heads=4 text.dim=128 text.depth=2 text.heads=4 train.max_steps=300 \
+	sched.warmup_steps=30 optim.lr=0.001
+MM_IMAGE := $(MM) image.size=16 image.channels=1 train.batch_size=128
+MM_VIDEO := $(MM) image.size=16 image.channels=1 video.frames=4 video.cache_frames=8 train.batch_size=32
+MM_AUDIO := $(MM) train.batch_size=64
+
+demo-multimodal: setup
+	rm -rf runs/mm
+	$(BIN)/selfsup data digits --out runs/digits
+	$(BIN)/selfsup data tones --out runs/tones
+	$(BIN)/selfsup data moving-digits --out runs/moving-digits
+	@$(foreach r,clip siglip,echo "--- $(r)" && $(BIN)/selfsup train $(r) out_dir=runs/mm/$(r) $(MM_IMAGE) && \
+		$(BIN)/selfsup eval runs/mm/$(r) --task zeroshot --test runs/digits/test --baseline random \
+			--prompt "a handwritten {label}" --prompt "the digit {label}" --prompt "the number {label}" && \
+		$(BIN)/selfsup eval runs/mm/$(r) --task retrieval --test runs/digits/test.jsonl --baseline random && ) true
+	$(BIN)/selfsup train clap out_dir=runs/mm/clap $(MM_AUDIO)
+	$(BIN)/selfsup eval runs/mm/clap --task zeroshot --test runs/tones/test --baseline random \
+		--prompt "a {label}" --prompt "the sound of {label}" --prompt "{label}"
+	$(BIN)/selfsup eval runs/mm/clap --task retrieval --test runs/tones/test.jsonl --baseline random
+	$(BIN)/selfsup train videoclip out_dir=runs/mm/videoclip $(MM_VIDEO)
+	$(BIN)/selfsup eval runs/mm/videoclip --task zeroshot --test runs/moving-digits/test --baseline random \
+		--prompt "a digit moving {label}" --prompt "a number going {label}"
+	$(BIN)/selfsup eval runs/mm/videoclip --task retrieval --test runs/moving-digits/test.jsonl --baseline random
+	$(BIN)/selfsup train audio-mask out_dir=runs/mm/audio-mask $(MM_AUDIO)
+	$(BIN)/selfsup eval runs/mm/audio-mask --task knn --train runs/tones/train --test runs/tones/test --baseline random
+	$(BIN)/selfsup eval runs/mm/audio-mask --task linear --train runs/tones/train --test runs/tones/test --baseline random
 
 test: setup
 	$(BIN)/pytest

@@ -482,22 +482,25 @@ def test_pair_objective_learns_a_tiny_batch(pair_batch, recipe):
     tok, batch = pair_batch
     torch.manual_seed(0)
     obj = build_objective(config.load(recipe, PAIRS + (["align.chunk=3"] if recipe == "siglip" else [])), tok)
-    opt = torch.optim.AdamW(obj.parameters(), lr=3e-3, weight_decay=0.0)
+    steps = 150  # with random crops in training: pairs are all right from about step 80 on
+    opt = torch.optim.AdamW(obj.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
     obj.train()
     first = None
-    for step in range(40):
+    for step in range(steps):
         out = obj(batch)
         loss = out.loss / out.count
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         obj.after_step(step)
     obj.eval()
     with torch.no_grad():
         out = obj(batch)
     assert out.metrics["pair_acc"].item() == 1.0
-    assert (out.loss / out.count).item() < first / 2
+    assert (out.loss / out.count).item() < first / 4
 
 
 # --------------------------------------------------------------------------------------------- media data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,6 +190,14 @@ def test_clap_and_audio_mask_train_and_audio_knn_runs(tones_dir, tmp_path, monke
     code, text, _ = run_main(monkeypatch, capsys, "eval", clap, "--task", "zeroshot", "--test", tones_dir / "test")
     assert code in (0, None) and "3 prompt templates" in text
 
+    code, text, _ = run_main(monkeypatch, capsys, "embed", clap, tones_dir / "test", "--out", tmp_path / "j.npy",
+                             "--joint")
+    assert code in (0, None), text
+    e = np.load(tmp_path / "j.npy")
+    assert e.shape == (36, 16) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    code, text, _ = run_main(monkeypatch, capsys, "embed", hubert, tones_dir / "test", "--out", tmp_path / "h.npy")
+    assert code in (0, None) and np.load(tmp_path / "h.npy").shape == (36, 32) and "audio encoder" in text
+
 
 def test_videoclip_trains_and_zeroshot_reads_video_folders(video_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "vc"
@@ -205,7 +214,7 @@ def test_cli_data_tones_and_moving_digits(tmp_path, monkeypatch, capsys):
     code, text, _ = run_main(monkeypatch, capsys, "data", "tones", "--out", tmp_path / "t")
     assert code in (0, None) and (tmp_path / "t" / "train.jsonl").is_file()
     code, text, _ = run_main(monkeypatch, capsys, "data", "moving-digits", "--out", tmp_path / "m")
-    assert code in (0, None) and len((tmp_path / "m" / "test.jsonl").read_text().splitlines()) == 80
+    assert code in (0, None) and len((tmp_path / "m" / "test.jsonl").read_text().splitlines()) == 200
 
 
 def test_pairs_without_captions_and_joint_tasks_on_other_runs_are_one_line_errors(tones_dir, digits_dir, tmp_path,

@@ -258,7 +258,7 @@ def _joint(task, run_dir, cfg, objective, tok, test_path, prompts, baselines, de
         rows["chance"] = (f"{100 * results['pretrained']['chance']:.1f}%", "", "")
     else:
         media = prepare_media(test_path, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
-                              log=lambda s: None)
+                              log=lambda s: None, captions=True)
         split = media.train
         if split.captions is None:
             raise config_mod.ConfigError(f"--test '{test_path}' has no captions; retrieval needs pairs (a .jsonl "
@@ -344,13 +344,16 @@ def _transfer(task, run_dir, cfg, objective, tok, train_path, test_path, baselin
 def embed(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line) or a "
-                                "folder of them; image runs: an image, a folder (recursive), .tar shards or .npz"),
-    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th text or image read"),
+                                "folder of them; image runs: an image, a folder (recursive), .tar shards or .npz; "
+                                "audio / video runs: a file, a folder, a .jsonl or .tar shards"),
+    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read"),
     jsonl: Optional[Path] = typer.Option(None, help="text runs: also write a .jsonl of {\"text\", \"embedding\"}"),
-    batch_size: int = typer.Option(32, help="texts or images per forward pass"),
+    joint: bool = typer.Option(False, help="clip / siglip runs: unit vectors in the joint media-text space "
+                               "(after the projection) instead of the media tower's features"),
+    batch_size: int = typer.Option(32, help="items per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
-    """Embed texts or images with a trained trunk (pooled features; see the printed protocol)."""
+    """Embed texts, images, audio or video with a trained trunk (pooled features; see the printed protocol)."""
     from collections import Counter
 
     import numpy as np
@@ -358,20 +361,31 @@ def embed(
 
     from selfsup.config import BUILTIN_CORPUS
     from selfsup.data.text import DataError, read_documents, source_files
-    from selfsup.eval.inputs import ImageInputs, TextInputs, encode
+    from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs, encode
+    from selfsup.eval.joint import JointMedia
     from selfsup.rundir import open_run
     from selfsup.train.trainer import resolve_device
 
     dev = resolve_device(device)
     cfg, objective, tok = open_run(run_dir, dev)
-    trunk = objective.model
+    if joint and cfg.objective not in config_mod.PAIR_OBJECTIVES:
+        raise config_mod.ConfigError(f"--joint needs a joint media-text space (clip or siglip runs); '{run_dir}' "
+                                     f"trained '{cfg.objective}'")
+    trunk = JointMedia(objective) if joint else objective.model
     progress = lambda it: track(it, description="embedding", console=err)  # noqa: E731
-    if cfg.is_image:
+    if cfg.modality == "image":
         from selfsup.data.images import prepare_images
 
         im = cfg.image
         data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None)
         inputs, items, skipped, what = ImageInputs(im.size, im.mean, im.std), data.train, data.meta["skipped"], "images"
+    elif cfg.modality in ("audio", "video"):
+        from selfsup.data.media import prepare_media, settings
+
+        data = prepare_media(input, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
+                             log=lambda s: None)
+        inputs, items = MediaInputs(objective.view, cfg.modality), Clips(data.train.rows, data.train.lengths)
+        skipped, what = data.meta["skipped"], f"{cfg.modality} clips"
     else:
         counts: Counter = Counter()
         items = list(read_documents(source_files(input), counts, cfg.data.max_doc_chars,
@@ -382,14 +396,16 @@ def embed(
     emb = encode(trunk, inputs, items, batch_size, dev, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, emb.numpy())
-    if jsonl is not None and not cfg.is_image:
+    text_run = cfg.modality == "text"
+    if jsonl is not None and text_run:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(jsonl, "w", encoding="utf-8") as f:
             for text, row in zip(items, emb.tolist()):
                 f.write(json.dumps({"text": text, "embedding": row}) + "\n")
     console.print(f"embedded {len(items):,} {what} -> {tuple(emb.shape)} float32: {out}"
-                  + (f", {jsonl}" if jsonl is not None and not cfg.is_image else ""))
-    console.print(f"protocol: {inputs.describe(trunk)}")
+                  + (f", {jsonl}" if jsonl is not None and text_run else ""))
+    console.print(f"protocol: {inputs.describe(objective.model)}" + ("; projected into the joint space, "
+                                                                    "L2-normalised" if joint else ""))
     console.print(f"skipped: {skipped or 'none'}")
 
 

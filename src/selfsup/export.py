@@ -39,7 +39,7 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
     if fmt == "safetensors":
         save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
         shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
-        if not cfg.is_image:
+        if (run_dir / "tokenizer.json").is_file():  # text runs, and the text tower of clip / siglip runs
             shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
         return out
     if fmt != "hf":

@@ -2,7 +2,7 @@
 
 Sources under a data path:
   - `.jsonl` pair files: one object per line with the media path under the modality's key (`image`, `audio` or
-    `video`, relative to the .jsonl file) and its caption under `text`, optionally a `label`;
+    `video`; or `path`), relative to the .jsonl file, and its caption under `text`, optionally a `label`;
   - webdataset `.tar` shards: a sample is the members sharing a key, the media member by its extension, the
     caption in `.txt`, a label in `.cls` (int) or `.label` (name);
   - media files (a file, or a folder read recursively), labeled by their first-level sub-folder: for the audio
@@ -12,9 +12,9 @@ twice); otherwise its media files are.
 
 Rows: images uint8 (C, S, S) as data/images.py decodes them; audio float16 log-mel (n_mels, frames) with the
 number of frames that hold real audio (data/audio.py); video uint8 (F, C, S, S), F frames at segment centres
-(data/video.py). A pair whose media is missing or corrupt, or whose caption is missing, is skipped and counted
-by reason; what decoding did to a kept clip (resampled, mixed to mono, clipped, padded, cropped, repeated frames)
-is counted as notes. Samples go to train or validation by a hash of their identity, as images do.
+(data/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a pair
+without a caption when captions are asked for (alignment); what decoding did to a kept clip (resampled, mixed to
+mono, clipped, padded, cropped, repeated frames) is counted as notes. Samples go to train or validation by a hash of their identity, as images do.
 """
 
 from __future__ import annotations
@@ -111,11 +111,12 @@ def source_files(path: str, modality: str) -> list[Path]:
 
 
 def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, cache_dir: str | None = None,
-                  workers: int | None = None, log=print) -> MediaSet:
-    """Decode every sample under `path` once into `cache_dir/media/<key>` and open it memory-mapped."""
+                  workers: int | None = None, log=print, captions: bool = False) -> MediaSet:
+    """Decode every sample under `path` once into `cache_dir/media/<key>` and open it memory-mapped. With
+    `captions` (pairs for alignment) a .jsonl line without a caption is skipped and counted; without, it is kept."""
     files = source_files(path, modality)
     root = Path(path).expanduser()
-    key = _cache_key(root, files, modality, decode, val_fraction)
+    key = _cache_key(root, files, modality, dict(decode, captions=captions), val_fraction)
     out = (Path(cache_dir).expanduser() if cache_dir else default_cache()) / "media" / key
     if (out / "meta.json").is_file():
         log(f"{modality} cache hit: {out}")
@@ -126,7 +127,7 @@ def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, c
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _build(path, root, files, tmp, modality, decode, val_fraction, workers, log)
+        _build(path, root, files, tmp, modality, decode, val_fraction, workers, log, captions)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
     finally:
@@ -163,7 +164,7 @@ def _relative(root: Path, f: Path) -> str:
 
 
 def _build(path: str, root: Path, files: list[Path], out: Path, modality: str, decode: dict, val_fraction: float,
-           workers: int, log) -> None:
+           workers: int, log, captions: bool) -> None:
     start = time.perf_counter()
     skipped, notes = Counter(), Counter()
     shape, dtype = row_shape(modality, decode)
@@ -172,7 +173,7 @@ def _build(path: str, root: Path, files: list[Path], out: Path, modality: str, d
     lengths: dict[str, list[int]] = {"train": [], "val": []}
     stats = _Stats(modality, decode)
     try:
-        for chunk, (rows, lens, reasons, item_notes) in decoded(_items(root, files, modality, skipped),
+        for chunk, (rows, lens, reasons, item_notes) in decoded(_items(root, files, modality, skipped, captions),
                                                                 _decode_chunk, (modality, decode), workers):
             skipped.update(r for r in reasons if r is not None)
             notes.update(n for ns in item_notes for n in ns)
@@ -235,20 +236,20 @@ class _Stats:
         return float(mean), float(np.sqrt(max(ss / max(n, 1) - mean * mean, 1e-12)))
 
 
-def _items(root: Path, files: list[Path], modality: str, skipped: Counter) -> Iterator[_Item]:
+def _items(root: Path, files: list[Path], modality: str, skipped: Counter, captions: bool) -> Iterator[_Item]:
     for f in files:
         rel = _relative(root, f)
         suffix = f.suffix.lower()
         if suffix == ".jsonl":
-            yield from _jsonl_items(f, rel, modality, skipped)
+            yield from _jsonl_items(f, rel, modality, skipped, captions)
         elif suffix == ".tar":
-            yield from _tar_items(f, rel, modality, skipped)
+            yield from _tar_items(f, rel, modality, skipped, captions)
         else:
             folder, sep, _ = rel.partition("/")
             yield _Item(rel, None, folder if sep else None, "file", f)
 
 
-def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter) -> Iterator[_Item]:
+def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[_Item]:
     try:
         lines = f.read_bytes().splitlines()
     except OSError:
@@ -265,19 +266,20 @@ def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter) -> Iterator
         if not isinstance(record, dict):
             skipped["bad json line"] += 1
             continue
-        member, caption = record.get(modality), record.get("text")
+        member, caption = record.get(modality, record.get("path")), record.get("text")
         if not isinstance(member, str) or not member:
             skipped[f"no '{modality}' in pair"] += 1
             continue
-        if not isinstance(caption, str) or not caption.strip():
+        caption = caption.strip() if isinstance(caption, str) and caption.strip() else None
+        if captions and caption is None:
             skipped["no caption"] += 1
             continue
         label = record.get("label")
         label = label if isinstance(label, (int, str)) and not isinstance(label, bool) else None
-        yield _Item(f"{rel}#{number}", caption.strip(), label, "file", f.parent / member)
+        yield _Item(f"{rel}#{number}", caption, label, "file", f.parent / member)
 
 
-def _tar_items(f: Path, rel: str, modality: str, skipped: Counter) -> Iterator[_Item]:
+def _tar_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[_Item]:
     """One item per webdataset sample (consecutive members sharing the path up to the first dot of the name)."""
     media = SUFFIXES[modality]
     key, sample = None, {}
@@ -293,6 +295,9 @@ def _tar_items(f: Path, rel: str, modality: str, skipped: Counter) -> Iterator[_
             label = sample["label"].decode().strip() if "label" in sample else label
         except ValueError:  # UnicodeDecodeError included
             skipped["bad caption or label"] += 1
+            return
+        if captions and not caption:
+            skipped["no caption"] += 1
             return
         yield _Item(f"{rel}#{key}", caption or None, label, "bytes", sample[ext])
 

@@ -42,7 +42,7 @@ _PHRASES = {
 }
 
 
-def write_moving_digits(out: str | Path, per_class_train: int = 80, per_class_test: int = 20, fps: int = 8,
+def write_moving_digits(out: str | Path, per_class_train: int = 250, per_class_test: int = 50, fps: int = 8,
                         seed: int = 0) -> dict[str, int]:
     """Write the clips and the two jsonl files; returns the number of clips per split."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download

@@ -55,7 +55,7 @@ WORDS = {  # attribute -> value -> synonyms
 }
 
 
-def write_tones(out: str | Path, per_class_train: int = 60, per_class_test: int = 20, sample_rate: int = 16000,
+def write_tones(out: str | Path, per_class_train: int = 150, per_class_test: int = 30, sample_rate: int = 16000,
                 seed: int = 0) -> dict[str, int]:
     """Write the WAV folders and the jsonl caption files; returns the number of clips per split."""
     if sample_rate < 9000:

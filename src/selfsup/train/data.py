@@ -61,10 +61,12 @@ class RunData:
 
     def _media(self, cfg: RunConfig, path: str, run_dir: Path, log) -> None:
         d, modality = cfg.data, cfg.modality
-        media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log)
+        pairs = cfg.objective in PAIR_OBJECTIVES
+        media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log,
+                              captions=pairs)
         resolve_stats(cfg, media)
         train, val = media.train, media.val
-        if cfg.objective in PAIR_OBJECTIVES:
+        if pairs:
             if train.captions is None:
                 raise DataError(f"data.path '{d.path}': {cfg.objective} trains on {modality}-text pairs, but these "
                                 f"{modality} files carry no captions; expected a .jsonl of pairs ({{\"{modality}\": "
