@@ -451,6 +451,8 @@ def test_clip_objective_loss_is_clip_loss_of_its_embeddings(pair_batch):
     ref, count = clip_loss(media, text, obj.logit_scale)
     assert out.count == count == 8 and out.units == 8
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    out.loss.backward()  # the scale is learned
+    assert obj.logit_scale.grad is not None and obj.logit_scale.grad.abs() > 0
 
 
 def test_logit_scale_clamps_and_siglip_init(pair_batch):
@@ -475,6 +477,8 @@ def test_logit_scale_clamps_and_siglip_init(pair_batch):
     media, text = siglip.embed_media(batch["media"]), siglip.embed_text(batch["text"], batch["text_mask"])
     ref, _ = siglip_loss(media, text, siglip.logit_scale, siglip.logit_bias)
     assert out.count == 8 and out.loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    out.loss.backward()  # scale and bias are learned
+    assert siglip.logit_scale.grad.abs() > 0 and siglip.logit_bias.grad.abs() > 0
 
 
 @pytest.mark.parametrize("recipe", ["clip", "siglip"])
@@ -540,7 +544,7 @@ def test_prepare_media_jsonl_pairs_skips_and_counts_bad_lines(tmp_path):
     pairs.write_text("\n".join(lines) + "\n")
     logs = []
     ms = prepare_media(str(pairs), "image", IMAGE, 0.3, cache_dir=str(tmp_path / "cache"), workers=0,
-                       log=logs.append)
+                       log=logs.append, captions=True)
     assert ms.meta["skipped"] == {"bad json line": 2, "unreadable file": 1, "no caption": 1,
                                   "no 'image' in pair": 1, "corrupt image": 1}
     kept = [(1, "a dark square", 10), (8, "a bright square", 200), (10, "a grey square", 130)]
@@ -558,12 +562,19 @@ def test_prepare_media_jsonl_pairs_skips_and_counts_bad_lines(tmp_path):
 
     # the same call again is a cache hit; a changed image the .jsonl points at is new data
     again = prepare_media(str(pairs), "image", IMAGE, 0.3, cache_dir=str(tmp_path / "cache"), workers=0,
-                          log=logs.append)
+                          log=logs.append, captions=True)
     assert again.dir == ms.dir and "cache hit" in logs[-1]
     assert again.train.captions == ms.train.captions and np.array_equal(again.train.rows, ms.train.rows)
+    # without captions asked for (media alone), the caption-less pair is kept, in its own cache
+    media_only = prepare_media(str(pairs), "image", IMAGE, 0.3, cache_dir=str(tmp_path / "cache"), workers=0,
+                               log=logs.append)
+    assert media_only.dir != ms.dir and "cache hit" not in logs[-1]
+    assert media_only.meta["skipped"] == {"bad json line": 2, "unreadable file": 1, "no 'image' in pair": 1,
+                                          "corrupt image": 1}
+    assert sum(media_only.meta["samples"].values()) == 4
     _png(data / "c.png", 90)
     changed = prepare_media(str(pairs), "image", IMAGE, 0.3, cache_dir=str(tmp_path / "cache"), workers=0,
-                            log=logs.append)
+                            log=logs.append, captions=True)
     assert changed.dir != ms.dir and "cache hit" not in logs[-1]
     rows = np.concatenate([changed.train.rows, changed.val.rows])
     assert (rows == 90).all(axis=(1, 2, 3)).sum() == 1 and not (rows == 200).all(axis=(1, 2, 3)).any()
@@ -584,9 +595,12 @@ def test_prepare_media_webdataset_tar_of_pairs(tmp_path):
             add(tar, f"{key}.png", buf.getvalue())
             add(tar, f"{key}.txt", caption.encode())
         add(tar, "s2.txt", b"a caption without an image")
+        buf = io.BytesIO()
+        Image.fromarray(np.full((20, 20), 99, np.uint8), mode="L").save(buf, format="PNG")
+        add(tar, "s3.png", buf.getvalue())  # an image without a caption
     ms = prepare_media(str(shard), "image", IMAGE, 0.01, cache_dir=str(tmp_path / "cache"), workers=0,
-                       log=lambda _: None)
-    assert ms.meta["skipped"] == {"no image in tar sample": 1}
+                       log=lambda _: None, captions=True)
+    assert ms.meta["skipped"] == {"no image in tar sample": 1, "no caption": 1}
     val = _split(["shard-000.tar#s0", "shard-000.tar#s1"], 0.01)
     expected = [(c, v) for (c, v), is_v in zip((("first caption", 40), ("second caption", 220)), val) if not is_v]
     assert ms.train.captions == [c for c, _ in expected]

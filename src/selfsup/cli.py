@@ -273,15 +273,18 @@ def _joint(task, run_dir, cfg, objective, tok, test_path, prompts, baselines, de
         data = dict(test=dict(path=test_path, items=len(split.captions)), skipped=media.meta["skipped"])
         title = (f"retrieval on {test_path}: {len(split.captions):,} {cfg.modality} items, "
                  f"{results['pretrained']['texts']:,} distinct captions")
-        columns = tuple(f"{d} R@{k}" for d in ("m→t", "t→m") for k in joint.KS) + ("mean",)
-        rows = {n: tuple(f"{100 * r[d][k]:.1f}%" for d in ("media_to_text", "text_to_media") for k in joint.KS)
-                + (f"{100 * r['mean_recall']:.1f}%",) for n, r in results.items()}
+        columns = ("direction", *(f"R@{k}" for k in joint.KS), "mean R")
+        rows = {}
+        for n, r in results.items():
+            for d, key in ((f"{cfg.modality}→text", "media_to_text"), (f"text→{cfg.modality}", "text_to_media")):
+                rows[(n, d)] = (d, *(f"{100 * r[key][k]:.1f}%" for k in joint.KS),
+                                f"{100 * r['mean_recall']:.1f}%" if key == "media_to_text" else "")
     table = Table(title=title)
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for col in columns:
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="left" if col == "direction" else "right", no_wrap=True)
     for name, cells in rows.items():
-        table.add_row(name, *cells)
+        table.add_row(name[0] if isinstance(name, tuple) else name, *cells)
     console.print(table)
     console.print(f"protocol: {results['pretrained']['protocol']}")
     if data["skipped"]:

@@ -11,10 +11,9 @@ Each set is written once into the cache, atomically, and its training part retur
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
+from selfsup.data.decoding import build_once
 from selfsup.data.digits import write_digits
 from selfsup.data.moving_digits import write_moving_digits
 from selfsup.data.tones import write_tones
@@ -35,9 +34,5 @@ def resolve(path: str, cache: Path) -> str:
     folder, write, part = SETS[path]
     root = cache / "builtin" / folder
     if not (root / "train.jsonl").is_file():
-        tmp = root.with_name(f".{folder}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)  # atomic: a killed run leaves no half-written set
+        build_once(root, write)  # atomic: a killed run leaves no half-written set
     return str(root / part)

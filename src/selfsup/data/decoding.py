@@ -10,6 +10,9 @@ chunks per worker are in flight, so memory stays bounded however large the set.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +52,34 @@ def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int) 
         while pending:
             chunk, future = pending.popleft()
             yield chunk, future.result()
+
+
+def build_once(out: Path, build: Callable[[Path], None]) -> None:
+    """build(folder) into a temporary sibling of `out`, then renamed to `out`: a killed run leaves no half-written
+    cache, and a finished one is complete or absent."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def digest(f: Path) -> bytes:
+    """sha256 of a file's bytes, streamed (shards may not fit in memory); an unreadable file gets a marker, so a
+    later readable version gets a new cache key (decoding counts it meanwhile)."""
+    try:
+        with open(f, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").digest()
+    except OSError:
+        return b"unreadable"
+
+
+def default_workers(workers: int | None) -> int:
+    return min(os.cpu_count() or 1, 8) if workers is None else workers
 
 
 class NpyWriter:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
 import tarfile
 import time
 from collections import Counter
@@ -39,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data.decoding import NpyWriter, Skip, decoded
+from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 
@@ -114,17 +112,9 @@ def prepare_images(path: str, size: int, channels: int, val_fraction: float, cac
     if (out / "meta.json").is_file():
         log(f"image cache hit: {out}")
         return _open(out)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    workers = default_workers(workers)
     log(f"decoding images from {len(files)} file(s) into {out} with {workers or 'no'} worker process(es)")
-    tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _build(path, root, files, tmp, size, channels, val_fraction, workers, log)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_once(out, lambda tmp: _build(path, root, files, tmp, size, channels, val_fraction, workers, log))
     return _open(out)
 
 
@@ -132,12 +122,7 @@ def _cache_key(root: Path, files: list[Path], size: int, channels: int, val_frac
     h = hashlib.sha256(json.dumps(dict(format=FORMAT, size=size, channels=channels, val_fraction=val_fraction),
                                   sort_keys=True).encode())
     for f in files:
-        h.update(_relative(root, f).encode() + b"\0")
-        try:
-            with open(f, "rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())  # streams: shards may not fit in memory
-        except OSError:
-            h.update(b"unreadable")  # decoding counts it; a later readable version gets a new key
+        h.update(_relative(root, f).encode() + b"\0" + digest(f))
     return h.hexdigest()[:24]
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tarfile
 import time
 from collections import Counter
@@ -35,7 +33,7 @@ import numpy as np
 
 from selfsup.data import images as image_data
 from selfsup.data.audio import AUDIO_SUFFIXES, clip_frames, decode_audio
-from selfsup.data.decoding import NpyWriter, Skip, decoded
+from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 from selfsup.data.video import VIDEO_SUFFIXES, decode_video
@@ -121,17 +119,10 @@ def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, c
     if (out / "meta.json").is_file():
         log(f"{modality} cache hit: {out}")
         return _open(out)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    workers = default_workers(workers)
     log(f"decoding {modality} from {len(files)} file(s) into {out} with {workers or 'no'} worker process(es)")
-    tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _build(path, root, files, tmp, modality, decode, val_fraction, workers, log, captions)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_once(out, lambda tmp: _build(path, root, files, tmp, modality, decode, val_fraction, workers, log,
+                                       captions))
     return _open(out)
 
 
@@ -139,7 +130,7 @@ def _cache_key(root: Path, files: list[Path], modality: str, decode: dict, val_f
     h = hashlib.sha256(json.dumps(dict(format=FORMAT, modality=modality, decode=decode, val_fraction=val_fraction),
                                   sort_keys=True).encode())
     for f in files:
-        h.update(_relative(root, f).encode() + b"\0" + _digest(f))
+        h.update(_relative(root, f).encode() + b"\0" + digest(f))
         if f.suffix.lower() == ".jsonl":  # the media a pair file points at are part of the data too
             for line in f.read_text(errors="replace").splitlines():
                 try:
@@ -147,16 +138,8 @@ def _cache_key(root: Path, files: list[Path], modality: str, decode: dict, val_f
                 except (ValueError, AttributeError):
                     continue
                 if isinstance(member, str):
-                    h.update(member.encode() + b"\0" + _digest(f.parent / member))
+                    h.update(member.encode() + b"\0" + digest(f.parent / member))
     return h.hexdigest()[:24]
-
-
-def _digest(f: Path) -> bytes:
-    try:
-        with open(f, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").digest()  # streams: shards may not fit in memory
-    except OSError:
-        return b"unreadable"  # decoding counts it; a later readable version gets a new key
 
 
 def _relative(root: Path, f: Path) -> str:
