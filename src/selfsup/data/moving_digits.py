@@ -2,10 +2,12 @@
 across a black canvas, with captions, for the video and video-text demos and tests.
 
     write_moving_digits(DIR)  ->  DIR/train/<motion>/0000.mp4 ...,  DIR/test/<motion>/0000.mp4 ...,
-                                  DIR/train.jsonl, DIR/test.jsonl   ({"video": "train/left/0000.mp4", "text": ...})
+                                  DIR/train.jsonl, DIR/test.jsonl   ({"video": "train/left/0000.mp4", "text": ...,
+                                                                     "label": the digit})
 
 Each clip is 8 frames of 32×32 RGB (grey content): one 8×8 digit (values 0..16 scaled to 0..255, white on black)
-upscaled to 12×12 with bicubic, moving in one of four directions, the class: "left", "right", "up", "down". Its
+upscaled to 12×12 with bicubic, moving in one of four directions, the class of the folders: "left", "right", "up", "down" (telling them apart
+needs the order of the frames); the .jsonl files label each clip by its digit instead (appearance). Its
 speed is 2..20/7 px/frame (at most 20 px in 7 steps, the room a 12 px digit has in 32 px, so it never leaves the
 frame), its start is random within the room left over, and its position across the motion is random. Test clips
 use the digit images `digits.py` puts in test (every fourth per class), so test handwriting is never seen in
@@ -70,7 +72,7 @@ def write_moving_digits(out: str | Path, per_class_train: int = 250, per_class_t
                 clip = _clip(big[k], motion, rng)  # (8, 32, 32)
                 _write_mp4(folder / f"{i:04d}.mp4", clip, fps)
                 lines.append({"video": f"{split}/{motion}/{i:04d}.mp4",
-                              "text": _caption(int(digits.target[k]), motion, rng)})
+                              "text": _caption(int(digits.target[k]), motion, rng), "label": str(digits.target[k])})
         (out / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         counts[split] = len(lines)
     return counts
