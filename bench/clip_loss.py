@@ -2,30 +2,25 @@
 of losses and gradients, loss forward+backward time and peak memory by batch size, and a whole CLIP / SigLIP
 training step of a small tower pair with each loss.
 
-open_clip's package __init__ imports torchvision, which does not work with this project's CPU build of torch, so
-only `open_clip/loss.py` (which imports torch alone) is loaded, by file path; install it without dependencies:
+open_clip's package __init__ imports torchvision, which this project's CPU torch cannot run, so only
+`open_clip/loss.py` (it imports torch alone) is loaded, by path: `pip install --no-deps open-clip-torch==3.3.0`.
 
-    .venv/bin/pip install --no-deps open-clip-torch==3.3.0
+Each side as its training code calls it, as a mean over the batch (ours return a sum and a count; the sum is
+divided by B here, as our trainer divides the gradients): clip, ours `clip_loss(m, t, log_scale)` vs
+`ClipLoss()(m, t, log_scale.exp())`; siglip, ours `siglip_loss(m, t, log_scale, bias)` whole and with `chunk=256`
+(texts scored 256 at a time, gradients made in the forward, no B × B tensor kept) vs `SigLipLoss()(m, t,
+log_scale.exp(), bias)` (its sum over pairs / B, as ours). Inputs: seeded unit (B, 256) fp32 leaves; the
+log-scale and bias are leaves, so gradients are compared w.r.t. what both models train.
 
-The sides, as each library's training code calls them, all returning the mean over the batch (open_clip's
-reduction; ours return a sum and a count, the sum is divided by B here as the trainer divides the gradients):
+The training step: the recipe's towers from `build_objective` (ViT 128 × 4 on 16 × 16 grey images, text encoder
+128 × 2, context 32, joint embedding 256), batch 128 of pre-made views and random ids; embed both, loss, backward,
+clip, selfsup's AdamW (fused), the scale clamp, zero_grad. Only the loss call differs between the sides.
 
-- clip: ours `clip_loss(media, text, log_scale)`; open_clip `ClipLoss()(media, text, log_scale.exp())`.
-- siglip: ours `siglip_loss(media, text, log_scale, bias)` whole, and `chunk=256` (texts scored 256 at a time,
-  gradients computed in the forward, no batch × batch tensor kept); open_clip `SigLipLoss()(media, text,
-  log_scale.exp(), bias)` (its sum over pairs divided by B, the paper's normalisation and ours).
+Timed rounds alternate between the sides (the order rotating); medians. Peak memory: RSS high-water above the RSS
+before the first call, reset after warm-up, in a fresh child process per setting.
 
-Inputs are seeded L2-normalised (B, 256) fp32 leaves; the scale and bias are leaves too, so the gradients compared
-are those w.r.t. the log-scale that both models train. The training step: the recipe's towers (ViT 128 × 4 on
-16 × 16 grey images, text encoder 128 × 2, context 32, joint embedding 256) from `build_objective`, batch 128 of
-pre-made views and random token ids; a step is embed both, loss, backward, clip, selfsup's AdamW (fused), the
-objective's scale clamp, zero_grad. Only the loss call differs between the sides.
-
-Timed rounds alternate between the sides (the order rotates) and we report medians; peak memory (RSS high-water
-above the RSS before the first call, reset after warm-up) comes from a fresh child process per setting.
-
-    .venv/bin/python bench/clip_loss.py            # the full benchmark (~5 min on 2 cores)
-    .venv/bin/python bench/clip_loss.py --quick    # a smoke test (~1 min)
+    .venv/bin/python bench/clip_loss.py            # the full benchmark (~4 min on 2 cores)
+    .venv/bin/python bench/clip_loss.py --quick    # a smoke test (~40 s)
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -98,11 +94,10 @@ def check(oc) -> dict:
     """Loss and gradients (media, text, log-scale, bias) of ours vs open_clip's within 1e-5 (absolute, or relative
     to the value where that is above 1), at two scales; fails loudly otherwise."""
     worst = {}
-    cases = [("clip", "ours", 0, 256, 2.6593), ("clip", "ours", 0, 256, 4.6052), ("siglip", "ours", 0, 256, 2.3026),
-             ("siglip", "ours", 0, 256, 4.6052), ("siglip", "ours chunked", 64, 256, 2.3026),
-             ("siglip", "ours chunked", 64, 256, 4.6052), ("siglip", "ours chunked", 64, 200, 2.3026)]
-    for kind, impl, chunk, B, log_scale in cases:
-        leaves = features(B, seed=1, log_scale=log_scale, bias=-10.0 if log_scale < 3 else -5.0)
+    cases = [("clip", "ours", 0, 256), ("siglip", "ours", 0, 256), ("siglip", "ours chunked", 64, 256),
+             ("siglip", "ours chunked", 64, 200)]  # 200: a ragged last block
+    for (kind, impl, chunk, B), (log_scale, bias) in itertools.product(cases, [(2.3026, -10.0), (4.6052, -5.0)]):
+        leaves = features(B, seed=1, log_scale=log_scale, bias=bias)  # at init (SigLIP's), and scale 100
         wanted = leaves if kind == "siglip" else leaves[:3]  # CLIP has no bias
         ours = [fwd_bwd(loss_fn(kind, impl, oc, chunk), leaves)] + [x.grad.clone() for x in wanted]
         ref = [fwd_bwd(loss_fn(kind, "open_clip", oc), leaves)] + [x.grad.clone() for x in wanted]
@@ -117,25 +112,37 @@ def check(oc) -> dict:
     return worst
 
 
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(CPU s busy machine-wide (all but idle and iowait), CPU s of this process and its finished children, wall)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy, own = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), sum(os.times()[:4])
+    return busy, own, time.perf_counter()
+
+
+def others_share(start: tuple) -> float:
+    """Share of the cores other processes kept busy since `start`: the contention a setting ran under."""
+    end = cpu_snapshot()
+    return max(0.0, (end[0] - start[0] - end[1] + start[1]) / ((end[2] - start[2]) * (os.cpu_count() or 1)))
+
+
 def timed_rounds(fns: dict, run, rounds: int, target_s: float) -> dict[str, list[float]]:
     """ms per call of each fn, per round; calls per round sized to ~target_s from warm-up, the order rotating."""
     names, n = list(fns), {}
     for name in names:
         run(fns[name])  # warm-up: allocator pools, lazy kernels
-        once = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            run(fns[name])
-            once.append(time.perf_counter() - t0)
-        n[name] = max(1, round(target_s / min(once)))
+        n[name] = max(1, round(target_s / min(clock(run, fns[name], 1) for _ in range(2))))
     ms = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(n[name]):
-                run(fns[name])
-            ms[name].append((time.perf_counter() - t0) * 1000 / n[name])
+            ms[name].append(clock(run, fns[name], n[name]) * 1000 / n[name])
     return ms
+
+
+def clock(run, fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        run(fn)
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------- training step
@@ -212,11 +219,59 @@ def memory(what: str, kind: str, impl: str, B: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- main
 
+def bench_losses(oc, batches, rounds: int, target: float) -> list[dict]:
+    rows = []
+    for kind, impls in IMPLS.items():
+        for B in batches:
+            leaves, start = features(B), cpu_snapshot()
+            fns = {i: loss_fn(kind, i, oc) for i in impls}
+            ms = timed_rounds(fns, lambda fn: fwd_bwd(fn, leaves), rounds, target)
+            busy = others_share(start)
+            mem = {i: memory("loss", kind, i, B) for i in impls}
+            rows += [dict(loss=kind, batch=B, impl=i, ms=statistics.median(ms[i]), rounds_ms=ms[i], memory=mem[i],
+                          time_ratio=statistics.median(ms[i]) / statistics.median(ms["open_clip"]),
+                          memory_ratio=mem[i]["peak_mib"] / mem["open_clip"]["peak_mib"], others_busy=busy)
+                     for i in impls]
+            print(f"{kind} B={B}: " + ", ".join(f"{r['impl']} {r['ms']:.2f} ms {r['memory']['peak_mib']:.0f} MiB"
+                                                for r in rows[-len(impls):]) + f"; others busy {busy:.0%}", flush=True)
+    return rows
+
+
+def bench_steps(oc, rounds: int, target: float) -> list[dict]:
+    rows = []
+    for kind in IMPLS:
+        built = {i: build_step(kind, i, oc) for i in ("ours", "open_clip")}
+        pool, counter, start = step_batches(built["ours"][1]), [0], cpu_snapshot()
+
+        def run(step):
+            step(pool[counter[0] % len(pool)])
+            counter[0] += 1
+
+        ms = timed_rounds({i: b[0] for i, b in built.items()}, run, rounds, target)
+        busy = others_share(start)
+        rate = {i: STEP["batch"] * 1000 / statistics.median(ms[i]) for i in built}
+        mem = {i: memory("step", kind, i, STEP["batch"]) for i in built}
+        rows += [dict(objective=kind, impl=i, pairs_per_s=rate[i], rounds_ms=ms[i], memory=mem[i],
+                      params=built[i][2], speed_ratio=rate[i] / rate["open_clip"], others_busy=busy,
+                      memory_ratio=mem[i]["peak_mib"] / mem["open_clip"]["peak_mib"]) for i in built]
+        print(f"{kind} step: " + ", ".join(f"{i} {r:.0f} pairs/s" for i, r in rate.items())
+              + f"; others busy {busy:.0%}", flush=True)
+        del built
+    return rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A table that pastes into BENCHMARKS.md: the first column left, the rest right."""
+    rule = "|" + "|".join(":--" if i < 2 else "--:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke test: B 256 and 1024, 2 rounds, short rounds")
+    ap.add_argument("--quick", action="store_true", help="smoke test: B 256 and 1024, 2 short rounds")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds per setting (default 7)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement in a fresh process
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     if args.child:
@@ -224,79 +279,32 @@ def main() -> None:
         return
     rounds, target = (2, 0.1) if args.quick else (args.rounds, 0.6)
     batches = (256, 1024) if args.quick else (256, 1024, 4096)
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(Console().width, 120))
-    machine = dict(machine_info(), open_clip=importlib.metadata.version("open-clip-torch"),
-                   load_before=os.getloadavg())
-    console.print(f"torch {machine['torch']}, {machine['threads']} threads on {machine['cores']} cores, "
-                  f"{machine['cpu']}; open_clip {machine['open_clip']} (loss.py only); load {machine['load_before']}")
+    machine = dict(machine_info(), open_clip=importlib.metadata.version("open-clip-torch"))
+    print(f"torch {machine['torch']}, {machine['threads']} threads on {machine['cores']} cores, {machine['cpu']}; "
+          f"open_clip {machine['open_clip']} (loss.py only)")
     oc = open_clip_losses()
     worst = check(oc)
-    console.print(f"[green]agreement: {len(worst)} losses/gradients within 1e-5 of open_clip's (worst "
-                  f"{max(worst.values()):.1e}: {max(worst, key=worst.get)})")
+    print(f"agreement: {len(worst)} losses and gradients within 1e-5 of open_clip's (worst "
+          f"{max(worst.values()):.1e}: {max(worst, key=worst.get)})")
+    losses = bench_losses(oc, batches, rounds, target)
+    steps = bench_steps(oc, rounds, 2 * target)
+    machine["others_busy_max"] = max(r["others_busy"] for r in losses + steps)
 
-    loss_rows = []
-    for kind, impls in IMPLS.items():
-        for B in batches:
-            leaves = features(B)
-            fns = {impl: loss_fn(kind, impl, oc) for impl in impls}
-            ms = timed_rounds(fns, lambda fn: fwd_bwd(fn, leaves), rounds, target)
-            mem = {impl: memory("loss", kind, impl, B) for impl in impls}
-            for impl in impls:
-                loss_rows.append(dict(loss=kind, batch=B, impl=impl, ms=statistics.median(ms[impl]), rounds_ms=ms[impl],
-                                      memory=mem[impl], time_ratio=statistics.median(ms[impl]) / statistics.median(
-                                          ms["open_clip"]), memory_ratio=mem[impl]["peak_mib"] / mem["open_clip"]["peak_mib"]))
-            console.print(f"{kind} B={B}: " + ", ".join(f"{r['impl']} {r['ms']:.2f} ms {r['memory']['peak_mib']:.0f} "
-                                                        f"MiB" for r in loss_rows[-len(impls):]))
-
-    step_rows = []
-    for kind in IMPLS:
-        built = {impl: build_step(kind, impl, oc) for impl in ("ours", "open_clip")}
-        pool = step_batches(built["ours"][1])
-        counter = [0]
-
-        def run(step):
-            step(pool[counter[0] % len(pool)])
-            counter[0] += 1
-
-        ms = timed_rounds({impl: b[0] for impl, b in built.items()}, run, rounds, 2 * target)
-        for impl in built:
-            mem = memory("step", kind, impl, STEP["batch"])
-            rate = STEP["batch"] * 1000 / statistics.median(ms[impl])
-            step_rows.append(dict(objective=kind, impl=impl, pairs_per_s=rate, rounds_ms=ms[impl], memory=mem,
-                                  params=built[impl][2]))
-        for r in step_rows[-2:]:
-            r["speed_ratio"] = r["pairs_per_s"] / step_rows[-1]["pairs_per_s"]
-            r["memory_ratio"] = r["memory"]["peak_mib"] / step_rows[-1]["memory"]["peak_mib"]
-        del built
-
-    machine["load_after"] = os.getloadavg()
-    table = Table(box=box.MARKDOWN, title="loss forward+backward, E=256, fp32")
-    for col in ("loss", "B", "implementation", "ms", "time ×", "peak MiB", "memory ×"):
-        table.add_column(col, justify="left" if col in ("loss", "implementation") else "right")
-    for r in loss_rows:
-        table.add_row(r["loss"], f"{r['batch']:,}", r["impl"], f"{r['ms']:.2f}", f"{r['time_ratio']:.2f}",
-                      f"{r['memory']['peak_mib']:.0f}", f"{r['memory_ratio']:.2f}")
-    console.print(table)
-    console.print("time ×, memory ×: this row / open_clip's at the same loss and B (below 1: faster, lighter). "
-                  f"One B × B fp32 matrix is {max(batches) ** 2 * 4 / MIB:.0f} MiB at B={max(batches)}.")
-    stable = Table(box=box.MARKDOWN, title=f"training step, batch {STEP['batch']}")
-    for col in ("objective", "loss", "pairs/s", "speed ×", "peak MiB", "memory ×"):
-        stable.add_column(col, justify="left" if col in ("objective", "loss") else "right")
-    for r in step_rows:
-        stable.add_row(r["objective"], r["impl"], f"{r['pairs_per_s']:,.0f}", f"{r['speed_ratio']:.2f}",
-                       f"{r['memory']['peak_mib']:.0f}", f"{r['memory_ratio']:.2f}")
-    console.print(stable)
-    console.print(f"load average before {machine['load_before']}, after {machine['load_after']}")
-    path = write_json("clip_loss.json", dict(machine=machine, quick=args.quick, agreement=worst, losses=loss_rows,
-                                             steps=step_rows, settings=dict(embed=EMBED, chunk=CHUNK, rounds=rounds,
-                                                                            round_target_s=target, towers=TOWERS,
-                                                                            **STEP)))
-    console.print(f"wrote {path}")
+    print(f"\nloss forward + backward, E={EMBED}, fp32, median of {rounds} interleaved rounds\n")
+    print(markdown(["loss", "implementation", "B", "ms", "time ×", "peak MiB", "memory ×"], [
+        [r["loss"], r["impl"], f"{r['batch']:,}", f"{r['ms']:.2f}", f"{r['time_ratio']:.2f}",
+         f"{r['memory']['peak_mib']:.0f}", f"{r['memory_ratio']:.2f}"] for r in losses]))
+    print(f"\n×: this row / open_clip's at the same loss and B. One B × B fp32 matrix: "
+          + ", ".join(f"{B ** 2 * 4 / MIB:g} MiB at B={B}" for B in batches))
+    print(f"\ntraining step, batch {STEP['batch']}, {steps[0]['params']:,} parameters\n")
+    print(markdown(["objective", "loss", "pairs/s", "speed ×", "peak MiB", "memory ×"], [
+        [r["objective"], r["impl"], f"{r['pairs_per_s']:,.0f}", f"{r['speed_ratio']:.2f}",
+         f"{r['memory']['peak_mib']:.0f}", f"{r['memory_ratio']:.2f}"] for r in steps]))
+    print(f"\nother processes kept at most {machine['others_busy_max']:.0%} of the cores busy during a timed setting")
+    path = write_json("clip_loss.json", dict(machine=machine, quick=args.quick, agreement=worst, losses=losses,
+                                             steps=steps, settings=dict(embed=EMBED, chunk=CHUNK, rounds=rounds,
+                                                                        round_target_s=target, towers=TOWERS, **STEP)))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
