@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -45,10 +46,18 @@ def train(
     checkpoints/, model.safetensors, tokenizer.json, report.html. Running it again on a run directory (or with
     the same out_dir) resumes from the last checkpoint, also after the process was killed."""
     from selfsup.report import write_report
+    from selfsup.train import distributed
     from selfsup.train.trainer import train as run_training
 
     cfg = config_mod.load(source, overrides or [])
-    summary = run_training(cfg, console)
+    if distributed.wants_launch(cfg):  # this process starts the workers, waits, then reports
+        distributed.launch(cfg, ["train", source, *(overrides or [])])
+        summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    else:
+        summary = run_training(cfg, console)
+        distributed.teardown()
+        if not distributed.reports(int(os.environ.get("RANK", 0))):
+            return
     report = write_report(cfg.out_dir)
     _print_summary(summary)
     console.print(f"report: {report}")
@@ -62,6 +71,10 @@ def _print_summary(s: dict) -> None:
         rows += [("validation perplexity", f"{s['val_ppl']:.2f}" if s["val_ppl"] is not None else "-"),
                  ("unigram baseline perplexity", f"{s['unigram_ppl']:.2f}")]
     mfu = f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:.2f} TFLOP/s measured peak" if s["mfu"] else "-"
+    b = s.get("batch")
+    if b:
+        rows.append(("global batch", f"{b['global_batch']:,} = {b['per_process']} × {b['grad_accum']} accumulated × "
+                                     f"{b['processes']} process(es); lr {b['lr']:.3g} ({b['lr_scaling']} scaling)"))
     rows += [
         ("parameters", f"{s['params'] / 1e6:.2f}M"),
         (f"{unit}s seen", f"{s[unit + 's_seen']:,}"),

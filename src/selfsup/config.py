@@ -108,7 +108,8 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     max_steps: int = Field(1000, gt=0)
-    batch_size: int = Field(32, gt=0, description="sequences per micro-batch")
+    batch_size: int = Field(32, gt=0, description="samples (sequences, images, pairs, clips) per micro-batch and "
+                            "process: the global batch is batch_size × grad_accum × processes")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = Field(False, description="torch.compile the model")
@@ -248,6 +249,20 @@ class HuBERTConfig(Section):
     proj_dim: int = Field(256, gt=0, description="projection and cluster-embedding width")
 
 
+class DistConfig(Section):
+    nproc_per_node: int = Field(1, ge=1, description="worker processes per machine; above 1 (or with dist.nnodes above "
+                                "1) `selfsup train` starts them itself through torch's elastic launcher. Under "
+                                "torchrun the standard environment decides instead")
+    nnodes: int = Field(1, ge=1, description="machines in the run (each runs the same command)")
+    node_rank: int = Field(0, ge=0, description="this machine's index among dist.nnodes")
+    rdzv_endpoint: str = Field("127.0.0.1:29500", description="host:port of the rendezvous (the first machine)")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: NCCL on GPUs, gloo on CPUs")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field("none", description="optim.lr is for dist.base_batch "
+                                                          "samples per step; the global batch scales it by this rule")
+    base_batch: int | None = Field(None, gt=0, description="the global batch optim.lr was tuned for (default: one "
+                                   "process's train.batch_size × train.grad_accum)")
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
     objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet); images: simclr, "
@@ -276,6 +291,7 @@ class RunConfig(Section):
     audio: AudioConfig = AudioConfig()
     video: VideoConfig = VideoConfig()
     hubert: HuBERTConfig = HuBERTConfig()
+    dist: DistConfig = DistConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:

@@ -30,6 +30,10 @@ class RowLoader:
         batch = {k: torch.from_numpy(np.asarray(a[index])) for k, a in self.arrays.items()}
         return {**batch, "index": torch.from_numpy(index)}
 
+    def shard(self, rank: int, world: int) -> None:
+        """Read rank `rank`'s rows of each global batch of `world` processes (see data/order.py)."""
+        self.order.rank, self.order.world = rank, world
+
     def state(self) -> dict:
         return self.order.state()
 

@@ -1,6 +1,11 @@
 """The order a loader visits its items in: every item once per epoch, in a permutation drawn from (seed, epoch),
 epochs rolling over seamlessly. The position (epoch, items consumed) is all a checkpoint needs to continue
-exactly, with no item repeated or skipped."""
+exactly, with no item repeated or skipped.
+
+Across processes every rank walks the same global order: a step's global batch is the next `count × world` items
+and rank r keeps rows [r·count, (r+1)·count) of it. The ranks see disjoint items, always the same number of
+batches (epochs roll over for all at once), and the position counts global items, so a run resumed with another
+number of processes continues at the very next item."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import torch
 
 
 class EpochOrder:
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1):
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.index = 0  # items consumed in this epoch
         self._order = self._permutation(0)
@@ -22,7 +28,12 @@ class EpochOrder:
         return torch.randperm(self.n, generator=g).numpy()
 
     def take(self, count: int) -> np.ndarray:
-        """The next `count` item ids (int64), continuing into the next epoch when this one runs out."""
+        """This rank's `count` item ids (int64) of the next global batch, continuing into the next epoch when this
+        one runs out."""
+        ids = self._take_global(count * self.world)
+        return ids[self.rank * count:(self.rank + 1) * count]
+
+    def _take_global(self, count: int) -> np.ndarray:
         parts = []
         while count:
             if self.index == self.n:

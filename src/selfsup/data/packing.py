@@ -41,6 +41,10 @@ class PackedWindows:
         rows = [self.window(int(i)) for i in self.order.take(batch_size)]
         return {"tokens": torch.from_numpy(np.stack(rows).astype(np.int64))}
 
+    def shard(self, rank: int, world: int) -> None:
+        """Read rank `rank`'s rows of each global batch of `world` processes (see data/order.py)."""
+        self.order.rank, self.order.world = rank, world
+
     def state(self) -> dict:
         return self.order.state()
 

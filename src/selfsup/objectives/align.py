@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.models.transformer import Transformer, pool
+from selfsup.objectives.losses import wide
 
 
 class Towers(nn.Module):
@@ -33,7 +34,7 @@ class Towers(nn.Module):
 
     def project_media(self, features: Tensor) -> Tensor:
         """(B, D) tower features -> (B, E) unit vectors in the joint space."""
-        return F.normalize(self.media_proj(features).float(), dim=-1)
+        return F.normalize(wide(self.media_proj(features)), dim=-1)
 
     def embed_media(self, media: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.project_media(self.media_features(media, lengths))
@@ -42,4 +43,4 @@ class Towers(nn.Module):
         return pool(self.text(ids, pad_mask=mask), mask, self.text.cfg.pooling)  # (B, D)
 
     def embed_text(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return F.normalize(self.text_proj(self.text_features(ids, mask)).float(), dim=-1)
+        return F.normalize(wide(self.text_proj(self.text_features(ids, mask))), dim=-1)

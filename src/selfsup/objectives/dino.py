@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.models.heads import DINOHead
-from selfsup.objectives.losses import dino_loss
+from selfsup.objectives.gather import all_reduce
+from selfsup.objectives.losses import dino_loss, wide
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
 from selfsup.train.schedule import linear_warmup, momentum_at
@@ -55,7 +56,7 @@ class DINO(nn.Module):
         temp = linear_warmup(int(self.steps_done), warmup, start, end)
         loss, count = dino_loss(student, list(teacher.chunk(g)), self.center, self.student_temp, temp)
         with torch.no_grad():  # the paper's collapse indicators: uniform collapse drives the teacher's entropy to
-            probs = torch.softmax((teacher.float() - self.center) / temp, dim=-1)  # ln K, one-hot collapse to 0
+            probs = torch.softmax((wide(teacher) - self.center) / temp, dim=-1)  # ln K, one-hot collapse to 0
             entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=-1).mean()  # read at logging steps only
         if self.training:
             self._update_center(teacher)
@@ -64,8 +65,8 @@ class DINO(nn.Module):
                           metrics={"teacher_temp": temp, "teacher_entropy": entropy})
 
     @torch.no_grad()
-    def _update_center(self, teacher: Tensor) -> None:  # teacher: (G·B, K); across ranks: all-reduce the mean
-        self.center.lerp_(teacher.float().mean(dim=0), 1 - self.center_momentum)
+    def _update_center(self, teacher: Tensor) -> None:  # teacher: (G·B, K); the global batch's mean
+        self.center.lerp_(all_reduce(wide(teacher).mean(dim=0), "mean"), 1 - self.center_momentum)
 
     def before_step(self, step: int) -> None:
         if step <= self.freeze_last_layer_steps:

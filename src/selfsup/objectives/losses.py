@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.objectives.gather import all_reduce
+
 IGNORE = -100  # label of positions that carry no loss (padding, unmasked tokens)
+
+
+def wide(x: Tensor) -> Tensor:
+    """x in at least fp32 (bf16 and fp16 are widened; float64, e.g. for gradient checks, stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def token_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,45 +78,53 @@ class _LinearCrossEntropy(torch.autograd.Function):
 # ------------------------------------------------------------------------------------ losses on embeddings
 # Letters: B images per view, E embedding width, K prototypes / queue entries, V crops (views) per image.
 
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, int]:
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float, all1: Tensor | None = None, all2: Tensor | None = None,
+            offset: int = 0) -> tuple[Tensor, int]:
     """SimCLR's NT-Xent. z1, z2: (B, E) projections of two views of the same images. Each of the 2B embeddings
     is an anchor whose positive is the other view of its image; its negatives are the other 2B − 2 embeddings.
-    Self-similarity is left out of the softmax, the positive is kept in it. Returns (sum over the 2B anchors, 2B)."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)  # (2B, E)
-    n = z.shape[0]
-    logits = z @ z.t() / temperature  # (2B, 2B)
-    self_pairs = torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_pairs, float("-inf"))
-    positives = (torch.arange(n, device=z.device) + n // 2) % n  # anchor i's other view
-    return F.cross_entropy(logits, positives, reduction="sum"), n
+    Self-similarity is left out of the softmax, the positive is kept in it. Across processes, all1, all2: (N, E)
+    the gathered views of the global batch (this rank's rows at `offset`); the local anchors are scored against
+    all 2N. Returns (sum over the 2B local anchors, 2B)."""
+    all1 = z1 if all1 is None else all1
+    all2 = z2 if all2 is None else all2
+    B, N = z1.shape[0], all1.shape[0]
+    anchors = F.normalize(wide(torch.cat([z1, z2])), dim=-1)  # (2B, E)
+    candidates = F.normalize(wide(torch.cat([all1, all2])), dim=-1)  # (2N, E)
+    logits = anchors @ candidates.t() / temperature  # (2B, 2N)
+    rows = torch.arange(B, device=z1.device) + offset  # each local image's row in the global views
+    own = torch.cat([rows, rows + N])  # (2B,) the anchor itself among the candidates
+    other = torch.cat([rows + N, rows])  # (2B,) its other view: the positive
+    logits[torch.arange(2 * B, device=z1.device), own] = float("-inf")
+    return F.cross_entropy(logits, other, reduction="sum"), 2 * B
 
 
 def moco_v2_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, int]:
     """MoCo v2's InfoNCE. q: (B, E) queries from the online encoder; k: (B, E) keys of the other view from the
     momentum encoder (no gradient); queue: (K, E) normalised keys of earlier batches, the negatives. The logits
     are [q·k⁺, q·queue] / τ with the positive at index 0. Returns (sum over B queries, B)."""
-    q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+    q, k = F.normalize(wide(q), dim=-1), F.normalize(wide(k), dim=-1)
     positive = (q * k).sum(dim=-1, keepdim=True)  # (B, 1)
-    negatives = q @ queue.float().t()  # (B, K)
+    negatives = q @ wide(queue).t()  # (B, K)
     logits = torch.cat([positive, negatives], dim=1) / temperature  # (B, 1 + K)
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, labels, reduction="sum"), q.shape[0]
 
 
-def moco_v3_loss(q: Tensor, k: Tensor, temperature: float) -> tuple[Tensor, int]:
-    """MoCo v3's InfoNCE within the batch. q: (B, E) predictions for one view; k: (B, E) momentum-encoder keys of
-    the other view (no gradient). Image i's key is q_i's positive, the other keys its negatives. Scaled by 2τ as
-    in the paper's code, which makes the gradient's size independent of τ. Returns (sum over B, B)."""
-    q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
-    logits = q @ k.t() / temperature  # (B, B)
-    labels = torch.arange(q.shape[0], device=q.device)
+def moco_v3_loss(q: Tensor, k: Tensor, temperature: float, offset: int = 0) -> tuple[Tensor, int]:
+    """MoCo v3's InfoNCE within the batch. q: (B, E) predictions for one view; k: (N, E) momentum-encoder keys of
+    the other view (no gradient), the global batch's when gathered across processes (this rank's at `offset`).
+    Image i's key is q_i's positive, the other keys its negatives. Scaled by 2τ as in the paper's code, which
+    makes the gradient's size independent of τ. Returns (sum over B, B)."""
+    q, k = F.normalize(wide(q), dim=-1), F.normalize(wide(k), dim=-1)
+    logits = q @ k.t() / temperature  # (B, N)
+    labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels, reduction="sum") * 2 * temperature, q.shape[0]
 
 
 def byol_loss(p: Tensor, z: Tensor) -> tuple[Tensor, int]:
     """BYOL's regression: ‖p̂ − ẑ‖² = 2 − 2·cos(p, z) between the online prediction p (B, E) and the target
     projection z (B, E) of the other view (no gradient). Returns (sum over B, B)."""
-    cos = F.cosine_similarity(p.float(), z.float(), dim=-1)  # (B,)
+    cos = F.cosine_similarity(wide(p), wide(z), dim=-1)  # (B,)
     return (2 - 2 * cos).sum(), p.shape[0]
 
 
@@ -119,8 +134,8 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, stud
     logits, one per crop, global crops first; teacher: G tensors (B, K) for the G global crops (no gradient);
     center: (K,). Every pair (teacher crop g, student crop v) with v ≠ g counts; the paper averages over pairs
     and images. Returns (sum over pairs and images, pairs × B)."""
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1) for t in teacher]  # G × (B, K)
-    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]  # V × (B, K)
+    targets = [F.softmax((wide(t) - center) / teacher_temp, dim=-1) for t in teacher]  # G × (B, K)
+    log_probs = [F.log_softmax(wide(s) / student_temp, dim=-1) for s in student]  # V × (B, K)
     total, pairs = torch.zeros((), device=center.device), 0
     for g, target in enumerate(targets):
         for v, log_p in enumerate(log_probs):
@@ -134,12 +149,15 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor, stud
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float, iters: int) -> Tensor:
     """SwAV's Sinkhorn-Knopp: soft codes (B, K) from prototype scores (B, K) such that every image's codes sum to
-    1 and every prototype receives B/K of the batch (the equal-partition constraint that prevents collapse)."""
-    q = torch.exp((scores.float() - scores.float().max()) / epsilon).t()  # (K, B); the shift cancels out
-    q /= q.sum()
-    K, B = q.shape
+    1 and every prototype receives B/K of the batch (the equal-partition constraint that prevents collapse).
+    Across processes the batch is the global one: the sums over images are all-reduced, as in SwAV's code."""
+    top = all_reduce(wide(scores).max().clone(), "max")
+    q = torch.exp((wide(scores) - top) / epsilon).t()  # (K, B); the shift (the same on every rank) cancels out
+    q /= all_reduce(q.sum())
+    K = q.shape[0]
+    B = int(all_reduce(torch.tensor(float(q.shape[1]), device=q.device)).item())  # the global batch
     for _ in range(iters):
-        q /= q.sum(dim=1, keepdim=True) * K  # each prototype: total mass 1/K
+        q /= all_reduce(q.sum(dim=1, keepdim=True)) * K  # each prototype: total mass 1/K
         q /= q.sum(dim=0, keepdim=True) * B  # each image: total mass 1/B
     return (q * B).t()  # (B, K), rows sum to 1
 
@@ -148,7 +166,7 @@ def swav_loss(scores: list[Tensor], codes: list[Tensor], temperature: float) -> 
     """SwAV's swapped prediction. scores: V tensors (B, K) of prototype scores, one per crop, global crops first;
     codes: G tensors (B, K) of Sinkhorn codes of the global crops. The code of global crop g is predicted from
     every other crop v: −Σ_k q_g log softmax(s_v / τ). Returns (sum over pairs and images, pairs × B)."""
-    log_probs = [F.log_softmax(s.float() / temperature, dim=-1) for s in scores]  # V × (B, K)
+    log_probs = [F.log_softmax(wide(s) / temperature, dim=-1) for s in scores]  # V × (B, K)
     total, pairs = torch.zeros((), device=scores[0].device), 0
     for g, q in enumerate(codes):
         for v, log_p in enumerate(log_probs):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.models.heads import mlp
+from selfsup.objectives.gather import gather
 from selfsup.objectives.losses import moco_v2_loss
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
@@ -43,7 +44,9 @@ class MoCoV2(nn.Module):
         q = self.projector(h)  # (2B, E)
         loss, count = moco_v2_loss(q, keys, self.queue.clone(), self.temperature)  # the queue changes below
         if self.training:
-            self._enqueue(F.normalize(keys.float(), dim=1))
+            # every rank enqueues the keys of the global batch, in the order one process would: one queue
+            k2, k1 = F.normalize(keys.to(self.queue.dtype), dim=1).chunk(2)
+            self._enqueue(torch.cat([gather(k2, False), gather(k1, False)]))
         return LossOutput(loss, count, units=v1.shape[0], embeddings=h.detach().chunk(2),
                           projections=q.detach().chunk(2))
 

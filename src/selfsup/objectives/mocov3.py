@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.models.heads import mlp
+from selfsup.objectives.gather import gather, rank_and_world
 from selfsup.objectives.losses import moco_v3_loss
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
@@ -33,8 +34,10 @@ class MoCoV3(nn.Module):
             k1, k2 = self.momentum_encoder.projector(self.momentum_encoder.model(torch.cat([v1, v2]))).chunk(2)
         h = self.model(torch.cat([v1, v2]))  # (2B, D)
         q1, q2 = self.predictor(self.projector(h)).chunk(2)  # (B, E) each
-        loss_12, count = moco_v3_loss(q1, k2, self.temperature)
-        loss_21, _ = moco_v3_loss(q2, k1, self.temperature)
+        rank, _ = rank_and_world()  # across processes: the keys of the global batch, gathered without gradient
+        offset = rank * q1.shape[0]
+        loss_12, count = moco_v3_loss(q1, gather(k2, False), self.temperature, offset)
+        loss_21, _ = moco_v3_loss(q2, gather(k1, False), self.temperature, offset)
         return LossOutput(loss_12 + loss_21, count, units=v1.shape[0], embeddings=h.detach().chunk(2),
                           projections=(q1.detach(), q2.detach()))
 

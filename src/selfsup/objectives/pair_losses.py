@@ -11,10 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _wide(x: Tensor) -> Tensor:
-    """At least fp32: half-precision inputs are computed in fp32; float64 stays float64 (not cut to fp32)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from selfsup.objectives.losses import wide
 
 
 def clip_loss(media: Tensor, text: Tensor, log_scale: Tensor, all_media: Tensor | None = None,
@@ -29,10 +26,10 @@ def clip_loss(media: Tensor, text: Tensor, log_scale: Tensor, all_media: Tensor 
     Returns (Σ over the B rows of (ce_media→text + ce_text→media) / 2, B)."""
     all_media = media if all_media is None else all_media
     all_text = text if all_text is None else all_text
-    scale = _wide(log_scale).exp()
+    scale = wide(log_scale).exp()
     labels = torch.arange(media.shape[0], device=media.device) + offset  # (B,)
-    per_media = scale * _wide(media) @ _wide(all_text).t()  # (B, N)
-    per_text = scale * _wide(text) @ _wide(all_media).t()  # (B, N)
+    per_media = scale * wide(media) @ wide(all_text).t()  # (B, N)
+    per_text = scale * wide(text) @ wide(all_media).t()  # (B, N)
     loss = F.cross_entropy(per_media, labels, reduction="sum") + F.cross_entropy(per_text, labels, reduction="sum")
     return loss / 2, media.shape[0]
 
@@ -49,7 +46,7 @@ def siglip_loss(media: Tensor, text: Tensor, log_scale: Tensor, bias: Tensor, of
     Returns (Σ over the B × N pairs, B)."""
     if chunk:
         return _ChunkedSigmoid.apply(media, text, log_scale, bias, offset, chunk), media.shape[0]
-    logits = _wide(log_scale).exp() * _wide(media) @ _wide(text).t() + _wide(bias)  # (B, N)
+    logits = wide(log_scale).exp() * wide(media) @ wide(text).t() + wide(bias)  # (B, N)
     signs = -torch.ones_like(logits)
     signs[torch.arange(media.shape[0]), torch.arange(media.shape[0]) + offset] = 1.0
     return F.softplus(-signs * logits).sum(), media.shape[0]  # −log σ(x) = softplus(−x)
@@ -61,8 +58,8 @@ class _ChunkedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, media, text, log_scale, bias, offset, chunk):
-        m, t = _wide(media), _wide(text)
-        s, b = _wide(log_scale).exp(), _wide(bias)
+        m, t = wide(media), wide(text)
+        s, b = wide(log_scale).exp(), wide(bias)
         B, dtype = m.shape[0], torch.promote_types(m.dtype, t.dtype)
         grad_m, grad_t = torch.zeros_like(m), torch.empty_like(t)  # (B, E), (N, E)
         grad_scale, grad_bias = (torch.zeros((), device=m.device, dtype=dtype) for _ in range(2))

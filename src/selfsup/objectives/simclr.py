@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.models.heads import mlp
+from selfsup.objectives.gather import gather, rank_and_world
 from selfsup.objectives.losses import nt_xent
 from selfsup.objectives.output import LossOutput
 
@@ -29,6 +30,7 @@ class SimCLR(nn.Module):
             v1, v2 = self.views(batch["images"])[:2]  # (B, C, S, S) each
         h = self.model(torch.cat([v1, v2]))  # (2B, D)
         z1, z2 = self.projector(h).chunk(2)  # (B, E) each
-        loss, count = nt_xent(z1, z2, self.temperature)
+        rank, _ = rank_and_world()  # across processes: every view of the global batch is a negative
+        loss, count = nt_xent(z1, z2, self.temperature, gather(z1, True), gather(z2, True), rank * z1.shape[0])
         return LossOutput(loss, count, units=v1.shape[0], embeddings=h.detach().chunk(2),
                           projections=(z1.detach(), z2.detach()))

@@ -10,11 +10,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, console: Console, unit: str = "token"):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, console: Console, unit: str = "token",
+                 write: bool = True):
+        """write=False (processes other than rank 0): nothing is written."""
         self.unit = unit
         self.path = run_dir / "metrics.jsonl"
-        _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
-        self.file = open(self.path, "a")
+        self.file = None
+        if write:
+            _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
+            self.file = open(self.path, "a")
         self.console = console
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -26,6 +30,8 @@ class Monitor:
         self.progress.start()
 
     def log(self, record: dict) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         self.progress.update(self.task, completed=record["step"], loss=f"{record['loss']:.4f}",
@@ -36,7 +42,8 @@ class Monitor:
 
     def close(self) -> None:
         self.progress.stop()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -1,0 +1,251 @@
+"""Training on several processes equals training on one with the whole batch: each contrastive and distillation
+objective with 2 gloo processes on the CPU gives the one-process loss, gradients and state (queues, centres,
+BatchNorm statistics) to 1e-5; the trainer's two-process CLM run logs the one-process losses; the data position
+survives a change of world size; a run whose worker is killed resumes from its last complete checkpoint.
+
+Augmentations draw different random numbers in one and in two processes, so the objective-level tests feed
+fixed views (the centre view and its mirror image) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from selfsup import config
+from selfsup.data.loader import RowLoader
+from selfsup.models.sync_batchnorm import synchronize_batchnorm
+from selfsup.objectives.build import build_objective
+from selfsup.views.augment import center_view
+from tests.conftest import TINY
+from tests.test_train import losses
+
+OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip"]
+SMALL = ["image.size=16", "image.channels=1", "image.mean=[0.4]", "image.std=[0.3]", "model.dim=32", "model.depth=2",
+         "model.heads=2", "ssl.proj_hidden=32", "ssl.proj_dim=16", "ssl.pred_hidden=16", "ssl.queue_size=32",
+         "dino.out_dim=32", "dino.bottleneck=16", "dino.head_bn=true", "swav.prototypes=8", "views.local_crops=0",
+         "text.dim=32", "text.depth=1", "text.heads=2", "text.vocab_size=512", "text.context=8",
+         "align.embed_dim=16", "align.gather_with_grad=true"]
+GLOBAL_BATCH = 8
+
+
+class FixedViews(nn.Module):
+    """Two deterministic views: the normalised centre view and its mirror image (float64, see _step)."""
+
+    def forward(self, images):
+        x = center_view(images, 16, [0.4], [0.3]).double()
+        return [x, x.flip(-1)]
+
+
+class FixedImage(nn.Module):
+    def forward(self, images, lengths=None):
+        return (center_view(images, 16, [0.4], [0.3]).double(),)
+
+
+def _batch(name: str) -> dict:
+    g = torch.Generator().manual_seed(1)
+    batch = {"images": torch.randint(0, 256, (GLOBAL_BATCH, 1, 16, 16), generator=g, dtype=torch.uint8),
+             "index": torch.arange(GLOBAL_BATCH)}
+    if name in ("clip", "siglip"):
+        batch = {"media": batch["images"], "text": torch.randint(3, 500, (GLOBAL_BATCH, 8), generator=g),
+                 "text_mask": torch.ones(GLOBAL_BATCH, 8, dtype=torch.bool)}
+    return batch
+
+
+def _step(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """One forward and backward of `name` on this rank's rows of the global batch: loss sum, count, gradients
+    (summed over the processes) and the objective's buffers. In float64: a gradient shared by the whole batch
+    (the ViT's class token) sums terms that BatchNorm makes cancel, and in fp32 the order of that sum alone
+    moves it by ~1e-5 of its size; float64 shows the split into processes changes nothing else."""
+    torch.manual_seed(0)
+    objective = build_objective(config.load(name, SMALL))
+    # one process too: the same BatchNorm arithmetic on both sides (vs torch's own: see the test below)
+    synchronize_batchnorm(objective, torch.device("cpu"))
+    objective.double()
+    if hasattr(objective, "views"):
+        objective.views = FixedViews()
+    else:
+        objective.view = FixedImage()
+    objective.train()
+    rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    out = objective({k: v[rows] for k, v in _batch(name).items()})
+    out.loss.backward()
+    result = {"loss": out.loss.detach().reshape(1), "count": torch.tensor([float(out.count)])}
+    for n, p in objective.named_parameters():
+        if p.grad is not None:
+            result[f"grad/{n}"] = p.grad
+    result.update({f"buffer/{n}": b.float() for n, b in objective.named_buffers() if b.is_floating_point()})
+    if world > 1:
+        for k, v in result.items():
+            if not k.startswith("buffer/"):
+                dist.all_reduce(v)
+    return {k: v.detach().contiguous() for k, v in result.items()}
+
+
+def _worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        for name in OBJECTIVES:
+            result = _step(name, rank, world)
+            if rank == 0:
+                save_file(result, f"{out}/{name}.safetensors")
+            # every process's buffers must agree: they are the same queue, centre, running statistics
+            for k, v in result.items():
+                if k.startswith("buffer/"):
+                    other = v.clone()
+                    dist.broadcast(other, 0)
+                    assert torch.equal(other, v), (name, k)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two")
+    mp.spawn(_worker, args=(2, f"file://{out}/rendezvous", str(out)), nprocs=2, join=True)
+    return {name: load_file(out / f"{name}.safetensors") for name in OBJECTIVES}
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_two_processes_equal_one_with_the_whole_batch(name, two_process_results):
+    one, two = _step(name, 0, 1), two_process_results[name]
+    assert set(one) == set(two)
+    torch.testing.assert_close(two["loss"] / two["count"], one["loss"] / one["count"], rtol=0, atol=1e-5)
+    grads = [k for k in one if k.startswith("grad/")]
+    assert grads, "no gradients"
+    for k in grads:  # mean-loss gradients: summed over the processes and divided by the global count
+        torch.testing.assert_close(two[k] / two["count"], one[k] / one["count"], rtol=0, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    for k in one:
+        if k.startswith("buffer/"):
+            torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_global_batchnorm_in_one_process_is_batchnorm():
+    """Alone, GlobalBatchNorm computes what BatchNorm does: output, gradients (to fp32 rounding) and statistics."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 6, 5) * 3 + 1
+    reference = nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(6))
+    ours = synchronize_batchnorm(nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(6)), torch.device("cpu"))
+    ours.load_state_dict(reference.state_dict())
+    assert type(ours[1]).__name__ == "GlobalBatchNorm"
+    outputs = []
+    for net in (reference, ours):
+        y = net(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outputs.append((y, net[0].weight.grad, net[1].running_mean, net[1].running_var))
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    ours.eval()
+    torch.testing.assert_close(ours(x), reference.eval()(x))
+
+
+# ------------------------------------------------------------------------------------- the trainer, end to end
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "selfsup", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLM = ["model.dim=32", "model.depth=2", "model.heads=2", "model.context=32", "model.vocab_size=512",
+       "optim.lr=0.003", "sched.warmup_steps=2", "train.max_steps=6", "train.log_every=1", "train.eval_every=3",
+       "train.eval_batches=2", "data.workers=0"]
+
+
+def test_two_process_training_logs_the_one_process_losses(corpus, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, "train.batch_size=8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=4",
+             "dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "global batch 8 = 4 per process × 1 accumulated × 2 process(es)" in r.stdout
+    a, b = losses(one), losses(two)
+    assert sorted(b) == list(range(1, 7))
+    for step, loss in a.items():
+        assert b[step] == pytest.approx(loss, abs=1e-5), step
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s2["tokens_seen"] == s1["tokens_seen"] == 6 * 8 * 32
+    assert s2["val_loss"] == pytest.approx(s1["val_loss"], abs=1e-5)
+    assert s2["batch"]["processes"] == 2 and s2["batch"]["global_batch"] == 8
+    assert not (two / "checkpoints" / "step-00000006" / "rng.safetensors").stat().st_size == 0
+    assert "rank1/torch" in load_file(two / "checkpoints" / "step-00000006" / "rng.safetensors")
+
+
+def test_data_position_is_global_so_a_run_resumes_with_another_world_size():
+    """Sample ids: 3 steps on 2 processes, then the rest on 1 (and on 4), visit exactly what 1 process would."""
+    rows = np.arange(37)
+    straight = RowLoader({"x": rows}, seed=3)
+    expected = np.concatenate([straight.next_batch(8)["x"].numpy() for _ in range(10)])
+    ranks = [RowLoader({"x": rows}, seed=3) for _ in range(2)]
+    for r, loader in enumerate(ranks):
+        loader.shard(r, 2)
+    seen = [np.concatenate([loader.next_batch(4)["x"].numpy() for loader in ranks]) for _ in range(3)]
+    assert ranks[0].state() == ranks[1].state()
+    for world in (1, 4):
+        resumed = [RowLoader({"x": rows}, seed=3) for _ in range(world)]
+        for r, loader in enumerate(resumed):
+            loader.load_state(ranks[0].state())
+            loader.shard(r, world)
+        later = [np.concatenate([loader.next_batch(8 // world)["x"].numpy() for loader in resumed])
+                 for _ in range(7)]
+        np.testing.assert_array_equal(np.concatenate(seen + later), expected)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        path = f"/proc/{pid}/task/{task}/children"
+        if os.path.exists(path):
+            out += [int(c) for c in open(path).read().split()]
+    return out
+
+
+def test_killed_worker_then_resume_from_the_last_complete_checkpoint(corpus, tmp_path):
+    args = [*CLM, "train.batch_size=4", "train.max_steps=12", "train.checkpoint_every=4", "dist.nproc_per_node=2"]
+    full = tmp_path / "full"
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={full}", *args,
+             f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup", "train", "gpt-clm", f"data.path={corpus}",
+                             f"out_dir={out}", *args, f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").is_file() and max(losses(out), default=0) >= 5):
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before step 5"
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)  # one worker dies: the launcher stops the other and fails
+    assert proc.wait(timeout=60) != 0
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+    r = _cli("train", str(out), f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")  # the same command resumes
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout
+    after, expected = losses(out), losses(full)
+    assert sorted(after) == list(range(1, 13))
+    for step, loss in expected.items():
+        assert after[step] == pytest.approx(loss, abs=1e-6), step
