@@ -249,3 +249,63 @@ def test_killed_worker_then_resume_from_the_last_complete_checkpoint(corpus, tmp
     assert sorted(after) == list(range(1, 13))
     for step, loss in expected.items():
         assert after[step] == pytest.approx(loss, abs=1e-6), step
+
+
+def test_fsdp_logs_the_one_process_losses_writes_shards_and_resumes_on_one_process(corpus, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "fsdp"
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, "train.batch_size=8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=4",
+             "train.checkpoint_every=3", "dist.nproc_per_node=2", "dist.strategy=fsdp",
+             f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    for step, loss in a.items():
+        assert b[step] == pytest.approx(loss, abs=1e-5), step
+    shards = sorted(p.name for p in (two / "checkpoints" / "step-00000006" / "sharded").iterdir())
+    assert "__0_0.distcp" in shards and "__1_0.distcp" in shards  # each process wrote its part
+    # the consolidated model is the one-process model
+    full, single = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    assert set(full) >= set(single)
+    for k in single:
+        torch.testing.assert_close(full[k], single[k], rtol=0, atol=1e-5)
+    # resumed on one process from the shards, it continues (the data position and optimizer state carried over)
+    r = _cli("train", str(two), "train.max_steps=8", "dist.nproc_per_node=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout and sorted(losses(two)) == list(range(1, 9))
+    assert json.loads((two / "summary.json").read_text())["tokens_seen"] == 8 * 8 * 32 - 2 * 4 * 32
+
+
+def test_two_nodes_of_one_process_on_loopback(corpus, tmp_path):
+    endpoint = f"127.0.0.1:{_free_port()}"
+    out = tmp_path / "nodes"
+    common = ["train", "gpt-clm", f"data.path={corpus}", f"out_dir={out}", *CLM, "train.batch_size=4",
+              "dist.nnodes=2", f"dist.rdzv_endpoint={endpoint}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "selfsup", *common, f"dist.node_rank={rank}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for rank in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["batch"]["processes"] == 2
+    assert sorted(losses(out)) == list(range(1, 7))
+
+
+def test_activation_checkpointing_changes_no_gradient():
+    from selfsup.train.parallel import blocks, checkpoint_activations
+
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        objective = build_objective(config.load("mae", SMALL)).double()
+        assert len(blocks(objective)) == 2 + 2  # the encoder's and the decoder's
+        if recompute:
+            checkpoint_activations(objective)
+        objective.views = FixedViews()
+        torch.manual_seed(1)
+        objective({"images": _batch("mae")["images"], "index": torch.arange(GLOBAL_BATCH)}).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=0, atol=1e-6)

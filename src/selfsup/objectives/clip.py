@@ -27,7 +27,7 @@ class CLIP(Towers):
                  log_scale: float | None = None, max_scale: float = 100.0, local_loss: bool = False,
                  gather_with_grad: bool = False):
         super().__init__(media, view, text, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07) if log_scale is None else log_scale))
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / 0.07) if log_scale is None else log_scale]))
         self.max_log_scale = math.log(max_scale)
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
 

@@ -59,7 +59,7 @@ class _ChunkedSigmoid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, media, text, log_scale, bias, offset, chunk):
         m, t = wide(media), wide(text)
-        s, b = wide(log_scale).exp(), wide(bias)
+        s, b = wide(log_scale).exp().reshape(()), wide(bias).reshape(())  # scalars, whatever the parameter shape
         B, dtype = m.shape[0], torch.promote_types(m.dtype, t.dtype)
         grad_m, grad_t = torch.zeros_like(m), torch.empty_like(t)  # (B, E), (N, E)
         grad_scale, grad_bias = (torch.zeros((), device=m.device, dtype=dtype) for _ in range(2))
@@ -81,10 +81,10 @@ class _ChunkedSigmoid(torch.autograd.Function):
             grad_scale += s * (g * dots).sum()
             grad_bias += g.sum()
         ctx.save_for_backward(grad_m, grad_t, grad_scale, grad_bias)
-        ctx.dtypes = (media.dtype, text.dtype, log_scale.dtype, bias.dtype)
+        ctx.like = [(x.dtype, x.shape) for x in (media, text, log_scale, bias)]
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grads = [(g * grad_loss).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        grads = [(g * grad_loss).to(dtype).reshape(shape) for g, (dtype, shape) in zip(ctx.saved_tensors, ctx.like)]
         return *grads, None, None

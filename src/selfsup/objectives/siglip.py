@@ -25,8 +25,8 @@ class SigLIP(Towers):
                  log_scale: float | None = None, max_scale: float = 100.0, bias: float = -10.0,
                  gather_with_grad: bool = False, chunk: int = 0):
         super().__init__(media, view, text, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0) if log_scale is None else log_scale))
-        self.logit_bias = nn.Parameter(torch.tensor(bias))
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(10.0) if log_scale is None else log_scale]))
+        self.logit_bias = nn.Parameter(torch.tensor([bias]))
         self.max_log_scale = math.log(max_scale)
         self.gather_with_grad, self.chunk = gather_with_grad, chunk
 
@@ -41,8 +41,8 @@ class SigLIP(Towers):
                                   chunk=self.chunk)
         with torch.no_grad():
             hits = (media @ text.t()).argmax(dim=1) == torch.arange(B, device=media.device)
-        metrics = {"logit_scale": self.logit_scale.detach().exp(), "logit_bias": self.logit_bias.detach(),
-                   "pair_acc": hits.float().mean()}
+        metrics = {"logit_scale": self.logit_scale.detach().exp(), "pair_acc": hits.float().mean(),
+                   "logit_bias": self.logit_bias.detach().clone()}  # a copy: FSDP frees the gathered parameter
         return LossOutput(loss, count, units=B, metrics=metrics, embeddings=(features.detach(),),
                           projections=(media.detach(), text.detach()))
 

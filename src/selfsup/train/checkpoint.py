@@ -7,6 +7,9 @@ loading a checkpoint never runs code from it.
         rng.safetensors     torch (and CUDA) generator states, of every process ('rank<r>/...' beyond rank 0)
         state.json          step, data position, optimizer hyper-parameters, Python/NumPy RNG, counters
 
+With FSDP the model and optimizer are instead sharded/ (torch.distributed.checkpoint: each process writes its own
+shards, which reload onto any number of processes), and the final model.safetensors is gathered from them.
+
 A checkpoint is written into a hidden temporary folder and renamed into place, so a run killed while saving
 leaves the previous checkpoint intact; only the newest `keep` are kept.
 """
@@ -38,22 +41,68 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))  # stores a tensor shared by two modules once
     tensors, optim_json = _split_optimizer(optimizer.state_dict())
+    optim_json["names"] = _param_names(model, optimizer)  # lets a sharded run of another world size read it
     save_file(tensors, tmp / "optim.safetensors")
+    _publish(tmp, final, root, keep, rng, dict(step=step, **extra), {"optimizer": optim_json})
+    return final
+
+
+def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
+                 keep: int, rng: list[dict], procs) -> Path:
+    """FSDP: every process writes its own shards of model and optimizer state with torch.distributed.checkpoint
+    into sharded/ (which reloads onto any number of processes); rank 0 adds rng and state.json and publishes the
+    folder by renaming it, once every shard is on disk."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from selfsup.train.distributed import barrier
+
+    root = run_dir / "checkpoints"
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}-sharded"  # one name every process agrees on
+    if procs.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(procs)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "sharded"))
+    barrier(procs)
+    if procs.main:
+        _publish(tmp, final, root, keep, rng, dict(step=step, sharded=True, **extra), {})
+    barrier(procs)
+    return final
+
+
+def save_final(path: Path, model: nn.Module, main: bool, sharded: bool) -> None:
+    """The trained objective as one safetensors file, written by rank 0; FSDP's shards are gathered into it
+    (consolidated, every process taking part)."""
+    if not sharded:
+        if main:
+            save_model(model, str(path))  # stores a tensor shared by two modules once
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if main:
+        save_file({k: v.contiguous().clone() for k, v in full.items()}, str(path))  # tied weights: one copy each
+
+
+def _publish(tmp: Path, final: Path, root: Path, keep: int, rng: list[dict], state: dict, optim_json: dict) -> None:
     tensors = dict(rng[0]["torch"])
     for r, other in enumerate(rng[1:], 1):
         tensors.update({f"rank{r}/{k}": v for k, v in other["torch"].items()})
     save_file(tensors, tmp / "rng.safetensors")
-    state = dict(step=step, optimizer=optim_json, python_rng=rng[0]["python"], numpy_rng=rng[0]["numpy"],
-                 ranks_rng=[{"python": o["python"], "numpy": o["numpy"]} for o in rng[1:]], **extra)
+    state = dict(state, python_rng=rng[0]["python"], numpy_rng=rng[0]["numpy"],
+                 ranks_rng=[{"python": o["python"], "numpy": o["numpy"]} for o in rng[1:]], **optim_json)
     (tmp / "state.json").write_text(json.dumps(state))
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -65,9 +114,14 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
     """Restore model, optimizer and this process's RNG states (when the checkpoint has them: a run resumed with
     more processes has none for the new ones); return state.json (step, data position, counters)."""
     state = json.loads((path / "state.json").read_text())
-    device = next(model.parameters()).device
-    load_model(model, str(path / "model.safetensors"), device=str(device))
-    optimizer.load_state_dict(_join_optimizer(load_file(path / "optim.safetensors"), state["optimizer"]))
+    if state.get("sharded"):
+        _load_sharded(path, model, optimizer)
+    elif any(hasattr(p, "device_mesh") for p in model.parameters()):
+        _load_whole_into_shards(path, state, model, optimizer)
+    else:
+        device = next(model.parameters()).device
+        load_model(model, str(path / "model.safetensors"), device=str(device))
+        optimizer.load_state_dict(_join_optimizer(load_file(path / "optim.safetensors"), state["optimizer"]))
     if not has_rng(path, rank):
         return state
     prefix = f"rank{rank}/" if rank else ""
@@ -81,6 +135,37 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
     random.setstate(_tuples(python))
     np.random.set_state(tuple(numpy[:1]) + (np.array(numpy[1], dtype=np.uint32),) + tuple(numpy[2:]))
     return state
+
+
+def _load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Shards written by save_sharded, read onto this run's sharding (any number of processes)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(path / "sharded"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _load_whole_into_shards(path: Path, state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A one-process (or DDP) checkpoint read by an FSDP run: every process reads the whole state, keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = state["optimizer"].get("names")
+    if names is None:
+        raise ValueError(f"{path} predates sharded training (no parameter names): resume it with dist.strategy=ddp")
+    flat = _join_optimizer(load_file(path / "optim.safetensors"), state["optimizer"])
+    optim_state = {"state": {names[int(i)]: v for i, v in flat["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in flat["param_groups"]]}
+    set_state_dict(model, optimizer, model_state_dict=load_file(path / "model.safetensors"),
+                   optim_state_dict=optim_state, options=StateDictOptions(full_state_dict=True))
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter in the optimizer's numbering (its state-dict indices)."""
+    name = {id(p): n for n, p in model.named_parameters()}
+    return [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
 def has_rng(path: Path, rank: int) -> bool:

@@ -19,7 +19,9 @@ from selfsup.data.text import DataError
 
 
 class RunData:
-    def __init__(self, cfg: RunConfig, run_dir: Path, log):
+    def __init__(self, cfg: RunConfig, run_dir: Path, log, write: bool = True):
+        """write: this process writes the tokenizer into the run directory (rank 0 alone does)."""
+        self.write = write
         self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = None
         d = cfg.data
         cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
@@ -33,7 +35,8 @@ class RunData:
 
     def _text(self, cfg: RunConfig, run_dir: Path, log) -> None:
         corpus = prepare(cfg.data, cfg.model.vocab_size, log=log)
-        shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
+        if self.write:
+            shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
         self.tokenizer, self.corpus = corpus.tokenizer, corpus
         self.unigram_ppl = corpus.meta["unigram_ppl"]
         self.summary = dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
@@ -74,7 +77,8 @@ class RunData:
             saved = run_dir / "tokenizer.json"  # a resumed run keeps the tokenizer it started with
             self.tokenizer = caption_tokenizer(train.captions, cfg.text.vocab_size,
                                                str(saved) if saved.is_file() else d.tokenizer)
-            self.tokenizer.save(str(saved))
+            if self.write:
+                self.tokenizer.save(str(saved))
             self.loader, self.val_loader = (self._pairs(cfg, split, seed=cfg.seed, shuffle=shuffle)
                                             for split, shuffle in ((train, True), (val, False)))
             what = f"{modality}-text pairs"

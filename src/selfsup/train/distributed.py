@@ -9,8 +9,10 @@ Rank 0 alone writes the run directory, logs and progress; every rank reads its o
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -61,7 +63,8 @@ def launch(cfg: RunConfig, argv: list[str]) -> None:
     args = ["--nproc-per-node", str(d.nproc_per_node), "--nnodes", str(d.nnodes), "--node-rank", str(d.node_rank),
             "--rdzv-endpoint", d.rdzv_endpoint, "--max-restarts", "0"]
     if d.nnodes > 1:
-        args += ["--rdzv-backend", "c10d", "--rdzv-id", "selfsup"]
+        run_id = hashlib.sha256(str(Path(cfg.out_dir).resolve()).encode()).hexdigest()[:12]  # one per run directory
+        args += ["--rdzv-backend", "c10d", "--rdzv-id", f"selfsup-{run_id}"]
     else:
         args += ["--master-addr", d.rdzv_endpoint.rpartition(":")[0], "--master-port",
                  d.rdzv_endpoint.rpartition(":")[2]]

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from safetensors.torch import save_model
-from torch.nn.parallel import DistributedDataParallel
 
 from selfsup import config as config_mod
 from selfsup.config import RunConfig
@@ -35,6 +33,7 @@ from selfsup.train import distributed
 from selfsup.train.cost import nominal_power, run_cost
 from selfsup.train.data import RunData
 from selfsup.train.distributed import Processes
+from selfsup.train.parallel import is_sharded, no_sync, parallelize
 from selfsup.train.mfu import count_flops, peak_flops
 from selfsup.train.monitor import Monitor, read_metrics
 from selfsup.train.schedule import lr_at
@@ -109,15 +108,14 @@ def evaluate(objective, loader: PackedWindows | RowLoader, batch_size: int, batc
 
 def accumulate(model, batches, device: torch.device, precision: str, procs: Processes = Processes()):
     """Forward and backward every micro-batch of one optimizer step, then divide the summed gradient by the
-    count of the whole step over all processes. `model` is the objective, or its DDP wrapper, which averages the
-    gradients over the processes once, on the last micro-batch. Returns (mean loss per term over all processes,
+    count of the whole step over all processes. `model` is the objective, wrapped or sharded (train/parallel.py):
+    DDP and FSDP average the gradients over the processes once, on the last micro-batch. Returns (mean loss per term over all processes,
     units processed by all, the last micro-batch's output, whose embeddings the collapse monitor reads)."""
     loss_sum, count, units, out = torch.zeros((), device=device), torch.zeros((), device=device), 0, None
     batches = list(batches)
     for i, batch in enumerate(batches):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        sync = nullcontext() if i == len(batches) - 1 or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with no_sync(model, last=i == len(batches) - 1):
             with autocast(device, precision):
                 out = model(batch)
             out.loss.backward()
@@ -150,12 +148,16 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     # directory), then the first process of every other machine, then everyone else, who find it made
     for turn in (procs.main, procs.local_main and not procs.main, not procs.local_main):
         if turn:
-            data = RunData(cfg, run_dir, log=log)
+            data = RunData(cfg, run_dir, log=log, write=procs.main)
         distributed.barrier(procs)
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
-    optimizer = optim.build(objective, cfg.optim, device)
+    model = parallelize(objective, cfg, procs, device)  # DDP, FSDP2 or HSDP; activation checkpointing
+    sharded = is_sharded(objective)
+    if t_cfg.compile:
+        objective.compile()  # the loss too, so its fp32 upcast fuses into the softmax; state-dict keys unchanged
+    optimizer = optim.build(objective, cfg.optim, device)  # after sharding: FSDP's parameters are its shards
     if cfg.modality == "text":
         data.text_loaders(cfg, objective.window_overlap)
     loader, val_loader = data.loader, data.val_loader
@@ -178,14 +180,6 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     if procs.main:
         (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
 
-    if t_cfg.compile:
-        objective.compile()  # the loss too, so its fp32 upcast fuses into the softmax; state-dict keys unchanged
-    model = objective
-    if procs.world > 1:
-        # gradients averaged over the processes; buffers start equal (synced at init), then queues, centres and
-        # BatchNorm statistics are kept in step by the objectives themselves, not by rank 0
-        model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                                        forward_sync_buffers=False)
     params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     # text: the PaLM formula; others: counted by torch's FlopCounterMode on this process's second step
     flops_per_unit = objective.flops_per_token() if unit == "token" else counters.get(f"flops_per_{unit}")
@@ -212,6 +206,9 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         counters["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
         state = {"data": loader.state(), "counters": counters}
         rng = distributed.gather_objects(procs, checkpoint.rng_state())
+        if sharded:  # every process writes its shards
+            return checkpoint.save_sharded(run_dir, step, objective, optimizer, state, t_cfg.keep_checkpoints, rng,
+                                           procs)
         path = None
         if procs.main:
             path = checkpoint.save(run_dir, step, objective, optimizer, state, t_cfg.keep_checkpoints, rng)
@@ -240,7 +237,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                 flops_per_unit = counters[f"flops_per_{unit}"] = flops * procs.world / max(units, 1)
             else:
                 loss_value, units, out = accumulate(model, batches, device, t_cfg.precision, procs)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params_list, t_cfg.clip_grad or float("inf")).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params_list, t_cfg.clip_grad or float("inf"))
+            grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
             step += 1
             counters[f"{unit}s_seen"] += units
             units_log += units
@@ -310,8 +308,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     if status == "finished":
         if val_loss is None:  # resumed a run that had already finished
             val_loss = validate()
-        if procs.main:
-            save_model(objective, str(run_dir / "model.safetensors"))  # backbone and heads
+        checkpoint.save_final(run_dir / "model.safetensors", objective, procs.main, sharded)  # backbone and heads
     summary = _summary(cfg, run_dir, data, unit, status, step, counters, params, flops_per_unit, peak, device,
                        val_loss, batch_info, write=procs.main)
     distributed.barrier(procs)
