@@ -48,7 +48,8 @@ def parallelize(objective: nn.Module, cfg: RunConfig, procs: Processes, device: 
                                        forward_sync_buffers=False)
     if cfg.dist.strategy == "hsdp":  # shard within a machine (as the launcher counts it), replicate across
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", procs.world // cfg.dist.nnodes))
-        mesh = init_device_mesh(device.type, (cfg.dist.nnodes, per_node), mesh_dim_names=("replicate", "shard"))
+        mesh = init_device_mesh(device.type, (procs.world // per_node, per_node),
+                                mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(device.type, (procs.world,))
     # bf16: parameters gathered in bf16 for compute, gradients reduced and kept in fp32 (the master copy)
