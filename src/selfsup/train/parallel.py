@@ -8,6 +8,7 @@ machine, replicated across machines), and activation checkpointing per block.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -65,25 +66,19 @@ def is_sharded(model: nn.Module) -> bool:
     return any(hasattr(p, "device_mesh") for p in model.parameters())
 
 
+@contextmanager
 def no_sync(model: nn.Module, last: bool):
     """The context for one micro-batch's backward: gradients are reduced across processes on the last only."""
-    from contextlib import nullcontext
-
     if last:
-        return nullcontext()
-    if hasattr(model, "no_sync"):  # DDP
-        return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        return _FSDPNoSync(model)
-    return nullcontext()
-
-
-class _FSDPNoSync:
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.model.set_requires_gradient_sync(False)
-
-    def __exit__(self, *exc):
-        self.model.set_requires_gradient_sync(True)
+        yield
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield

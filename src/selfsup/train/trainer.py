@@ -27,15 +27,14 @@ from selfsup.data.loader import RowLoader
 from selfsup.data.packing import PackedWindows
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
-from selfsup.train import checkpoint, optim
+from selfsup.train import checkpoint, distributed, optim
 from selfsup.train.collapse import collapse_metrics, collapse_warning
-from selfsup.train import distributed
 from selfsup.train.cost import nominal_power, run_cost
 from selfsup.train.data import RunData
 from selfsup.train.distributed import Processes
-from selfsup.train.parallel import is_sharded, no_sync, parallelize
 from selfsup.train.mfu import count_flops, peak_flops
 from selfsup.train.monitor import Monitor, read_metrics
+from selfsup.train.parallel import is_sharded, no_sync, parallelize
 from selfsup.train.schedule import lr_at
 
 
@@ -109,8 +108,9 @@ def evaluate(objective, loader: PackedWindows | RowLoader, batch_size: int, batc
 def accumulate(model, batches, device: torch.device, precision: str, procs: Processes = Processes()):
     """Forward and backward every micro-batch of one optimizer step, then divide the summed gradient by the
     count of the whole step over all processes. `model` is the objective, wrapped or sharded (train/parallel.py):
-    DDP and FSDP average the gradients over the processes once, on the last micro-batch. Returns (mean loss per term over all processes,
-    units processed by all, the last micro-batch's output, whose embeddings the collapse monitor reads)."""
+    DDP and FSDP average the gradients over the processes once, on the last micro-batch. Returns (mean loss per
+    term over all processes, units processed by all, the last micro-batch's output, whose embeddings the collapse
+    monitor reads)."""
     loss_sum, count, units, out = torch.zeros((), device=device), torch.zeros((), device=device), 0, None
     batches = list(batches)
     for i, batch in enumerate(batches):
