@@ -177,10 +177,10 @@ def test_two_process_training_logs_the_one_process_losses(corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, "train.batch_size=8")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=4",
-             "dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=2",
+             "train.grad_accum=2", "dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "global batch 8 = 4 per process × 1 accumulated × 2 process(es)" in r.stdout
+    assert "global batch 8 = 2 per process × 2 accumulated × 2 process(es)" in r.stdout  # DDP's no_sync too
     a, b = losses(one), losses(two)
     assert sorted(b) == list(range(1, 7))
     for step, loss in a.items():

@@ -119,7 +119,8 @@ class TrainConfig(Section):
     clip_grad: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(200, gt=0, description="validation loss every N steps (and at the end)")
-    eval_batches: int = Field(20, gt=0)
+    eval_batches: int = Field(20, gt=0, description="validation batches, each of a global batch's rows (batch_size × "
+                              "grad_accum × processes), so the validation set is the same on any number of processes")
     checkpoint_every: int = Field(200, gt=0)
     keep_checkpoints: int = Field(2, gt=0, description="how many of the latest checkpoints to keep")
     max_bad_steps: int = Field(20, gt=0, description="consecutive non-finite losses before the run stops")

@@ -218,8 +218,9 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     def validate() -> float | None:
         if val_loader is None:
             return None
-        return evaluate(objective, val_loader, t_cfg.batch_size, t_cfg.eval_batches, device, t_cfg.precision,
-                        procs)
+        # batches of a whole step's rows (no gradients to keep): the same validation rows on any number of processes
+        return evaluate(objective, val_loader, t_cfg.batch_size * t_cfg.grad_accum, t_cfg.eval_batches, device,
+                        t_cfg.precision, procs)
 
     bad_in_a_row, status, val_loss, steps_here = 0, "finished", None, 0
     t_log, units_log, loss_log = time.perf_counter(), 0, []
