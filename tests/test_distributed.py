@@ -251,12 +251,14 @@ def test_killed_worker_then_resume_from_the_last_complete_checkpoint(corpus, tmp
         assert after[step] == pytest.approx(loss, abs=1e-6), step
 
 
-def test_fsdp_logs_the_one_process_losses_writes_shards_and_resumes_on_one_process(corpus, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "fsdp"
+@pytest.mark.parametrize("strategy", ["fsdp", "hsdp"])  # hsdp on one machine: a 1 × 2 mesh
+def test_sharded_training_logs_the_one_process_losses_writes_shards_and_resumes_on_one_process(strategy, corpus,
+                                                                                              tmp_path):
+    one, two = tmp_path / "one", tmp_path / strategy
     r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, "train.batch_size=8")
     assert r.returncode == 0, r.stderr[-3000:]
     r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=4",
-             "train.checkpoint_every=3", "dist.nproc_per_node=2", "dist.strategy=fsdp",
+             "train.checkpoint_every=3", "dist.nproc_per_node=2", f"dist.strategy={strategy}",
              f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = losses(one), losses(two)
