@@ -14,7 +14,8 @@ import hashlib
 import os
 import shutil
 import struct
-from collections import deque
+import tarfile
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
@@ -52,6 +53,32 @@ def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int) 
         while pending:
             chunk, future = pending.popleft()
             yield chunk, future.result()
+
+
+def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per webdataset sample of a .tar: as in webdataset, a sample is a run of
+    consecutive members sharing a key (the member path up to the first dot of its basename); only members whose
+    extension (lower case, no dot) is in `wanted` are read. A damaged archive counts as 'corrupt tar'."""
+    key, sample = None, {}
+    try:
+        with tarfile.open(f) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                k = f"{folder}/{stem}" if folder else stem
+                if k != key:
+                    if key is not None:
+                        yield key, sample
+                    key, sample = k, {}
+                if ext.lower() in wanted:
+                    sample[ext.lower()] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError):
+        skipped["corrupt tar"] += 1
+        return
+    if key is not None:
+        yield key, sample
 
 
 def build_once(out: Path, build: Callable[[Path], None]) -> None:

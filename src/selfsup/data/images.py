@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest
+from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest, tar_samples
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 
@@ -181,28 +180,8 @@ def _items(root: Path, files: list[Path], skipped: Counter) -> Iterator[_Item]:
 
 
 def _tar_items(f: Path, rel: str, skipped: Counter) -> Iterator[_Item]:
-    """One item per webdataset sample. As in webdataset, a sample is a run of consecutive members that share a
-    key: the member path up to the first dot of its basename."""
-    key, sample = None, {}
-    try:
-        with tarfile.open(f) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                k = f"{folder}/{stem}" if folder else stem
-                if k != key:
-                    if key is not None:
-                        yield from _tar_sample(rel, key, sample, skipped)
-                    key, sample = k, {}
-                ext = ext.lower()
-                if f".{ext}" in IMAGE_SUFFIXES or ext in LABEL_EXTS:  # other members (json, ...) are not read
-                    sample[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError):
-        skipped["corrupt tar"] += 1
-        return
-    if key is not None:
+    wanted = tuple(suffix[1:] for suffix in IMAGE_SUFFIXES) + LABEL_EXTS  # other members (json, ...) are not read
+    for key, sample in tar_samples(f, wanted, skipped):
         yield from _tar_sample(rel, key, sample, skipped)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ import numpy as np
 
 from selfsup.data import images as image_data
 from selfsup.data.audio import AUDIO_SUFFIXES, clip_frames, decode_audio
-from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest
+from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest, tar_samples
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 from selfsup.data.video import VIDEO_SUFFIXES, decode_video
@@ -263,47 +262,23 @@ def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter, captions: b
 
 
 def _tar_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[_Item]:
-    """One item per webdataset sample (consecutive members sharing the path up to the first dot of the name)."""
     media = SUFFIXES[modality]
-    key, sample = None, {}
-
-    def item() -> Iterator[_Item]:
+    for key, sample in tar_samples(f, tuple(suffix[1:] for suffix in media) + ("txt", "cls", "label"), skipped):
         ext = next((e for e in sample if f".{e}" in media), None)
         if ext is None:
             skipped[f"no {modality} in tar sample"] += 1
-            return
+            continue
         try:
             caption = sample["txt"].decode().strip() if "txt" in sample else None
             label = int(sample["cls"].decode()) if "cls" in sample else None
             label = sample["label"].decode().strip() if "label" in sample else label
         except ValueError:  # UnicodeDecodeError included
             skipped["bad caption or label"] += 1
-            return
+            continue
         if captions and not caption:
             skipped["no caption"] += 1
-            return
+            continue
         yield _Item(f"{rel}#{key}", caption or None, label, "bytes", sample[ext])
-
-    try:
-        with tarfile.open(f) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                k = f"{folder}/{stem}" if folder else stem
-                if k != key:
-                    if key is not None:
-                        yield from item()
-                    key, sample = k, {}
-                ext = ext.lower()
-                if f".{ext}" in media or ext in ("txt", "cls", "label"):
-                    sample[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError):
-        skipped["corrupt tar"] += 1
-        return
-    if key is not None:
-        yield from item()
 
 
 def _decode_chunk(items: list[_Item], modality: str, decode: dict):
