@@ -50,8 +50,10 @@ def train(
     from selfsup.train.trainer import train as run_training
 
     cfg = config_mod.load(source, overrides or [])
-    if distributed.wants_launch(cfg):  # this process starts the workers, waits, then reports
+    if distributed.wants_launch(cfg):  # this process starts the workers, waits, then reports (the first machine's)
         distributed.launch(cfg, ["train", source, *(overrides or [])])
+        if cfg.dist.node_rank != 0:
+            return
         summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
     else:
         summary = run_training(cfg, console)
@@ -246,6 +248,10 @@ def _joint(task, run_dir, cfg, objective, tok, test_path, prompts, baselines, de
     from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs
     from selfsup.eval.features import random_objective
 
+    templates = list(prompts or joint.TEMPLATES[cfg.modality])
+    for t in templates:  # before any decoding
+        if "{label}" not in t:
+            raise config_mod.ConfigError(f"--prompt '{t}' has no {{label}}; expected e.g. \"a photo of a {{label}}\"")
     models = {"pretrained": objective}
     if "random" in baselines:
         models["random"] = random_objective(cfg, tok, dev)
@@ -253,11 +259,6 @@ def _joint(task, run_dir, cfg, objective, tok, test_path, prompts, baselines, de
     results = {}
     if task == "zeroshot":
         test_set, inputs = _labeled_set(cfg, objective, tok, test_path)
-        templates = list(prompts or joint.TEMPLATES[cfg.modality])
-        for t in templates:
-            if "{label}" not in t:
-                raise config_mod.ConfigError(f"--prompt '{t}' has no {{label}}; expected e.g. \"a photo of a "
-                                             "{label}\"")
         for name, model in models.items():
             results[name] = joint.zeroshot(model, tok, inputs, test_set.items, test_set.labels, test_set.classes,
                                            templates, context, batch_size, dev,
@@ -436,7 +437,8 @@ def digits(out: Path = typer.Option(..., help="output folder for train/ and test
     from selfsup.data.digits import write_digits
 
     counts = write_digits(out)
-    console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and {out}/test, "
+    console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and "
+                  f"{out}/test, "
                   f"with generated captions in {out}/train.jsonl and {out}/test.jsonl")
 
 

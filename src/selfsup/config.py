@@ -235,10 +235,10 @@ class AlignConfig(Section):
                                       "clip, ln 10 for siglip); learned")
     max_logit_scale: float = Field(100.0, gt=0, description="the learned scale is clamped to at most this")
     logit_bias: float = Field(-10.0, description="siglip: initial learned bias")
-    local_loss: bool = Field(False, description="multi-process: each rank scores its own rows against all gathered "
+    local_loss: bool = Field(True, description="multi-process: each rank scores its own rows against all gathered "
                              "features (open_clip's local_loss)")
-    gather_with_grad: bool = Field(False, description="multi-process: gradients flow back through the gathered "
-                                   "features of other ranks")
+    gather_with_grad: bool = Field(True, description="multi-process: gradients flow back through the gathered "
+                                   "features of other ranks (needed for the global batch's exact gradient)")
     chunk: int = Field(0, ge=0, description="siglip: text rows per block of the pairwise loss, which then never "
                        "holds the whole batch x batch matrix (0: in one piece)")
 
@@ -273,7 +273,8 @@ class DistConfig(Section):
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
     objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet); images: simclr, "
-                                 "mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster; pairs with text: clip, siglip; audio: hubert")
+                                 "mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster; pairs with text: clip, "
+                                 "siglip; audio: hubert")
     out_dir: str = Field("", description="run directory (default runs/<recipe>)")
     seed: int = 0
     data: DataConfig = DataConfig()

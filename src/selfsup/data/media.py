@@ -12,9 +12,10 @@ twice); otherwise its media files are.
 
 Rows: images uint8 (C, S, S) as data/images.py decodes them; audio float16 log-mel (n_mels, frames) with the
 number of frames that hold real audio (data/audio.py); video uint8 (F, C, S, S), F frames at segment centres
-(data/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a pair
-without a caption when captions are asked for (alignment); what decoding did to a kept clip (resampled, mixed to
-mono, clipped, padded, cropped, repeated frames) is counted as notes. Samples go to train or validation by a hash of their identity, as images do.
+(data/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a
+pair without a caption when captions are asked for (alignment); what decoding did to a kept clip (resampled,
+mixed to mono, clipped, padded, cropped, repeated frames) is counted as notes. Samples go to train or validation
+by a hash of their identity, as images do.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def _cache_key(root: Path, files: list[Path], modality: str, decode: dict, val_f
         if f.suffix.lower() == ".jsonl":  # the media a pair file points at are part of the data too
             for line in f.read_text(errors="replace").splitlines():
                 try:
-                    member = json.loads(line).get(modality)
+                    record = json.loads(line)
+                    member = record.get(modality, record.get("path"))  # as _jsonl_items reads it
                 except (ValueError, AttributeError):
                     continue
                 if isinstance(member, str):

@@ -6,12 +6,13 @@ across a black canvas, with captions, for the video and video-text demos and tes
                                                                      "label": the digit})
 
 Each clip is 8 frames of 32×32 RGB (grey content): one 8×8 digit (values 0..16 scaled to 0..255, white on black)
-upscaled to 12×12 with bicubic, moving in one of four directions, the class of the folders: "left", "right", "up", "down" (telling them apart
-needs the order of the frames); the .jsonl files label each clip by its digit instead (appearance). Its
-speed is 2..20/7 px/frame (at most 20 px in 7 steps, the room a 12 px digit has in 32 px, so it never leaves the
-frame), its start is random within the room left over, and its position across the motion is random. Test clips
-use the digit images `digits.py` puts in test (every fourth per class), so test handwriting is never seen in
-training. Captions name the digit and the motion in varied words ("a handwritten seven drifting upward").
+upscaled to 12×12 with bicubic, moving in one of four directions, the class of the folders: "left", "right", "up",
+"down" (telling them apart needs the order of the frames); the .jsonl files label each clip by its digit instead
+(appearance). Its speed is 2..20/7 px/frame (at most 20 px in 7 steps, the room a 12 px digit has in 32 px, so it
+never leaves the frame), its start is random within the room left over, and its position across the motion is
+random. Test clips use the digit images `digits.py` puts in test (every fourth per class), so test handwriting is
+never seen in training. Captions name the digit and the motion in varied words ("a handwritten seven drifting
+upward").
 
 Everything is drawn from one seeded numpy Generator, so the frames are identical on every machine. The files are
 MPEG-4 part 2 in .mp4 at a fixed quantiser 2 (decoded pixels within about 8 of 255 levels of the drawn ones), encoded

@@ -36,6 +36,7 @@ class JointMedia(nn.Module):
         super().__init__()
         self.objective = objective
         self.out_dim = objective.media_proj.out_features
+        self.train(objective.training)  # encode() restores this flag: it must be the objective's
 
     def forward(self, *args) -> Tensor:
         return self.objective.project_media(self.objective.model(*args))

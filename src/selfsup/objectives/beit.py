@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.models.vit import ViT
+from selfsup.objectives.gather import broadcast
 from selfsup.objectives.kmeans import kmeans, nearest
 from selfsup.objectives.losses import normalize_patches, patchify, token_cross_entropy
 from selfsup.objectives.output import LossOutput
@@ -54,7 +55,7 @@ class BEiT(nn.Module):
                         *self._norm)  # (N, C, H, W)
         patches = normalize_patches(patchify(x, self.model.patch)).flatten(0, 1)  # (N·T, P·P·C)
         centroids, _ = kmeans(patches, self.codebook.shape[0], iters=20, generator=g)
-        self.codebook.copy_(centroids)
+        self.codebook.copy_(broadcast(centroids))  # the same targets on every process
         self.codebook_ready.fill_(True)
 
     def forward(self, batch: dict[str, Tensor]) -> LossOutput:

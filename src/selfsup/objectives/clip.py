@@ -4,9 +4,9 @@ ln(1/0.07) and is clamped after every step so the scale stays within [1, 100] (C
 
 Across processes (align.local_loss, align.gather_with_grad, as open_clip): features are gathered from every rank;
 with local_loss each rank scores its own rows against the whole global batch, otherwise every rank computes the
-whole global loss. The count returned makes the trainer's gradient the global mean's when averaged over ranks:
-a rank's own rows when its gradient reaches only them (local_loss, or no gather_with_grad), the global batch
-when gather_with_grad sends every term's gradient everywhere.
+whole global loss. The count returned makes the logged loss the global mean in every mode, and the gradients the
+global mean's with gather_with_grad (the default, with local_loss); without it the towers' gradients are 1/world of
+that (as open_clip's default: each rank's gradient reaches its own rows only) and the scale's exact.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ class CLIP(Towers):
         B = media.shape[0]
         if self.local_loss or world == 1:
             loss, count = clip_loss(media, text, self.logit_scale, all_media, all_text, offset=rank * B)
-        else:
+        elif self.gather_with_grad:  # every rank the whole loss, every term's gradient reaching every row
             loss, count = clip_loss(all_media, all_text, self.logit_scale)
-            count = count if self.gather_with_grad else B
+        else:  # every rank the whole loss, its gradient reaching this rank's rows only (open_clip's default)
+            loss, count = clip_loss(all_media, all_text, self.logit_scale)
+            loss, count = loss / world, B
         with torch.no_grad():
             hits = (media @ text.t()).argmax(dim=1) == torch.arange(B, device=media.device)
         metrics = {"logit_scale": self.logit_scale.detach().exp(), "pair_acc": hits.float().mean()}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.models.heads import mlp
+from selfsup.objectives.gather import broadcast
 from selfsup.objectives.kmeans import kmeans, pca_whiten
 from selfsup.objectives.output import LossOutput
 from selfsup.views.augment import center_view
@@ -69,7 +70,7 @@ class DeepCluster(nn.Module):
         x = F.normalize(pca_whiten(torch.cat(feats), self.pca_dim), dim=1)  # (N, pca_dim)
         g = torch.Generator().manual_seed(self._seed * 1_000_003 + step)
         _, assign = kmeans(x, self.clusters, self.kmeans_iters, g)
-        self._set_labels(assign.cpu())
+        self._set_labels(broadcast(assign).cpu())  # the same pseudo-labels on every process
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
 

@@ -2,6 +2,7 @@
 
     gather(x, with_grad)   (B, E) on each of W ranks -> (W·B, E), rank r's rows at [r·B, (r+1)·B)
     all_reduce(x, op)      sum, max or mean over the ranks, in place (statistics: centres, Sinkhorn sums)
+    broadcast(x)           rank 0's x everywhere (fitted targets: k-means units, codebooks, pseudo-labels)
 
 with_grad=False gathers without autograd and puts this rank's own tensor back in its slot, so gradients reach
 the local rows only; with_grad=True gathers with a backward that sums each slot's gradient over the
@@ -29,6 +30,14 @@ def all_reduce(x: Tensor, op: str = "sum") -> Tensor:
         dist.all_reduce(x, dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         if op == "mean":
             x /= world
+    return x
+
+
+def broadcast(x: Tensor) -> Tensor:
+    """Rank 0's x on every process, in place: state each process fits alike (k-means targets) but where one
+    non-deterministic kernel (CUDA's index_add_) could make them drift apart."""
+    if rank_and_world()[1] > 1:
+        dist.broadcast(x, 0)
     return x
 
 

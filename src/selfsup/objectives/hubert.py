@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.models.audio import AudioEncoder
+from selfsup.objectives.gather import broadcast
 from selfsup.objectives.kmeans import kmeans, nearest
 from selfsup.objectives.output import LossOutput
 
@@ -85,7 +86,7 @@ class HuBERT(nn.Module):
                              f"{len(frames)}: expected fewer clusters or more audio")
         frames = frames[torch.randperm(len(frames), generator=g)[:self._fit_frames].to(device)]
         centroids, _ = kmeans(frames, k, iters=20, generator=g)
-        self.centroids.copy_(centroids)
+        self.centroids.copy_(broadcast(centroids))  # the same targets on every process
         self.centroids_ready.fill_(True)
 
     def forward(self, batch: dict[str, Tensor]) -> LossOutput:

@@ -129,7 +129,8 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
            if (k.startswith(prefix) if rank else "/" not in k)}
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+        states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        torch.cuda.set_rng_state_all(states[:torch.cuda.device_count()])  # fewer GPUs visible now: the first ones
     host = {"python": state["python_rng"], "numpy": state["numpy_rng"]} if rank == 0 else state["ranks_rng"][rank - 1]
     python, numpy = host["python"], host["numpy"]
     random.setstate(_tuples(python))

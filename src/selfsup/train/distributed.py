@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -63,7 +62,7 @@ def launch(cfg: RunConfig, argv: list[str]) -> None:
     args = ["--nproc-per-node", str(d.nproc_per_node), "--nnodes", str(d.nnodes), "--node-rank", str(d.node_rank),
             "--rdzv-endpoint", d.rdzv_endpoint, "--max-restarts", "0"]
     if d.nnodes > 1:
-        run_id = hashlib.sha256(str(Path(cfg.out_dir).resolve()).encode()).hexdigest()[:12]  # one per run directory
+        run_id = hashlib.sha256(cfg.out_dir.encode()).hexdigest()[:12]  # one per run directory, alike on every machine
         args += ["--rdzv-backend", "c10d", "--rdzv-id", f"selfsup-{run_id}"]
     else:
         args += ["--master-addr", d.rdzv_endpoint.rpartition(":")[0], "--master-port",

@@ -218,7 +218,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     def validate() -> float | None:
         if val_loader is None:
             return None
-        # batches of a whole step's rows (no gradients to keep): the same validation rows on any number of processes
+        # batches of a whole step's rows (no gradients to keep): the same validation rows whenever the global
+        # batch is the same, whatever the number of processes
         return evaluate(objective, val_loader, t_cfg.batch_size * t_cfg.grad_accum, t_cfg.eval_batches, device,
                         t_cfg.precision, procs)
 
@@ -267,7 +268,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
 
             evaluate_now = step % t_cfg.eval_every == 0 or last_step
-            collapse_now = procs.main and bool(out.embeddings) and (step % cfg.ssl.collapse_every == 0 or last_step)
+            # the same decision on every process (validation is collective); rank 0 alone reads the collapse monitor
+            collapse_now = bool(out.embeddings) and (step % cfg.ssl.collapse_every == 0 or last_step)
             if loss_log and (step % t_cfg.log_every == 0 or evaluate_now or collapse_now):
                 now = time.perf_counter()
                 rate = units_log / (now - t_log)
@@ -276,7 +278,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                           "grad_norm": grad_norm,
                           "time": elapsed_before + now - t_start}
                 record.update({k: float(v) for k, v in out.metrics.items()})  # the objective's own readings
-                if collapse_now:
+                if collapse_now and procs.main:
                     readings = collapse_metrics(out.embeddings, out.projections)
                     record.update({f"collapse_{k}": v for k, v in readings.items()})
                     warning = collapse_warning(readings, out.embeddings, out.projections)
@@ -300,7 +302,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                 save()
             if stopping and not last_step:
                 status = "interrupted"
-                monitor.say(f"[yellow]stopped by signal {stop.signal} at step {step}; checkpoint saved. "
+                monitor.say(f"[yellow]stopped by signal {stop.signal or 'on another process'} at step {step}; "
+                            "checkpoint saved. "
                             f"Resume with: selfsup train {run_dir}")
                 break
     monitor.close()
