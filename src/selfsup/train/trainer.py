@@ -146,10 +146,17 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     log = lambda text: console.print(f"[dim]{text}")  # noqa: E731
     # the data cache is made once per machine: rank 0 first (it also trains a caption tokenizer into the run
     # directory), then the first process of every other machine, then everyone else, who find it made
+    error = None
     for turn in (procs.main, procs.local_main and not procs.main, not procs.local_main):
         if turn:
-            data = RunData(cfg, run_dir, log=log, write=procs.main)
-        distributed.barrier(procs)
+            try:
+                data = RunData(cfg, run_dir, log=log, write=procs.main)
+            except Exception as e:  # the others must not wait for a process that has given up
+                error = e
+        if distributed.any_true(procs, error is not None, device):  # also the barrier between turns
+            if error is not None:
+                raise error
+            raise TrainingError("another process failed to prepare the data; its error is in the log above")
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
