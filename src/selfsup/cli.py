@@ -519,6 +519,9 @@ def export_run(
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
                                "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json"),
     out: Path = typer.Option(..., help="output directory"),
+    quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
+                                           "trunk's linear layers, for CPU inference) or bf16 (every weight); "
+                                           "`selfsup eval` and `embed` open the export like a run"),
 ):
     """Export the trained model for other tools."""
     import torch
@@ -527,7 +530,7 @@ def export_run(
     from selfsup.rundir import open_run
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
-    console.print(f"exported to {export(run_dir, cfg, objective, format, out)}")
+    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize)}")
 
 
 @app.command()

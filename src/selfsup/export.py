@@ -10,7 +10,9 @@ permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokeniz
   dense-GELU-norm head and a tied decoder with bias. Requires model.norm=layernorm and model.mlp=geglu (the
   bert-mlm recipe's defaults).
 
-`safetensors`: the weights and the resolved config alone, for selfsup itself or your own code.
+`safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
+int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
+(selfsup/quantize.py).
 """
 
 from __future__ import annotations
@@ -27,17 +29,27 @@ from selfsup.config import RunConfig
 from selfsup.data.tokenizer import EOS, MASK, PAD
 from selfsup.models.blocks import mlp_hidden
 from selfsup.models.transformer import Transformer
+from selfsup.quantize import MARKER, MODES, quantized_state
 
 
 class ExportError(ValueError):
     """An export that cannot be made; the message is one line meant for the user."""
 
 
-def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path) -> Path:
+def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path,
+           quantize: str | None = None) -> Path:
     model, head = objective.model, getattr(objective, "head", None)
+    if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
+        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
-        save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
+        if quantize is None:
+            save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
+        else:  # selfsup opens it (eval, embed) as it opens a run directory
+            state = quantized_state(objective, quantize)
+            save_file(state, out / "model.safetensors")
+            layers = sum(k.endswith(".weight_int8") for k in state)
+            (out / MARKER).write_text(json.dumps({"mode": quantize, "layers": layers}))
         shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
         if (run_dir / "tokenizer.json").is_file():  # text runs, and the text tower of clip / siglip runs
             shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")

@@ -9,7 +9,7 @@ from safetensors.torch import load_model
 from tokenizers import Tokenizer
 from torch import nn
 
-from selfsup import config as config_mod
+from selfsup import config as config_mod, quantize
 from selfsup.config import PAIR_OBJECTIVES, RunConfig
 from selfsup.data import tokenizer as toks
 from selfsup.objectives.build import build_objective
@@ -32,6 +32,9 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     tok = toks.load(run_dir / "tokenizer.json") if has_text else None
     objective = build_objective(cfg, tok)
     weights = run_dir / "model.safetensors"
+    mode = quantize.mode_of(run_dir)
+    if mode is not None:  # an export with --quantize: inference on the CPU
+        return cfg, quantize.load_quantized(objective, weights, mode).eval(), tok
     if not weights.is_file():
         last = checkpoint.latest(run_dir)
         if last is None:
