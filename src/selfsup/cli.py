@@ -426,7 +426,7 @@ def embed(
     console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets: labeled-docstrings, digits, tones, moving-digits.")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, moving-digits) and clean them (dedup).")
 app.add_typer(data_app, name="data")
 
 
@@ -440,6 +440,31 @@ def digits(out: Path = typer.Option(..., help="output folder for train/ and test
     console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and "
                   f"{out}/test, "
                   f"with generated captions in {out}/train.jsonl and {out}/test.jsonl")
+
+
+@data_app.command("dedup")
+def dedup(
+    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl ('text' per line) file, an image, "
+                                "or a folder of them (recursive)"),
+    out: Path = typer.Option(..., help="a new folder: the kept data (same relative paths), removed.jsonl, "
+                             "summary.json; the input is never changed"),
+    near: float = typer.Option(0.8, help="near-duplicate threshold: text, estimated Jaccard similarity of word "
+                               "5-grams (MinHash LSH); images, 1 − Hamming distance / 64 of perceptual hashes"),
+    num_perm: int = typer.Option(128, help="MinHash permutations (more: a finer similarity estimate)"),
+):
+    """Remove exact and near-duplicate documents (and near-duplicate images), keeping the first occurrence; every
+    removal is logged with what it duplicates."""
+    from selfsup.data.dedup import dedup as run_dedup
+
+    summary = run_dedup(input, str(out), near, num_perm)
+    table = Table(title=f"dedup of {input} (near ≥ {near})")
+    for col in ("", "count"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key in ("documents", "images", "kept", "removed_exact", "removed_near", "kept_unparsed", "kept_unreadable"):
+        if summary.get(key):
+            table.add_row(key.replace("_", " "), f"{summary[key]:,}")
+    console.print(table)
+    console.print(f"kept data in {out}; removals in {out}/removed.jsonl")
 
 
 @data_app.command("tones")

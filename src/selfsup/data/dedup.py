@@ -1,0 +1,159 @@
+"""Duplicate removal that never touches its input: the kept data is written to a new folder, every removal is
+logged with its reason and what it duplicates, and a summary is printed and written.
+
+Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash
+of the text with whitespace collapsed and case folded; near-duplicates by MinHash of word 5-gram shingles with
+datasketch's LSH index (estimated Jaccard similarity ≥ `near`). Images: near-duplicates by perceptual hash
+(imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) · 64, found through bands of the hash
+(two hashes that close share at least one of distance + 1 bands, by pigeonhole). The first occurrence wins:
+files in sorted order, lines in file order. Documents are read a file at a time; the index holds only hashes.
+
+    OUT/<same relative paths>   the kept lines (byte for byte) or the kept image files
+    OUT/removed.jsonl           {"file", "line" or null, "reason": "exact" | "near", "duplicate_of": {"file", "line"}}
+    OUT/summary.json            counts read, kept and removed by reason, settings
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from selfsup.data.images import IMAGE_SUFFIXES
+from selfsup.data.text import TEXT_SUFFIXES, DataError, read_lines
+
+SHINGLE = 5  # words per shingle
+
+
+def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128) -> dict:
+    if not 0 < near <= 1:
+        raise DataError(f"--near {near}: expected a similarity in (0, 1]")
+    src, dst = Path(path).expanduser(), Path(out).expanduser()
+    if not src.exists():
+        raise DataError(f"'{path}' does not exist; expected a text or image file, or a folder of them")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise DataError(f"--out '{out}' is inside the input '{path}'; expected a new folder elsewhere")
+    files = [src] if src.is_file() else sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f.parts)
+    texts = [f for f in files if f.suffix in TEXT_SUFFIXES]
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not texts and not images:
+        raise DataError(f"'{path}' holds no text (.txt, .jsonl) or image files")
+    dst.mkdir(parents=True, exist_ok=True)
+    counts: Counter = Counter()
+    root = src if src.is_dir() else src.parent
+    with open(dst / "removed.jsonl", "w", encoding="utf-8") as log:
+        if texts:
+            _dedup_text(texts, root, dst, near, num_perm, log, counts)
+        if images:
+            _dedup_images(images, root, dst, near, log, counts)
+    summary = dict(input=str(src), out=str(dst), near=near, num_perm=num_perm, **dict(sorted(counts.items())))
+    (dst / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _shingles(text: str) -> set[bytes]:
+    words = re.findall(r"\w+", text)
+    if len(words) < SHINGLE:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
+
+
+def _dedup_text(files: list[Path], root: Path, dst: Path, near: float, num_perm: int, log, counts: Counter) -> None:
+    from datasketch import MinHash, MinHashLSH
+
+    exact: dict[bytes, tuple[str, int]] = {}
+    lsh = MinHashLSH(threshold=near, num_perm=num_perm)
+    where: dict[str, tuple[str, int]] = {}
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        skipped: Counter = Counter()
+        with open(dst / rel, "w", encoding="utf-8") as kept:
+            for number, line in enumerate(read_lines(f, skipped), 1):
+                text = line
+                if f.suffix == ".jsonl":
+                    text = _json_text(line)
+                    if text is None:  # not ours to judge: kept as it is
+                        counts["kept_unparsed"] += 1
+                        kept.write(line + "\n")
+                        continue
+                counts["documents"] += 1
+                norm = _normalise(text)
+                digest = hashlib.sha256(norm.encode()).digest()[:16]
+                if digest in exact:
+                    _log(log, rel, number, "exact", exact[digest])
+                    counts["removed_exact"] += 1
+                    continue
+                m = MinHash(num_perm=num_perm)
+                m.update_batch(list(_shingles(norm)))
+                similar = lsh.query(m)
+                if similar:
+                    _log(log, rel, number, "near", where[min(similar, key=lambda k: where[k])])
+                    counts["removed_near"] += 1
+                    continue
+                key = f"{rel}#{number}"
+                exact[digest], where[key] = (rel, number), (rel, number)
+                lsh.insert(key, m)
+                kept.write(line + "\n")
+                counts["kept"] += 1
+        for reason, n in skipped.items():
+            counts[f"skipped_{reason}"] += n
+
+
+def _json_text(line: str) -> str | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    text = record.get("text") if isinstance(record, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, log, counts: Counter) -> None:
+    import imagehash
+    from PIL import Image
+
+    distance = int((1 - near) * 64)
+    bands = distance + 1  # two hashes within `distance` bits agree on at least one of distance + 1 bands
+    bits = [range(b * 64 // bands, (b + 1) * 64 // bands) for b in range(bands)]
+    index: dict[tuple[int, int], list[int]] = {}
+    kept_hashes: list[tuple[int, tuple[str, None]]] = []
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        counts["images"] += 1
+        try:
+            with Image.open(f) as img:
+                h = int(str(imagehash.phash(img)), 16)
+        except Exception:  # Pillow raises many kinds of exception on damaged files: kept, not judged
+            counts["kept_unreadable"] += 1
+            _copy(f, dst / rel)
+            continue
+        keys = [(b, sum(((h >> i) & 1) << j for j, i in enumerate(r))) for b, r in enumerate(bits)]
+        candidates = {i for key in keys for i in index.get(key, ())}
+        match = next((i for i in sorted(candidates) if bin(kept_hashes[i][0] ^ h).count("1") <= distance), None)
+        if match is not None:
+            _log(log, rel, None, "near", kept_hashes[match][1])
+            counts["removed_near"] += 1
+            continue
+        for key in keys:
+            index.setdefault(key, []).append(len(kept_hashes))
+        kept_hashes.append((h, (rel, None)))
+        _copy(f, dst / rel)
+        counts["kept"] += 1
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+
+
+def _log(log, rel: str, line: int | None, reason: str, original: tuple[str, int | None]) -> None:
+    log.write(json.dumps({"file": rel, "line": line, "reason": reason,
+                          "duplicate_of": {"file": original[0], "line": original[1]}}) + "\n")
