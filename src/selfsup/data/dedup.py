@@ -3,7 +3,7 @@ logged with its reason and what it duplicates, and a summary is printed and writ
 
 Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash
 of the text with whitespace collapsed and case folded; near-duplicates by MinHash of word 5-gram shingles with
-datasketch's LSH index (estimated Jaccard similarity ≥ `near`). Images: near-duplicates by perceptual hash
+datasketch's LSH index (estimated Jaccard similarity ≥ `near`; texts under 5 words are compared exactly only). Images: near-duplicates by perceptual hash
 (imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) · 64, found through bands of the hash
 (two hashes that close share at least one of distance + 1 bands, by pigeonhole). The first occurrence wins:
 files in sorted order, lines in file order. Documents are read a file at a time; the index holds only hashes.
@@ -59,9 +59,9 @@ def _normalise(text: str) -> str:
 
 
 def _shingles(text: str) -> set[bytes]:
+    """Word 5-grams; none for a text of fewer than 5 words, whose near-duplicates are not told from chance (a
+    symbol or two): such texts are deduplicated exactly only."""
     words = re.findall(r"\w+", text)
-    if len(words) < SHINGLE:
-        return {" ".join(words).encode()}
     return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
 
 
@@ -91,16 +91,19 @@ def _dedup_text(files: list[Path], root: Path, dst: Path, near: float, num_perm:
                     _log(log, rel, number, "exact", exact[digest])
                     counts["removed_exact"] += 1
                     continue
-                m = MinHash(num_perm=num_perm)
-                m.update_batch(list(_shingles(norm)))
-                similar = lsh.query(m)
-                if similar:
-                    _log(log, rel, number, "near", where[min(similar, key=lambda k: where[k])])
-                    counts["removed_near"] += 1
-                    continue
-                key = f"{rel}#{number}"
-                exact[digest], where[key] = (rel, number), (rel, number)
-                lsh.insert(key, m)
+                exact[digest] = (rel, number)
+                shingles = _shingles(norm)
+                if shingles:
+                    m = MinHash(num_perm=num_perm)
+                    m.update_batch(list(shingles))
+                    similar = lsh.query(m)
+                    if similar:
+                        _log(log, rel, number, "near", where[min(similar, key=lambda k: where[k])])
+                        counts["removed_near"] += 1
+                        continue
+                    key = f"{rel}#{number}"
+                    where[key] = (rel, number)
+                    lsh.insert(key, m)
                 kept.write(line + "\n")
                 counts["kept"] += 1
         for reason, n in skipped.items():
