@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
+from tests.test_cli import run  # noqa: F401  (a small trained GPT run)
 from tests.test_vision import run_main
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
@@ -67,3 +69,30 @@ def test_dedup_refuses_an_output_inside_its_input(tmp_path, monkeypatch, capsys)
     (tmp_path / "c.txt").write_text("one\n")
     code, _, err = run_main(monkeypatch, capsys, "data", "dedup", tmp_path, "--out", tmp_path / "clean")
     assert code == 2 and "inside the input" in err and len(err.strip().splitlines()) == 1
+
+
+def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypatch, capsys):
+    from selfsup.data.filters import repetition, symbol_ratio
+
+    assert symbol_ratio("ab!!") == 0.5 and symbol_ratio("日本語です") == 0.0 and symbol_ratio("   ") == 0.0
+    assert repetition("a b c a b c") == 0.25 and repetition("one two") == 0.0
+    good = "Return the number of items in the container, or zero when it is empty."
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join([good, "short", "#$%^&*()!@#$%^&*()_+{}|:<>?" * 3, "spam spam spam " * 20,
+                              "Жзщ ъыь эюя ЁЂЃ ЄЅІ ЇЈЉ ЊЋЌ ЎЏА БВГ ДЕЖ ЗИЙ"]) + "\n")
+    code, text, _ = run_main(monkeypatch, capsys, "data", "filter", src, "--out", tmp_path / "f", "--min-chars",
+                             "20", "--max-symbol-ratio", "0.3", "--max-repetition", "0.5")
+    assert code in (0, None), text
+    removed = [json.loads(line) for line in (tmp_path / "f" / "removed.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in removed] == [(2, "too_short"), (3, "symbols"), (4, "repetition")]
+    assert removed[0]["value"] == 5
+    # perplexity under the test suite's small GPT (English docstrings): text in a script it never saw scores worst
+    from selfsup.data.filters import Perplexity
+
+    ppl = Perplexity(str(run), torch.device("cpu"))
+    scores = [ppl(line) for line in src.read_text().splitlines()]
+    assert scores[4] > scores[0]
+    code, _, _ = run_main(monkeypatch, capsys, "data", "filter", src, "--out", tmp_path / "p", "--ppl-model", run,
+                          "--max-ppl", str((scores[0] + scores[4]) / 2))
+    removed = [json.loads(line) for line in (tmp_path / "p" / "removed.jsonl").read_text().splitlines()]
+    assert 5 in [r["line"] for r in removed if r["reason"] == "perplexity"] and 1 not in [r["line"] for r in removed]

@@ -426,7 +426,7 @@ def embed(
     console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, moving-digits) and clean them (dedup).")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, moving-digits) and clean them (dedup, filter).")
 app.add_typer(data_app, name="data")
 
 
@@ -465,6 +465,37 @@ def dedup(
             table.add_row(key.replace("_", " "), f"{summary[key]:,}")
     console.print(table)
     console.print(f"kept data in {out}; removals in {out}/removed.jsonl")
+
+
+@data_app.command("filter")
+def filter_data(
+    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl ('text' per line) file or a folder"),
+    out: Path = typer.Option(..., help="a new folder: the kept documents (same relative paths), removed.jsonl "
+                             "(rule and measured value), summary.json; the input is never changed"),
+    min_chars: int = typer.Option(0, help="shorter documents are removed"),
+    max_chars: Optional[int] = typer.Option(None, help="longer documents are removed"),
+    max_symbol_ratio: Optional[float] = typer.Option(None, help="remove when more than this share of the non-space "
+                                                     "characters are neither letters nor digits (any script)"),
+    max_repetition: Optional[float] = typer.Option(None, help="remove when more than this share of the word "
+                                                   "3-grams repeat an earlier one in the document"),
+    ppl_model: Optional[str] = typer.Option(None, help="a gpt-clm run directory scoring each document"),
+    max_ppl: Optional[float] = typer.Option(None, help="with --ppl-model: remove documents above this perplexity"),
+    device: str = typer.Option("cpu", help="device of the perplexity model"),
+):
+    """Remove documents by length, symbol share, repetition and perplexity under a small trained LM; every removal
+    is logged with the rule and the value measured."""
+    from selfsup.data.filters import filter_corpus
+
+    s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, ppl_model, max_ppl,
+                      device)
+    table = Table(title=f"filter of {input}")
+    for col in ("", "count"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key, value in s.items():
+        if key in ("documents", "kept", "kept_unparsed") or key.startswith("removed_"):
+            table.add_row(key.replace("_", " "), f"{value:,}")
+    console.print(table)
+    console.print(f"kept documents in {out}; removals in {out}/removed.jsonl")
 
 
 @data_app.command("tones")

@@ -22,8 +22,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from selfsup.data.cleaning import check_paths, text_pass
 from selfsup.data.images import IMAGE_SUFFIXES
-from selfsup.data.text import TEXT_SUFFIXES, DataError, read_lines
+from selfsup.data.text import TEXT_SUFFIXES, DataError
 
 SHINGLE = 5  # words per shingle
 
@@ -31,11 +32,7 @@ SHINGLE = 5  # words per shingle
 def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128) -> dict:
     if not 0 < near <= 1:
         raise DataError(f"--near {near}: expected a similarity in (0, 1]")
-    src, dst = Path(path).expanduser(), Path(out).expanduser()
-    if not src.exists():
-        raise DataError(f"'{path}' does not exist; expected a text or image file, or a folder of them")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise DataError(f"--out '{out}' is inside the input '{path}'; expected a new folder elsewhere")
+    src, dst = check_paths(path, out)
     files = [src] if src.is_file() else sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f.parts)
     texts = [f for f in files if f.suffix in TEXT_SUFFIXES]
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -71,52 +68,25 @@ def _dedup_text(files: list[Path], root: Path, dst: Path, near: float, num_perm:
     exact: dict[bytes, tuple[str, int]] = {}
     lsh = MinHashLSH(threshold=near, num_perm=num_perm)
     where: dict[str, tuple[str, int]] = {}
-    for f in files:
-        rel = f.relative_to(root).as_posix()
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        skipped: Counter = Counter()
-        with open(dst / rel, "w", encoding="utf-8") as kept:
-            for number, line in enumerate(read_lines(f, skipped), 1):
-                text = line
-                if f.suffix == ".jsonl":
-                    text = _json_text(line)
-                    if text is None:  # not ours to judge: kept as it is
-                        counts["kept_unparsed"] += 1
-                        kept.write(line + "\n")
-                        continue
-                counts["documents"] += 1
-                norm = _normalise(text)
-                digest = hashlib.sha256(norm.encode()).digest()[:16]
-                if digest in exact:
-                    _log(log, rel, number, "exact", exact[digest])
-                    counts["removed_exact"] += 1
-                    continue
-                exact[digest] = (rel, number)
-                shingles = _shingles(norm)
-                if shingles:
-                    m = MinHash(num_perm=num_perm)
-                    m.update_batch(list(shingles))
-                    similar = lsh.query(m)
-                    if similar:
-                        _log(log, rel, number, "near", where[min(similar, key=lambda k: where[k])])
-                        counts["removed_near"] += 1
-                        continue
-                    key = f"{rel}#{number}"
-                    where[key] = (rel, number)
-                    lsh.insert(key, m)
-                kept.write(line + "\n")
-                counts["kept"] += 1
-        for reason, n in skipped.items():
-            counts[f"skipped_{reason}"] += n
 
-
-def _json_text(line: str) -> str | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
+    def judge(text: str, rel: str, number: int):
+        norm = _normalise(text)
+        digest = hashlib.sha256(norm.encode()).digest()[:16]
+        if digest in exact:
+            return "exact", _original(exact[digest])
+        exact[digest] = (rel, number)
+        shingles = _shingles(norm)
+        if shingles:
+            m = MinHash(num_perm=num_perm)
+            m.update_batch(list(shingles))
+            similar = lsh.query(m)
+            if similar:
+                return "near", _original(where[min(similar, key=lambda k: where[k])])
+            where[f"{rel}#{number}"] = (rel, number)
+            lsh.insert(f"{rel}#{number}", m)
         return None
-    text = record.get("text") if isinstance(record, dict) else None
-    return text if isinstance(text, str) else None
+
+    text_pass(files, root, dst, judge, log, counts)
 
 
 def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, log, counts: Counter) -> None:
@@ -142,7 +112,8 @@ def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, log, co
         candidates = {i for key in keys for i in index.get(key, ())}
         match = next((i for i in sorted(candidates) if bin(kept_hashes[i][0] ^ h).count("1") <= distance), None)
         if match is not None:
-            _log(log, rel, None, "near", kept_hashes[match][1])
+            log.write(json.dumps({"file": rel, "line": None, "reason": "near",
+                                  **_original(kept_hashes[match][1])}) + "\n")
             counts["removed_near"] += 1
             continue
         for key in keys:
@@ -157,6 +128,5 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
-def _log(log, rel: str, line: int | None, reason: str, original: tuple[str, int | None]) -> None:
-    log.write(json.dumps({"file": rel, "line": line, "reason": reason,
-                          "duplicate_of": {"file": original[0], "line": original[1]}}) + "\n")
+def _original(where: tuple[str, int | None]) -> dict:
+    return {"duplicate_of": {"file": where[0], "line": where[1]}}
