@@ -426,7 +426,8 @@ def embed(
     console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, moving-digits) and clean them (dedup, filter).")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, "
+                       "moving-digits) and clean them (dedup, filter).")
 app.add_typer(data_app, name="data")
 
 

@@ -1,12 +1,13 @@
 """Duplicate removal that never touches its input: the kept data is written to a new folder, every removal is
 logged with its reason and what it duplicates, and a summary is printed and written.
 
-Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash
-of the text with whitespace collapsed and case folded; near-duplicates by MinHash of word 5-gram shingles with
-datasketch's LSH index (estimated Jaccard similarity ≥ `near`; texts under 5 words are compared exactly only). Images: near-duplicates by perceptual hash
-(imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) · 64, found through bands of the hash
-(two hashes that close share at least one of distance + 1 bands, by pigeonhole). The first occurrence wins:
-files in sorted order, lines in file order. Documents are read a file at a time; the index holds only hashes.
+Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash of
+the text with whitespace collapsed and case folded; near-duplicates by MinHash of word 5-gram shingles with
+datasketch's LSH index (estimated Jaccard similarity ≥ `near`; texts under 5 words are compared exactly only).
+Images: near-duplicates by perceptual hash (imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) ·
+64, found through bands of the hash (two hashes that close share at least one of distance + 1 bands, by
+pigeonhole). The first occurrence wins: files in sorted order, lines in file order. Documents are read a file at a
+time; the index holds only hashes.
 
     OUT/<same relative paths>   the kept lines (byte for byte) or the kept image files
     OUT/removed.jsonl           {"file", "line" or null, "reason": "exact" | "near", "duplicate_of": {"file", "line"}}
