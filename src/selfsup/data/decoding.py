@@ -81,6 +81,17 @@ def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter) -> Iterator[
         yield key, sample
 
 
+def build_cache(out: Path, what: str, files: int, workers: int | None, build: Callable[[Path, int], None],
+                log) -> None:
+    """A cache folder made once: a hit when `out` holds meta.json, else build(folder, workers) via build_once."""
+    if (out / "meta.json").is_file():
+        log(f"{what} cache hit: {out}")
+        return
+    workers = default_workers(workers)
+    log(f"decoding {what} from {files} file(s) into {out} with {workers or 'no'} worker process(es)")
+    build_once(out, lambda tmp: build(tmp, workers))
+
+
 def build_once(out: Path, build: Callable[[Path], None]) -> None:
     """build(folder) into a temporary sibling of `out`, then renamed to `out`: a killed run leaves no half-written
     cache, and a finished one is complete or absent."""

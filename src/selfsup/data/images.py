@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest, tar_samples
+from selfsup.data.decoding import NpyWriter, Skip, build_cache, decoded, digest, tar_samples
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 
@@ -108,12 +108,8 @@ def prepare_images(path: str, size: int, channels: int, val_fraction: float, cac
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache()
     key = _cache_key(root, files, size, channels, val_fraction)
     out = cache / "images" / key
-    if (out / "meta.json").is_file():
-        log(f"image cache hit: {out}")
-        return _open(out)
-    workers = default_workers(workers)
-    log(f"decoding images from {len(files)} file(s) into {out} with {workers or 'no'} worker process(es)")
-    build_once(out, lambda tmp: _build(path, root, files, tmp, size, channels, val_fraction, workers, log))
+    build_cache(out, "image", len(files), workers,
+                lambda tmp, n: _build(path, root, files, tmp, size, channels, val_fraction, n, log), log)
     return _open(out)
 
 

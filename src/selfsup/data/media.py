@@ -33,7 +33,7 @@ import numpy as np
 
 from selfsup.data import images as image_data
 from selfsup.data.audio import AUDIO_SUFFIXES, clip_frames, decode_audio
-from selfsup.data.decoding import NpyWriter, Skip, build_once, decoded, default_workers, digest, tar_samples
+from selfsup.data.decoding import NpyWriter, Skip, build_cache, decoded, digest, tar_samples
 from selfsup.data.shards import default_cache, is_val
 from selfsup.data.text import DataError
 from selfsup.data.video import VIDEO_SUFFIXES, decode_video
@@ -116,13 +116,8 @@ def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, c
     root = Path(path).expanduser()
     key = _cache_key(root, files, modality, dict(decode, captions=captions), val_fraction)
     out = (Path(cache_dir).expanduser() if cache_dir else default_cache()) / "media" / key
-    if (out / "meta.json").is_file():
-        log(f"{modality} cache hit: {out}")
-        return _open(out)
-    workers = default_workers(workers)
-    log(f"decoding {modality} from {len(files)} file(s) into {out} with {workers or 'no'} worker process(es)")
-    build_once(out, lambda tmp: _build(path, root, files, tmp, modality, decode, val_fraction, workers, log,
-                                       captions))
+    build_cache(out, modality, len(files), workers,
+                lambda tmp, n: _build(path, root, files, tmp, modality, decode, val_fraction, n, log, captions), log)
     return _open(out)
 
 
