@@ -305,10 +305,20 @@ def test_cli_eval_transfer_with_random_baseline(mlm_run, docstring_set, task):
 
 def test_cli_eval_finetune_and_one_line_errors(mlm_run, docstring_set):
     data, _ = docstring_set
-    invoke("eval", mlm_run, "--task", "finetune", "--train", data / "train.jsonl", "--test", data / "test.jsonl",
-           "--epochs", "1", "--device", "cpu")
+    text = invoke("eval", mlm_run, "--task", "finetune", "--train", data / "train.jsonl", "--test",
+                  data / "test.jsonl", "--epochs", "1", "--lr", "0.01", "--device", "cpu")
     r = json.loads((mlm_run / "eval" / "finetune.json").read_text())
     assert r["pretrained"]["epochs_run"] == 1 and "random" not in r and "layer-wise" in r["protocol"]
+    # the masked-LM loss on the run's validation data, with the pretrained and the fine-tuned trunk in place
+    before, after = r["pretrained"]["objective_loss_before"], r["pretrained"]["objective_loss_after"]
+    assert before > 0 and after != before and "pretraining objective (mlm) loss" in text
+    from selfsup.eval.objective_loss import objective_loss_probe
+    from selfsup.rundir import open_run
+
+    cfg, objective, _ = open_run(mlm_run, torch.device("cpu"))
+    probe = objective_loss_probe(cfg, mlm_run, objective, torch.device("cpu"))
+    assert probe(objective.model) == pytest.approx(before, abs=1e-6)  # the same batches and masks every time
+    assert probe(objective.model) == pytest.approx(before, abs=1e-6)
     result = runner.invoke(app, ["eval", str(mlm_run), "--task", "knn", "--train", str(data / "train.jsonl")])
     assert isinstance(result.exception, config.ConfigError) and "--train and --test" in str(result.exception)
     result = runner.invoke(app, ["eval", str(mlm_run), "--task", "svm"])

@@ -318,7 +318,16 @@ def _transfer(task, run_dir, cfg, objective, tok, train_path, test_path, baselin
     test_set, _ = _labeled_set(cfg, objective, tok, test_path, train_set.classes)
     progress = _progress
 
-    results = {"pretrained": run_task(task, trunk, inputs, train_set, test_set, dev, progress=progress, **opts)}
+    measure = None
+    if task == "finetune":  # the pretraining loss before and after: what fine-tuning made the trunk forget
+        from selfsup.eval.objective_loss import objective_loss_probe
+
+        probe = objective_loss_probe(cfg, run_dir, objective, dev)
+        if probe is not None:
+            before = probe(trunk)
+            measure = lambda tuned: {"objective_loss_before": before, "objective_loss_after": probe(tuned)}  # noqa
+    results = {"pretrained": run_task(task, trunk, inputs, train_set, test_set, dev, progress=progress,
+                                      measure=measure, **opts)}
     if "random" in baselines:
         results["random"] = run_task(task, random_trunk(cfg, tok, dev), inputs, train_set, test_set, dev,
                                      progress=progress, **opts)
@@ -348,6 +357,10 @@ def _transfer(task, run_dir, cfg, objective, tok, train_path, test_path, baselin
             console.print(f"protocol{'' if name == 'pretrained' else f' ({name})'}: {r['protocol']}")
         if task == "linear":
             console.print(f"{name}: l2 = {r['l2']:g} (validation accuracy per l2: {r['val_accuracy']})")
+        if "objective_loss_before" in r:
+            b, a = r["objective_loss_before"], r["objective_loss_after"]
+            console.print(f"{name}: pretraining objective ({cfg.objective}) loss on the run's validation data: "
+                          f"{b:.4f} before fine-tuning, {a:.4f} after ({100 * (a - b) / b:+.1f}%)")
         if task == "knn":
             console.print(f"{name}: accuracy by k: " + ", ".join(f"k={k} {100 * a:.1f}%"
                                                                   for k, a in r["accuracy_by_k"].items()))

@@ -91,9 +91,11 @@ def _score(model: Classifier, items, rows: list[int], labels: Tensor, batch_size
 def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items, test_y: Tensor, num_classes: int,
              device: torch.device, lr: float = 3e-4, layer_decay: float = 0.75, weight_decay: float = 0.01,
              max_epochs: int = 10, patience: int = 3, batch_size: int = 16, val_fraction: float = 0.15,
-             seed: int = 0, freeze_blocks: int = 0, l2sp: float = 0.0, progress=None) -> dict:
+             seed: int = 0, freeze_blocks: int = 0, l2sp: float = 0.0, progress=None, measure=None) -> dict:
     """Fine-tune a copy of `trunk` with a linear head; returns test metrics and the protocol. `inputs` (see
-    eval/inputs.py) turns items (texts, images) into the trunk's inputs; `progress` wraps the iterable of epochs."""
+    eval/inputs.py) turns items (texts, images) into the trunk's inputs; `progress` wraps the iterable of epochs;
+    `measure(trunk) -> dict`, if given, adds its readings of the fine-tuned trunk to the result (e.g. the
+    pretraining objective's loss, which shows what fine-tuning forgot)."""
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(trunk), num_classes, inputs).to(device)
     fit_idx, val_idx = stratified_split(train_y.cpu(), val_fraction, seed)
@@ -162,6 +164,7 @@ def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items,
         d[0] += (p.detach() - pretrained[name]).pow(2).sum().item()
         d[1] += pretrained[name].pow(2).sum().item()
     return dict(
+        **(measure(model.trunk) if measure else {}),
         accuracy=accuracy(pred, test_y), macro_f1=macro_f1(pred, test_y, num_classes), test_loss=test_loss,
         val_accuracy=best["acc"], best_epoch=best["epoch"], epochs_run=epochs_run, history=history,
         lr=lr, layer_decay=layer_decay, weight_decay=weight_decay, batch_size=batch_size, patience=patience,

@@ -168,9 +168,9 @@ TASKS = ("linear", "knn", "finetune")
 def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, device: torch.device,
              batch_size: int = 16, seed: int = 0, k: int = 20, temperature: float = 0.07, epochs: int = 10,
              lr: float = 3e-4, layer_decay: float = 0.75, patience: int = 3, freeze_blocks: int = 0,
-             l2sp: float = 0.0, progress=None) -> dict:
+             l2sp: float = 0.0, progress=None, measure=None) -> dict:
     """One transfer task on one trunk: accuracy, macro_f1, protocol and the task's own figures. `inputs` (see
-    eval/inputs.py) says how items reach the trunk."""
+    eval/inputs.py) says how items reach the trunk; `measure`: see finetune."""
     from selfsup.eval.inputs import encode
 
     n = len(train.classes)
@@ -179,7 +179,7 @@ def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, devi
 
         return finetune(trunk, inputs, train.items, train.labels, test.items, test.labels, n, device, lr=lr,
                         layer_decay=layer_decay, max_epochs=epochs, patience=patience, batch_size=batch_size,
-                        freeze_blocks=freeze_blocks, l2sp=l2sp,
+                        freeze_blocks=freeze_blocks, l2sp=l2sp, measure=measure,
                         seed=seed, progress=progress and (lambda it: progress(it, "fine-tuning")))
     if task not in TASKS:
         raise ValueError(f"task '{task}': expected one of {', '.join(TASKS)}")

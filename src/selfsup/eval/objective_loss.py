@@ -1,0 +1,38 @@
+"""The pretraining objective's validation loss with another trunk in its place: after fine-tuning, how much of
+what pretraining learned the trunk kept (a rise of this loss is forgetting)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from selfsup.config import RunConfig
+
+
+def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: nn.Module,
+                         device: torch.device) -> Callable[[nn.Module], float] | None:
+    """loss(trunk) on the run's own validation split (the same batches, masks and views for every trunk), or None
+    when the objective has no validation loss (DeepCluster) or the run no validation split."""
+    from selfsup.train.data import RunData
+    from selfsup.train.trainer import evaluate
+
+    if not getattr(objective, "validates", True):
+        return None
+    data = RunData(cfg, Path(run_dir), log=lambda text: None, write=False)
+    if cfg.modality == "text":
+        data.text_loaders(cfg, objective.window_overlap)
+    if data.val_loader is None:
+        return None
+
+    def loss(trunk: nn.Module) -> float:
+        kept = {k: v.clone() for k, v in objective.model.state_dict().items()}
+        objective.model.load_state_dict(trunk.state_dict())
+        torch.manual_seed(cfg.seed)
+        value = evaluate(objective, data.val_loader, cfg.train.batch_size, cfg.train.eval_batches, device, "fp32")
+        objective.model.load_state_dict(kept)
+        return value
+
+    return loss
