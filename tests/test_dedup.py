@@ -96,3 +96,5 @@ def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypat
                           "--max-ppl", str((scores[0] + scores[4]) / 2))
     removed = [json.loads(line) for line in (tmp_path / "p" / "removed.jsonl").read_text().splitlines()]
     assert 5 in [r["line"] for r in removed if r["reason"] == "perplexity"] and 1 not in [r["line"] for r in removed]
+    code, _, err = run_main(monkeypatch, capsys, "data", "filter", src, "--out", tmp_path / "q", "--ppl-model", run)
+    assert code == 2 and "--ppl-model and --max-ppl go together" in err and len(err.strip().splitlines()) == 1

@@ -112,6 +112,10 @@ def test_zeroshot_and_retrieval_print_tables_beside_random_init(digits_dir, tmp_
     assert 0 <= result["random"]["accuracy"] <= 1 and "2 prompt embeddings" in result["protocol"]
     assert result["data"]["test"]["examples"] == 445
 
+    code, _, err = run_main(monkeypatch, capsys, "eval", out, "--task", "zeroshot", "--test", digits_dir / "test",
+                            "--prompt", "a handwritten digit")
+    assert code == 2 and "has no {label}" in err and len(err.strip().splitlines()) == 1
+
     code, text, _ = run_main(monkeypatch, capsys, "eval", out, "--task", "retrieval", "--test",
                              digits_dir / "test.jsonl", "--baseline", "random")
     assert code in (0, None), text
@@ -226,6 +230,9 @@ def test_pairs_without_captions_and_joint_tasks_on_other_runs_are_one_line_error
     _train("audio-mask", tones_dir / "train", hubert, *AUDIO, "train.max_steps=1", "hubert.clusters=8")
     code, _, err = run_main(monkeypatch, capsys, "eval", hubert, "--task", "zeroshot", "--test", tones_dir / "test")
     assert code == 2 and "needs a joint media-text space" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(monkeypatch, capsys, "embed", hubert, tones_dir / "test", "--out", tmp_path / "e.npy",
+                            "--joint")
+    assert code == 2 and "--joint needs a joint media-text space" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_main(monkeypatch, capsys, "train", "videoclip", "video.frames=3", "video.cache_frames=8",
                             f"out_dir={tmp_path / 'v'}")
     assert code == 2 and "multiple of video.frames" in err

@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from selfsup.train.parallel import is_sharded
+
 PREFIX = "step-"
 
 
@@ -116,7 +118,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
     state = json.loads((path / "state.json").read_text())
     if state.get("sharded"):
         _load_sharded(path, model, optimizer)
-    elif any(hasattr(p, "device_mesh") for p in model.parameters()):
+    elif is_sharded(model):
         _load_whole_into_shards(path, state, model, optimizer)
     else:
         device = next(model.parameters()).device
