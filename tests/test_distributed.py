@@ -32,7 +32,9 @@ from selfsup.views.augment import center_view
 from tests.conftest import TINY
 from tests.test_train import losses
 
-OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip"]
+OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip", "simcse", "hybrid"]
+# a hybrid whose terms are both deterministic under fixed views: what it adds is each term's global mean
+HYBRID = ["objective=hybrid", "hybrid.terms=[{objective: simclr, weight: 0.7}, {objective: byol, weight: 0.3}]"]
 SMALL = ["image.size=16", "image.channels=1", "image.mean=[0.4]", "image.std=[0.3]", "model.dim=32", "model.depth=2",
          "model.heads=2", "ssl.proj_hidden=32", "ssl.proj_dim=16", "ssl.pred_hidden=16", "ssl.queue_size=32",
          "dino.out_dim=32", "dino.bottleneck=16", "dino.head_bn=true", "swav.prototypes=8", "views.local_crops=0",
@@ -61,7 +63,21 @@ def _batch(name: str) -> dict:
     if name in ("clip", "siglip"):
         batch = {"media": batch["images"], "text": torch.randint(3, 500, (GLOBAL_BATCH, 8), generator=g),
                  "text_mask": torch.ones(GLOBAL_BATCH, 8, dtype=torch.bool)}
+    if name == "simcse":  # windows of three documents of random lengths, each opened by EOS
+        tokens = torch.randint(10, 250, (GLOBAL_BATCH, 16), generator=g)
+        tokens[:, 0] = 0
+        tokens[torch.arange(GLOBAL_BATCH)[:, None], torch.randint(1, 16, (GLOBAL_BATCH, 2), generator=g)] = 0
+        batch = {"tokens": tokens}
     return batch
+
+
+def _tokenizer():
+    """A byte-level BPE whose EOS is id 0, as the windows above assume."""
+    from selfsup.data.tokenizer import eos_id, train_bpe
+
+    tok = train_bpe(["a few words to learn merges from"] * 4, 300)
+    assert eos_id(tok) == 0
+    return tok
 
 
 def _step(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -70,14 +86,22 @@ def _step(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
     (the ViT's class token) sums terms that BatchNorm makes cancel, and in fp32 the order of that sum alone
     moves it by ~1e-5 of its size; float64 shows the split into processes changes nothing else."""
     torch.manual_seed(0)
-    objective = build_objective(config.load(name, SMALL))
+    if name == "simcse":  # dropout and masking would draw different numbers: the two views are the same window
+        cfg = config.load(name, [*SMALL, "model.context=16", "model.vocab_size=512", "model.dropout=0",
+                                 "simcse.mask_p=0.5"])
+        objective = build_objective(cfg, _tokenizer())
+        objective.mask_p = 0.0
+    else:
+        objective = build_objective(config.load("simclr", [*SMALL, *HYBRID]) if name == "hybrid"
+                                    else config.load(name, SMALL))
     # one process too: the same BatchNorm arithmetic on both sides (vs torch's own: see the test below)
     synchronize_batchnorm(objective, torch.device("cpu"))
     objective.double()
-    if hasattr(objective, "views"):
-        objective.views = FixedViews()
-    else:
-        objective.view = FixedImage()
+    for part in objective.terms.values() if name == "hybrid" else [objective]:
+        if hasattr(part, "views"):
+            part.views = FixedViews()
+        elif hasattr(part, "view"):
+            part.view = FixedImage()
     objective.train()
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     out = objective({k: v[rows] for k, v in _batch(name).items()})

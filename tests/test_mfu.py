@@ -20,3 +20,15 @@ def test_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
 def test_measured_peak_is_a_plausible_matmul_rate():
     flops = mfu._measure(torch.device("cpu"), torch.float32, n=256, seconds=0.05)
     assert 1e8 < flops < 1e14
+
+
+def test_measuring_the_peak_leaves_the_runs_random_numbers_alone():
+    """Measured on a machine's first run only: drawing from the global generator made that run differ from every
+    later one with the same seed."""
+    from selfsup.train.mfu import _measure
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    _measure(torch.device("cpu"), torch.float32, n=64, seconds=0.01)
+    assert torch.equal(torch.rand(3), expected)

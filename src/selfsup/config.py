@@ -18,8 +18,13 @@ TEXT_OBJECTIVES = ("clm", "mlm", "plm")
 IMAGE_OBJECTIVES = ("simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav", "deepcluster")
 PAIR_OBJECTIVES = ("clip", "siglip")  # a media tower (image, audio or video) aligned with a text tower
 AUDIO_OBJECTIVES = ("hubert",)
-Objective = Literal["clm", "mlm", "plm", "simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav",
-                    "deepcluster", "clip", "siglip", "hubert"]
+ENCODER_TEXT_OBJECTIVES = ("mlm", "plm", "simcse")  # bidirectional encoders on packed windows: they mix in a hybrid
+Part = Literal["mlm", "plm", "simcse", "simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav",
+               "deepcluster"]  # what a hybrid may combine
+Objective = Literal["clm", "mlm", "plm", "simcse", "simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav",
+                    "deepcluster", "clip", "siglip", "hubert", "hybrid"]
+# the sections a hybrid's term may set for itself: its own heads, losses and views, never the shared backbone's
+TERM_SECTIONS = ("views", "ssl", "dino", "mae", "beit", "swav", "deepcluster", "mlm", "plm", "simcse")
 
 
 class ConfigError(ValueError):
@@ -157,6 +162,11 @@ class PLMConfig(Section):
     max_span: int = Field(5, ge=1, description="longest span of consecutive tokens predicted together")
 
 
+class SimCSEConfig(Section):
+    mask_p: float = Field(0.0, ge=0, lt=1, description="besides dropout (model.dropout), each of the two views "
+                          "masks this share of tokens as MLM does (0: SimCSE's dropout-only views)")
+
+
 class ViewsConfig(Section):
     crop_scale: tuple[float, float] = Field((0.2, 1.0), description="global crops: area range of RandomResizedCrop")
     flip_p: float = Field(0.5, ge=0, le=1)
@@ -252,6 +262,23 @@ class HuBERTConfig(Section):
     proj_dim: int = Field(256, gt=0, description="projection and cluster-embedding width")
 
 
+class HybridTerm(Section):
+    objective: Part = Field(description="text: mlm, plm, simcse; images: simclr, mocov2, mocov3, byol, dino, mae, "
+                            "beit, swav, deepcluster")
+    weight: float = Field(1.0, ge=0, description="the term's weight at step 0")
+    final_weight: float | None = Field(None, ge=0, description="its weight at the last step (default: weight); "
+                                       "in between it follows hybrid.schedule")
+    overrides: dict[str, Any] = Field({}, description="config keys for this term alone, e.g. {views.jitter_p: 0.0}; "
+                                      f"only the sections {', '.join(TERM_SECTIONS)}")
+
+
+class HybridConfig(Section):
+    terms: list[HybridTerm] = Field([], description="objective: hybrid: the objectives trained together on one "
+                                    "backbone; the loss is Σ weight × (each term's mean loss)")
+    schedule: Literal["linear", "cosine"] = Field("cosine", description="how each weight moves from weight to "
+                                                  "final_weight over train.max_steps")
+
+
 class DistConfig(Section):
     strategy: Literal["ddp", "fsdp", "hsdp"] = Field("ddp", description="ddp: replicas, gradients averaged; fsdp: "
                                                      "parameters, gradients and optimizer state sharded (FSDP2, per "
@@ -272,9 +299,9 @@ class DistConfig(Section):
 
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
-    objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet); images: simclr, "
-                                 "mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster; pairs with text: clip, "
-                                 "siglip; audio: hubert")
+    objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet), simcse; images: "
+                                 "simclr, mocov2, mocov3, byol, dino, mae, beit, swav, deepcluster; pairs with text: "
+                                 "clip, siglip; audio: hubert; hybrid: the objectives of hybrid.terms on one backbone")
     out_dir: str = Field("", description="run directory (default runs/<recipe>)")
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -299,6 +326,8 @@ class RunConfig(Section):
     audio: AudioConfig = AudioConfig()
     video: VideoConfig = VideoConfig()
     hubert: HuBERTConfig = HuBERTConfig()
+    simcse: SimCSEConfig = SimCSEConfig()
+    hybrid: HybridConfig = HybridConfig()
     dist: DistConfig = DistConfig()
 
     @model_validator(mode="after")
@@ -325,14 +354,57 @@ class RunConfig(Section):
                                  f"(image.channels={self.image.channels})")
         return self
 
+    @model_validator(mode="after")
+    def _hybrid_terms(self) -> RunConfig:
+        terms = self.hybrid.terms
+        if self.objective != "hybrid":
+            return self
+        names = [t.objective for t in terms]
+        if len(terms) < 2:
+            raise ValueError(f"objective 'hybrid' needs at least two hybrid.terms (got {len(terms)}); expected e.g. "
+                             "[{objective: mae, weight: 1.0}, {objective: simclr, weight: 0.5}]")
+        if len(set(names)) < len(names):
+            raise ValueError(f"hybrid.terms name an objective twice ({', '.join(names)}); expected each once")
+        text = [n in ENCODER_TEXT_OBJECTIVES for n in names]
+        if any(text) and not all(text):
+            raise ValueError(f"hybrid.terms mix text and image objectives ({', '.join(names)}); one backbone reads "
+                             f"one modality: expected all of {', '.join(ENCODER_TEXT_OBJECTIVES)} or all image "
+                             "objectives")
+        for i in range(len(terms)):
+            self.term_config(i)  # its overrides fail here, not after the data is prepared
+        return self
+
+    def term_config(self, i: int) -> RunConfig:
+        """The config hybrid term i is built from: this one with the term's objective and overrides."""
+        term = self.hybrid.terms[i]
+        tree = self.model_dump(exclude={"hybrid"})
+        tree["objective"] = term.objective
+        for key, value in term.overrides.items():
+            if key.split(".")[0] not in TERM_SECTIONS or key not in all_keys():
+                raise ValueError(f"hybrid.terms[{i}].overrides: '{key}' is not a key a term may set; expected a key "
+                                 f"of {', '.join(TERM_SECTIONS)} (the backbone, data and training are shared)")
+            _set(tree, key, value)
+        try:
+            return RunConfig.model_validate(tree)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = _dotted(err["loc"])
+            where = f"{key}: expected " if key else ""
+            raise ValueError(f"hybrid.terms[{i}] ({term.objective}): {where}{_expected(err)}") from None
+
+    @property
+    def parts(self) -> list[str]:
+        """The objectives this run trains: one, or a hybrid's terms."""
+        return [t.objective for t in self.hybrid.terms] if self.objective == "hybrid" else [self.objective]
+
     @property
     def is_image(self) -> bool:
-        return self.objective in IMAGE_OBJECTIVES
+        return all(p in IMAGE_OBJECTIVES for p in self.parts)
 
     @property
     def modality(self) -> str:
         """What the trained trunk reads: text, image, audio or video."""
-        if self.objective in IMAGE_OBJECTIVES:
+        if self.is_image:
             return "image"
         if self.objective in PAIR_OBJECTIVES:
             return self.align.modality
@@ -420,18 +492,26 @@ def validate(tree: dict) -> RunConfig:
         err = e.errors()[0]
         if err["type"] == "value_error":  # a cross-field rule: its message names the keys itself
             raise ConfigError(_expected(err)) from None
-        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
-        given = _lookup(tree, key)
+        key = _dotted(err["loc"]) or "config"
+        given = _lookup(tree, err["loc"])
         given_text = f"got {given!r}; " if given is not None else ""
         raise ConfigError(f"config key '{key}': {given_text}expected {_expected(err)}") from None
 
 
-def _lookup(tree: dict, dotted: str) -> Any:
+def _dotted(loc: tuple) -> str:
+    """('hybrid', 'terms', 0, 'objective') -> 'hybrid.terms[0].objective'."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _lookup(tree: dict, loc: tuple) -> Any:
     node: Any = tree
-    for p in dotted.split("."):
-        if not isinstance(node, dict) or p not in node:
+    for p in loc:
+        if isinstance(p, int) and isinstance(node, list) and p < len(node):
+            node = node[p]
+        elif isinstance(node, dict) and p in node:
+            node = node[p]
+        else:
             return None
-        node = node[p]
     return node
 
 

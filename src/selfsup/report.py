@@ -2,7 +2,7 @@
 
 `write_report(run_dir)` reads what a training run leaves behind -- `metrics.jsonl`,
 `summary.json`, `config.yaml` and `eval/*.json`, any of which may be missing -- and
-(re)writes `run_dir/report.html`: plots of loss, learning rate and throughput as
+(re)writes `run_dir/report.html`: plots of loss (and a hybrid's terms), learning rate and throughput as
 inline base64 PNGs, the summary and eval figures as tables, and the config verbatim.
 The page needs no network (no external CSS, JS or fonts), so it can be opened from
 a copied run directory anywhere.
@@ -108,7 +108,7 @@ def _new_axes(title: str, ylabel: str):
 
 
 def _plots(rows: list[dict]) -> list[str]:
-    """The three plots as <img> tags, each only when its data was logged."""
+    """The plots as <img> tags, each only when its data was logged."""
     out = []
     (s, loss), (vs, vloss) = _series(rows, "loss"), _series(rows, "val_loss")
     if loss or vloss:
@@ -118,6 +118,17 @@ def _plots(rows: list[dict]) -> list[str]:
         if vloss:
             ax.plot(vs, vloss, "o-", ms=4, label="validation")
         ax.legend()
+        out.append(_png(fig))
+    terms = sorted({k[:-len("_weight")] for r in rows for k in r if k.endswith("_weight")})
+    if terms:  # a hybrid: each term's own mean loss, and its weight on the right
+        fig, ax = _new_axes("Hybrid terms", "term loss (per its own unit)")
+        twin = ax.twinx()
+        twin.set_ylabel("weight")
+        for i, name in enumerate(terms):
+            color = f"C{i}"
+            ax.plot(*_series(rows, f"{name}_loss"), lw=1, color=color, label=f"{name} loss")
+            twin.plot(*_series(rows, f"{name}_weight"), lw=1, ls="--", color=color, label=f"{name} weight")
+        ax.legend(loc="upper right")
         out.append(_png(fig))
     s, lr = _series(rows, "lr")
     if lr:

@@ -22,6 +22,7 @@ from selfsup.objectives.clm import CausalLM
 from selfsup.objectives.deepcluster import DeepCluster
 from selfsup.objectives.dino import DINO
 from selfsup.objectives.hubert import HuBERT
+from selfsup.objectives.hybrid import Hybrid
 from selfsup.objectives.mae import MAE
 from selfsup.objectives.mlm import MaskedLM
 from selfsup.objectives.mocov2 import MoCoV2
@@ -29,6 +30,7 @@ from selfsup.objectives.mocov3 import MoCoV3
 from selfsup.objectives.plm import PermutationLM
 from selfsup.objectives.siglip import SigLIP
 from selfsup.objectives.simclr import SimCLR
+from selfsup.objectives.simcse import SimCSE
 from selfsup.objectives.swav import SwAV
 from selfsup.views.augment import Augment, MultiView
 from selfsup.views.media import AudioView, ImageView, VideoView
@@ -41,8 +43,10 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
     """tok: the tokenizer (text objectives, and the text tower of clip/siglip); images: the training images
     (N, C, H, W) uint8, which DeepCluster clusters and BEiT fits its codebook on (None when opening a trained run);
     backbone: any module mapping images (B, C, H, W) to features (B, D) with an `out_dim` attribute, instead of
-    the configured one (from Python); clips: the training log-mel clips (N, M, F) and their real frames (N,),
+    the configured one (from Python), or the text encoder to build around; clips: the training log-mel clips (N, M, F) and their real frames (N,),
     which HuBERT fits its units on."""
+    if cfg.objective == "hybrid":
+        return _hybrid(cfg, tok, images, backbone)
     if cfg.objective in PAIR_OBJECTIVES:
         return _pair_objective(cfg, tok, backbone)
     if cfg.objective == "hubert":
@@ -52,7 +56,7 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         return HuBERT(encoder, view, h.clusters, h.kmeans_frames, h.mask_prob, h.mask_length, h.temperature,
                       h.proj_dim, rows, lengths, cfg.seed)
     if not cfg.is_image:
-        return _text_objective(cfg, tok)
+        return _text_objective(cfg, tok, backbone)
     if cfg.image.mean is None or cfg.image.std is None:
         raise ValueError("image.mean and image.std must be resolved (measured on the data) before building")
     net = backbone if backbone is not None else image_backbone(cfg)
@@ -94,6 +98,17 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         b = cfg.beit
         return BEiT(net, views, b.mask_ratio, b.codebook_size, b.codebook_images, images, mean, std, cfg.seed)
     raise ValueError(f"objective '{cfg.objective}' has no builder")
+
+
+def _hybrid(cfg: RunConfig, tok: Tokenizer | None, images: np.ndarray | None,
+            backbone: nn.Module | None) -> Hybrid:
+    """Each term built as its own objective around one backbone, from the config with the term's overrides."""
+    if backbone is None:
+        backbone = image_backbone(cfg) if cfg.is_image else Encoder(cfg.model)
+    terms = {t.objective: build_objective(cfg.term_config(i), tok, images, backbone)
+             for i, t in enumerate(cfg.hybrid.terms)}
+    weights = [(t.weight, t.weight if t.final_weight is None else t.final_weight) for t in cfg.hybrid.terms]
+    return Hybrid(backbone, terms, weights, cfg.hybrid.schedule, cfg.train.max_steps)
 
 
 def _pair_objective(cfg: RunConfig, tok: Tokenizer | None, backbone: nn.Module | None) -> nn.Module:
@@ -150,14 +165,23 @@ def image_views(cfg: RunConfig) -> MultiView:
                            n_local=v.local_crops, local_size=local_size, local_scale=v.local_scale)
 
 
-def _text_objective(cfg: RunConfig, tok: Tokenizer) -> nn.Module:
+def _text_objective(cfg: RunConfig, tok: Tokenizer, encoder: nn.Module | None = None) -> nn.Module:
+    """encoder: the bidirectional trunk to build around (a hybrid's shared one), or None for a new one."""
     eos = eos_id(tok)
     if cfg.objective == "clm":
         return CausalLM(GPT(cfg.model), eos, doc_mask=cfg.data.doc_mask)
+    encoder = encoder if encoder is not None else Encoder(cfg.model)
     if cfg.objective == "mlm":
-        encoder = Encoder(cfg.model)
         return MaskedLM(encoder, MaskingTable(tok, encoder.vocab), eos, cfg.mlm.p, cfg.mlm.whole_word,
                         doc_mask=cfg.data.doc_mask)
-    encoder = Encoder(cfg.model)
+    if cfg.objective == "simcse":
+        if not cfg.data.doc_mask:
+            raise ConfigError("simcse embeds each window's longest document alone: it needs data.doc_mask=true")
+        if cfg.model.dropout == 0 and cfg.simcse.mask_p == 0:
+            raise ConfigError("simcse's two views of a text would be identical: expected model.dropout > 0 (SimCSE: "
+                              "0.1) or simcse.mask_p > 0")
+        s = cfg.ssl
+        return SimCSE(encoder, MaskingTable(tok, encoder.vocab), eos, s.proj_hidden, s.proj_dim, s.temperature,
+                      cfg.simcse.mask_p)
     return PermutationLM(encoder, MaskingTable(tok, encoder.vocab).special, eos, cfg.plm.p, cfg.plm.max_span,
                          doc_mask=cfg.data.doc_mask)

@@ -110,15 +110,22 @@ def moco_v2_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tup
     return F.cross_entropy(logits, labels, reduction="sum"), q.shape[0]
 
 
-def moco_v3_loss(q: Tensor, k: Tensor, temperature: float, offset: int = 0) -> tuple[Tensor, int]:
-    """MoCo v3's InfoNCE within the batch. q: (B, E) predictions for one view; k: (N, E) momentum-encoder keys of
-    the other view (no gradient), the global batch's when gathered across processes (this rank's at `offset`).
-    Image i's key is q_i's positive, the other keys its negatives. Scaled by 2τ as in the paper's code, which
-    makes the gradient's size independent of τ. Returns (sum over B, B)."""
+def info_nce(q: Tensor, k: Tensor, temperature: float, offset: int = 0) -> tuple[Tensor, int]:
+    """InfoNCE within the batch, one way. q: (B, E) queries; k: (N, E) keys, the global batch's when gathered
+    across processes (this rank's rows at `offset`). Key i is q_i's positive, every other key a negative; both
+    L2-normalised. Returns (sum over B, B)."""
     q, k = F.normalize(wide(q), dim=-1), F.normalize(wide(k), dim=-1)
     logits = q @ k.t() / temperature  # (B, N)
     labels = torch.arange(q.shape[0], device=q.device) + offset
-    return F.cross_entropy(logits, labels, reduction="sum") * 2 * temperature, q.shape[0]
+    return F.cross_entropy(logits, labels, reduction="sum"), q.shape[0]
+
+
+def moco_v3_loss(q: Tensor, k: Tensor, temperature: float, offset: int = 0) -> tuple[Tensor, int]:
+    """MoCo v3's loss: info_nce of the predictions q (B, E) for one view against the momentum-encoder keys k (N, E)
+    of the other view (no gradient), scaled by 2τ as in the paper's code, which makes the gradient's size
+    independent of τ. Returns (sum over B, B)."""
+    loss, count = info_nce(q, k, temperature, offset)
+    return loss * 2 * temperature, count
 
 
 def byol_loss(p: Tensor, z: Tensor) -> tuple[Tensor, int]:

@@ -138,7 +138,6 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     run_dir = Path(cfg.out_dir)
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)  # every process builds the same initial weights (DDP checks them too)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -157,6 +156,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             if error is not None:
                 raise error
             raise TrainingError("another process failed to prepare the data; its error is in the log above")
+    seed_everything(cfg.seed)  # every process builds the same initial weights (DDP checks them too)
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
@@ -298,7 +298,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                     if val_loss is not None:
                         record["val_loss"] = val_loss
                         text = f"step {step:>6}: loss {record['loss']:.4f}  val_loss {val_loss:.4f}"
-                        if unit == "token":
+                        if cfg.objective in config_mod.TEXT_OBJECTIVES:  # a loss per token predicted
                             record["val_ppl"] = math.exp(min(val_loss, 50))
                             text += f"  val_ppl {record['val_ppl']:.2f}"
                         monitor.say(text)
@@ -334,7 +334,7 @@ def _summary(cfg, run_dir, data: RunData, unit, status, step, counters, params, 
     rate = counters[f"{unit}s_seen"] / counters["elapsed_s"] if counters["elapsed_s"] else 0.0
     if speeds:  # the median logged throughput: not skewed by start-up, evaluation or checkpoints
         rate = float(np.median(speeds))
-    text = unit == "token"
+    text = cfg.objective in config_mod.TEXT_OBJECTIVES  # a perplexity: the loss is per token predicted
     summary = {
         "status": status, "recipe": cfg.recipe, "objective": cfg.objective, "unit": unit, "steps": step,
         f"{unit}s_seen": counters[f"{unit}s_seen"], "wall_time_s": round(counters["elapsed_s"], 2), rate_key: rate,
