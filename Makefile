@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-vision demo-multimodal test bench clean
+.PHONY: setup demo demo-vision demo-multimodal demo-hybrid test bench clean
 
 setup: $(VENV)/.installed
 
@@ -83,6 +83,24 @@ demo-multimodal: setup
 	$(BIN)/selfsup train audio-mask out_dir=runs/mm/audio-mask $(MM_AUDIO)
 	$(BIN)/selfsup eval runs/mm/audio-mask --task knn --train runs/tones/train --test runs/tones/test --baseline random
 	$(BIN)/selfsup eval runs/mm/audio-mask --task linear --train runs/tones/train --test runs/tones/test --baseline random
+
+# Hybrids beside their single parts on the same budget (model, batch, steps): MAE, SimCLR and MAE + SimCLR on the
+# digits with demo-vision's settings (kNN and linear probes), then MLM, SimCSE and MLM + SimCSE on the stdlib
+# docstrings with demo's settings (linear probe on the docstrings labeled by package). About 25 minutes on 2 cores.
+HYBRID_VISION := mae simclr hybrid-mae-contrastive
+HYBRID_TEXT := bert-mlm simcse hybrid-mlm-contrastive
+
+demo-hybrid: setup
+	rm -rf runs/hybrid
+	$(BIN)/selfsup data digits --out runs/digits
+	$(BIN)/selfsup data labeled-docstrings --out runs/labeled
+	@$(foreach r,$(HYBRID_VISION),echo "--- $(r)" && $(BIN)/selfsup train $(r) out_dir=runs/hybrid/$(r) $(VISION) && \
+		$(BIN)/selfsup eval runs/hybrid/$(r) --task knn $(PROBE) && \
+		$(BIN)/selfsup eval runs/hybrid/$(r) --task linear $(PROBE) && ) true
+	@$(foreach r,$(HYBRID_TEXT),echo "--- $(r)" && $(BIN)/selfsup train $(r) out_dir=runs/hybrid/$(r) $(SMALL) \
+		train.max_steps=700 && $(BIN)/selfsup eval runs/hybrid/$(r) --task linear --train runs/labeled/train.jsonl \
+		--test runs/labeled/test.jsonl --baseline random && ) true
+	$(BIN)/selfsup compare $(addprefix runs/hybrid/,$(HYBRID_VISION) $(HYBRID_TEXT))
 
 test: setup
 	$(BIN)/pytest

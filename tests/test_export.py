@@ -41,20 +41,31 @@ def mlm_run(corpus, tmp_path_factory):
     return out
 
 
-def test_mlm_export_loads_as_modernbert_with_the_same_logits(mlm_run, tmp_path):
+@pytest.fixture(scope="module")
+def hybrid_mlm_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hybrid") / "run"
+    invoke("train", "hybrid-mlm-contrastive", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=4")
+    return out
+
+
+@pytest.mark.parametrize("which", ["mlm_run", "hybrid_mlm_run"])
+def test_mlm_export_loads_as_modernbert_with_the_same_logits(which, request, tmp_path):
+    """A masked LM, and a hybrid with an mlm term (exported with that term's head)."""
     from selfsup.rundir import open_run
 
+    mlm_run = request.getfixturevalue(which)
     invoke("export", mlm_run, "--format", "hf", "--out", tmp_path / "hf")
     hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf", attn_implementation="sdpa").eval()
     assert type(hf).__name__ == "ModernBertForMaskedLM"
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     _, objective, _ = open_run(mlm_run, torch.device("cpu"))
+    head = objective.terms["mlm"].head if which == "hybrid_mlm_run" else objective.head
     batch = tok(["<|endoftext|>Return the number of items.", "<|endoftext|>Split a <|mask|> into parts, then more."],
                 padding=True, return_tensors="pt")
     pad_mask = batch["attention_mask"].bool()
     with torch.no_grad():
-        h = objective.head(objective.model(batch["input_ids"], pad_mask=pad_mask))
-        expected = objective.model.logits(h) + objective.head.bias
+        h = head(objective.model(batch["input_ids"], pad_mask=pad_mask))
+        expected = objective.model.logits(h) + head.bias
         got = hf(**batch).logits
     assert got.shape == expected.shape
     assert torch.allclose(got[pad_mask], expected[pad_mask], atol=1e-4)  # padded positions carry no meaning

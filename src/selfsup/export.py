@@ -39,6 +39,8 @@ class ExportError(ValueError):
 def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path,
            quantize: str | None = None) -> Path:
     model, head = objective.model, getattr(objective, "head", None)
+    if "mlm" in cfg.parts and cfg.objective == "hybrid":  # its MLM head makes it a ModernBERT masked LM
+        head = objective.terms["mlm"].head
     if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
         raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
     out.mkdir(parents=True, exist_ok=True)
@@ -59,11 +61,12 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
     m = cfg.model
     if cfg.objective == "clm" and (m.mlp, m.norm) == ("swiglu", "rmsnorm"):
         weights, config = llama_state_dict(model), llama_config(cfg, model, run_dir)
-    elif cfg.objective == "mlm" and (m.mlp, m.norm) == ("geglu", "layernorm"):
+    elif "mlm" in cfg.parts and (m.mlp, m.norm) == ("geglu", "layernorm"):
         weights, config = modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
     else:
         raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
-                          "masked LM with model.mlp=geglu, model.norm=layernorm onto ModernBERT (image backbones: use "
+                          "masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm onto "
+                          "ModernBERT (image backbones: use "
                           "--format safetensors); this run has "
                           f"objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}")
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
