@@ -21,12 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from selfsup import config
+from selfsup.data.loader import RowLoader
 from selfsup.data.shard_index import shard_index
 from selfsup.data.shard_order import ShardOrder, StridedOrder
 from selfsup.data.shards import is_val
 from selfsup.data.stream_prepare import shard_files
 from selfsup.data.streaming import ImageDecoder, PairDecoder, ShardTable, StreamLoader
 from selfsup.data.text import DataError
+from selfsup.train.data import RunData
 from tests.test_cli import invoke
 from tests.test_vision import TINY_VISION
 
@@ -211,6 +214,14 @@ def test_bad_streaming_inputs_fail_with_one_line(shards, tmp_path):
     t = table(shards, tmp_path)
     with pytest.raises(DataError, match="no sample for some of the 9 processes"):
         loader(t, 0, 9)
+    with pytest.raises(DataError, match="from a run without data.streaming"):
+        loader(t).load_state({"epoch": 0, "index": 5})
+    with pytest.raises(DataError, match="from a run with data.streaming=true"):
+        RowLoader({"x": np.arange(4)}).load_state(loader(t).state())
+    for recipe in ("gpt-clm", "deepcluster"):
+        with pytest.raises(DataError, match=f"data.streaming=true: {recipe.split('-')[-1]} .*expected data.streaming="
+                                            "false"):
+            RunData(config.load(recipe, [f"data.path={shards}", "data.streaming=true"]), tmp_path, print)
 
 
 def test_streaming_training_run_and_its_summary(shards, tmp_path):

@@ -27,10 +27,10 @@ class RunData:
         d = cfg.data
         cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
         path = builtin.resolve(d.path, cache)
-        if cfg.modality == "text":
-            self._text(cfg, run_dir, log)
-        elif d.streaming:
+        if d.streaming:
             self._stream(cfg, path, cache, run_dir, log)
+        elif cfg.modality == "text":
+            self._text(cfg, run_dir, log)
         elif cfg.is_image:
             self._images(cfg, path, log)
         else:
