@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np

@@ -68,7 +68,8 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
     if section.mean is None or section.std is None or cfg.objective == "beit":
         sample, lengths, measured = _head(train, decoder, workers)
         if section.mean is None or section.std is None:
-            stats = media_data._Stats(cfg.modality, dict(decoder.settings) if pairs else {"channels": cfg.image.channels})
+            settings = dict(decoder.settings) if pairs else {"channels": cfg.image.channels}
+            stats = media_data._Stats(cfg.modality, settings)
             stats.add(sample, lengths)
             mean, std = stats.result()
             section.mean, section.std = ((round(mean, 4), round(std, 4)) if cfg.modality == "audio"
