@@ -47,6 +47,11 @@ class DataConfig(Section):
     cache_dir: str | None = Field(None, description="where token shards and decoded images are cached (default "
                                   "~/.cache/selfsup)")
     workers: int | None = Field(None, ge=0, description="image decoding processes (default: min(cores, 8))")
+    streaming: bool = Field(False, description="images and pairs in webdataset .tar shards: decode on the fly instead "
+                            "of into a cache first; each process and decoding worker reads its own shards, whole "
+                            "shards are held out for validation by a hash of their name, statistics are measured on "
+                            "the first 1000 samples (see docs/distributed.md)")
+    shuffle_buffer: int = Field(1000, gt=0, description="streaming: samples permuted together within a process")
 
 
 class ImageConfig(Section):

@@ -259,23 +259,36 @@ def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter, captions: b
 
 
 def _tar_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[_Item]:
+    for key, sample in tar_samples(f, tar_members(modality), skipped):
+        item = tar_item(rel, key, sample, modality, skipped, captions)
+        if item is not None:
+            yield item
+
+
+def tar_members(modality: str) -> tuple[str, ...]:
+    """The tar member extensions a sample of this modality is read from (others are never read)."""
+    return tuple(suffix[1:] for suffix in SUFFIXES[modality]) + ("txt", "cls", "label")
+
+
+def tar_item(rel: str, key: str, sample: dict[str, bytes], modality: str, skipped: Counter,
+             captions: bool) -> _Item | None:
+    """One webdataset sample as an item, or None when it is skipped (counted in `skipped`)."""
     media = SUFFIXES[modality]
-    for key, sample in tar_samples(f, tuple(suffix[1:] for suffix in media) + ("txt", "cls", "label"), skipped):
-        ext = next((e for e in sample if f".{e}" in media), None)
-        if ext is None:
-            skipped[f"no {modality} in tar sample"] += 1
-            continue
-        try:
-            caption = sample["txt"].decode().strip() if "txt" in sample else None
-            label = int(sample["cls"].decode()) if "cls" in sample else None
-            label = sample["label"].decode().strip() if "label" in sample else label
-        except ValueError:  # UnicodeDecodeError included
-            skipped["bad caption or label"] += 1
-            continue
-        if captions and not caption:
-            skipped["no caption"] += 1
-            continue
-        yield _Item(f"{rel}#{key}", caption or None, label, "bytes", sample[ext])
+    ext = next((e for e in sample if f".{e}" in media), None)
+    if ext is None:
+        skipped[f"no {modality} in tar sample"] += 1
+        return None
+    try:
+        caption = sample["txt"].decode().strip() if "txt" in sample else None
+        label = int(sample["cls"].decode()) if "cls" in sample else None
+        label = sample["label"].decode().strip() if "label" in sample else label
+    except ValueError:  # UnicodeDecodeError included
+        skipped["bad caption or label"] += 1
+        return None
+    if captions and not caption:
+        skipped["no caption"] += 1
+        return None
+    return _Item(f"{rel}#{key}", caption or None, label, "bytes", sample[ext])
 
 
 def _decode_chunk(items: list[_Item], modality: str, decode: dict):
@@ -286,7 +299,7 @@ def _decode_chunk(items: list[_Item], modality: str, decode: dict):
     for item in items:
         try:
             data = item.payload if item.kind == "bytes" else image_data._read(item.payload)
-            row, length, note = _decode_one(modality, data, decode)
+            row, length, note = decode_one(modality, data, decode)
             rows.append(row)
             lengths.append(length)
             reasons.append(None)
@@ -298,7 +311,7 @@ def _decode_chunk(items: list[_Item], modality: str, decode: dict):
     return stacked, np.array(lengths, dtype=np.int32), reasons, notes
 
 
-def _decode_one(modality: str, data: bytes, s: dict) -> tuple[np.ndarray, int, list[str]]:
+def decode_one(modality: str, data: bytes, s: dict) -> tuple[np.ndarray, int, list[str]]:
     if modality == "audio":
         return decode_audio(data, s["sample_rate"], s["seconds"], s["n_mels"], s["n_fft"], s["hop"],
                             s["min_seconds"])

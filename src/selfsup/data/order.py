@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from selfsup.data.text import DataError
+
 
 class EpochOrder:
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1):
@@ -49,5 +51,8 @@ class EpochOrder:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state(self, state: dict) -> None:
+        if "streaming" in state:
+            raise DataError("the checkpoint's data position is from a run with data.streaming=true; expected the "
+                            "same data.streaming setting as the run started with")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._permutation(self.epoch)

@@ -15,6 +15,7 @@ from selfsup.data.loader import RowLoader
 from selfsup.data.media import MediaSet, prepare_media, settings
 from selfsup.data.packing import PackedWindows
 from selfsup.data.shards import default_cache, prepare
+from selfsup.data.stream_prepare import prepare_stream
 from selfsup.data.text import DataError
 
 
@@ -26,7 +27,9 @@ class RunData:
         d = cfg.data
         cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
         path = builtin.resolve(d.path, cache)
-        if cfg.modality == "text":
+        if d.streaming:
+            self._stream(cfg, path, cache, run_dir, log)
+        elif cfg.modality == "text":
             self._text(cfg, run_dir, log)
         elif cfg.is_image:
             self._images(cfg, path, log)
@@ -61,6 +64,11 @@ class RunData:
         self.summary = dict(path=d.path, files=images.meta["files"], images=images.meta["images"],
                             skipped=images.meta["skipped"], classes=len(images.classes), mean=im.mean,
                             std=im.std, cache=str(images.dir))
+
+    def _stream(self, cfg: RunConfig, path: str, cache: Path, run_dir: Path, log) -> None:
+        s = prepare_stream(cfg, path, cache, run_dir, log, self.write)  # data/stream_prepare.py
+        self.loader, self.val_loader, self.tokenizer, self.train_images = s.loader, s.val_loader, s.tokenizer, s.sample
+        self.window, self.summary = s.window, s.summary
 
     def _media(self, cfg: RunConfig, path: str, run_dir: Path, log) -> None:
         d, modality = cfg.data, cfg.modality
