@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from selfsup.train.trainer import seed_everything
 from selfsup import config
 from selfsup.data.captions import caption_arrays
 from selfsup.data.media import prepare_media
@@ -207,7 +208,7 @@ def test_span_mask_geometry(monkeypatch):
 
 
 def test_span_mask_properties():
-    torch.manual_seed(0)
+    seed_everything(0)
     B, T = 8, 60
     lengths = torch.tensor([60, 45, 30, 12, 7, 3, 1, 60])
     real = torch.arange(T)[None, :] < lengths[:, None]
@@ -261,7 +262,7 @@ def _clips(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def hubert_setup():
     cfg = config.load("audio-mask", HUBERT)
     rows, lengths = _clips(6)
-    torch.manual_seed(0)
+    seed_everything(0)
     obj = build_objective(cfg, clips=(rows, lengths))
     return cfg, obj, rows, lengths
 
@@ -299,11 +300,11 @@ def test_hubert_loss_counts_and_scores_masked_tokens_only(hubert_setup, monkeypa
         return h
 
     monkeypatch.setattr(obj.model, "encode", spy)
-    torch.manual_seed(123)
+    seed_everything(123)
     out = obj({"audio": mel, "lengths": batch["lengths"]})
     T = obj.model.tokens_per_clip
     real = obj.model.token_mask(batch["lengths"], T)
-    torch.manual_seed(123)
+    seed_everything(123)
     masked = span_mask(real, cfg.hubert.mask_prob, cfg.hubert.mask_length)  # the same draw as the forward's
     assert int(out.count) == int(masked.sum()) > 0
     assert out.metrics["masked_share"].item() == pytest.approx(masked.sum().item() / real.sum().item())
@@ -337,9 +338,9 @@ def test_hubert_state_dict_round_trips_the_units(hubert_setup):
     assert torch.equal(nearest(token_frames(mel, stride, T).flatten(0, 1), fresh.centroids), targets)
     assert len(targets.unique()) > 1
     fresh.train()
-    torch.manual_seed(5)
+    seed_everything(5)
     a = obj(batch)
-    torch.manual_seed(5)
+    seed_everything(5)
     b = fresh(batch)
     assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6) and int(a.count) == int(b.count)
 
@@ -348,7 +349,7 @@ def test_hubert_state_dict_round_trips_the_units(hubert_setup):
 
 def test_audio_encoder_ignores_padding_beyond_the_real_tokens():
     cfg = config.load("audio-mask", HUBERT)
-    torch.manual_seed(0)
+    seed_everything(0)
     enc = AudioEncoder(cfg.model, 64, 101, 2).eval()
     g = torch.Generator().manual_seed(1)
     mel = torch.randn(3, 64, 101, generator=g)
@@ -403,7 +404,7 @@ def test_video_view_segments_and_normalisation():
     expected = (torch.tensor(20 * 4 + 1) / 255 - 0.2) / 0.25  # channel 1 of cached frame 4
     assert x[0, 1, 1, 0, 0].item() == pytest.approx(expected.item(), rel=1e-6)
     view.train()
-    torch.manual_seed(0)
+    seed_everything(0)
     (x,) = view(clips)
     idx = picked(x)  # (B, T)
     segment = idx // per
@@ -441,7 +442,7 @@ def pair_batch():
 
 def test_clip_objective_loss_is_clip_loss_of_its_embeddings(pair_batch):
     tok, batch = pair_batch
-    torch.manual_seed(0)
+    seed_everything(0)
     obj = build_objective(config.load("clip", PAIRS), tok).eval()
     assert obj.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     out = obj(batch)
@@ -484,7 +485,7 @@ def test_logit_scale_clamps_and_siglip_init(pair_batch):
 @pytest.mark.parametrize("recipe", ["clip", "siglip"])
 def test_pair_objective_learns_a_tiny_batch(pair_batch, recipe):
     tok, batch = pair_batch
-    torch.manual_seed(0)
+    seed_everything(0)
     obj = build_objective(config.load(recipe, PAIRS + (["align.chunk=3"] if recipe == "siglip" else [])), tok)
     steps = 150  # with random crops in training: pairs are all right from about step 80 on
     opt = torch.optim.AdamW(obj.parameters(), lr=2e-3, weight_decay=0.0)

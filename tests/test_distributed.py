@@ -1,10 +1,12 @@
-"""Training on several processes equals training on one with the whole batch: each contrastive and distillation
-objective with 2 gloo processes on the CPU gives the one-process loss, gradients and state (queues, centres,
-BatchNorm statistics) to 1e-5; the trainer's two-process CLM run logs the one-process losses; the data position
+"""Training on several processes equals training on one with the whole batch: each contrastive, distillation and
+masked objective (and a hybrid) with 2 gloo processes on the CPU gives the one-process loss, gradients and state
+(queues, centres, BatchNorm statistics) to 1e-5; the trainer's two-process CLM and MLM runs log the one-process
+losses; the data position
 survives a change of world size; a run whose worker is killed resumes from its last complete checkpoint.
 
 Augmentations draw different random numbers in one and in two processes, so the objective-level tests feed
-fixed views (the centre view and its mirror image) instead.
+fixed views (the centre view and its mirror image) instead; masks are drawn for the global batch
+(views/batch_random.py), so masked objectives need no such help.
 """
 
 from __future__ import annotations
@@ -29,10 +31,20 @@ from selfsup.data.loader import RowLoader
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.views.augment import center_view
+from selfsup.train.trainer import seed_everything
 from tests.conftest import TINY
+from tests.test_alignment import _clips
 from tests.test_train import losses
 
-OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip", "simcse", "hybrid"]
+OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip", "simcse", "hybrid",
+              "mae", "beit", "mlm", "plm", "hubert"]
+# masked objectives draw their masks for the global batch (views/batch_random.py): equal on any number of processes
+RECIPES = {"mlm": "bert-mlm", "plm": "xlnet-plm", "hubert": "audio-mask"}
+TEXT = ["model.context=16", "model.vocab_size=512"]
+EXTRA = {"simcse": [*TEXT, "model.dropout=0", "simcse.mask_p=0.5"], "mlm": TEXT, "plm": TEXT,
+         "beit": ["beit.codebook_size=8", "beit.codebook_images=8"],
+         "hubert": ["hubert.clusters=8", "hubert.kmeans_frames=400", "hubert.proj_dim=16", "audio.mean=0",
+                    "audio.std=1"]}
 # a hybrid whose terms are both deterministic under fixed views: what it adds is each term's global mean
 HYBRID = ["objective=hybrid", "hybrid.terms=[{objective: simclr, weight: 0.7}, {objective: byol, weight: 0.3}]"]
 SMALL = ["image.size=16", "image.channels=1", "image.mean=[0.4]", "image.std=[0.3]", "model.dim=32", "model.depth=2",
@@ -56,6 +68,18 @@ class FixedImage(nn.Module):
         return (center_view(images, 16, [0.4], [0.3]).double(),)
 
 
+class Float64Audio(nn.Module):
+    """The audio view's normalised log-mel in float64, as the rest of the objective runs here."""
+
+    def __init__(self, view):
+        super().__init__()
+        self.inner = view
+
+    def forward(self, mel, lengths=None):
+        x, lengths = self.inner(mel, lengths)
+        return x.double(), lengths
+
+
 def _batch(name: str) -> dict:
     g = torch.Generator().manual_seed(1)
     batch = {"images": torch.randint(0, 256, (GLOBAL_BATCH, 1, 16, 16), generator=g, dtype=torch.uint8),
@@ -63,7 +87,10 @@ def _batch(name: str) -> dict:
     if name in ("clip", "siglip"):
         batch = {"media": batch["images"], "text": torch.randint(3, 500, (GLOBAL_BATCH, 8), generator=g),
                  "text_mask": torch.ones(GLOBAL_BATCH, 8, dtype=torch.bool)}
-    if name == "simcse":  # windows of three documents of random lengths, each opened by EOS
+    if name == "hubert":
+        rows, lengths = _clips(GLOBAL_BATCH)
+        batch = {"audio": torch.from_numpy(rows), "lengths": torch.from_numpy(lengths)}
+    if name in ("simcse", "mlm", "plm"):  # windows of three documents of random lengths, each opened by EOS
         tokens = torch.randint(10, 250, (GLOBAL_BATCH, 16), generator=g)
         tokens[:, 0] = 0
         tokens[torch.arange(GLOBAL_BATCH)[:, None], torch.randint(1, 16, (GLOBAL_BATCH, 2), generator=g)] = 0
@@ -85,26 +112,30 @@ def _step(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
     (summed over the processes) and the objective's buffers. In float64: a gradient shared by the whole batch
     (the ViT's class token) sums terms that BatchNorm makes cancel, and in fp32 the order of that sum alone
     moves it by ~1e-5 of its size; float64 shows the split into processes changes nothing else."""
-    torch.manual_seed(0)
-    if name == "simcse":  # dropout and masking would draw different numbers: the two views are the same window
-        cfg = config.load(name, [*SMALL, "model.context=16", "model.vocab_size=512", "model.dropout=0",
-                                 "simcse.mask_p=0.5"])
-        objective = build_objective(cfg, _tokenizer())
-        objective.mask_p = 0.0
+    seed_everything(0)
+    if name == "hybrid":
+        cfg = config.load("simclr", [*SMALL, *HYBRID])
     else:
-        objective = build_objective(config.load("simclr", [*SMALL, *HYBRID]) if name == "hybrid"
-                                    else config.load(name, SMALL))
+        cfg = config.load(RECIPES.get(name, name), [*SMALL, *EXTRA.get(name, [])])
+    batch = _batch(name)
+    tok = _tokenizer() if name in ("simcse", "mlm", "plm") else None
+    objective = build_objective(cfg, tok, images=batch["images"].numpy() if name == "beit" else None,
+                                clips=_clips(GLOBAL_BATCH) if name == "hubert" else None)
+    if name == "simcse":  # dropout and masking draw per process: the two views are the same window
+        objective.mask_p = 0.0
     # one process too: the same BatchNorm arithmetic on both sides (vs torch's own: see the test below)
     synchronize_batchnorm(objective, torch.device("cpu"))
     objective.double()
     for part in objective.terms.values() if name == "hybrid" else [objective]:
         if hasattr(part, "views"):
             part.views = FixedViews()
-        elif hasattr(part, "view"):
+        elif name in ("clip", "siglip"):
             part.view = FixedImage()
+        elif name == "hubert":
+            part.view = Float64Audio(part.view)
     objective.train()
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    out = objective({k: v[rows] for k, v in _batch(name).items()})
+    out = objective({k: v[rows] for k, v in batch.items()})
     out.loss.backward()
     result = {"loss": out.loss.detach().reshape(1), "count": torch.tensor([float(out.count)])}
     for n, p in objective.named_parameters():
@@ -197,11 +228,14 @@ CLM = ["model.dim=32", "model.depth=2", "model.heads=2", "model.context=32", "mo
        "train.eval_batches=2", "data.workers=0"]
 
 
-def test_two_process_training_logs_the_one_process_losses(corpus, tmp_path):
+# bert-mlm: masks are drawn for each global micro-batch, so one process accumulates micro-batches of the same 4 rows
+@pytest.mark.parametrize("recipe, one_process", [("gpt-clm", ["train.batch_size=8"]),
+                                                 ("bert-mlm", ["train.batch_size=4", "train.grad_accum=2"])])
+def test_two_process_training_logs_the_one_process_losses(recipe, one_process, corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, "train.batch_size=8")
+    r = _cli("train", recipe, f"data.path={corpus}", f"out_dir={one}", *CLM, *one_process)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=2",
+    r = _cli("train", recipe, f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=2",
              "train.grad_accum=2", "dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "global batch 8 = 2 per process × 2 accumulated × 2 process(es)" in r.stdout  # DDP's no_sync too

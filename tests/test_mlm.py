@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from selfsup.train.trainer import seed_everything
 from selfsup.config import ModelConfig
 from selfsup.data.tokenizer import EOS, MASK, PAD, train_bpe
 from selfsup.models.encoder import Encoder
@@ -33,7 +34,7 @@ def _batch(tok, n=64, T=64):
 
 
 def test_80_10_10_split_and_specials_untouched(tok, table):
-    torch.manual_seed(0)
+    seed_everything(0)
     tokens, pad_mask = _batch(tok)
     counts = torch.zeros(4)
     chosen_share = []
@@ -69,7 +70,7 @@ def test_table_knows_the_specials(tok, table):
 
 
 def test_whole_word_masking_takes_words_whole(tok, table):
-    torch.manual_seed(1)
+    seed_everything(1)
     tokens, pad_mask = _batch(tok)
     word_start = table.word_start[tokens] | table.special[tokens]
     word_start[:, 1:] |= table.special[tokens[:, :-1]]
@@ -83,13 +84,13 @@ def test_whole_word_masking_takes_words_whole(tok, table):
 
 
 def test_loss_counts_only_the_chosen_tokens(tok, table):
-    torch.manual_seed(0)
+    seed_everything(0)
     enc = Encoder(ModelConfig(dim=32, depth=2, heads=2, context=64, vocab_size=400, norm="layernorm", mlp="geglu"))
     obj = MaskedLM(enc, table, tok.token_to_id(EOS))
     tokens, pad_mask = _batch(tok, n=8)
-    torch.manual_seed(5)
+    seed_everything(5)
     out = obj({"tokens": tokens, "pad_mask": pad_mask})
-    torch.manual_seed(5)
+    seed_everything(5)
     _, labels = mask_tokens(tokens, table, 0.15, pad_mask=pad_mask)
     assert out.count == (labels != IGNORE).sum() and out.units == tokens.numel()
     assert 0.5 * torch.log(torch.tensor(448.0)) < out.loss / out.count < 2 * torch.log(torch.tensor(448.0))

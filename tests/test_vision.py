@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, load_model, save_model
 
+from selfsup.train.trainer import seed_everything
 from selfsup import config
 from selfsup.config import ConfigError
 from selfsup.data.digits import write_digits
@@ -72,7 +73,7 @@ def image_cfg(recipe, data, out, *extra):
 def built(name, *extra, images=None):
     """An objective built from its recipe with the tiny settings, outside the trainer."""
     cfg = config.load(name, [*TINY_VISION, *NORM, *extra])
-    torch.manual_seed(0)
+    seed_everything(0)
     return cfg, build_objective(cfg, images=images)
 
 
@@ -258,16 +259,16 @@ def test_deepcluster_pseudo_labels_survive_a_save_and_load(tmp_path):
     assert set(obj.labels.tolist()) == {0, 1, 2, 3}  # k-means re-seeds empty clusters: all 4 used
     save_model(obj, str(tmp_path / "model.safetensors"))
 
-    torch.manual_seed(1)
+    seed_everything(1)
     fresh = build_objective(cfg)  # as a trained run is opened: no training images
     assert len(fresh.labels) == 0
     load_model(fresh, str(tmp_path / "model.safetensors"))
     assert torch.equal(fresh.labels, obj.labels)
     torch.testing.assert_close(fresh.weights, obj.weights, rtol=0, atol=0)
     fresh.train()
-    torch.manual_seed(5)
+    seed_everything(5)
     expected = obj(batch).loss
-    torch.manual_seed(5)
+    seed_everything(5)
     got = fresh(batch).loss  # no re-clustering (it would need the images): the restored labels are used
     assert torch.equal(got, expected)
 
@@ -483,7 +484,7 @@ def test_beit_fits_its_codebook_on_the_first_training_forward(monkeypatch):
     again.fit_codebook(torch.device("cpu"))
     assert torch.equal(again.codebook, codebook)
 
-    torch.manual_seed(3)
+    seed_everything(3)
     opened = build_objective(cfg)  # a trained run opened without images: the codebook comes with the weights
     opened.load_state_dict(obj.state_dict())
     assert bool(opened.codebook_ready) and torch.equal(opened.codebook, codebook)

@@ -17,7 +17,7 @@ def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: nn.Module,
     """loss(trunk) on the run's own validation split (the same batches, masks and views for every trunk), or None
     when the objective has no validation loss (DeepCluster) or the run no validation split."""
     from selfsup.train.data import RunData
-    from selfsup.train.trainer import evaluate
+    from selfsup.train.trainer import evaluate, seed_everything
 
     if not getattr(objective, "validates", True):
         return None
@@ -30,7 +30,7 @@ def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: nn.Module,
     def loss(trunk: nn.Module) -> float:
         kept = {k: v.clone() for k, v in objective.model.state_dict().items()}
         objective.model.load_state_dict(trunk.state_dict())
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)  # the same masks and views for every trunk
         value = evaluate(objective, data.val_loader, cfg.train.batch_size, cfg.train.eval_batches, device, "fp32")
         objective.model.load_state_dict(kept)
         return value

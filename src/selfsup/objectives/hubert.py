@@ -27,13 +27,14 @@ from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.gather import broadcast
 from selfsup.objectives.kmeans import kmeans, nearest
 from selfsup.objectives.output import LossOutput
+from selfsup.views import batch_random
 
 
 def span_mask(real: Tensor, mask_prob: float, length: int) -> Tensor:
     """(B, T) real-token mask -> (B, T) True on masked tokens: each real token starts a span with probability
     mask_prob, spans of `length` tokens may overlap, and at least one token per clip is masked."""
     B, T = real.shape
-    starts = (torch.rand(B, T).to(real.device) < mask_prob) & real  # (B, T); drawn on the CPU, as the views
+    starts = (batch_random.rand((B, T), real.device) < mask_prob) & real  # (B, T), the same on any world size
     starts[:, 0] |= ~starts.any(dim=1)  # no clip goes unmasked (token 0 is always real: padding is at the end)
     # a token is masked when a span started at one of the `length` tokens up to it
     window = F.pad(starts.float(), (length - 1, 0)).unfold(1, length, 1)  # (B, T, length)

@@ -9,6 +9,7 @@ from torch import Tensor
 def nearest(x: Tensor, centroids: Tensor, chunk: int = 65536) -> Tensor:
     """(N, D), (K, D) -> (N,) index of the nearest centroid (squared Euclidean), a chunk of rows at a time."""
     c_sq = (centroids * centroids).sum(dim=1)  # (K,)
+    x = x.to(centroids.dtype)  # rows may come in another precision than the centroids were fitted in
     out = [(c_sq - 2 * rows @ centroids.t()).argmin(dim=1) for rows in x.split(chunk)]  # ‖x‖² is the same per row
     return torch.cat(out)
 

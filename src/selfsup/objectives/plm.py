@@ -40,6 +40,7 @@ from selfsup.models.transformer import Transformer, document_positions
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.mlm import MLMHead
 from selfsup.objectives.output import LossOutput
+from selfsup.views import batch_random
 
 
 def span_context(length: Tensor | int, p: float):
@@ -55,10 +56,10 @@ def sample_spans(B: int, T: int, p: float, max_span: int, device=None) -> tuple[
     ended. Returns start, end: (B, S) each, S spans per row (enough to pass the end: the shortest context is
     span_context(1)), clipped to T; spans past the end are empty."""
     S = -(-T // span_context(1, p))  # ceil
-    length = torch.randint(1, max_span + 1, (B, S), device=device)  # (B, S)
+    length = batch_random.randint(1, max_span + 1, (B, S), device)  # (B, S); draws: views/batch_random.py
     context = span_context(length, p)  # (B, S)
     context_start = torch.cumsum(context, dim=1) - context  # (B, S)
-    offset = (torch.rand(B, S, device=device) * (context - length + 1)).long()  # (B, S) in 0..context - length
+    offset = (batch_random.rand((B, S), device) * (context - length + 1)).long()  # (B, S) in 0..context - length
     start = context_start + offset
     return start.clamp(max=T), (start + length).clamp(max=T)
 
@@ -93,7 +94,7 @@ def most_targets(T: int, p: float, max_span: int) -> int:
 def factorisation_order(targets: Tensor) -> Tensor:
     """targets: (B, T) bool -> order (B, T) long: -1 on every non-target (the shared context, visible to all), a
     uniformly random permutation's ranks on the targets (only comparisons between them matter)."""
-    rank = torch.rand(targets.shape, device=targets.device).argsort(dim=1).argsort(dim=1)  # (B, T) distinct
+    rank = batch_random.rand(targets.shape, targets.device).argsort(dim=1).argsort(dim=1)  # (B, T) distinct
     return torch.where(targets, rank, -1)
 
 

@@ -4,7 +4,8 @@ loading a checkpoint never runs code from it.
     RUN_DIR/checkpoints/step-00000200/
         model.safetensors   the objective's state dict (heads, teachers and the backbone)
         optim.safetensors   optimizer tensors, keyed state/<param index>/<name>
-        rng.safetensors     torch (and CUDA) generator states, of every process ('rank<r>/...' beyond rank 0)
+        rng.safetensors     torch (and CUDA) generator states, of every process ('rank<r>/...' beyond rank 0), and
+                            the masks' generator (views/batch_random.py)
         state.json          step, data position, optimizer hyper-parameters, Python/NumPy RNG, counters
 
 With FSDP the model and optimizer are instead sharded/ (torch.distributed.checkpoint: each process writes its own
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from selfsup.train.parallel import is_sharded
+from selfsup.views import batch_random
 
 PREFIX = "step-"
 
@@ -130,6 +132,8 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
     rng = {k[len(prefix):]: v for k, v in load_file(path / "rng.safetensors").items()
            if (k.startswith(prefix) if rank else "/" not in k)}
     torch.set_rng_state(rng["torch"])
+    if "masks" in rng:  # checkpoints of older versions drew masks from the generator above
+        batch_random.set_state(rng["masks"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
         torch.cuda.set_rng_state_all(states[:torch.cuda.device_count()])  # fewer GPUs visible now: the first ones
@@ -207,7 +211,7 @@ def _join_optimizer(tensors: dict, rest: dict) -> dict:
 
 
 def _torch_rng() -> dict:
-    rng = {"torch": torch.get_rng_state()}
+    rng = {"torch": torch.get_rng_state(), "masks": batch_random.get_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i:03d}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return rng

@@ -36,6 +36,7 @@ from selfsup.train.mfu import count_flops, peak_flops
 from selfsup.train.monitor import Monitor, read_metrics
 from selfsup.train.parallel import is_sharded, no_sync, parallelize
 from selfsup.train.schedule import lr_at
+from selfsup.views import batch_random
 
 
 class TrainingError(RuntimeError):
@@ -54,6 +55,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    batch_random.seed(seed)
 
 
 def autocast(device: torch.device, precision: str):

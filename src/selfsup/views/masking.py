@@ -3,7 +3,8 @@
 Of the tokens that are neither special nor padding, each is chosen with probability p (0.15); of the chosen,
 80% become the mask token, 10% a random non-special token and 10% stay unchanged. Labels hold the original
 token where chosen and IGNORE elsewhere. With whole-word masking a word's tokens are chosen together. The
-draw comes from torch's global generator, so it is new every batch, seeded, and restored on resume.
+draws come from views/batch_random.py: new every batch, seeded, restored on resume, and the same for a sample
+on any number of processes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from selfsup.data.tokenizer import MASK
 from selfsup.objectives.losses import IGNORE
+from selfsup.views import batch_random
 
 
 class MaskingTable:
@@ -43,7 +45,7 @@ def mask_tokens(tokens: Tensor, table: MaskingTable, p: float = 0.15, whole_word
     candidates = ~table.special[tokens]  # (B, T)
     if pad_mask is not None:
         candidates &= pad_mask
-    draw = torch.rand(tokens.shape, device=tokens.device)  # (B, T)
+    draw = batch_random.rand(tokens.shape, tokens.device)  # (B, T)
     if whole_word:  # every token of a word takes the draw of the word's first token
         starts = table.word_start[tokens] | ~candidates  # (B, T); a word also starts after a special or padding
         starts[:, 1:] |= ~candidates[:, :-1]
@@ -52,8 +54,8 @@ def mask_tokens(tokens: Tensor, table: MaskingTable, p: float = 0.15, whole_word
         draw = draw.gather(1, first)
     chosen = candidates & (draw < p)
     labels = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE))
-    how = torch.rand(tokens.shape, device=tokens.device)  # 80% mask, 10% random, 10% unchanged
-    random_ids = table.ordinary[torch.randint(len(table.ordinary), tokens.shape, device=tokens.device)]
+    how = batch_random.rand(tokens.shape, tokens.device)  # 80% mask, 10% random, 10% unchanged
+    random_ids = table.ordinary[batch_random.randint(0, len(table.ordinary), tokens.shape, tokens.device)]
     inputs = torch.where(chosen & (how < 0.8), torch.full_like(tokens, table.mask_id), tokens)
     inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, inputs)
     return inputs, labels

@@ -4,7 +4,8 @@
 T_keep patches of the shuffle, and keep the inverse permutation so the decoder can put [visible ; mask tokens]
 back in patch order. `block_mask` is BEiT's block-wise masking (Bao et al. 2021, Algorithm 1): union random
 rectangles until enough patches are hidden, so the model cannot fill a patch in from its visible neighbours.
-Draws come from `generator` when given (a loader's own stream), else from torch's global generator.
+Draws come from `generator` when given, else from views/batch_random.py (this process's rows of the global
+batch's draw: the same mask for a sample on any number of processes).
 
 Letters in shape comments: B batch, T patches (H·W, row-major as a patch embedding flattens them), H, W grid.
 """
@@ -16,13 +17,16 @@ import math
 import torch
 from torch import Tensor
 
+from selfsup.views import batch_random
+
 EPS = 1e-9  # ratios are decimals: 10 × (1 - 0.9) is 0.99999..., which int() would make 0 instead of 1
 
 
 def _uniform(shape: tuple[int, ...], device, generator: torch.Generator | None) -> Tensor:
     """Uniform [0, 1) noise, drawn where the generator lives (a CPU generator cannot fill a GPU tensor)."""
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, device=where, generator=generator).to(device)
+    if generator is None:
+        return batch_random.rand(shape, device)
+    return torch.rand(shape, device=generator.device, generator=generator).to(device)
 
 
 def random_masking(batch: int, tokens: int, ratio: float, device,
@@ -68,10 +72,14 @@ def block_mask(batch: int, grid: tuple[int, int], ratio: float, device, *, min_p
     if not 0 <= ratio <= 1:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     H, W = grid
+    shared = generator is None  # rounds depend on every row: the whole global batch is drawn, own rows kept
+    if shared:
+        batch, mine = batch_random.rows(batch)
+        generator = batch_random.generator
     target = math.ceil(ratio * H * W - EPS)
     low = min_patches if min_patches is not None else default_min_patches(grid)
     log_aspect = torch.tensor(aspect, dtype=torch.float64).log()
-    where = generator.device if generator is not None else "cpu"
+    where = generator.device
     rows = torch.arange(H, device=where)[None, :, None]  # (1, H, 1)
     cols = torch.arange(W, device=where)[None, None, :]  # (1, 1, W)
     mask = torch.zeros(batch, H, W, dtype=torch.bool, device=where)  # (B, H, W)
@@ -98,4 +106,4 @@ def block_mask(batch: int, grid: tuple[int, int], ratio: float, device, *, min_p
         noise = torch.rand(mask.shape, device=where, generator=generator).masked_fill(mask, 2.0)  # (B, T)
         rank = noise.argsort(dim=1).argsort(dim=1)  # (B, T)
         mask |= rank < short[:, None]
-    return mask.to(device)
+    return (mask[mine] if shared else mask).to(device)
