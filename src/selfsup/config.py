@@ -279,7 +279,9 @@ class HybridTerm(Section):
 
 class HybridConfig(Section):
     terms: list[HybridTerm] = Field([], description="objective: hybrid: the objectives trained together on one "
-                                    "backbone; the loss is Σ weight × (each term's mean loss)")
+                                    "backbone; the loss is Σ weight × (each term's mean loss). Each term is {objective, "
+                                    "weight (at step 0), final_weight (at the end; default: weight), overrides: {key: "
+                                    "value} for this term alone, e.g. views.jitter_p: 0.0}")
     schedule: Literal["linear", "cosine"] = Field("cosine", description="how each weight moves from weight to "
                                                   "final_weight over train.max_steps")
 
