@@ -20,7 +20,7 @@ from selfsup.objectives.simcse import SimCSE, longest_segment
 from selfsup.report import write_report
 from selfsup.train import trainer
 from tests.conftest import TINY
-from tests.test_train import losses, quiet
+from tests.test_train import Killed, crash_after_step, losses, quiet
 from tests.test_vision import NORM, TINY_VISION, digits_dir, fake_images  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -174,21 +174,11 @@ def test_text_hybrid_logs_each_term_and_resumes_exactly(corpus, tmp_path, monkey
     assert summary["val_ppl"] is None and summary["unit"] == "token"  # a hybrid's loss is no perplexity
     assert "Hybrid terms" in write_report(tmp_path / "full").read_text()
 
-    class Killed(Exception):
-        pass
-
-    real = Hybrid.after_step
-
-    def dies_at_6(self, step):
-        real(self, step)
-        if step == 6:
-            raise Killed
-
-    monkeypatch.setattr(Hybrid, "after_step", dies_at_6)
+    undo = crash_after_step(monkeypatch, Hybrid, 6)
     out = tmp_path / "crashed"
     with pytest.raises(Killed):
         trainer.train(config.load("hybrid-mlm-contrastive", [*args, f"out_dir={out}"]), quiet())
-    monkeypatch.setattr(Hybrid, "after_step", real)
+    undo()
     trainer.train(config.load("hybrid-mlm-contrastive", [*args, f"out_dir={out}"]), quiet())
     full, resumed = losses(tmp_path / "full"), losses(out)
     assert sorted(resumed) == list(range(1, 9))

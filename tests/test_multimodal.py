@@ -21,7 +21,7 @@ from selfsup.data.tones import write_tones
 from selfsup.eval import joint
 from selfsup.objectives.clip import CLIP
 from selfsup.train import trainer
-from tests.test_train import losses, quiet
+from tests.test_train import Killed, crash_after_step, losses, quiet
 from tests.test_vision import run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,17 +81,10 @@ def test_clip_crash_then_resume_gives_identical_losses(digits_dir, tmp_path, mon
     """Killed after the step-4 checkpoint, the run resumes with the same pairs, crops, scale and optimizer."""
     args = [*IMAGE, "train.max_steps=8", "train.checkpoint_every=4"]
     _train("clip", digits_dir / "train.jsonl", tmp_path / "full", *args)
-    real = CLIP.after_step
-
-    def dies_at_6(self, step):
-        real(self, step)
-        if step == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(CLIP, "after_step", dies_at_6)
-    with pytest.raises(KeyboardInterrupt):
+    undo = crash_after_step(monkeypatch, CLIP, 6)
+    with pytest.raises(Killed):
         _train("clip", digits_dir / "train.jsonl", tmp_path / "cut", *args)
-    monkeypatch.setattr(CLIP, "after_step", real)
+    undo()
     trainer.train(config.load(str(tmp_path / "cut")), quiet())
     full, cut = losses(tmp_path / "full"), losses(tmp_path / "cut")
     assert sorted(cut) == list(range(1, 9))

@@ -29,6 +29,23 @@ def quiet():
     return Console(file=open(os.devnull, "w"))
 
 
+class Killed(Exception):
+    """A run dying mid-way, raised by crash_after_step."""
+
+
+def crash_after_step(monkeypatch, objective_class, step: int):
+    """Training an `objective_class` raises Killed right after step `step`'s after_step hook; undo() restores it."""
+    real = objective_class.after_step
+
+    def dies(self, s):
+        real(self, s)
+        if s == step:
+            raise Killed
+
+    monkeypatch.setattr(objective_class, "after_step", dies)
+    return lambda: monkeypatch.setattr(objective_class, "after_step", real)
+
+
 def test_train_writes_the_run_directory(corpus, tmp_path):
     out = tmp_path / "run"
     summary = trainer.train(cfg_for(corpus, out, "train.max_steps=12", "train.eval_every=6", "train.log_every=3",

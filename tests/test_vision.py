@@ -38,7 +38,7 @@ from selfsup.rundir import open_run
 from selfsup.train import optim, trainer
 from selfsup.train.schedule import momentum_at
 from tests.test_cli import invoke
-from tests.test_train import _cli, _wait_for_step, losses, quiet
+from tests.test_train import Killed, _cli, _wait_for_step, crash_after_step, losses, quiet
 
 RECIPES = ["simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav", "deepcluster"]
 
@@ -221,23 +221,13 @@ def test_dino_crash_then_resume_gives_identical_losses(digits_dir, tmp_path, mon
     trainer.train(config.load("dino", [*args, f"out_dir={tmp_path / 'full'}"]), quiet())
     uninterrupted = losses(tmp_path / "full")
 
-    real = DINO.after_step
-
-    class Killed(Exception):
-        pass
-
-    def dies_at_7(self, step):
-        real(self, step)
-        if step == 7:
-            raise Killed
-
-    monkeypatch.setattr(DINO, "after_step", dies_at_7)
+    undo = crash_after_step(monkeypatch, DINO, 7)
     out = tmp_path / "crashed"
     cfg = config.load("dino", [*args, f"out_dir={out}"])
     with pytest.raises(Killed):
         trainer.train(cfg, quiet())
     assert max(losses(out)) == 6 and (out / "checkpoints" / "step-00000005").is_dir()
-    monkeypatch.setattr(DINO, "after_step", real)
+    undo()
     summary = trainer.train(config.load("dino", [*args, f"out_dir={out}"]), quiet())
     assert summary["status"] == "finished"
     after = losses(out)
