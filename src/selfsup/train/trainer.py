@@ -27,7 +27,7 @@ from selfsup.data.loader import RowLoader
 from selfsup.data.packing import PackedWindows
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
-from selfsup.train import checkpoint, distributed, optim
+from selfsup.train import checkpoint, continual, distributed, optim
 from selfsup.train.collapse import collapse_metrics, collapse_warning
 from selfsup.train.cost import nominal_power, run_cost
 from selfsup.train.data import RunData
@@ -158,6 +158,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                 raise error
             raise TrainingError("another process failed to prepare the data; its error is in the log above")
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
+    if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
+        continual.load_parent(cfg, objective)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
     model = parallelize(objective, cfg, procs, device)  # DDP, FSDP2 or HSDP; activation checkpointing
@@ -201,6 +203,9 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                       base_batch=cfg.dist.base_batch or t_cfg.batch_size * t_cfg.grad_accum)
     console.print(f"{cfg.recipe}: {params / 1e6:.2f}M trained parameters on {device} ({t_cfg.precision}), "
                   f"{described}, {t_cfg.max_steps:,} steps")
+    if cfg.continual.parent:
+        console.print(f"continuing {cfg.continual.parent} (its final weights) on {cfg.data.path}; the lr schedule "
+                      f"starts again: {cfg.sched.warmup_steps} warm-up steps")
     console.print(f"global batch {global_batch:,} = {t_cfg.batch_size} per process × {t_cfg.grad_accum} "
                   f"accumulated × {procs.world} process(es) = {global_batch * per_sample:,} {unit}s per step; "
                   f"peak lr {batch_info['lr']:.3g} (optim.lr × {lr_factor:.3g}, dist.lr_scaling={cfg.dist.lr_scaling})")

@@ -1,0 +1,162 @@
+"""Continual pretraining: a finished run continued on a new stream with replay, and --task forgetting."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from selfsup import config
+from selfsup.cli import app
+from selfsup.config import ConfigError
+from selfsup.data.loader import RowLoader
+from selfsup.data.mixture import Mixture
+from selfsup.data.text import DataError
+from selfsup.train import trainer
+from selfsup.train.continual import load_config
+from tests.conftest import TINY, docstrings
+from tests.test_train import _cli, _wait_for_step, losses, quiet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# eval_batches covers each whole validation split, so a run's val_loss is its loss on every validation window
+PARENT = [*TINY, "train.max_steps=8", "train.eval_batches=1000", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def new_corpus(tmp_path_factory):
+    """Another domain: docstrings of modules the old corpus (conftest) does not hold."""
+    import email.message, http.client, logging, unittest, xml.dom.minidom, zipfile
+
+    path = tmp_path_factory.mktemp("new") / "new.txt"
+    path.write_text("\n".join(docstrings(email.message, http.client, logging, unittest, xml.dom.minidom,
+                                         zipfile)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def parent(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "parent"
+    trainer.train(config.load("gpt-clm", [f"data.path={corpus}", f"out_dir={out}", *PARENT]), quiet())
+    return out
+
+
+CHILD = ["train.max_steps=6", "sched.warmup_steps=3", "train.log_every=1", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def child(parent, new_corpus):
+    cfg = load_config(str(parent), [f"continual.data={new_corpus}", "continual.replay=0.25", *CHILD])
+    return cfg, trainer.train(cfg, quiet())
+
+
+def test_replay_share_is_exact_and_resumes():
+    new = RowLoader({"x": np.arange(100)}, seed=1)
+    old = RowLoader({"x": np.arange(1000, 1050)}, seed=2)
+    mix = Mixture(new, old, 0.2)
+    counts, seen = [], []
+    for t in range(1, 26):
+        rows = mix.next_batch(16)["x"]  # (16,)
+        counts.append(int((rows >= 1000).sum()))
+        assert sum(counts) == int(3.2 * t + 0.5)  # round(0.2 × rows so far): 3.2·t is never a half
+        assert (rows[:16 - counts[-1]] < 1000).all()  # new rows first, then the replay rows
+        if t == 10:
+            state = json.loads(json.dumps(mix.state()))
+        if t > 10:
+            seen.append(rows)
+    assert set(counts) == {3, 4} and sum(counts) == 80  # 0.2 × 400 rows
+    again = Mixture(RowLoader({"x": np.arange(100)}, seed=1), RowLoader({"x": np.arange(1000, 1050)}, seed=2), 0.2)
+    again.load_state(state)
+    for rows in seen:
+        assert again.next_batch(16)["x"].tolist() == rows.tolist()
+    assert (Mixture(new, old, 0.0).next_batch(16)["x"] < 1000).all()
+
+
+def test_continued_run_records_its_parent_and_rewarms(parent, child, new_corpus):
+    cfg, summary = child
+    out = parent.with_name("parent-continual")
+    assert cfg.out_dir == str(out) and summary["status"] == "finished"
+    saved = config.load_yaml(out / "config.yaml")
+    assert saved["continual"] == dict(data=str(new_corpus), replay=0.25, parent=str(parent.resolve()),
+                                      old_data=config.load_yaml(parent / "config.yaml")["data"]["path"])
+    assert saved["data"]["path"] == str(new_corpus)
+    assert (out / "tokenizer.json").read_text() == (parent / "tokenizer.json").read_text()
+    assert summary["data"]["replay"]["share"] == 0.25
+    parent_lr = [json.loads(line)["lr"] for line in (parent / "metrics.jsonl").read_text().splitlines()]
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    peak = cfg.optim.lr
+    assert parent_lr[-1] < 0.2 * peak  # the parent ended decayed ...
+    assert lrs[:3] == pytest.approx([peak / 3, 2 * peak / 3, peak])  # ... the continuation warms up again
+
+
+def test_parent_weights_start_the_continued_run(parent, new_corpus, tmp_path):
+    cfg = load_config(str(parent), [f"continual.data={new_corpus}", f"out_dir={tmp_path / 'c'}", "optim.lr=1e-12",
+                                    "train.max_steps=1"])
+    trainer.train(cfg, quiet())
+    before, after = load_file(parent / "model.safetensors"), load_file(tmp_path / "c" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_allclose(after[k].numpy(), before[k].numpy(), atol=1e-7, err_msg=k)
+
+
+def test_killed_continuation_resumes_to_the_same_losses(parent, new_corpus, child, tmp_path):
+    out = tmp_path / "k"
+    args = ["train", parent, f"continual.data={new_corpus}", "continual.replay=0.25", f"out_dir={out}", *CHILD]
+    proc = _cli(*args)
+    _wait_for_step(proc, out, 3)  # past the checkpoint at 2, before the one at 4
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _cli(*args)  # the same command again
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0 and "resuming from" in output, output
+    reference = losses(parent.with_name("parent-continual"))
+    after = losses(out)
+    assert sorted(after) == list(range(1, 7))
+    for step, loss in reference.items():
+        assert after[step] == pytest.approx(loss, abs=1e-6), step
+
+
+def test_forgetting_table_matches_each_runs_own_validation(parent, child):
+    out = parent.with_name("parent-continual")
+    result = CliRunner().invoke(app, ["eval", str(out), "--task", "forgetting", "--batch-size", "4",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "forgetting" in result.output and "perplexity" in result.output
+    r = json.loads((out / "eval" / "forgetting.json").read_text())
+    parent_summary = json.loads((parent / "summary.json").read_text())
+    old, new = r["old"], r["new"]
+    assert old["parent"]["loss"] == pytest.approx(parent_summary["val_loss"], abs=1e-5)  # before = its own eval
+    assert new["continued"]["loss"] == pytest.approx(child[1]["val_loss"], abs=1e-5)
+    assert old["loss_change"] == pytest.approx(old["continued"]["loss"] - old["parent"]["loss"])
+    assert new["continued"]["loss"] < new["parent"]["loss"]  # it learned the new domain
+    assert old["parent"]["perplexity"] == pytest.approx(np.exp(old["parent"]["loss"]))
+
+
+def test_one_line_errors(parent, new_corpus, tmp_path):
+    with pytest.raises(ConfigError, match="continual.replay"):
+        load_config(str(parent), [f"continual.data={new_corpus}", "continual.replay=1.0"])
+    with pytest.raises(ConfigError, match="continual.replay needs continual.data"):
+        load_config("gpt-clm", ["continual.replay=0.2"])
+    with pytest.raises(ConfigError, match="not a run directory"):
+        load_config("gpt-clm", [f"continual.data={new_corpus}"])
+    with pytest.raises(ConfigError, match="its own directory"):
+        load_config(str(parent), [f"continual.data={new_corpus}", f"out_dir={parent}"])
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((parent / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match="no final model.safetensors"):
+        load_config(str(unfinished), [f"continual.data={new_corpus}"])
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match="trained clm on text, so the new stream must be text"):
+        load_config(str(parent), [f"continual.data={images}"])
+    vision = tmp_path / "vision"
+    vision.mkdir()
+    (vision / "config.yaml").write_text(config.dump(config.load("simclr", [f"out_dir={vision}"])))
+    (vision / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match="trained simclr on image, so the new stream must be image"):
+        load_config(str(vision), [f"continual.data={new_corpus}"])
+    result = CliRunner().invoke(app, ["eval", str(parent), "--task", "forgetting"])
+    assert isinstance(result.exception, ConfigError) and "continues no run" in str(result.exception)
