@@ -117,13 +117,31 @@ def test_killed_continuation_resumes_to_the_same_losses(parent, new_corpus, chil
         assert after[step] == pytest.approx(loss, abs=1e-6), step
 
 
-def test_forgetting_table_matches_each_runs_own_validation(parent, child):
+def labeled(path, *modules):
+    """A labeled .jsonl: each module's docstrings, labeled by the module."""
+    with open(path, "w") as f:
+        for m in modules:
+            f.writelines(json.dumps({"text": d, "label": m.__name__}) + "\n" for d in docstrings(m))
+    return path
+
+
+def test_forgetting_table_matches_each_runs_own_validation(parent, child, tmp_path):
+    import argparse, json as json_module, pathlib, textwrap
+
     out = parent.with_name("parent-continual")
+    train = labeled(tmp_path / "train.jsonl", argparse, json_module)
+    test = labeled(tmp_path / "test.jsonl", pathlib, textwrap)  # other modules: only the classes must match
+    test.write_text(test.read_text().replace('"pathlib"', '"argparse"').replace('"textwrap"', '"json"'))
     result = CliRunner().invoke(app, ["eval", str(out), "--task", "forgetting", "--batch-size", "4",
-                                      "--device", "cpu"])
+                                      "--device", "cpu", "--train", str(train), "--test", str(test)])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "forgetting" in result.output and "perplexity" in result.output
     r = json.loads((out / "eval" / "forgetting.json").read_text())
+    for domain in ("old", "new"):  # the table shows what the JSON holds
+        for model in ("parent", "continued"):
+            assert f"{r[domain][model]['perplexity']:.2f}" in result.output
+    probe = r["probe"]
+    assert probe["accuracy_change"] == pytest.approx(probe["continued"]["accuracy"] - probe["parent"]["accuracy"])
+    assert "linear accuracy" in result.output and "L-BFGS" in probe["protocol"]
     parent_summary = json.loads((parent / "summary.json").read_text())
     old, new = r["old"], r["new"]
     assert old["parent"]["loss"] == pytest.approx(parent_summary["val_loss"], abs=1e-5)  # before = its own eval

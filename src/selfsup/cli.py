@@ -89,6 +89,8 @@ def _print_summary(s: dict) -> None:
     ]
     what = "documents" if unit == "token" else "images" if unit == "image" else "samples"
     rows.append((f"{what} train / val", f"{d[what]['train']:,} / {d[what]['val']:,}"))
+    if d.get("replay"):
+        rows.append(("replay", f"{100 * d['replay']['share']:g}% of each batch from {d['replay']['path']}"))
     if unit != "token":
         rows.append(("collapse warnings", str(s["collapse_warnings"])))
     rows.append((f"skipped {what}", ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"))
@@ -238,18 +240,19 @@ def _forgetting(run_dir: Path, dev, batch_size: int, train_path, test_path) -> N
     from selfsup.rundir import open_run
 
     result = forgetting(run_dir, dev, batch_size, log=lambda text: err.print(f"[dim]{text}"))
-    causal = "perplexity" in result["old"]
-    table = Table(title=f"forgetting: {run_dir} (continued from {result['parent']} for {result['steps']:,} steps, "
-                        f"replay {result['replay']:g})")
-    for col in ("domain", "held-out data", "measure", "parent (before)", "continued (after)", "change"):
-        table.add_column(col, justify="left" if col in ("domain", "held-out data", "measure") else "right")
+    causal = result["objective"] == "clm"
+    table = Table(title=f"forgetting: {run_dir}, {result['steps']:,} steps on the new domain with replay "
+                        f"{result['replay']:g}")
+    for col in ("domain", "measure", "parent (before)", "continued (after)", "change"):
+        table.add_column(col, justify="left" if col in ("domain", "measure") else "right", no_wrap=True)
     for domain in ("old", "new"):
         r = result[domain]
         b, a = r["parent"]["loss"], r["continued"]["loss"]
-        table.add_row(domain, r["data"], "loss", f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
+        table.add_row(domain, "loss", f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}", end_section=not causal)
         if causal:
             pb, pa = r["parent"]["perplexity"], r["continued"]["perplexity"]
-            table.add_row("", "", "perplexity", f"{pb:.2f}", f"{pa:.2f}", f"{r['perplexity_change_pct']:+.1f}%")
+            table.add_row("", "perplexity", f"{pb:.2f}", f"{pa:.2f}", f"{r['perplexity_change_pct']:+.1f}%",
+                          end_section=True)
     if train_path:
         cfg, continued, tok = open_run(run_dir, dev)
         _, parent, _ = open_run(result["parent"], dev)
@@ -259,11 +262,13 @@ def _forgetting(run_dir: Path, dev, batch_size: int, train_path, test_path) -> N
                                 seed=cfg.seed, progress=_progress)
                  for name, objective in (("parent", parent), ("continued", continued))}
         b, a = probe["parent"]["accuracy"], probe["continued"]["accuracy"]
-        table.add_row("probe", test_path, "linear accuracy", f"{100 * b:.1f}%", f"{100 * a:.1f}%",
-                      f"{100 * (a - b):+.1f} pts")
+        table.add_row("probe", "linear accuracy", f"{100 * b:.1f}%", f"{100 * a:.1f}%", f"{100 * (a - b):+.1f} pts")
         result["probe"] = dict(train=train_path, test=test_path, protocol=probe["parent"]["protocol"],
                                accuracy_change=a - b, **probe)
     console.print(table)
+    console.print(f"parent: {result['parent']}")
+    console.print(f"old domain: {result['old']['data']} (the parent's training data); new domain: "
+                  f"{result['new']['data']}")
     console.print(f"protocol: {result['protocol']}")
     if train_path:
         console.print(f"probe protocol: {result['probe']['protocol']}")
@@ -493,7 +498,7 @@ def embed(
     console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, "
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
                        "moving-digits) and clean them (dedup, filter).")
 app.add_typer(data_app, name="data")
 
@@ -613,6 +618,21 @@ def labeled_docstrings(
     table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
     console.print(table)
     console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
+
+
+@data_app.command("docstrings")
+def package_docstrings(
+    packages: list[str] = typer.Argument(..., help="installed packages (e.g. numpy scipy sklearn) or source folders"),
+    out: Path = typer.Option(..., help="output .jsonl: one {\"text\", \"package\"} line per docstring"),
+    min_chars: int = typer.Option(1, help="shorter docstrings are left out"),
+):
+    """Docstrings of installed packages, read with ast (nothing imported), as a text corpus: a second real domain
+    on every machine, e.g. to continue a run trained on the built-in stdlib docstrings (continual.data=OUT)."""
+    from selfsup.data.package_docs import write_docstrings
+
+    counts = write_docstrings(packages, out, min_chars)
+    console.print(f"written {sum(counts.values()):,} docstrings to {out} ("
+                  + ", ".join(f"{k}: {v:,}" for k, v in counts.items()) + ")")
 
 
 @app.command()
