@@ -98,6 +98,10 @@ def test_parent_weights_start_the_continued_run(parent, new_corpus, tmp_path):
     assert before.keys() == after.keys()
     for k in before:
         np.testing.assert_allclose(after[k].numpy(), before[k].numpy(), atol=1e-7, err_msg=k)
+    # the old domain's validation loss, logged while continuing, starts where the parent ended
+    record = json.loads((tmp_path / "c" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["val_loss_old"] == pytest.approx(json.loads((parent / "summary.json").read_text())["val_loss"],
+                                                   abs=1e-5)
 
 
 def test_killed_continuation_resumes_to_the_same_losses(parent, new_corpus, child, tmp_path):
@@ -149,6 +153,25 @@ def test_forgetting_table_matches_each_runs_own_validation(parent, child, tmp_pa
     assert old["loss_change"] == pytest.approx(old["continued"]["loss"] - old["parent"]["loss"])
     assert new["continued"]["loss"] < new["parent"]["loss"]  # it learned the new domain
     assert old["parent"]["perplexity"] == pytest.approx(np.exp(old["parent"]["loss"]))
+
+
+def test_image_run_continues_with_its_normalisation_and_replay(tmp_path):
+    from selfsup.data.digits import write_digits
+
+    write_digits(tmp_path / "digits")
+    vision = ["image.size=8", "image.channels=1", "model.dim=32", "model.depth=1", "model.heads=2", "model.patch=4",
+              "mae.decoder_dim=16", "mae.decoder_depth=1", "mae.decoder_heads=2", "train.batch_size=16",
+              "train.max_steps=2", "train.eval_every=1", "data.workers=0"]
+    parent = tmp_path / "mae"
+    trainer.train(config.load("mae", [f"data.path={tmp_path / 'digits' / 'train'}", f"out_dir={parent}", *vision]),
+                  quiet())
+    cfg = load_config(str(parent), [f"continual.data={tmp_path / 'digits' / 'test'}", "continual.replay=0.5"])
+    summary = trainer.train(cfg, quiet())
+    mean = config.load_yaml(parent / "config.yaml")["image"]["mean"]
+    assert config.load_yaml(tmp_path / "mae-continual" / "config.yaml")["image"]["mean"] == mean  # not re-measured
+    assert summary["data"]["replay"]["images"]["train"] > 0 and summary["data"]["images"]["train"] < 500
+    assert all("val_loss_old" in json.loads(line)
+               for line in (tmp_path / "mae-continual" / "metrics.jsonl").read_text().splitlines())
 
 
 def test_one_line_errors(parent, new_corpus, tmp_path):

@@ -172,7 +172,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     loader, val_loader = data.loader, data.val_loader
     if not getattr(objective, "validates", True):
         val_loader = None  # e.g. DeepCluster: pseudo-labels exist for training images only
-    for split in (loader, val_loader):
+    for split in (loader, val_loader, data.old_val_loader):
         if split is not None:
             split.shard(procs.rank, procs.world)
     unit = objective.unit  # "token", "image", "pair" or "clip": what throughput and MFU count
@@ -227,12 +227,12 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         distributed.barrier(procs)  # nobody runs ahead of a checkpoint that is not on disk yet
         return path
 
-    def validate() -> float | None:
-        if val_loader is None:
+    def validate(rows=val_loader) -> float | None:
+        if rows is None:
             return None
         # batches of a whole step's rows (no gradients to keep): the same validation rows whenever the global
         # batch is the same, whatever the number of processes
-        return evaluate(objective, val_loader, t_cfg.batch_size * t_cfg.grad_accum, t_cfg.eval_batches, device,
+        return evaluate(objective, rows, t_cfg.batch_size * t_cfg.grad_accum, t_cfg.eval_batches, device,
                         t_cfg.precision, procs)
 
     bad_in_a_row, status, val_loss, steps_here = 0, "finished", None, 0
@@ -306,6 +306,10 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                         if unit == "token":
                             record["val_ppl"] = math.exp(min(val_loss, 50))
                             text += f"  val_ppl {record['val_ppl']:.2f}"
+                        old = validate(data.old_val_loader)  # continual pretraining: forgetting as it happens
+                        if old is not None:
+                            record["val_loss_old"] = old
+                            text += f"  val_loss_old {old:.4f}"
                         monitor.say(text)
                 monitor.log(record)
                 t_log, units_log, loss_log = time.perf_counter(), 0, []  # throughput counts training time only
