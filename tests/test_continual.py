@@ -174,13 +174,18 @@ def test_image_run_continues_with_its_normalisation_and_replay(tmp_path):
                for line in (tmp_path / "mae-continual" / "metrics.jsonl").read_text().splitlines())
 
 
-def test_one_line_errors(parent, new_corpus, tmp_path):
+def test_one_line_errors(parent, new_corpus, child, tmp_path):
     with pytest.raises(ConfigError, match="continual.replay"):
         load_config(str(parent), [f"continual.data={new_corpus}", "continual.replay=1.0"])
     with pytest.raises(ConfigError, match="continual.replay needs continual.data"):
         load_config("gpt-clm", ["continual.replay=0.2"])
     with pytest.raises(ConfigError, match="not a run directory"):
         load_config("gpt-clm", [f"continual.data={new_corpus}"])
+    with pytest.raises(ConfigError, match="already holds a run continuing .* continual.replay=0.25; expected another "
+                                          "out_dir"):
+        load_config(str(parent), [f"continual.data={new_corpus}", "continual.replay=0.5"])  # the default out_dir
+    with pytest.raises(ConfigError, match="already holds a run continuing"):
+        load_config(str(parent.with_name("parent-continual")), ["continual.replay=0"])  # resumed with another share
     with pytest.raises(ConfigError, match="its own directory"):
         load_config(str(parent), [f"continual.data={new_corpus}", f"out_dir={parent}"])
     unfinished = tmp_path / "unfinished"
@@ -201,3 +206,18 @@ def test_one_line_errors(parent, new_corpus, tmp_path):
         load_config(str(vision), [f"continual.data={new_corpus}"])
     result = CliRunner().invoke(app, ["eval", str(parent), "--task", "forgetting"])
     assert isinstance(result.exception, ConfigError) and "continues no run" in str(result.exception)
+
+
+def test_package_docstrings_make_a_deterministic_corpus(tmp_path):
+    from selfsup.data.package_docs import write_docstrings
+
+    pkg = tmp_path / "pkg"
+    (pkg / "tests").mkdir(parents=True)
+    (pkg / "b.py").write_text('"""Module b."""\ndef f():\n    """Does f."""\n')
+    (pkg / "a.py").write_text('class A:\n    """An A."""\n')
+    (pkg / "tests" / "test_a.py").write_text('"""Tests are left out."""\n')
+    counts = write_docstrings([str(pkg)], tmp_path / "docs.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "docs.jsonl").read_text().splitlines()]
+    assert counts == {str(pkg): 3} and [d["text"] for d in lines] == ["An A.", "Module b.", "Does f."]
+    with pytest.raises(DataError, match="neither an installed package nor a folder"):
+        write_docstrings(["no_such_package_xyz"], tmp_path / "x.jsonl")

@@ -44,9 +44,23 @@ def load_config(source: str, overrides: list[str]) -> RunConfig:
         raise ConfigError(f"continual.data continues a finished run: expected `selfsup train RUN_DIR "
                           f"continual.data={new}`, but '{source}' is a recipe or YAML file, not a run directory")
     parent = config_mod.validate(config_mod.load_yaml(run / "config.yaml"))
-    if parent.continual.parent and parent.data.path == new:
-        return cfg  # this run already continues its parent on `new`: resume it
-    return _child(cfg, parent, run, new, explicit_out="out_dir" in {o.partition("=")[0].strip() for o in overrides})
+    if not (parent.continual.parent and parent.data.path == new):  # else this run already continues on `new`
+        cfg = _child(cfg, parent, run, new, explicit_out="out_dir" in {o.partition("=")[0].strip() for o in overrides})
+    _same_continuation(cfg)
+    return cfg
+
+
+def _same_continuation(cfg: RunConfig) -> None:
+    """A run directory that already holds a continuation resumes only that one: another parent, stream or replay
+    share would train from its checkpoint (whose data position is that mixture's) on something else."""
+    saved = Path(cfg.out_dir) / "config.yaml"
+    if not saved.is_file():
+        return
+    was, now = config_mod.validate(config_mod.load_yaml(saved)).continual, cfg.continual
+    if (was.parent, was.data, was.replay) != (now.parent, now.data, now.replay):
+        raise ConfigError(f"out_dir '{cfg.out_dir}' already holds a run continuing {was.parent or 'no run'} on "
+                          f"{was.data} with continual.replay={was.replay:g}; expected another out_dir=... for "
+                          f"continual.data={now.data} continual.replay={now.replay:g}")
 
 
 def _child(cfg: RunConfig, parent: RunConfig, run: Path, new: str, explicit_out: bool) -> RunConfig:
