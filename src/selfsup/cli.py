@@ -44,12 +44,14 @@ def train(
 ):
     """Train a recipe. Writes the run directory (out_dir): config.yaml, metrics.jsonl, summary.json,
     checkpoints/, model.safetensors, tokenizer.json, report.html. Running it again on a run directory (or with
-    the same out_dir) resumes from the last checkpoint, also after the process was killed."""
+    the same out_dir) resumes from the last checkpoint, also after the process was killed. A finished run directory
+    with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
+    (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again."""
     from selfsup.report import write_report
-    from selfsup.train import distributed
+    from selfsup.train import continual, distributed
     from selfsup.train.trainer import train as run_training
 
-    cfg = config_mod.load(source, overrides or [])
+    cfg = continual.load_config(source, overrides or [])  # a recipe, a YAML, a run to resume or to continue
     if distributed.wants_launch(cfg):  # this process starts the workers, waits, then reports (the first machine's)
         distributed.launch(cfg, ["train", source, *(overrides or [])])
         if cfg.dist.node_rank != 0:
@@ -87,6 +89,8 @@ def _print_summary(s: dict) -> None:
     ]
     what = "documents" if unit == "token" else "images" if unit == "image" else "samples"
     rows.append((f"{what} train / val", f"{d[what]['train']:,} / {d[what]['val']:,}"))
+    if d.get("replay"):
+        rows.append(("replay", f"{100 * d['replay']['share']:g}% of each batch from {d['replay']['path']}"))
     if unit != "token":
         rows.append(("collapse warnings", str(s["collapse_warnings"])))
     rows.append((f"skipped {what}", ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"))
@@ -114,7 +118,9 @@ def recipes():
 @app.command(name="eval")
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text), or a transfer task on "
+    task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text); forgetting (a run made by "
+                             "continual.data: its parent and it on the old and the new domain's held-out data, and "
+                             "with --train/--test a linear probe of both); or a transfer task on "
                              "labeled data: linear (probe on frozen features), knn (weighted kNN on frozen "
                              "features), finetune (whole trunk + linear head); clip/siglip runs also: zeroshot "
                              "(classes named by prompts, --test only), retrieval (recall@1/5/10 both ways on "
@@ -155,9 +161,17 @@ def evaluate(
     from selfsup.rundir import open_run
     from selfsup.train.trainer import resolve_device
 
-    if task not in ("perplexity", *TASKS, *JOINT_TASKS):
-        raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, {', '.join(TASKS)}, "
+    if task not in ("perplexity", "forgetting", *TASKS, *JOINT_TASKS):
+        raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, forgetting, {', '.join(TASKS)}, "
                                      f"{', '.join(JOINT_TASKS)}")
+    if task == "forgetting":
+        if baseline:
+            raise config_mod.ConfigError("--baseline is for the transfer tasks: linear, knn, finetune")
+        if bool(train) != bool(test):
+            raise config_mod.ConfigError("--task forgetting: give both --train and --test (labeled data for a linear "
+                                         "probe of the parent and the continued run), or neither")
+        _forgetting(run_dir, resolve_device(device), batch_size, train, test)
+        return
     baselines = baseline or []
     for name in baselines:
         if name not in ("random", "pixels"):
@@ -216,6 +230,51 @@ def evaluate(
     console.print(f"protocol: {result['protocol']}")
     if result["skipped"]:
         console.print(f"skipped documents: {result['skipped']}")
+    console.print(f"written: {out}")
+
+
+def _forgetting(run_dir: Path, dev, batch_size: int, train_path, test_path) -> None:
+    """Parent and continued run on both domains' held-out data (and a linear probe of both): table and JSON."""
+    from selfsup.eval.forgetting import forgetting
+    from selfsup.eval.labeled import evaluate as run_task
+    from selfsup.rundir import open_run
+
+    result = forgetting(run_dir, dev, batch_size, log=lambda text: err.print(f"[dim]{text}"))
+    causal = result["objective"] == "clm"
+    table = Table(title=f"forgetting: {run_dir}, {result['steps']:,} steps on the new domain with replay "
+                        f"{result['replay']:g}")
+    for col in ("domain", "measure", "parent (before)", "continued (after)", "change"):
+        table.add_column(col, justify="left" if col in ("domain", "measure") else "right", no_wrap=True)
+    for domain in ("old", "new"):
+        r = result[domain]
+        b, a = r["parent"]["loss"], r["continued"]["loss"]
+        table.add_row(domain, "loss", f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}", end_section=not causal)
+        if causal:
+            pb, pa = r["parent"]["perplexity"], r["continued"]["perplexity"]
+            table.add_row("", "perplexity", f"{pb:.2f}", f"{pa:.2f}", f"{r['perplexity_change_pct']:+.1f}%",
+                          end_section=True)
+    if train_path:
+        cfg, continued, tok = open_run(run_dir, dev)
+        _, parent, _ = open_run(result["parent"], dev)
+        train_set, inputs = _labeled_set(cfg, continued, tok, train_path)
+        test_set, _ = _labeled_set(cfg, continued, tok, test_path, train_set.classes)
+        probe = {name: run_task("linear", objective.model, inputs, train_set, test_set, dev, batch_size=batch_size,
+                                seed=cfg.seed, progress=_progress)
+                 for name, objective in (("parent", parent), ("continued", continued))}
+        b, a = probe["parent"]["accuracy"], probe["continued"]["accuracy"]
+        table.add_row("probe", "linear accuracy", f"{100 * b:.1f}%", f"{100 * a:.1f}%", f"{100 * (a - b):+.1f} pts")
+        result["probe"] = dict(train=train_path, test=test_path, protocol=probe["parent"]["protocol"],
+                               accuracy_change=a - b, **probe)
+    console.print(table)
+    console.print(f"parent: {result['parent']}")
+    console.print(f"old domain: {result['old']['data']} (the parent's training data); new domain: "
+                  f"{result['new']['data']}")
+    console.print(f"protocol: {result['protocol']}")
+    if train_path:
+        console.print(f"probe protocol: {result['probe']['protocol']}")
+    out = run_dir / "eval" / "forgetting.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     console.print(f"written: {out}")
 
 
@@ -439,7 +498,7 @@ def embed(
     console.print(f"skipped: {skipped or 'none'}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, digits, tones, "
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
                        "moving-digits) and clean them (dedup, filter).")
 app.add_typer(data_app, name="data")
 
@@ -559,6 +618,21 @@ def labeled_docstrings(
     table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
     console.print(table)
     console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
+
+
+@data_app.command("docstrings")
+def package_docstrings(
+    packages: list[str] = typer.Argument(..., help="installed packages (e.g. numpy scipy sklearn) or source folders"),
+    out: Path = typer.Option(..., help="output .jsonl: one {\"text\", \"package\"} line per docstring"),
+    min_chars: int = typer.Option(1, help="shorter docstrings are left out"),
+):
+    """Docstrings of installed packages, read with ast (nothing imported), as a text corpus: a second real domain
+    on every machine, e.g. to continue a run trained on the built-in stdlib docstrings (continual.data=OUT)."""
+    from selfsup.data.package_docs import write_docstrings
+
+    counts = write_docstrings(packages, out, min_chars)
+    console.print(f"written {sum(counts.values()):,} docstrings to {out} ("
+                  + ", ".join(f"{k}: {v:,}" for k, v in counts.items()) + ")")
 
 
 @app.command()

@@ -304,6 +304,19 @@ class DistConfig(Section):
                                    "process's train.batch_size × train.grad_accum)")
 
 
+class ContinualConfig(Section):
+    data: str | None = Field(None, description="continue a finished run on a new data stream: `selfsup train "
+                             "RUN_DIR continual.data=NEW` starts a new run directory (out_dir, default RUN_DIR-continual) "
+                             "from RUN_DIR's final weights (model and heads; a fresh optimizer), tokenizer and image "
+                             "normalisation; its lr schedule starts again at step 0 (sched.warmup_steps of warm-up, "
+                             "then decay over train.max_steps, the continued phase's steps)")
+    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the parent's training "
+                          "data (continual.old_data), exact to one row per process over the run")
+    parent: str | None = Field(None, description="set automatically: the run directory this run continues")
+    old_data: str | None = Field(None, description="set automatically: the parent's training data, the replay stream "
+                                 "and the old domain of `selfsup eval RUN_DIR --task forgetting`")
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
     objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet), simcse; images: "
@@ -336,6 +349,7 @@ class RunConfig(Section):
     simcse: SimCSEConfig = SimCSEConfig()
     hybrid: HybridConfig = HybridConfig()
     dist: DistConfig = DistConfig()
+    continual: ContinualConfig = ContinualConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:

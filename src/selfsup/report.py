@@ -111,12 +111,15 @@ def _plots(rows: list[dict]) -> list[str]:
     """The plots as <img> tags, each only when its data was logged."""
     out = []
     (s, loss), (vs, vloss) = _series(rows, "loss"), _series(rows, "val_loss")
+    old_steps, oloss = _series(rows, "val_loss_old")
     if loss or vloss:
         fig, ax = _new_axes("Loss", "loss")
         if loss:
             ax.plot(s, loss, lw=1, label="train")
         if vloss:
             ax.plot(vs, vloss, "o-", ms=4, label="validation")
+        if oloss:  # continual pretraining: the parent's data
+            ax.plot(old_steps, oloss, "s-", ms=4, label="validation, old domain")
         ax.legend()
         out.append(_png(fig))
     terms = sorted({k[:-len("_weight")] for r in rows for k in r if k.endswith("_weight")})

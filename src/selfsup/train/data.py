@@ -13,20 +13,24 @@ from selfsup.data.captions import caption_arrays, caption_tokenizer
 from selfsup.data.images import prepare_images
 from selfsup.data.loader import RowLoader
 from selfsup.data.media import MediaSet, prepare_media, settings
+from selfsup.data.mixture import Mixture
 from selfsup.data.packing import PackedWindows
 from selfsup.data.shards import default_cache, prepare
 from selfsup.data.stream_prepare import prepare_stream
 from selfsup.data.text import DataError
+from selfsup.train.continual import old_stream
 
 
 class RunData:
     def __init__(self, cfg: RunConfig, run_dir: Path, log, write: bool = True):
         """write: this process writes the tokenizer into the run directory (rank 0 alone does)."""
         self.write = write
-        self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = None
+        self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = self.old = None
+        self.old_val_loader = None  # continual pretraining: the parent's validation data, to watch forgetting
         d = cfg.data
         cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
         path = builtin.resolve(d.path, cache)
+        self.cache = cache
         if d.streaming:
             self._stream(cfg, path, cache, run_dir, log)
         elif cfg.modality == "text":
@@ -44,6 +48,8 @@ class RunData:
         self.unigram_ppl = corpus.meta["unigram_ppl"]
         self.summary = dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
                             skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir))
+        if cfg.continual.parent:  # continual pretraining: the parent's data too, tokenized alike
+            self.old = prepare(old_stream(cfg), cfg.model.vocab_size, log=log)
 
     def text_loaders(self, cfg: RunConfig, overlap: int) -> None:
         """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
@@ -51,6 +57,12 @@ class RunData:
         self.loader = PackedWindows(c.train, c.dtype, cfg.model.context, overlap, seed=cfg.seed)
         self.val_loader = PackedWindows(c.val, c.dtype, cfg.model.context, overlap, shuffle=False)
         self.window = (f"{len(self.loader):,} training windows of {cfg.model.context} tokens", cfg.model.context)
+        old = self.old
+        if old is not None:
+            self.old_val_loader = PackedWindows(old.val, old.dtype, cfg.model.context, overlap, shuffle=False)
+            if cfg.continual.replay:
+                replay = PackedWindows(old.train, old.dtype, cfg.model.context, overlap, seed=cfg.seed + 1)
+                self._mix(cfg, replay, "windows", tokens=old.meta["tokens"])
 
     def _images(self, cfg: RunConfig, path: str, log) -> None:
         d, im = cfg.data, cfg.image
@@ -64,6 +76,20 @@ class RunData:
         self.summary = dict(path=d.path, files=images.meta["files"], images=images.meta["images"],
                             skipped=images.meta["skipped"], classes=len(images.classes), mean=im.mean,
                             std=im.std, cache=str(images.dir))
+        if cfg.continual.parent:  # continual pretraining: the parent's images too
+            old = prepare_images(builtin.resolve(cfg.continual.old_data, self.cache),
+                                 im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+            self.old_val_loader = RowLoader({"images": old.val}, shuffle=False) if len(old.val) else None
+            if cfg.continual.replay:
+                self._mix(cfg, RowLoader({"images": old.train}, seed=cfg.seed + 1), "images",
+                          images=old.meta["images"])
+
+    def _mix(self, cfg: RunConfig, replay, what: str, **counts) -> None:
+        """Continual pretraining: each batch takes continual.replay of its rows from the parent's data."""
+        self.loader = Mixture(self.loader, replay, cfg.continual.replay)
+        self.summary["replay"] = dict(path=cfg.continual.old_data, share=cfg.continual.replay, **counts)
+        self.window = (f"{self.window[0]} + {100 * cfg.continual.replay:g}% of each batch replayed from "
+                       f"{len(replay):,} {what} of {cfg.continual.old_data}", self.window[1])
 
     def _stream(self, cfg: RunConfig, path: str, cache: Path, run_dir: Path, log) -> None:
         s = prepare_stream(cfg, path, cache, run_dir, log, self.write)  # data/stream_prepare.py

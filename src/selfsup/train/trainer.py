@@ -27,7 +27,7 @@ from selfsup.data.loader import RowLoader
 from selfsup.data.packing import PackedWindows
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
-from selfsup.train import checkpoint, distributed, optim
+from selfsup.train import checkpoint, continual, distributed, optim
 from selfsup.train.collapse import collapse_metrics, collapse_warning
 from selfsup.train.cost import nominal_power, run_cost
 from selfsup.train.data import RunData
@@ -160,6 +160,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             raise TrainingError("another process failed to prepare the data; its error is in the log above")
     seed_everything(cfg.seed)  # every process builds the same initial weights (DDP checks them too)
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
+    if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
+        continual.load_parent(cfg, objective)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
     model = parallelize(objective, cfg, procs, device)  # DDP, FSDP2 or HSDP; activation checkpointing
@@ -172,7 +174,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     loader, val_loader = data.loader, data.val_loader
     if not getattr(objective, "validates", True):
         val_loader = None  # e.g. DeepCluster: pseudo-labels exist for training images only
-    for split in (loader, val_loader):
+    for split in (loader, val_loader, data.old_val_loader):
         if split is not None:
             split.shard(procs.rank, procs.world)
     unit = objective.unit  # "token", "image", "pair" or "clip": what throughput and MFU count
@@ -203,6 +205,9 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                       base_batch=cfg.dist.base_batch or t_cfg.batch_size * t_cfg.grad_accum)
     console.print(f"{cfg.recipe}: {params / 1e6:.2f}M trained parameters on {device} ({t_cfg.precision}), "
                   f"{described}, {t_cfg.max_steps:,} steps")
+    if cfg.continual.parent:
+        console.print(f"continuing {cfg.continual.parent} (its final weights) on {cfg.data.path}; the lr schedule "
+                      f"starts again: {cfg.sched.warmup_steps} warm-up steps")
     console.print(f"global batch {global_batch:,} = {t_cfg.batch_size} per process × {t_cfg.grad_accum} "
                   f"accumulated × {procs.world} process(es) = {global_batch * per_sample:,} {unit}s per step; "
                   f"peak lr {batch_info['lr']:.3g} (optim.lr × {lr_factor:.3g}, dist.lr_scaling={cfg.dist.lr_scaling})")
@@ -224,12 +229,12 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         distributed.barrier(procs)  # nobody runs ahead of a checkpoint that is not on disk yet
         return path
 
-    def validate() -> float | None:
-        if val_loader is None:
+    def validate(rows=val_loader) -> float | None:
+        if rows is None:
             return None
         # batches of a whole step's rows (no gradients to keep): the same validation rows whenever the global
         # batch is the same, whatever the number of processes
-        return evaluate(objective, val_loader, t_cfg.batch_size * t_cfg.grad_accum, t_cfg.eval_batches, device,
+        return evaluate(objective, rows, t_cfg.batch_size * t_cfg.grad_accum, t_cfg.eval_batches, device,
                         t_cfg.precision, procs)
 
     bad_in_a_row, status, val_loss, steps_here = 0, "finished", None, 0
@@ -303,6 +308,10 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
                         if cfg.objective in config_mod.TEXT_OBJECTIVES:  # a loss per token predicted
                             record["val_ppl"] = math.exp(min(val_loss, 50))
                             text += f"  val_ppl {record['val_ppl']:.2f}"
+                        old = validate(data.old_val_loader)  # continual pretraining: forgetting as it happens
+                        if old is not None:
+                            record["val_loss_old"] = old
+                            text += f"  val_loss_old {old:.4f}"
                         monitor.say(text)
                 monitor.log(record)
                 t_log, units_log, loss_log = time.perf_counter(), 0, []  # throughput counts training time only

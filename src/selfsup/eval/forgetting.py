@@ -1,0 +1,79 @@
+"""Forgetting after continual pretraining: the parent run and its continuation, each scored on the held-out data of
+the old domain (the parent's training data) and of the new one.
+
+Protocol: each domain's validation split (the split training held out, by a hash of each document or image) is
+read with the continued run's tokenizer and settings, in order; the first `max_rows` windows or images (in whole
+batches) are scored by the pretraining objective in fp32, both models on the same rows, with the random masks or
+views drawn from the run's seed, so the two models see identical inputs. Text: loss = mean NLL per scored token
+(causal LM: perplexity = exp(loss)); other objectives: their validation loss per unit.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from selfsup.config import ConfigError, DataConfig, RunConfig
+from selfsup.data.loader import RowLoader
+from selfsup.data.packing import PackedWindows
+from selfsup.rundir import open_run
+from selfsup.train.continual import old_stream
+
+MAX_ROWS = 4096  # validation windows (or images) scored per domain at most
+
+
+def validation_rows(cfg: RunConfig, data: DataConfig, overlap: int, log=lambda s: None) -> PackedWindows | RowLoader:
+    """The validation split of one data stream, read as the run reads its own, in order."""
+    if cfg.modality == "text":
+        from selfsup.data.shards import prepare
+
+        corpus = prepare(data, cfg.model.vocab_size, log=log)
+        return PackedWindows(corpus.val, corpus.dtype, cfg.model.context, overlap, shuffle=False)
+    from selfsup.data import builtin
+    from selfsup.data.images import prepare_images
+    from selfsup.data.shards import default_cache
+
+    cache = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache()
+    im = cfg.image
+    images = prepare_images(builtin.resolve(data.path, cache), im.size, im.channels, data.val_fraction,
+                            data.cache_dir, data.workers, log=log)
+    return RowLoader({"images": images.val}, shuffle=False)
+
+
+def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: int = MAX_ROWS,
+               log=lambda s: None) -> dict:
+    """{'old': {...}, 'new': {...}} with each model's loss (and perplexity) on each domain, and the change."""
+    from selfsup.train.trainer import evaluate
+
+    cfg, continued, _ = open_run(run_dir, device)
+    if not cfg.continual.parent:
+        raise ConfigError(f"--task forgetting compares a continued run with its parent; '{run_dir}' continues no run "
+                          "(no continual.parent): make one with `selfsup train PARENT_RUN continual.data=NEW`")
+    _, parent, _ = open_run(cfg.continual.parent, device)
+    causal = cfg.objective == "clm"
+    result = dict(task="forgetting", run_dir=str(run_dir), parent=cfg.continual.parent, objective=cfg.objective,
+                  replay=cfg.continual.replay, steps=cfg.train.max_steps)
+    for domain, data in (("old", old_stream(cfg)), ("new", cfg.data)):
+        rows = validation_rows(cfg, data, getattr(continued, "window_overlap", 0), log)
+        per = min(batch_size, len(rows))
+        batches = max(min(max_rows, len(rows)) // per, 1)
+        scores = {}
+        for name, objective in (("parent", parent), ("continued", continued)):
+            torch.manual_seed(cfg.seed)  # the same masks / views for both models
+            scores[name] = {"loss": evaluate(objective, rows, per, batches, device, "fp32")}
+            if causal:
+                scores[name]["perplexity"] = math.exp(min(scores[name]["loss"], 50))
+        before, after = scores["parent"]["loss"], scores["continued"]["loss"]
+        result[domain] = dict(data=data.path, rows=per * batches, rows_available=len(rows), **scores,
+                              loss_change=after - before)
+        if causal:
+            ppl_b, ppl_a = scores["parent"]["perplexity"], scores["continued"]["perplexity"]
+            result[domain]["perplexity_change_pct"] = 100 * (ppl_a - ppl_b) / ppl_b
+    unit = "token" if cfg.modality == "text" else "image"
+    result["protocol"] = (f"each domain's validation split in order, the first {result['old']['rows']:,} / "
+                          f"{result['new']['rows']:,} {'windows' if unit == 'token' else 'images'} (old / new) in "
+                          f"batches of {batch_size}, fp32, masks and views from seed {cfg.seed}, the same for both "
+                          f"models; {cfg.objective} loss per {unit}" + ("; perplexity = exp(loss)" if causal else ""))
+    return result

@@ -1,0 +1,121 @@
+"""Continual pretraining: a finished run goes on training on a new data stream, with a share of replay rows from
+the data it trained on.
+
+`selfsup train RUN_DIR continual.data=NEW continual.replay=0.2` makes a *new* run (out_dir, default
+RUN_DIR-continual) from RUN_DIR's config and overrides. It is an ordinary run from then on: its own step 0, so the
+lr schedule warms up again; its own checkpoints, so `selfsup train RUN_DIR-continual` (or the same command again)
+resumes it exactly. What makes it a continuation is recorded in its config.yaml:
+
+    data.path           the new stream (what it trains and validates on)
+    data.tokenizer      text: the parent's tokenizer.json (the embedding is tied to its ids)
+    image.mean/std      images: the parent's normalisation (already in the parent's config)
+    continual.parent    the parent run, whose final weights (model and heads) start this run
+    continual.old_data  the parent's data.path: the replay stream and the old domain for --task forgetting
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_model
+from torch import nn
+
+from selfsup import config as config_mod
+from selfsup.config import ConfigError, DataConfig, RunConfig
+from selfsup.data.text import DataError
+
+# continuable: a trunk and heads that do not depend on which samples they were fitted on (DeepCluster's
+# pseudo-labels are per training image) and data a mixture can read (text windows, images)
+UNSUPPORTED = ("deepcluster",)
+
+
+def load_config(source: str, overrides: list[str]) -> RunConfig:
+    """config.load, and when `continual.data` names a new stream for the run directory `source`, the config of the
+    run that continues it."""
+    cfg = config_mod.load(source, overrides)
+    new = cfg.continual.data
+    if new is None:
+        if cfg.continual.replay and not cfg.continual.parent:
+            raise ConfigError("continual.replay needs continual.data: continue a finished run with `selfsup train "
+                              "RUN_DIR continual.data=NEW continual.replay=0.2`")
+        return cfg
+    run = Path(source)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"continual.data continues a finished run: expected `selfsup train RUN_DIR "
+                          f"continual.data={new}`, but '{source}' is a recipe or YAML file, not a run directory")
+    parent = config_mod.validate(config_mod.load_yaml(run / "config.yaml"))
+    if not (parent.continual.parent and parent.data.path == new):  # else this run already continues on `new`
+        cfg = _child(cfg, parent, run, new, explicit_out="out_dir" in {o.partition("=")[0].strip() for o in overrides})
+    _same_continuation(cfg)
+    return cfg
+
+
+def _same_continuation(cfg: RunConfig) -> None:
+    """A run directory that already holds a continuation resumes only that one: another parent, stream or replay
+    share would train from its checkpoint (whose data position is that mixture's) on something else."""
+    saved = Path(cfg.out_dir) / "config.yaml"
+    if not saved.is_file():
+        return
+    was, now = config_mod.validate(config_mod.load_yaml(saved)).continual, cfg.continual
+    if (was.parent, was.data, was.replay) != (now.parent, now.data, now.replay):
+        raise ConfigError(f"out_dir '{cfg.out_dir}' already holds a run continuing {was.parent or 'no run'} on "
+                          f"{was.data} with continual.replay={was.replay:g}; expected another out_dir=... for "
+                          f"continual.data={now.data} continual.replay={now.replay:g}")
+
+
+def _child(cfg: RunConfig, parent: RunConfig, run: Path, new: str, explicit_out: bool) -> RunConfig:
+    if not (run / "model.safetensors").is_file():
+        raise ConfigError(f"continual.data: '{run}' has no final model.safetensors (not finished); finish it first "
+                          f"with `selfsup train {run}`, then continue it")
+    if cfg.objective in UNSUPPORTED or cfg.modality not in ("text", "image"):
+        raise ConfigError(f"continual.data: '{run}' trained '{cfg.objective}' on {cfg.modality}; continual "
+                          "pretraining takes text and image runs other than " + ", ".join(UNSUPPORTED))
+    _check_modality(cfg, run, new)
+    out = Path(cfg.out_dir) if explicit_out else run.with_name(run.name + "-continual")
+    if out.resolve() == run.resolve():
+        raise ConfigError(f"out_dir '{out}': a continued run needs its own directory; expected another than the "
+                          f"parent '{run}' (default: {run}-continual)")
+    tree = cfg.model_dump(mode="json")
+    tree["out_dir"] = str(out)
+    tree["data"]["path"] = new
+    tree["continual"].update(parent=str(run.resolve()), old_data=parent.data.path)
+    if cfg.modality == "text":
+        tree["data"]["tokenizer"] = str((run / "tokenizer.json").resolve())
+    return config_mod.validate(tree)
+
+
+def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
+    """The new stream must be data of the parent's modality: one line naming both, before any decoding."""
+    from selfsup.data import builtin
+    from selfsup.data.images import image_files
+    from selfsup.data.shards import default_cache
+    from selfsup.data.text import source_files
+
+    try:
+        if cfg.modality == "text":
+            source_files(new)
+        else:
+            cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache()
+            image_files(builtin.resolve(new, cache))
+    except DataError as e:
+        raise DataError(f"continual.data '{new}': '{run}' trained {cfg.objective} on {cfg.modality}, so the new "
+                        f"stream must be {cfg.modality} data too ({e})") from None
+
+
+def old_stream(cfg: RunConfig) -> DataConfig:
+    """The data settings of the parent's training data, read with this run's tokenizer and settings."""
+    return cfg.data.model_copy(update={"path": cfg.continual.old_data})
+
+
+def load_parent(cfg: RunConfig, objective: nn.Module) -> None:
+    """Start from the parent's final weights (backbone, heads, teachers); a checkpoint of this run, when resuming,
+    overwrites them afterwards."""
+    weights = Path(cfg.continual.parent) / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"continual.parent '{cfg.continual.parent}': expected its final model.safetensors; it was "
+                          "moved or deleted")
+    try:
+        load_model(objective, str(weights))
+    except RuntimeError as e:
+        raise ConfigError(f"continual.parent '{cfg.continual.parent}': its weights do not fit this run's model "
+                          f"(keep the parent's model.* settings): {str(e).splitlines()[0]}") from None
