@@ -19,6 +19,7 @@ from selfsup.objectives.hybrid import Hybrid, weight_at
 from selfsup.objectives.simcse import SimCSE, longest_segment
 from selfsup.report import write_report
 from selfsup.train import trainer
+from selfsup.train.trainer import seed_everything
 from tests.conftest import TINY
 from tests.test_train import Killed, crash_after_step, losses, quiet
 from tests.test_vision import NORM, TINY_VISION, digits_dir, fake_images  # noqa: F401 (a fixture)
@@ -62,13 +63,13 @@ def test_the_gradient_is_that_of_the_weighted_term_means():
     w = hybrid.current_weights()
     assert w[0] == 1.0 and 0.1 < w[1] < 0.5
     batch = {"images": fake_images(8)}
-    torch.manual_seed(3)
+    seed_everything(3)
     out = hybrid(batch)
     out.loss.backward()
     assert out.count == 1
     got = {n: p.grad.clone() for n, p in hybrid.named_parameters() if p.grad is not None}
     hybrid.zero_grad()
-    torch.manual_seed(3)
+    seed_everything(3)
     parts = [term(batch) for term in hybrid.terms.values()]
     by_hand = sum(wi * o.loss / o.count for wi, o in zip(w, parts))
     by_hand.backward()
