@@ -218,3 +218,4 @@ def test_batched_perplexity_equals_one_document_at_a_time(run):
         one_at_a_time.append(float(np.exp(out.loss.item() / int(out.count))) if out else 1.0)
     assert len(ppl.tok.encode(texts[2], add_special_tokens=False).ids) > ppl.context  # truncated as before
     assert np.allclose(ppl(texts), one_at_a_time, rtol=1e-5, atol=0)
+    assert ppl([""]) == [1.0] and ppl([]) == []  # nothing to score: a batch of none

@@ -7,7 +7,8 @@ rule and the measured value (data/cleaning.py writes the kept data elsewhere; th
     repetition  --max-repetition: share of the word 3-grams that repeat an earlier one in the same document (as
                 Gopher's duplicate n-gram fraction, counted by n-grams)
     perplexity  --ppl-model RUN_DIR --max-ppl X: the document's perplexity under a causal LM trained by selfsup
-                (e.g. gpt-clm on a sample of clean text), scored on [EOS] + its tokens up to the model's context
+                (e.g. gpt-clm on a sample of clean text), scored on [EOS] + its tokens up to the model's context;
+                documents that pass the other rules are scored a batch at a time, padded to similar lengths
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Perplexity:
     length are padded (after their end, so causal attention never sees the padding, and padding is not scored) into
     forward passes of at most `tokens` tokens, each scoring its documents separately."""
 
-    def __init__(self, run_dir: str, device: torch.device, tokens: int = 16_384):
+    def __init__(self, run_dir: str, device: torch.device, tokens: int = 8192):
         from selfsup.data.tokenizer import eos_id
         from selfsup.rundir import open_run
 
@@ -56,7 +57,7 @@ class Perplexity:
     def __call__(self, texts: list[str]) -> list[float]:
         """Each text scored on [EOS] + its tokens up to the model's context; 1.0 for a text with no token."""
         ids = [[self.eos] + enc.ids[:self.context] for enc in self.tok.encode_batch(texts, add_special_tokens=False)]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        order = sorted((i for i in range(len(ids)) if len(ids[i]) > 1), key=lambda i: len(ids[i]))  # scorable
         scores = [1.0] * len(ids)
         start = 0
         while start < len(order):
@@ -65,8 +66,7 @@ class Perplexity:
                 end += 1
             group = order[start:end]
             for i, (nll, count) in zip(group, self._nll([ids[i] for i in group])):
-                if count:
-                    scores[i] = math.exp(min(nll / count, 50))
+                scores[i] = math.exp(min(nll / count, 50))
             start = end
         return scores
 
@@ -84,8 +84,10 @@ class Perplexity:
         doc_ids = torch.cumsum(inputs == lm.eos_id, dim=1) if lm.doc_mask else None  # (B, L - 1), as in training
         hidden = lm.model(inputs, doc_ids)  # (B, L - 1, D)
         valid = targets != IGNORE  # (B, L - 1)
-        logits = lm.model.logits(hidden[valid]).float()  # (N, V): scored tokens only, fp32 softmax
-        nll = torch.nn.functional.cross_entropy(logits, targets[valid], reduction="none")  # (N,)
+        scored, wanted = hidden[valid], targets[valid]  # (N, D), (N,): scored tokens only
+        nll = torch.cat([  # (N,): fp32 softmax, 1,024 rows of logits at a time to bound their memory
+            torch.nn.functional.cross_entropy(lm.model.logits(scored[s:s + 1024]).float(), wanted[s:s + 1024],
+                                              reduction="none") for s in range(0, len(wanted), 1024)])
         rows = torch.arange(len(docs), device=self.device)[:, None].expand_as(valid)[valid]  # (N,)
         per_doc = torch.zeros(len(docs), dtype=torch.float64, device=self.device).index_add_(0, rows, nll.double())
         return list(zip(per_doc.tolist(), valid.sum(1).tolist()))
