@@ -219,3 +219,34 @@ def test_batched_perplexity_equals_one_document_at_a_time(run):
     assert len(ppl.tok.encode(texts[2], add_special_tokens=False).ids) > ppl.context  # truncated as before
     assert np.allclose(ppl(texts), one_at_a_time, rtol=1e-5, atol=0)
     assert ppl([""]) == [1.0] and ppl([]) == []  # nothing to score: a batch of none
+
+
+def test_image_dedup_equals_a_search_over_every_kept_hash(tmp_path, monkeypatch):
+    import imagehash
+
+    from selfsup.data import dedup_index
+    from selfsup.data.dedup import dedup
+
+    monkeypatch.setattr(dedup_index, "_PENDING", 8)  # hashes written to the file and memory-mapped many times,
+    monkeypatch.setattr(dedup_index, "_SCAN", 16)  # and scanned in several chunks
+
+    rng = np.random.default_rng(1)
+    bases = [(rng.random((24, 24)) * 255) for _ in range(12)]
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(60):  # copies with more or less noise: hashes a few to many bits from their base
+        noisy = bases[rng.integers(len(bases))] + rng.normal(0, rng.choice([2, 20, 60]), (24, 24))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(src / f"{i:02d}.png")
+    distance, kept, expected = int((1 - 0.8) * 64), [], []
+    for f in sorted(src.iterdir()):
+        with Image.open(f) as img:
+            h = int(str(imagehash.phash(img)), 16)
+        match = next((name for k, name in kept if bin(k ^ h).count("1") <= distance), None)
+        if match is None:
+            kept.append((h, f.name))
+        else:
+            expected.append({"file": f.name, "line": None, "reason": "near",
+                             "duplicate_of": {"file": match, "line": None}})
+    dedup(str(src), str(tmp_path / "clean"))
+    assert [json.loads(line) for line in (tmp_path / "clean" / "removed.jsonl").open()] == expected
+    assert 10 < len(expected) < 50  # both outcomes are exercised

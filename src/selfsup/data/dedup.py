@@ -7,8 +7,7 @@ shingles: documents that share a band of datasketch's MinHashLSH banding for `ne
 minimise false positives + false negatives) are candidates, and a candidate is a duplicate when the estimated
 Jaccard similarity of the two signatures is ≥ `near` (texts under 5 words are compared exactly only).
 Images: near-duplicates by perceptual hash (imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) ·
-64, found through bands of the hash (two hashes that close share at least one of distance + 1 bands, by
-pigeonhole). The first occurrence wins: files in sorted order, lines in file order.
+64 of a kept image's. The first occurrence wins: files in sorted order, lines in file order.
 
 Documents stream a batch at a time and the indexes live on disk (data/dedup_index.py, a scratch folder in OUT
 removed at the end), so memory does not grow with the corpus.
@@ -58,7 +57,7 @@ def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_siz
             text_pass(texts, root, dst, judge, log, counts, "dedup", batch_size)
             judge.index.close()
         if images:
-            _dedup_images(images, root, dst, near, Path(scratch) / "images.sqlite", log, counts)
+            _dedup_images(images, root, dst, near, Path(scratch), log, counts)
     summary = dict(input=str(src), out=str(dst), near=near, num_perm=num_perm, **dict(sorted(counts.items())))
     (dst / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -140,15 +139,12 @@ class TextJudge:
         return {"duplicate_of": {"file": self.rels[where[0]], "line": where[1]}}
 
 
-def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, index_path: Path, log,
-                  counts: Counter) -> None:
+def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, folder: Path, log, counts: Counter) -> None:
     import imagehash
     from PIL import Image
 
     distance = int((1 - near) * 64)
-    bands = distance + 1  # two hashes within `distance` bits agree on at least one of distance + 1 bands
-    masks = [sum(1 << i for i in range(b * 64 // bands, (b + 1) * 64 // bands)) for b in range(bands)]
-    index = ImageIndex(index_path, masks)
+    index = ImageIndex(folder)
     with progress_bar("dedup images", in_bytes=False) as bar:
         for f in bar.track(files, description="dedup images"):
             rel = f.relative_to(root).as_posix()

@@ -45,7 +45,7 @@ class Perplexity:
     length are padded (after their end, so causal attention never sees the padding, and padding is not scored) into
     forward passes of at most `tokens` tokens, each scoring its documents separately."""
 
-    def __init__(self, run_dir: str, device: torch.device, tokens: int = 8192):
+    def __init__(self, run_dir: str, device: torch.device, tokens: int = 4096):
         from selfsup.data.tokenizer import eos_id
         from selfsup.rundir import open_run
 
