@@ -90,7 +90,7 @@ def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypat
     from selfsup.data.filters import Perplexity
 
     ppl = Perplexity(str(run), torch.device("cpu"))
-    scores = [ppl(line) for line in src.read_text().splitlines()]
+    scores = ppl(src.read_text().splitlines())
     assert scores[4] > scores[0]
     code, _, _ = run_main(monkeypatch, capsys, "data", "filter", src, "--out", tmp_path / "p", "--ppl-model", run,
                           "--max-ppl", str((scores[0] + scores[4]) / 2))
@@ -98,3 +98,155 @@ def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypat
     assert 5 in [r["line"] for r in removed if r["reason"] == "perplexity"] and 1 not in [r["line"] for r in removed]
     code, _, err = run_main(monkeypatch, capsys, "data", "filter", src, "--out", tmp_path / "q", "--ppl-model", run)
     assert code == 2 and "--ppl-model and --max-ppl go together" in err and len(err.strip().splitlines()) == 1
+
+
+def _mutated(doc: str, changes: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    words = doc.split()
+    for i in rng.choice(len(words), changes, replace=False):
+        words[i] = "changed"
+    return " ".join(words)
+
+
+def _reference(docs: list[tuple[str, int, str]], near: float) -> list[dict]:
+    """The behaviour dedup must have, in memory with datasketch's own index: first occurrence wins; a document is a
+    near duplicate of the first kept document that shares an LSH band with it and whose estimated Jaccard
+    similarity is ≥ near."""
+    from datasketch import MinHash, MinHashLSH
+
+    from selfsup.data.dedup import _normalise, _shingles
+
+    exact, kept, removed = {}, [], []
+    lsh = MinHashLSH(threshold=near, num_perm=128)
+    rejected = 0  # documents whose LSH candidates all failed the similarity check: the data must have some
+    for rel, line, text in docs:
+        norm = _normalise(text)
+        if norm in exact:
+            removed.append({"file": rel, "line": line, "reason": "exact", "duplicate_of": exact[norm]})
+            continue
+        exact[norm] = {"file": rel, "line": line}
+        shingles = _shingles(norm)
+        if not shingles:
+            continue
+        m = MinHash(num_perm=128)
+        m.update_batch(list(shingles))
+        candidates = sorted(lsh.query(m))
+        match = next((k for k in candidates if kept[k][0].jaccard(m) >= near), None)
+        if match is not None:
+            removed.append({"file": rel, "line": line, "reason": "near", "duplicate_of": kept[match][1]})
+            continue
+        rejected += bool(candidates)
+        lsh.insert(len(kept), m)
+        kept.append((m, {"file": rel, "line": line}))
+    assert rejected > 0
+    return removed
+
+
+def test_text_dedup_equals_the_in_memory_reference_at_any_batch_size(tmp_path):
+    from selfsup.data.dedup import dedup
+
+    bases = [_doc(seed, 40) for seed in range(40)]
+    docs = []  # clusters of variants 1 to 8 words away: similarities either side of the threshold
+    for seed in range(400):
+        rng = np.random.default_rng(1000 + seed)
+        kind = rng.integers(4)
+        base = bases[rng.integers(len(bases))]
+        docs.append(base if kind == 0 else _mutated(base, int(rng.integers(1, 9)), seed) if kind < 3
+                    else " ".join(rng.choice(WORDS, int(rng.integers(1, 6)))))  # short: exact only
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.txt").write_text("\n".join(docs[:250]) + "\n")
+    (src / "b.txt").write_text("\n".join(d.upper() for d in docs[250:]) + "\n")
+    located = [("a.txt", i + 1, d) for i, d in enumerate(docs[:250])] + \
+              [("b.txt", i + 1, d) for i, d in enumerate(docs[250:])]
+    expected = _reference(located, 0.8)
+    for batch_size in (7, 1000):  # duplicates within a batch and across batches
+        dedup(str(src), str(tmp_path / f"out{batch_size}"), 0.8, batch_size=batch_size)
+        removed = [json.loads(line) for line in (tmp_path / f"out{batch_size}" / "removed.jsonl").open()]
+        assert removed == expected
+    assert {r["reason"] for r in expected} == {"exact", "near"}
+    assert not list(tmp_path.glob("out*/.dedup-index-*"))  # the scratch index is gone
+
+
+def test_dedup_memory_does_not_grow_with_the_corpus(tmp_path):
+    import tracemalloc
+
+    from selfsup.data.dedup import dedup
+
+    def peak(n: int) -> int:
+        src = tmp_path / f"c{n}.txt"
+        src.write_text("\n".join(_doc(seed, 12) for seed in range(n)) + "\n")
+        tracemalloc.start()
+        summary = dedup(str(src), str(tmp_path / f"out{n}"), batch_size=200)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert summary["documents"] == n and summary["kept"] > 0.9 * n
+        return top
+
+    peak(50)  # imports and one-off tables first, so they are counted in neither size
+    small, large = peak(1000), peak(5000)
+    # an in-memory index grows by kilobytes a document (~10 MB here); a batch at a time does not grow
+    assert large < small + 1_000_000, (small, large)
+
+
+def test_corrupt_lines_are_skipped_counted_and_lines_numbered_as_in_the_file(tmp_path, monkeypatch, capsys):
+    a = _doc(5)
+    src = tmp_path / "c.txt"
+    src.write_bytes(f"{a}\n".encode() + b"\xff\xfe broken utf-8\n" + b"   \n\n" + f"{a}\n".encode())
+    code, text, _ = run_main(monkeypatch, capsys, "data", "dedup", src, "--out", tmp_path / "clean")
+    assert code in (0, None), text
+    summary = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    assert (summary["documents"], summary["skipped_invalid_utf8"], summary["skipped_empty"]) == (2, 1, 1)
+    removed = [json.loads(line) for line in (tmp_path / "clean" / "removed.jsonl").open()]
+    assert [(r["line"], r["duplicate_of"]["line"]) for r in removed] == [(5, 1)]
+    assert "skipped invalid utf8" in text
+
+
+def test_batched_perplexity_equals_one_document_at_a_time(run):
+    from selfsup.data.filters import Perplexity
+    from selfsup.data.tokenizer import eos_id
+
+    ppl = Perplexity(str(run), torch.device("cpu"), tokens=48)  # several padded groups of different lengths
+    texts = ["Return the number of items.", "x", _doc(7, 200), "Open a file and return a stream.",
+             "Жзщ ъыь эюя", "The quick brown fox jumps over the lazy dog again and again.", ""]
+    eos = eos_id(ppl.tok)
+    one_at_a_time = []
+    for text in texts:
+        ids = [eos] + ppl.tok.encode(text, add_special_tokens=False).ids[:ppl.context]
+        with torch.no_grad():
+            out = ppl.objective({"tokens": torch.tensor([ids])}) if len(ids) > 1 else None
+        one_at_a_time.append(float(np.exp(out.loss.item() / int(out.count))) if out else 1.0)
+    assert len(ppl.tok.encode(texts[2], add_special_tokens=False).ids) > ppl.context  # truncated as before
+    assert np.allclose(ppl(texts), one_at_a_time, rtol=1e-5, atol=0)
+    assert ppl([""]) == [1.0] and ppl([]) == []  # nothing to score: a batch of none
+
+
+def test_image_dedup_equals_a_search_over_every_kept_hash(tmp_path, monkeypatch):
+    import imagehash
+
+    from selfsup.data import dedup_index
+    from selfsup.data.dedup import dedup
+
+    monkeypatch.setattr(dedup_index, "_PENDING", 8)  # hashes written to the file and memory-mapped many times,
+    monkeypatch.setattr(dedup_index, "_SCAN", 16)  # and scanned in several chunks
+
+    rng = np.random.default_rng(1)
+    bases = [(rng.random((24, 24)) * 255) for _ in range(12)]
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(60):  # copies with more or less noise: hashes a few to many bits from their base
+        noisy = bases[rng.integers(len(bases))] + rng.normal(0, rng.choice([2, 20, 60]), (24, 24))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(src / f"{i:02d}.png")
+    distance, kept, expected = int((1 - 0.8) * 64), [], []
+    for f in sorted(src.iterdir()):
+        with Image.open(f) as img:
+            h = int(str(imagehash.phash(img)), 16)
+        match = next((name for k, name in kept if bin(k ^ h).count("1") <= distance), None)
+        if match is None:
+            kept.append((h, f.name))
+        else:
+            expected.append({"file": f.name, "line": None, "reason": "near",
+                             "duplicate_of": {"file": match, "line": None}})
+    dedup(str(src), str(tmp_path / "clean"))
+    assert [json.loads(line) for line in (tmp_path / "clean" / "removed.jsonl").open()] == expected
+    assert 10 < len(expected) < 50  # both outcomes are exercised

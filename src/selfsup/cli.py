@@ -533,7 +533,8 @@ def dedup(
     table = Table(title=f"dedup of {input} (near ≥ {near})")
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
-    for key in ("documents", "images", "kept", "removed_exact", "removed_near", "kept_unparsed", "kept_unreadable"):
+    for key in ("documents", "images", "kept", "removed_exact", "removed_near", "kept_unparsed", "kept_unreadable",
+                *(k for k in summary if k.startswith("skipped_"))):
         if summary.get(key):
             table.add_row(key.replace("_", " "), f"{summary[key]:,}")
     console.print(table)
@@ -565,7 +566,7 @@ def filter_data(
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
     for key, value in s.items():
-        if key in ("documents", "kept", "kept_unparsed") or key.startswith("removed_"):
+        if key in ("documents", "kept", "kept_unparsed") or key.startswith(("removed_", "skipped_")):
             table.add_row(key.replace("_", " "), f"{value:,}")
     console.print(table)
     console.print(f"kept documents in {out}; removals in {out}/removed.jsonl")

@@ -1,10 +1,13 @@
 """One pass over a text corpus that writes what it keeps elsewhere and logs what it removes (dedup, filter).
 
-    text_pass(files, root, dst, judge, log, counts)
+    text_pass(files, root, dst, judge, log, counts, what, batch_size)
 
-`judge(text, rel, line)` returns None to keep a document or (reason, detail) to remove it. Lines of .txt files
-are documents; .jsonl lines are judged on their `text` and kept byte for byte, and a line without a usable
-`text` is kept as it is (counted `kept_unparsed`: not ours to judge). The input is never changed.
+Documents stream through in batches of `batch_size`: `judge(docs)` gets a list of (text, file, line) and returns
+one verdict per document, None to keep it or (reason, detail) to remove it, so a judge can work a batch at a time
+(one index query, one forward pass) while only a batch is ever held in memory. Lines of .txt files are documents;
+.jsonl lines are judged on their `text` and kept byte for byte, and a line without a usable `text` is kept as it
+is (counted `kept_unparsed`: not ours to judge); blank lines and invalid UTF-8 are skipped and counted
+(`skipped_*`). `line` is the line's number in its file. The input is never changed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import TransferSpeedColumn
+
 from selfsup.data.text import DataError, read_lines
+
+Doc = tuple[str, str, int]  # text, file relative to the input, line number
 
 
 def check_paths(path: str, out: str) -> tuple[Path, Path]:
@@ -26,29 +35,85 @@ def check_paths(path: str, out: str) -> tuple[Path, Path]:
     return src, dst
 
 
-def text_pass(files: list[Path], root: Path, dst: Path, judge: Callable, log, counts: Counter) -> None:
-    for f in files:
-        rel = f.relative_to(root).as_posix()
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        skipped: Counter = Counter()
-        with open(dst / rel, "w", encoding="utf-8") as kept:
-            for number, line in enumerate(read_lines(f, skipped), 1):
+def progress_bar(what: str, in_bytes: bool) -> Progress:
+    """A bar on stderr with throughput and time left, gone when the pass ends."""
+    amount = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
+    return Progress(TextColumn(what), BarColumn(), *amount, TimeRemainingColumn(), console=Console(stderr=True),
+                    transient=True)
+
+
+def text_pass(files: list[Path], root: Path, dst: Path, judge: Callable[[list[Doc]], list], log, counts: Counter,
+              what: str, batch_size: int = 1024) -> None:
+    # (file, line number, line, text or None to keep unjudged); line number 0 only opens the file's output
+    pending: list[tuple[str, int, str, str | None]] = []
+    n_docs = 0
+    with progress_bar(what, in_bytes=True) as bar, _Outputs(dst) as out:
+        task = bar.add_task(what, total=sum(f.stat().st_size for f in files))
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            pending.append((rel, 0, "", None))
+            skipped: Counter = Counter()
+            for number, line in read_lines(f, skipped):
                 text = _json_text(line) if f.suffix == ".jsonl" else line
-                if text is None:
-                    counts["kept_unparsed"] += 1
-                    kept.write(line + "\n")
-                    continue
-                counts["documents"] += 1
-                verdict = judge(text, rel, number)
-                if verdict is None:
-                    kept.write(line + "\n")
-                    counts["kept"] += 1
-                else:
-                    reason, detail = verdict
-                    log.write(json.dumps({"file": rel, "line": number, "reason": reason, **detail}) + "\n")
-                    counts[f"removed_{reason}"] += 1
-        for reason, n in skipped.items():
-            counts[f"skipped_{reason}"] += n
+                pending.append((rel, number, line, text))
+                n_docs += text is not None
+                if n_docs == batch_size:
+                    bar.advance(task, _flush(pending, judge, out, log, counts))
+                    pending, n_docs = [], 0
+            for reason, n in skipped.items():
+                counts[f"skipped_{reason}"] += n
+        _flush(pending, judge, out, log, counts)
+
+
+def _flush(pending: list, judge: Callable, out: _Outputs, log, counts: Counter) -> int:
+    """Judge the pending documents, write them out in order; the bytes they held."""
+    docs = [(text, rel, number) for rel, number, _, text in pending if text is not None]
+    verdicts = iter(judge(docs) if docs else [])
+    size = 0
+    for rel, number, line, text in pending:
+        if number == 0:
+            out.open(rel)
+            continue
+        size += len(line.encode()) + 1
+        if text is None:
+            counts["kept_unparsed"] += 1
+            out.write(line + "\n")
+            continue
+        counts["documents"] += 1
+        verdict = next(verdicts)
+        if verdict is None:
+            counts["kept"] += 1
+            out.write(line + "\n")
+        else:
+            reason, detail = verdict
+            log.write(json.dumps({"file": rel, "line": number, "reason": reason, **detail}) + "\n")
+            counts[f"removed_{reason}"] += 1
+    return size
+
+
+class _Outputs:
+    """The kept lines of one input file at a time, written under the same relative path in `dst`."""
+
+    def __init__(self, dst: Path):
+        self.dst, self.file = dst, None
+
+    def open(self, rel: str) -> None:
+        self.close()
+        (self.dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.dst / rel, "w", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        self.file.write(line)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _json_text(line: str) -> str | None:

@@ -2,16 +2,19 @@
 logged with its reason and what it duplicates, and a summary is printed and written.
 
 Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash of
-the text with whitespace collapsed and case folded; near-duplicates by MinHash of word 5-gram shingles with
-datasketch's LSH index (estimated Jaccard similarity ≥ `near`; texts under 5 words are compared exactly only).
+the text with whitespace collapsed and case folded; near-duplicates by MinHash (datasketch) of word 5-gram
+shingles: documents that share a band of datasketch's MinHashLSH banding for `near` (its (bands, rows) that
+minimise false positives + false negatives) are candidates, and a candidate is a duplicate when the estimated
+Jaccard similarity of the two signatures is ≥ `near` (texts under 5 words are compared exactly only).
 Images: near-duplicates by perceptual hash (imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) ·
-64, found through bands of the hash (two hashes that close share at least one of distance + 1 bands, by
-pigeonhole). The first occurrence wins: files in sorted order, lines in file order. Documents are read a file at a
-time; the index holds only hashes.
+64 of a kept image's. The first occurrence wins: files in sorted order, lines in file order.
+
+Documents stream a batch at a time and the indexes live on disk (data/dedup_index.py, a scratch folder in OUT
+removed at the end), so memory does not grow with the corpus.
 
     OUT/<same relative paths>   the kept lines (byte for byte) or the kept image files
     OUT/removed.jsonl           {"file", "line" or null, "reason": "exact" | "near", "duplicate_of": {"file", "line"}}
-    OUT/summary.json            counts read, kept and removed by reason, settings
+    OUT/summary.json            counts read, kept and removed by reason, skipped lines by reason, settings
 """
 
 from __future__ import annotations
@@ -20,17 +23,21 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
-from selfsup.data.cleaning import check_paths, text_pass
+import numpy as np
+
+from selfsup.data.cleaning import Doc, check_paths, progress_bar, text_pass
+from selfsup.data.dedup_index import ImageIndex, TextIndex, band_keys
 from selfsup.data.images import IMAGE_SUFFIXES
 from selfsup.data.text import TEXT_SUFFIXES, DataError
 
 SHINGLE = 5  # words per shingle
 
 
-def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128) -> dict:
+def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_size: int = 1024) -> dict:
     if not 0 < near <= 1:
         raise DataError(f"--near {near}: expected a similarity in (0, 1]")
     src, dst = check_paths(path, out)
@@ -42,11 +49,15 @@ def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128) -> dict:
     dst.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
     root = src if src.is_dir() else src.parent
-    with open(dst / "removed.jsonl", "w", encoding="utf-8") as log:
+    with open(dst / "removed.jsonl", "w", encoding="utf-8") as log, \
+            tempfile.TemporaryDirectory(prefix=".dedup-index-", dir=dst) as scratch:
         if texts:
-            _dedup_text(texts, root, dst, near, num_perm, log, counts)
+            judge = TextJudge(Path(scratch) / "text.sqlite", [f.relative_to(root).as_posix() for f in texts], near,
+                              num_perm)
+            text_pass(texts, root, dst, judge, log, counts, "dedup", batch_size)
+            judge.index.close()
         if images:
-            _dedup_images(images, root, dst, near, log, counts)
+            _dedup_images(images, root, dst, near, Path(scratch), log, counts)
     summary = dict(input=str(src), out=str(dst), near=near, num_perm=num_perm, **dict(sorted(counts.items())))
     (dst / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -63,71 +74,100 @@ def _shingles(text: str) -> set[bytes]:
     return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
 
 
-def _dedup_text(files: list[Path], root: Path, dst: Path, near: float, num_perm: int, log, counts: Counter) -> None:
-    from datasketch import MinHash, MinHashLSH
+class TextJudge:
+    """Judges a batch of documents against the index of all earlier batches, then against the batch's own earlier
+    documents, and adds what it keeps to the index."""
 
-    exact: dict[bytes, tuple[str, int]] = {}
-    lsh = MinHashLSH(threshold=near, num_perm=num_perm)
-    where: dict[str, tuple[str, int]] = {}
+    def __init__(self, index_path: Path, rels: list[str], near: float, num_perm: int):
+        from datasketch import MinHashLSH
 
-    def judge(text: str, rel: str, number: int):
-        norm = _normalise(text)
-        digest = hashlib.sha256(norm.encode()).digest()[:16]
-        if digest in exact:
-            return "exact", _original(exact[digest])
-        exact[digest] = (rel, number)
-        shingles = _shingles(norm)
-        if shingles:
-            m = MinHash(num_perm=num_perm)
-            m.update_batch(list(shingles))
-            similar = lsh.query(m)
-            if similar:
-                return "near", _original(where[min(similar, key=lambda k: where[k])])
-            where[f"{rel}#{number}"] = (rel, number)
-            lsh.insert(f"{rel}#{number}", m)
+        lsh = MinHashLSH(threshold=near, num_perm=num_perm)  # only for its choice of (bands, rows) for `near`
+        self.bands, self.rows = lsh.b, lsh.r
+        self.index = TextIndex(index_path)
+        self.rels, self.file_of = rels, {rel: i for i, rel in enumerate(rels)}
+        self.near, self.num_perm = near, num_perm
+
+    def __call__(self, docs: list[Doc]) -> list:
+        from datasketch import MinHash
+
+        norms = [_normalise(text) for text, _, _ in docs]
+        digests = [hashlib.sha256(n.encode()).digest()[:16] for n in norms]
+        first = self.index.exact(digests)  # digest -> (file, line) of its first occurrence before this batch
+        shingles = [_shingles(n) for n in norms]
+        hashed = [i for i, s in enumerate(shingles) if s]
+        minhashes = MinHash.generator((list(shingles[i]) for i in hashed), num_perm=self.num_perm)
+        sigs = np.stack([m.hashvalues for m in minhashes]) if hashed else np.zeros((0, self.num_perm), np.uint32)
+        keys = band_keys(sigs, self.bands, self.rows)  # (len(hashed), bands)
+        row_of = dict(zip(hashed, range(len(hashed))))
+        candidates = self.index.candidates(keys)  # band key -> earlier kept documents' ids
+        earlier = self.index.documents(sorted({d for ids in candidates.values() for d in ids}), self.num_perm)
+        batch_keys: dict[int, list[int]] = {}  # band key -> this batch's kept documents (positions in `kept`)
+        new_exact, kept, kept_keys, verdicts = [], [], [], []
+        for i, (_, rel, line) in enumerate(docs):
+            where = (self.file_of[rel], line)
+            if digests[i] in first:
+                verdicts.append(("exact", self._original(first[digests[i]])))
+                continue
+            first[digests[i]] = where
+            new_exact.append((digests[i], *where))
+            if i in row_of:
+                sig, doc_keys = sigs[row_of[i]], keys[row_of[i]].tolist()
+                match = self._first_similar(sig, sorted({d for k in doc_keys for d in candidates.get(k, ())}), earlier)
+                if match is None:  # then this batch's kept documents, all later than the index's
+                    match = self._first_similar(sig, sorted({p for k in doc_keys for p in batch_keys.get(k, ())}), kept)
+                if match is not None:
+                    verdicts.append(("near", self._original(match)))
+                    continue
+                for k in doc_keys:
+                    batch_keys.setdefault(k, []).append(len(kept))
+                kept.append((sig, where))
+                kept_keys.append(keys[row_of[i]])
+            verdicts.append(None)
+        self.index.add(new_exact, kept, kept_keys)
+        return verdicts
+
+    def _first_similar(self, sig: np.ndarray, ids: list[int], docs) -> tuple[int, int] | None:
+        """The location of the first of `ids` whose signature's estimated Jaccard similarity to `sig` is ≥ near;
+        docs[id] is (signature, location)."""
+        for d in ids:
+            other, where = docs[d]
+            if np.count_nonzero(other == sig) / self.num_perm >= self.near:
+                return where
         return None
 
-    text_pass(files, root, dst, judge, log, counts)
+    def _original(self, where: tuple[int, int]) -> dict:
+        return {"duplicate_of": {"file": self.rels[where[0]], "line": where[1]}}
 
 
-def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, log, counts: Counter) -> None:
+def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, folder: Path, log, counts: Counter) -> None:
     import imagehash
     from PIL import Image
 
     distance = int((1 - near) * 64)
-    bands = distance + 1  # two hashes within `distance` bits agree on at least one of distance + 1 bands
-    bits = [range(b * 64 // bands, (b + 1) * 64 // bands) for b in range(bands)]
-    index: dict[tuple[int, int], list[int]] = {}
-    kept_hashes: list[tuple[int, tuple[str, None]]] = []
-    for f in files:
-        rel = f.relative_to(root).as_posix()
-        counts["images"] += 1
-        try:
-            with Image.open(f) as img:
-                h = int(str(imagehash.phash(img)), 16)
-        except Exception:  # Pillow raises many kinds of exception on damaged files: kept, not judged
-            counts["kept_unreadable"] += 1
+    index = ImageIndex(folder)
+    with progress_bar("dedup images", in_bytes=False) as bar:
+        for f in bar.track(files, description="dedup images"):
+            rel = f.relative_to(root).as_posix()
+            counts["images"] += 1
+            try:
+                with Image.open(f) as img:
+                    h = int(str(imagehash.phash(img)), 16)
+            except Exception:  # Pillow raises many kinds of exception on damaged files: kept, not judged
+                counts["kept_unreadable"] += 1
+                _copy(f, dst / rel)
+                continue
+            match = index.first_within(h, distance)
+            if match is not None:
+                log.write(json.dumps({"file": rel, "line": None, "reason": "near",
+                                      "duplicate_of": {"file": match, "line": None}}) + "\n")
+                counts["removed_near"] += 1
+                continue
+            index.add(h, rel)
             _copy(f, dst / rel)
-            continue
-        keys = [(b, sum(((h >> i) & 1) << j for j, i in enumerate(r))) for b, r in enumerate(bits)]
-        candidates = {i for key in keys for i in index.get(key, ())}
-        match = next((i for i in sorted(candidates) if bin(kept_hashes[i][0] ^ h).count("1") <= distance), None)
-        if match is not None:
-            log.write(json.dumps({"file": rel, "line": None, "reason": "near",
-                                  **_original(kept_hashes[match][1])}) + "\n")
-            counts["removed_near"] += 1
-            continue
-        for key in keys:
-            index.setdefault(key, []).append(len(kept_hashes))
-        kept_hashes.append((h, (rel, None)))
-        _copy(f, dst / rel)
-        counts["kept"] += 1
+            counts["kept"] += 1
+    index.close()
 
 
 def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst)
-
-
-def _original(where: tuple[str, int | None]) -> dict:
-    return {"duplicate_of": {"file": where[0], "line": where[1]}}

@@ -44,7 +44,7 @@ def read_documents(files: list[Path], skipped: Counter, max_chars: int, builtin:
         if builtin:
             yield from _keep(stdlib_docs.docstrings(f), skipped, max_chars)
             continue
-        for text in read_lines(f, skipped):
+        for _, text in read_lines(f, skipped):
             if f.suffix == ".jsonl":
                 text = _json_text(text, field, skipped)
                 if text is None:
@@ -52,23 +52,25 @@ def read_documents(files: list[Path], skipped: Counter, max_chars: int, builtin:
             yield from _keep([text], skipped, max_chars)
 
 
-def read_lines(f: Path, skipped: Counter) -> Iterator[str]:
-    """The non-blank lines of a file, decoded; an unreadable file, a line of whitespace and invalid UTF-8 are
-    counted in `skipped`."""
+def read_lines(f: Path, skipped: Counter) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line) for the non-blank lines of a file, read a line at a time so a file larger than
+    memory streams; an unreadable file, a line of whitespace and invalid UTF-8 are counted in `skipped`."""
     try:
-        raw = f.read_bytes()
+        handle = open(f, "rb")
     except OSError:
         skipped["unreadable_file"] += 1
         return
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            if line:  # a line of whitespace is an empty document; a bare newline separates nothing
-                skipped["empty"] += 1
-            continue
-        try:
-            yield line.decode("utf-8")
-        except UnicodeDecodeError:
-            skipped["invalid_utf8"] += 1
+    with handle:
+        for number, line in enumerate(handle, 1):
+            line = line.removesuffix(b"\n")
+            if not line.strip():
+                if line:  # a line of whitespace is an empty document; a bare newline separates nothing
+                    skipped["empty"] += 1
+                continue
+            try:
+                yield number, line.decode("utf-8")
+            except UnicodeDecodeError:
+                skipped["invalid_utf8"] += 1
 
 
 def _json_text(line: str, field: str, skipped: Counter) -> str | None:

@@ -78,7 +78,7 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
     skipped: Counter = Counter()
     texts, labels = [], []
     for f in files:
-        for line in read_lines(f, skipped):
+        for _, line in read_lines(f, skipped):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
