@@ -1,5 +1,5 @@
-"""Training on several processes equals training on one with the whole batch: each contrastive, distillation and
-masked objective (and a hybrid) with 2 gloo processes on the CPU gives the one-process loss, gradients and state
+"""Training on several processes equals training on one with the whole batch: each contrastive, distillation,
+masked and clustering objective (and a hybrid) with 2 gloo processes on the CPU gives the one-process loss, gradients and state
 (queues, centres, BatchNorm statistics) to 1e-5; the trainer's two-process CLM and MLM runs log the one-process
 losses; the data position
 survives a change of world size; a run whose worker is killed resumes from its last complete checkpoint.
@@ -37,12 +37,13 @@ from tests.test_alignment import _clips
 from tests.test_train import losses
 
 OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip", "simcse", "hybrid",
-              "mae", "beit", "mlm", "plm", "hubert"]
+              "mae", "beit", "mlm", "plm", "hubert", "deepcluster"]
 # masked objectives draw their masks for the global batch (views/batch_random.py): equal on any number of processes
 RECIPES = {"mlm": "bert-mlm", "plm": "xlnet-plm", "hubert": "audio-mask"}
 TEXT = ["model.context=16", "model.vocab_size=512"]
 EXTRA = {"simcse": [*TEXT, "model.dropout=0", "simcse.mask_p=0.5"], "mlm": TEXT, "plm": TEXT,
          "beit": ["beit.codebook_size=8", "beit.codebook_images=8"],
+         "deepcluster": ["deepcluster.clusters=3", "deepcluster.pca_dim=4"],
          "hubert": ["hubert.clusters=8", "hubert.kmeans_frames=400", "hubert.proj_dim=16", "audio.mean=0",
                     "audio.std=1"]}
 # a hybrid whose terms are both deterministic under fixed views: what it adds is each term's global mean
@@ -119,8 +120,8 @@ def _step(name: str, rank: int, world: int) -> dict[str, torch.Tensor]:
         cfg = config.load(RECIPES.get(name, name), [*SMALL, *EXTRA.get(name, [])])
     batch = _batch(name)
     tok = _tokenizer() if name in ("simcse", "mlm", "plm") else None
-    objective = build_objective(cfg, tok, images=batch["images"].numpy() if name == "beit" else None,
-                                clips=_clips(GLOBAL_BATCH) if name == "hubert" else None)
+    images = batch["images"].numpy() if name in ("beit", "deepcluster") else None  # what they fit on
+    objective = build_objective(cfg, tok, images=images, clips=_clips(GLOBAL_BATCH) if name == "hubert" else None)
     if name == "simcse":  # dropout and masking draw per process: the two views are the same window
         objective.mask_p = 0.0
     # one process too: the same BatchNorm arithmetic on both sides (vs torch's own: see the test below)

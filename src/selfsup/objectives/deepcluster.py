@@ -62,10 +62,10 @@ class DeepCluster(nn.Module):
             raise RuntimeError("DeepCluster needs the training images to cluster them")
         was_training = self.training
         self.eval()
-        feats = []
+        feats, dtype = [], next(self.model.parameters()).dtype  # the trunk's precision (float64 in exact checks)
         for i in range(0, len(self._images), 256):
             x = torch.from_numpy(np.array(self._images[i:i + 256])).to(device)
-            feats.append(self.model(center_view(x, x.shape[-1], *self._norm)).float())  # (b, D)
+            feats.append(self.model(center_view(x, x.shape[-1], *self._norm).to(dtype)).float())  # (b, D)
         self.train(was_training)
         x = F.normalize(pca_whiten(torch.cat(feats), self.pca_dim), dim=1)  # (N, pca_dim)
         g = torch.Generator().manual_seed(self._seed * 1_000_003 + step)
