@@ -67,5 +67,6 @@ class SimCSE(nn.Module):
                           projections=(z1.detach(), z2.detach()))
 
     def flops_per_token(self) -> float:
-        """The trunk twice (two views); the projection runs once per window, not per token."""
-        return 2 * self.model.flops_per_token()
+        """The trunk twice (two views), without the tied output layer the trunk's count includes (no token is
+        predicted); the projection runs once per window, not per token."""
+        return 2 * (self.model.flops_per_token() - 6 * self.model.embed.weight.numel())
