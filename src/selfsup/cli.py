@@ -71,7 +71,7 @@ def _print_summary(s: dict) -> None:
     table = Table(title=f"{s['recipe']}: {s['status']} after {s['steps']:,} steps", show_header=False)
     unit, d = s["unit"], s["data"]
     rows = [("validation loss", f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "-")]
-    if unit == "token":
+    if unit == "token" and s["objective"] in config_mod.TEXT_OBJECTIVES:  # a language model's loss
         rows += [("validation perplexity", f"{s['val_ppl']:.2f}" if s["val_ppl"] is not None else "-"),
                  ("unigram baseline perplexity", f"{s['unigram_ppl']:.2f}")]
     mfu = f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:.2f} TFLOP/s measured peak" if s["mfu"] else "-"
