@@ -32,6 +32,13 @@ def _cache(tmp_path_factory):
     os.environ["SELFSUP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def why_failed(r) -> str:
+    """A failed multi-process run's stderr: the workers' last lines, which the launcher's long traceback after
+    them would push out of a plain tail, then the launcher's summary of which worker failed and how."""
+    workers, _, launcher = r.stderr.rpartition("Traceback (most recent call last)")
+    return workers[-2500:] + "\n[launcher] ..." + launcher[-1500:]
+
+
 def docstrings(*modules) -> list[str]:
     docs = []
     for module in modules:

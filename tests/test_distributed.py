@@ -32,7 +32,7 @@ from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.views.augment import center_view
 from selfsup.train.trainer import seed_everything
-from tests.conftest import TINY
+from tests.conftest import TINY, why_failed
 from tests.test_alignment import _clips
 from tests.test_train import losses
 
@@ -235,10 +235,10 @@ CLM = ["model.dim=32", "model.depth=2", "model.heads=2", "model.context=32", "mo
 def test_two_process_training_logs_the_one_process_losses(recipe, one_process, corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r = _cli("train", recipe, f"data.path={corpus}", f"out_dir={one}", *CLM, *one_process)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     r = _cli("train", recipe, f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=2",
              "train.grad_accum=2", "dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     assert "global batch 8 = 2 per process × 2 accumulated × 2 process(es)" in r.stdout  # DDP's no_sync too
     a, b = losses(one), losses(two)
     assert sorted(b) == list(range(1, 7))
@@ -286,7 +286,7 @@ def test_killed_worker_then_resume_from_the_last_complete_checkpoint(corpus, tmp
     full = tmp_path / "full"
     r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={full}", *args,
              f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "selfsup", "train", "gpt-clm", f"data.path={corpus}",
                              f"out_dir={out}", *args, f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}"],
@@ -302,7 +302,7 @@ def test_killed_worker_then_resume_from_the_last_complete_checkpoint(corpus, tmp
     assert proc.wait(timeout=60) != 0
     assert (out / "checkpoints" / "step-00000004").is_dir()
     r = _cli("train", str(out), f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")  # the same command resumes
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     assert "resuming from" in r.stdout
     after, expected = losses(out), losses(full)
     assert sorted(after) == list(range(1, 13))
@@ -315,11 +315,11 @@ def test_sharded_training_logs_the_one_process_losses_writes_shards_and_resumes_
                                                                                               tmp_path):
     one, two = tmp_path / "one", tmp_path / strategy
     r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, "train.batch_size=8")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, "train.batch_size=4",
              "train.checkpoint_every=3", "dist.nproc_per_node=2", f"dist.strategy={strategy}",
              f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     a, b = losses(one), losses(two)
     for step, loss in a.items():
         assert b[step] == pytest.approx(loss, abs=1e-5), step
@@ -332,7 +332,7 @@ def test_sharded_training_logs_the_one_process_losses_writes_shards_and_resumes_
         torch.testing.assert_close(full[k], single[k], rtol=0, atol=1e-5)
     # resumed on one process from the shards, it continues (the data position and optimizer state carried over)
     r = _cli("train", str(two), "train.max_steps=8", "dist.nproc_per_node=1")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why_failed(r)
     assert "resuming from" in r.stdout and sorted(losses(two)) == list(range(1, 9))
     assert json.loads((two / "summary.json").read_text())["tokens_seen"] == 8 * 8 * 32 - 2 * 4 * 32
 

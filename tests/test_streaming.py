@@ -29,6 +29,7 @@ from selfsup.data.stream_prepare import shard_files
 from selfsup.data.streaming import ImageDecoder, PairDecoder, ShardTable, StreamLoader
 from selfsup.data.text import DataError
 from selfsup.train.data import RunData
+from tests.conftest import why_failed
 from tests.test_cli import invoke
 from tests.test_vision import TINY_VISION
 
@@ -257,7 +258,7 @@ def test_two_processes_under_gloo_train_and_resume(shards, tmp_path):
                                         capture_output=True, text=True, env=env, timeout=300)
     two = ("dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{port}")
     r = run("train.max_steps=3", *two)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-2000:] + why_failed(r)
     state = json.loads((out / "checkpoints" / "step-00000003" / "state.json").read_text())["data"]
     # each process's own position: 3 batches of 4, plus the corrupt member on the process it was dealt to
     assert state["world"] == 2 and sorted(index for _, index in state["ranks"]) in ([12, 12], [12, 13])
@@ -265,6 +266,6 @@ def test_two_processes_under_gloo_train_and_resume(shards, tmp_path):
     assert r.returncode != 0
     assert "mid-epoch for 2 process(es) but this run has 1" in r.stdout + r.stderr
     r = run("train.max_steps=5", *two)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-2000:] + why_failed(r)
     state = json.loads((out / "checkpoints" / "step-00000005" / "state.json").read_text())["data"]
     assert sorted(index for _, index in state["ranks"]) in ([20, 20], [20, 21])

@@ -61,10 +61,11 @@ def train(
         summary = run_training(cfg, console)
         distributed.teardown()
         if not distributed.reports(int(os.environ.get("RANK", 0))):
-            return
+            distributed.end_worker()
     report = write_report(cfg.out_dir)
     _print_summary(summary)
     console.print(f"report: {report}")
+    distributed.end_worker()
 
 
 def _print_summary(s: dict) -> None:
