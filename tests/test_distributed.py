@@ -35,6 +35,7 @@ from selfsup.train.trainer import seed_everything
 from tests.conftest import TINY, why_failed
 from tests.test_alignment import _clips
 from tests.test_train import losses
+from tests.test_vision import TINY_VISION, digits_dir  # noqa: F401 (a fixture)
 
 OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip", "simcse", "hybrid",
               "mae", "beit", "mlm", "plm", "hubert", "deepcluster"]
@@ -335,6 +336,22 @@ def test_sharded_training_logs_the_one_process_losses_writes_shards_and_resumes_
     assert r.returncode == 0, why_failed(r)
     assert "resuming from" in r.stdout and sorted(losses(two)) == list(range(1, 9))
     assert json.loads((two / "summary.json").read_text())["tokens_seen"] == 8 * 8 * 32 - 2 * 4 * 32
+
+
+@pytest.mark.parametrize("recipe", ["byol", "dino"])
+def test_fsdp_with_a_momentum_teacher_logs_the_ddp_losses(recipe, digits_dir, tmp_path):
+    """The teacher's shards follow the student's as DDP's whole teacher follows its student: with the same world
+    size and seeds each process sees the same views under both strategies, so the losses must agree."""
+    runs = {s: tmp_path / s for s in ("ddp", "fsdp")}
+    for strategy, out in runs.items():
+        r = _cli("train", recipe, f"data.path={digits_dir / 'train'}", f"out_dir={out}", *TINY_VISION,
+                 "views.local_crops=0", "train.batch_size=8", "train.max_steps=4", "train.log_every=1",
+                 "dist.nproc_per_node=2", f"dist.strategy={strategy}", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
+        assert r.returncode == 0, why_failed(r)
+    a, b = losses(runs["ddp"]), losses(runs["fsdp"])
+    assert sorted(b) == list(range(1, 5))
+    for step, loss in a.items():
+        assert b[step] == pytest.approx(loss, abs=1e-5), step
 
 
 def test_two_nodes_of_one_process_on_loopback(corpus, tmp_path):
