@@ -175,9 +175,15 @@ def test_resume_continues_exactly_where_it_stopped(shards, tmp_path):
     assert take(one, 2, 3) == epoch1[:6]
 
 
-def test_worker_processes_give_the_same_batches(shards, tmp_path):
+def test_worker_processes_give_the_same_batches_and_stop_on_close(shards, tmp_path):
+    import multiprocessing
+
     t = table(shards, tmp_path)
-    assert take(loader(t, workers=2), 10, 4) == take(loader(t, workers=0), 10, 4)
+    pooled = loader(t, workers=2)
+    assert take(pooled, 10, 4) == take(loader(t, workers=0), 10, 4)
+    assert len(multiprocessing.active_children()) == 2
+    pooled.close()  # a multi-process run's worker ends without the interpreter's clean-up: nothing may be left
+    assert multiprocessing.active_children() == []
 
 
 def test_validation_strides_the_held_out_samples_over_processes(shards, tmp_path):

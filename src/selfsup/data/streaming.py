@@ -155,6 +155,13 @@ class StreamLoader:
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the orders planned from, by epoch
         self.shard(order.rank, order.world)
 
+    def close(self) -> None:
+        """Stop the decoding processes: a worker of a multi-process run ends without the interpreter's clean-up
+        (train/distributed.end_worker), which would otherwise stop them."""
+        for pool in self._pools:
+            pool.shutdown(cancel_futures=True)
+        self._pools = []
+
     def shard(self, rank: int, world: int) -> None:
         """Stream process `rank`'s part of the shards for `world` processes (see data/shard_order.py)."""
         self.order.rank, self.order.world = rank, world

@@ -17,6 +17,7 @@ from selfsup.data.mixture import Mixture
 from selfsup.data.packing import PackedWindows
 from selfsup.data.shards import default_cache, prepare
 from selfsup.data.stream_prepare import prepare_stream
+from selfsup.data.streaming import StreamLoader
 from selfsup.data.text import DataError
 from selfsup.train.continual import old_stream
 
@@ -90,6 +91,12 @@ class RunData:
         self.summary["replay"] = dict(path=cfg.continual.old_data, share=cfg.continual.replay, **counts)
         self.window = (f"{self.window[0]} + {100 * cfg.continual.replay:g}% of each batch replayed from "
                        f"{len(replay):,} {what} of {cfg.continual.old_data}", self.window[1])
+
+    def close(self) -> None:
+        """Stop what reads data in other processes (streaming's decoding workers)."""
+        for loader in (self.loader, self.val_loader):
+            if isinstance(loader, StreamLoader):
+                loader.close()
 
     def _stream(self, cfg: RunConfig, path: str, cache: Path, run_dir: Path, log) -> None:
         s = prepare_stream(cfg, path, cache, run_dir, log, self.write)  # data/stream_prepare.py

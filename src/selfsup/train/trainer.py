@@ -331,6 +331,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
         if val_loss is None:  # resumed a run that had already finished
             val_loss = validate()
         checkpoint.save_final(run_dir / "model.safetensors", objective, procs.main, sharded)  # backbone and heads
+    data.close()
     summary = _summary(cfg, run_dir, data, unit, status, step, counters, params, flops_per_unit, peak, device,
                        val_loss, batch_info, write=procs.main)
     distributed.barrier(procs)
