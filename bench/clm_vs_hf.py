@@ -45,7 +45,7 @@ def build(impl: str, precision: str, compiled: bool):
         model = CausalLM(GPT(ModelConfig(dim=DIM, depth=DEPTH, heads=HEADS, context=T, vocab_size=VOCAB)),
                          eos_id=0, doc_mask=True)
         opt = optim.build(model, OptimConfig(lr=LR, weight_decay=WD, betas=BETAS, eps=EPS), torch.device("cpu"))
-        from selfsup.train.trainer import accumulate
+        from selfsup.train.step import accumulate
 
         if compiled:
             model.compile()  # as the trainer does with train.compile=true: model and loss

@@ -94,7 +94,7 @@ def build(impl: str, precision: str, compiled: bool, tok, hf_tok):
         from selfsup import config
         from selfsup.objectives.build import build_objective
         from selfsup.train import optim
-        from selfsup.train.trainer import accumulate
+        from selfsup.train.step import accumulate
 
         cfg = config.RunConfig(
             objective="mlm", mlm=config.MLMConfig(p=P),

@@ -114,7 +114,7 @@ def build_selfsup(objective: str, precision: str, compiled: bool, batch: int):
     config)."""
     from selfsup.objectives.build import build_objective
     from selfsup.train import optim
-    from selfsup.train.trainer import accumulate
+    from selfsup.train.step import accumulate
 
     cfg = load_config(objective, batch)
     model = build_objective(cfg)
@@ -322,7 +322,7 @@ class LightlyDINO(nn.Module):
 
 def build_peer(peer: str, objective: str, precision: str, compiled: bool, batch: int, foreach: bool | None):
     """The peer's module, AdamW and loop with the recipe's hyper-parameters; returns (step, params, optimizer)."""
-    from selfsup.train.schedule import momentum_at
+    from selfsup.objectives.teacher import momentum_at
 
     cfg = load_config(objective, batch)
     s, d = cfg.ssl, cfg.dino

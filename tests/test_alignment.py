@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from selfsup.train.trainer import seed_everything
+from selfsup.seed import seed_everything
 from selfsup import config
 from selfsup.data.captions import caption_arrays
 from selfsup.data.media import prepare_media
@@ -24,7 +24,7 @@ from selfsup.data.shards import is_val
 from selfsup.data.tokenizer import train_bpe
 from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.build import build_objective
-from selfsup.objectives.gather import gather, rank_and_world
+from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.hubert import span_mask, token_frames
 from selfsup.objectives.kmeans import nearest
 from selfsup.objectives.pair_losses import clip_loss, siglip_loss
@@ -268,7 +268,7 @@ def hubert_setup():
 
 
 def _batch(rows, lengths, idx=slice(0, 4)):
-    return {"audio": torch.from_numpy(np.array(rows[idx])), "lengths": torch.from_numpy(lengths[idx])}
+    return {"media": torch.from_numpy(np.array(rows[idx])), "lengths": torch.from_numpy(lengths[idx])}
 
 
 def test_hubert_fits_units_on_real_tokens_at_the_first_training_forward(hubert_setup):
@@ -289,7 +289,7 @@ def test_hubert_loss_counts_and_scores_masked_tokens_only(hubert_setup, monkeypa
     obj.train()
     obj(_batch(rows, lengths))  # units fitted
     batch = _batch(rows, lengths)
-    mel = batch["audio"].float().requires_grad_()
+    mel = batch["media"].float().requires_grad_()
     captured = {}
     encode = obj.model.encode
 
@@ -301,7 +301,7 @@ def test_hubert_loss_counts_and_scores_masked_tokens_only(hubert_setup, monkeypa
 
     monkeypatch.setattr(obj.model, "encode", spy)
     seed_everything(123)
-    out = obj({"audio": mel, "lengths": batch["lengths"]})
+    out = obj({"media": mel, "lengths": batch["lengths"]})
     T = obj.model.tokens_per_clip
     real = obj.model.token_mask(batch["lengths"], T)
     seed_everything(123)
@@ -332,7 +332,7 @@ def test_hubert_state_dict_round_trips_the_units(hubert_setup):
     fresh.load_state_dict(obj.state_dict())
     assert fresh.centroids_ready and torch.equal(fresh.centroids, obj.centroids)
     batch = _batch(rows, lengths, slice(2, 6))
-    mel, _ = obj.view(batch["audio"], batch["lengths"])
+    mel, _ = obj.view(batch["media"], batch["lengths"])
     T, stride = obj.model.tokens_per_clip, obj.model.stride
     targets = nearest(token_frames(mel, stride, T).flatten(0, 1), obj.centroids)
     assert torch.equal(nearest(token_frames(mel, stride, T).flatten(0, 1), fresh.centroids), targets)

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from selfsup.config import ModelConfig
 from selfsup.models.gpt import GPT
 from selfsup.objectives.clm import CausalLM
-from selfsup.objectives.losses import IGNORE
-from selfsup.train.trainer import accumulate
+from selfsup.data.tokenizer import IGNORE
+from selfsup.train.step import accumulate
 
 EOS = 0
 

@@ -6,7 +6,7 @@ survives a change of world size; a run whose worker is killed resumes from its l
 
 Augmentations draw different random numbers in one and in two processes, so the objective-level tests feed
 fixed views (the centre view and its mirror image) instead; masks are drawn for the global batch
-(views/batch_random.py), so masked objectives need no such help.
+(batch_random.py), so masked objectives need no such help.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from selfsup.data.loader import RowLoader
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.views.augment import center_view
-from selfsup.train.trainer import seed_everything
+from selfsup.seed import seed_everything
 from tests.conftest import TINY, why_failed
 from tests.test_alignment import _clips
 from tests.test_train import losses
@@ -39,7 +39,7 @@ from tests.test_vision import TINY_VISION, digits_dir  # noqa: F401 (a fixture)
 
 OBJECTIVES = ["simclr", "mocov2", "mocov3", "byol", "dino", "swav", "clip", "siglip", "simcse", "hybrid",
               "mae", "beit", "mlm", "plm", "hubert", "deepcluster"]
-# masked objectives draw their masks for the global batch (views/batch_random.py): equal on any number of processes
+# masked objectives draw their masks for the global batch (batch_random.py): equal on any number of processes
 RECIPES = {"mlm": "bert-mlm", "plm": "xlnet-plm", "hubert": "audio-mask"}
 TEXT = ["model.context=16", "model.vocab_size=512"]
 EXTRA = {"simcse": [*TEXT, "model.dropout=0", "simcse.mask_p=0.5"], "mlm": TEXT, "plm": TEXT,
@@ -91,7 +91,7 @@ def _batch(name: str) -> dict:
                  "text_mask": torch.ones(GLOBAL_BATCH, 8, dtype=torch.bool)}
     if name == "hubert":
         rows, lengths = _clips(GLOBAL_BATCH)
-        batch = {"audio": torch.from_numpy(rows), "lengths": torch.from_numpy(lengths)}
+        batch = {"media": torch.from_numpy(rows), "lengths": torch.from_numpy(lengths)}
     if name in ("simcse", "mlm", "plm"):  # windows of three documents of random lengths, each opened by EOS
         tokens = torch.randint(10, 250, (GLOBAL_BATCH, 16), generator=g)
         tokens[:, 0] = 0

@@ -19,7 +19,7 @@ from selfsup.objectives.hybrid import Hybrid, weight_at
 from selfsup.objectives.simcse import SimCSE, longest_segment
 from selfsup.report import write_report
 from selfsup.train import trainer
-from selfsup.train.trainer import seed_everything
+from selfsup.seed import seed_everything
 from tests.conftest import TINY
 from tests.test_train import Killed, crash_after_step, losses, quiet
 from tests.test_vision import NORM, TINY_VISION, digits_dir, fake_images  # noqa: F401 (a fixture)

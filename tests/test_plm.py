@@ -5,7 +5,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from selfsup.train.trainer import seed_everything
+from selfsup.seed import seed_everything
 from selfsup import config
 from selfsup.config import ModelConfig
 from selfsup.models.encoder import Encoder

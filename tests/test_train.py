@@ -12,7 +12,8 @@ import torch
 from rich.console import Console
 
 from selfsup import config
-from selfsup.train import trainer
+from selfsup.objectives.contract import Objective
+from selfsup.train import setup, trainer
 from selfsup.train.trainer import TrainingError
 from tests.conftest import TINY
 
@@ -149,7 +150,7 @@ def test_sigterm_checkpoints_and_stops(corpus, tmp_path, uninterrupted):
         assert after[step] == pytest.approx(loss, abs=1e-6), step
 
 
-class _SometimesNaN(torch.nn.Module):
+class _SometimesNaN(torch.nn.Module, Objective):
     """Wraps an objective; its loss is NaN on the steps listed."""
 
     window_overlap = 1
@@ -171,16 +172,16 @@ class _SometimesNaN(torch.nn.Module):
 
 
 def test_non_finite_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
-    build = trainer.build_objective
-    monkeypatch.setattr(trainer, "build_objective", lambda cfg, tok, images, **_: _SometimesNaN(build(cfg, tok), {3, 5}))
+    build = setup.build_objective
+    monkeypatch.setattr(setup, "build_objective", lambda cfg, tok, images, **_: _SometimesNaN(build(cfg, tok), {3, 5}))
     summary = trainer.train(cfg_for(corpus, tmp_path / "nan", "train.max_steps=8", "train.log_every=1"), quiet())
     assert summary["nan_skipped_steps"] == 2 and summary["status"] == "finished"
     assert all(loss == loss for loss in losses(tmp_path / "nan").values())  # no NaN logged
 
 
 def test_many_non_finite_steps_stop_with_a_checkpoint(corpus, tmp_path, monkeypatch):
-    build = trainer.build_objective
-    monkeypatch.setattr(trainer, "build_objective", lambda cfg, tok, images, **_: _SometimesNaN(build(cfg, tok), set(range(4, 99))))
+    build = setup.build_objective
+    monkeypatch.setattr(setup, "build_objective", lambda cfg, tok, images, **_: _SometimesNaN(build(cfg, tok), set(range(4, 99))))
     with pytest.raises(TrainingError, match="not finite for 3 steps in a row"):
         trainer.train(cfg_for(corpus, tmp_path / "nan", "train.max_steps=20", "train.max_bad_steps=3"), quiet())
     assert (tmp_path / "nan" / "checkpoints" / "step-00000006").is_dir()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from selfsup.train.trainer import seed_everything
+from selfsup.seed import seed_everything
 from selfsup.views.augment import Augment, MultiView, blur_kernel, center_view
 from selfsup.views.patch_masking import block_mask, default_min_patches, random_masking
 

@@ -20,7 +20,7 @@ from selfsup.objectives.losses import (
 )
 from selfsup.objectives.teacher import ema_update, frozen_copy
 from selfsup.train.collapse import collapse_metrics, collapse_warning
-from selfsup.train.schedule import linear_warmup, momentum_at
+from selfsup.objectives.teacher import linear_warmup, momentum_at
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -48,24 +48,25 @@ def train(
     with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
     (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again."""
     from selfsup.report import write_report
-    from selfsup.train import continual, distributed
+    from selfsup import dist
+    from selfsup.train import continual, launch
     from selfsup.train.trainer import train as run_training
 
     cfg = continual.load_config(source, overrides or [])  # a recipe, a YAML, a run to resume or to continue
-    if distributed.wants_launch(cfg):  # this process starts the workers, waits, then reports (the first machine's)
-        distributed.launch(cfg, ["train", source, *(overrides or [])])
+    if launch.wants_launch(cfg):  # this process starts the workers, waits, then reports (the first machine's)
+        launch.launch(cfg, ["train", source, *(overrides or [])])
         if cfg.dist.node_rank != 0:
             return
         summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
     else:
         summary = run_training(cfg, console)
-        distributed.teardown()
-        if not distributed.reports(int(os.environ.get("RANK", 0))):
-            distributed.end_worker()
+        dist.teardown()
+        if not launch.reports(int(os.environ.get("RANK", 0))):
+            launch.end_worker()
     report = write_report(cfg.out_dir)
     _print_summary(summary)
     console.print(f"report: {report}")
-    distributed.end_worker()
+    launch.end_worker()
 
 
 def _print_summary(s: dict) -> None:
@@ -160,7 +161,7 @@ def evaluate(
     from selfsup.eval.labeled import TASKS
     from selfsup.eval.perplexity import perplexity
     from selfsup.rundir import open_run
-    from selfsup.train.trainer import resolve_device
+    from selfsup.dist import resolve_device
 
     if task not in ("perplexity", "forgetting", *TASKS, *JOINT_TASKS):
         raise config_mod.ConfigError(f"--task '{task}': expected one of: perplexity, forgetting, {', '.join(TASKS)}, "
@@ -454,7 +455,7 @@ def embed(
     from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs, encode
     from selfsup.eval.joint import JointMedia
     from selfsup.rundir import open_run
-    from selfsup.train.trainer import resolve_device
+    from selfsup.dist import resolve_device
 
     dev = resolve_device(device)
     cfg, objective, tok = open_run(run_dir, dev)
@@ -650,7 +651,7 @@ def generate(
     """Sample a continuation of a prompt from a trained causal LM."""
     from selfsup.generate import generate as sample
     from selfsup.rundir import open_run
-    from selfsup.train.trainer import resolve_device
+    from selfsup.dist import resolve_device
 
     cfg, objective, tok = open_run(run_dir, resolve_device(device))
     if cfg.objective != "clm":

@@ -423,6 +423,24 @@ class RunConfig(Section):
         return all(p in IMAGE_OBJECTIVES for p in self.parts)
 
     @property
+    def pairs(self) -> bool:
+        """Trains on media-text pairs: a media tower aligned with a text tower."""
+        return self.objective in PAIR_OBJECTIVES
+
+    def with_measured(self, mean: list[float] | float, std: list[float] | float) -> RunConfig:
+        """A copy whose normalisation (audio.* for audio runs, image.* otherwise) takes the statistics measured on
+        the training data, rounded to 4 places, where the config leaves them unset: the resolved config a run
+        builds its objective from, writes to config.yaml, and evaluation reads back."""
+        key = "audio" if self.modality == "audio" else "image"
+        section = getattr(self, key)
+        if section.mean is not None and section.std is not None:
+            return self
+        rounded = ((round(mean, 4), round(std, 4)) if key == "audio"
+                   else ([round(v, 4) for v in mean], [round(v, 4) for v in std]))
+        measured = section.model_copy(update=dict(zip(("mean", "std"), rounded)))
+        return self.model_copy(update={key: measured})
+
+    @property
     def modality(self) -> str:
         """What the trained trunk reads: text, image, audio or video."""
         if self.is_image:

@@ -24,7 +24,7 @@ import torch
 
 from selfsup.data.cleaning import Doc, check_paths, text_pass
 from selfsup.data.text import TEXT_SUFFIXES, DataError
-from selfsup.objectives.losses import IGNORE
+from selfsup.data.tokenizer import IGNORE
 
 
 def symbol_ratio(text: str) -> float:

@@ -5,7 +5,8 @@ the caption tokenizer measured on a bounded head of the training shards; nothing
 - Validation: whole shards are held out, by a hash of their path relative to data.path (the rule documents
   follow in the text cache, with data.val_fraction as the share), so adding shards never moves an old one.
 - Statistics: image mean/std (or log-mel mean/std) are measured on the first STATS_SAMPLES training samples in
-  sorted shard order, unless the config sets them; BEiT fits its codebook on those decoded samples.
+  sorted shard order, unless the config sets them; an objective that fits on its data (BEiT's codebook) gets
+  those decoded samples.
 - Pairs: the caption tokenizer is trained on the captions of the first CAPTION_SAMPLES training samples (only
   their .txt members are read), unless data.tokenizer names one or the run directory holds one (a resumed run).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from selfsup.config import AUDIO_OBJECTIVES, PAIR_OBJECTIVES, RunConfig
+from selfsup.config import RunConfig
 from selfsup.data import images as image_data
 from selfsup.data import media as media_data
 from selfsup.data.captions import caption_tokenizer
@@ -40,14 +41,18 @@ class StreamSet:
     loader: StreamLoader
     val_loader: StreamLoader | None
     tokenizer: Tokenizer | None  # pairs: the caption tokenizer
-    sample: np.ndarray | None  # BEiT: the decoded head of the training shards (n, C, S, S)
+    sample: np.ndarray | None  # for an objective that fits on its data: the decoded head of the training shards
+    norm: tuple | None  # (mean, std) measured on that head, when the config leaves them unset
     window: tuple[str, int]
     summary: dict
 
 
-def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, write: bool) -> StreamSet:
-    _check_objective(cfg)
-    d, pairs = cfg.data, cfg.objective in PAIR_OBJECTIVES
+def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, write: bool, fits_on_data: bool,
+                   streams: bool) -> StreamSet:
+    """fits_on_data: keep the decoded head of the training shards for the objective to fit on; streams: whether
+    the objective can train from shards at all (one that clusters every training row cannot)."""
+    _check_objective(cfg, streams)
+    d, pairs = cfg.data, cfg.pairs
     files, rels = shard_files(path)
     workers = default_workers(d.workers)
     counts, counted = np.zeros(len(files), np.int64), Counter()
@@ -64,16 +69,15 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
     decoder = (PairDecoder(cfg.modality, tuple(sorted(media_data.settings(cfg.modality, cfg).items()))) if pairs
                else ImageDecoder(cfg.image.size, cfg.image.channels))
     section = cfg.audio if cfg.modality == "audio" else cfg.image
-    sample, measured = None, 0
-    if section.mean is None or section.std is None or cfg.objective == "beit":
+    sample, measured, norm = None, 0, None
+    if section.mean is None or section.std is None or fits_on_data:
         sample, lengths, measured = _head(train, decoder, workers)
         if section.mean is None or section.std is None:
             settings = dict(decoder.settings) if pairs else {"channels": cfg.image.channels}
             stats = media_data._Stats(cfg.modality, settings)
             stats.add(sample, lengths)
-            mean, std = stats.result()
-            section.mean, section.std = ((round(mean, 4), round(std, 4)) if cfg.modality == "audio"
-                                         else ([round(v, 4) for v in mean], [round(v, 4) for v in std]))
+            norm = stats.result()
+            section = getattr(cfg.with_measured(*norm), "audio" if cfg.modality == "audio" else "image")
     tokenizer = _tokenizer(cfg, train, run_dir, write) if pairs else None
     text = (tokenizer, cfg.text.context) if pairs else None
     loader = StreamLoader(train, ShardOrder(train.counts, cfg.seed, d.shuffle_buffer), decoder, workers, text,
@@ -87,15 +91,15 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
                    "val": len(val.paths)}, skipped=loader.skipped_all,
                    notes=loader.notes, stats_samples=measured, mean=section.mean, std=section.std)
     summary["samples" if pairs else "images"] = {"train": n_train, "val": n_val}  # the keys the cache's summary uses
-    return StreamSet(loader, val_loader, tokenizer, sample if cfg.objective == "beit" else None,
+    return StreamSet(loader, val_loader, tokenizer, sample if fits_on_data else None, norm,
                      (f"{n_train:,} training {what} streamed from {len(train.paths)} shard(s)", 1), summary)
 
 
-def _check_objective(cfg: RunConfig) -> None:
+def _check_objective(cfg: RunConfig, streams: bool) -> None:
     if cfg.modality == "text":
         raise DataError(f"data.streaming=true: {cfg.objective} is a text objective, and text already streams from "
                         "memory-mapped token shards; expected data.streaming=false")
-    if cfg.objective == "deepcluster" or cfg.objective in AUDIO_OBJECTIVES:
+    if not streams:
         raise DataError(f"data.streaming=true: {cfg.objective} clusters every training sample it holds in memory; "
                         "expected data.streaming=false")
 

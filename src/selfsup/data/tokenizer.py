@@ -12,6 +12,7 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 MASK = "<|mask|>"
 SPECIALS = [EOS, PAD, MASK]
+IGNORE = -100  # label of positions that carry no loss (padding, unmasked tokens)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -53,7 +53,7 @@ def encode(model: nn.Module, tok: Tokenizer, texts: list[str], batch_size: int, 
 def random_objective(cfg, tok: Tokenizer | None, device: torch.device) -> nn.Module:
     """A randomly initialised objective of the run's shape, seeded with the run's seed: the `--baseline random`."""
     from selfsup.objectives.build import build_objective
-    from selfsup.train.trainer import seed_everything
+    from selfsup.seed import seed_everything
 
     seed_everything(cfg.seed)
     return build_objective(cfg, tok).to(device).eval()

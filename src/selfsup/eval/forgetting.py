@@ -45,7 +45,7 @@ def validation_rows(cfg: RunConfig, data: DataConfig, overlap: int, log=lambda s
 def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: int = MAX_ROWS,
                log=lambda s: None) -> dict:
     """{'old': {...}, 'new': {...}} with each model's loss (and perplexity) on each domain, and the change."""
-    from selfsup.train.trainer import evaluate
+    from selfsup.train.step import evaluate
 
     cfg, continued, _ = open_run(run_dir, device)
     if not cfg.continual.parent:
@@ -56,7 +56,7 @@ def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: i
     result = dict(task="forgetting", run_dir=str(run_dir), parent=cfg.continual.parent, objective=cfg.objective,
                   replay=cfg.continual.replay, steps=cfg.train.max_steps)
     for domain, data in (("old", old_stream(cfg)), ("new", cfg.data)):
-        rows = validation_rows(cfg, data, getattr(continued, "window_overlap", 0), log)
+        rows = validation_rows(cfg, data, continued.window_overlap, log)
         per = min(batch_size, len(rows))
         batches = max(min(max_rows, len(rows)) // per, 1)
         scores = {}

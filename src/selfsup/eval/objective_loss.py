@@ -10,20 +10,20 @@ import torch
 from torch import nn
 
 from selfsup.config import RunConfig
+from selfsup.objectives.contract import Objective
 
 
-def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: nn.Module,
+def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: Objective,
                          device: torch.device) -> Callable[[nn.Module], float] | None:
     """loss(trunk) on the run's own validation split (the same batches, masks and views for every trunk), or None
     when the objective has no validation loss (DeepCluster) or the run no validation split."""
+    from selfsup.seed import seed_everything
     from selfsup.train.data import RunData
-    from selfsup.train.trainer import evaluate, seed_everything
+    from selfsup.train.step import evaluate
 
-    if not getattr(objective, "validates", True):
+    if not objective.validates:
         return None
     data = RunData(cfg, Path(run_dir), log=lambda text: None, write=False)
-    if cfg.modality == "text":
-        data.text_loaders(cfg, objective.window_overlap)
     if data.val_loader is None:
         return None
 

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from selfsup.data.text import DataError, read_documents, source_files
 from selfsup.data.tokenizer import eos_id
-from selfsup.objectives.losses import IGNORE
+from selfsup.data.tokenizer import IGNORE
 
 
 @torch.no_grad()

@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def wide(x: Tensor) -> Tensor:
+    """x in at least fp32 (bf16 and fp16 are widened; float64, e.g. for gradient checks, stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class Rotary(nn.Module):
     """Rotary position embedding: rotates each (i, i + K/2) pair of a head by position × frequency_i."""
 

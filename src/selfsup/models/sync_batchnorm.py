@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from selfsup.objectives.gather import all_reduce_with_grad
-from selfsup.objectives.losses import wide
+from selfsup.dist import all_reduce_with_grad
+from selfsup.models.blocks import wide
 
 
 class GlobalBatchNorm(_BatchNorm):

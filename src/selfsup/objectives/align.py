@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.models.blocks import wide
 from selfsup.models.transformer import Transformer, pool
-from selfsup.objectives.losses import wide
+from selfsup.objectives.contract import Objective
 
 
-class Towers(nn.Module):
+class Towers(nn.Module, Objective):
     unit = "pair"
 
     def __init__(self, media: nn.Module, view: nn.Module, text: Transformer, embed_dim: int):

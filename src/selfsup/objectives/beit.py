@@ -16,17 +16,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.vit import ViT
-from selfsup.objectives.gather import broadcast
+from selfsup.dist import broadcast
 from selfsup.objectives.kmeans import kmeans, nearest
 from selfsup.objectives.losses import normalize_patches, patchify, token_cross_entropy
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.views.augment import center_view
 from selfsup.views.patch_masking import block_mask
 
 
-class BEiT(nn.Module):
+class BEiT(nn.Module, Objective):
     unit = "image"
+    fits_on_data = True  # its tokenizer's codebook is fitted on the training images
 
     def __init__(self, vit: ViT, views: nn.Module, mask_ratio: float, codebook_size: int, codebook_images: int,
                  images: np.ndarray | None, mean: list[float], std: list[float], seed: int = 0):
@@ -58,7 +61,7 @@ class BEiT(nn.Module):
         self.codebook.copy_(broadcast(centroids))  # the same targets on every process
         self.codebook_ready.fill_(True)
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         if self.training and not self.codebook_ready:
             self.fit_codebook(batch["images"].device)
         with torch.no_grad():

@@ -1,12 +1,15 @@
-"""The objective a config names, around a fresh backbone. One explicit branch per objective."""
+"""The objective a config names, around a fresh backbone (one explicit branch per objective), and what it needs
+of its data, read from its class before the data is made."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer
 from torch import nn
 
-from selfsup.config import PAIR_OBJECTIVES, ConfigError, RunConfig
+from selfsup.config import ConfigError, RunConfig
 from selfsup.data.audio import clip_frames
 from selfsup.data.tokenizer import eos_id
 from selfsup.models.encoder import Encoder
@@ -19,6 +22,7 @@ from selfsup.objectives.beit import BEiT
 from selfsup.objectives.byol import BYOL
 from selfsup.objectives.clip import CLIP
 from selfsup.objectives.clm import CausalLM
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.deepcluster import DeepCluster
 from selfsup.objectives.dino import DINO
 from selfsup.objectives.hubert import HuBERT
@@ -37,9 +41,31 @@ from selfsup.views.media import AudioView, ImageView, VideoView
 from selfsup.views.masking import MaskingTable
 
 
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a run's objective needs of its data (see objectives/contract.py)."""
+    window_overlap: int  # text windows hold model.context + this many tokens
+    fits_on_data: bool  # the builder is handed the training rows (images, clips) to fit on
+    streams: bool  # it can train from streamed shards
+    validates: bool  # it has a held-out loss
+
+
+def objective_class(name: str) -> type[Objective]:
+    return {"clm": CausalLM, "mlm": MaskedLM, "plm": PermutationLM, "simcse": SimCSE, "simclr": SimCLR,
+            "mocov2": MoCoV2, "mocov3": MoCoV3, "byol": BYOL, "dino": DINO, "mae": MAE, "beit": BEiT, "swav": SwAV,
+            "deepcluster": DeepCluster, "clip": CLIP, "siglip": SigLIP, "hubert": HuBERT}[name]
+
+
+def data_needs(cfg: RunConfig) -> DataNeeds:
+    """A hybrid's terms read one batch: its windows are its first term's, and it needs what any term needs."""
+    parts = [objective_class(name) for name in cfg.parts]
+    return DataNeeds(window_overlap=parts[0].window_overlap, fits_on_data=any(c.fits_on_data for c in parts),
+                     streams=all(c.streams for c in parts), validates=all(c.validates for c in parts))
+
+
 def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.ndarray | None = None,
                     backbone: nn.Module | None = None,
-                    clips: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Module:
+                    clips: tuple[np.ndarray, np.ndarray] | None = None) -> Objective:
     """tok: the tokenizer (text objectives, and the text tower of clip/siglip); images: the training images
     (N, C, H, W) uint8, which DeepCluster clusters and BEiT fits its codebook on (None when opening a trained run);
     backbone: any module mapping images (B, C, H, W) to features (B, D) with an `out_dim` attribute, instead of
@@ -47,7 +73,7 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
     which HuBERT fits its units on."""
     if cfg.objective == "hybrid":
         return _hybrid(cfg, tok, images, backbone)
-    if cfg.objective in PAIR_OBJECTIVES:
+    if cfg.pairs:
         return _pair_objective(cfg, tok, backbone)
     if cfg.objective == "hubert":
         h = cfg.hubert

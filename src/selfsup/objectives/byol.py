@@ -8,14 +8,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
 from selfsup.objectives.losses import byol_loss
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.train.schedule import momentum_at
+from selfsup.objectives.teacher import momentum_at
 
 
-class BYOL(nn.Module):
+class BYOL(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, pred_hidden: int,
@@ -28,7 +30,7 @@ class BYOL(nn.Module):
         self.target = frozen_copy(nn.ModuleDict({"model": backbone, "projector": self.projector}))
         self.momentum, self.max_steps = momentum, max_steps
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             v1, v2 = self.views(batch["images"])[:2]  # (B, C, S, S) each
             z1, z2 = self.target.projector(self.target.model(torch.cat([v1, v2]))).chunk(2)  # (B, E) each

@@ -16,8 +16,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import PairBatch
 from selfsup.objectives.align import Towers
-from selfsup.objectives.gather import gather, rank_and_world
+from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.pair_losses import clip_loss
 
@@ -31,7 +32,7 @@ class CLIP(Towers):
         self.max_log_scale = math.log(max_scale)
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: PairBatch) -> LossOutput:
         features = self.media_features(batch["media"], batch.get("lengths"))  # (B, D)
         media = self.project_media(features)  # (B, E)
         text = self.embed_text(batch["text"], batch["text_mask"])  # (B, E)

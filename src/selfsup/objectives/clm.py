@@ -10,14 +10,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import TextBatch
 from selfsup.models.transformer import Transformer
 from selfsup.objectives.losses import linear_cross_entropy
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 
 
-class CausalLM(nn.Module):
+class CausalLM(nn.Module, Objective):
     unit = "token"
     window_overlap = 1  # windows of model.context + 1 tokens: inputs and targets shifted by one
+    token_nll = True  # exp(validation loss) is the perplexity
 
     def __init__(self, model: Transformer, eos_id: int, doc_mask: bool = True):
         super().__init__()
@@ -25,7 +28,7 @@ class CausalLM(nn.Module):
         self.eos_id = eos_id
         self.doc_mask = doc_mask
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: TextBatch) -> LossOutput:
         tokens = batch["tokens"]  # (B, T + 1)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each: the one shift
         if "labels" in batch:  # evaluation may pad the last window with IGNORE labels

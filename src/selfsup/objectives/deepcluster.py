@@ -19,16 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
-from selfsup.objectives.gather import broadcast
+from selfsup.dist import broadcast
 from selfsup.objectives.kmeans import kmeans, pca_whiten
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.views.augment import center_view
 
 
-class DeepCluster(nn.Module):
+class DeepCluster(nn.Module, Objective):
     unit = "image"
     validates = False  # pseudo-labels exist for the training images only: no held-out loss
+    fits_on_data = True  # clusters every training image,
+    streams = False  # held in memory
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, clusters: int,
                  recluster_every: int, pca_dim: int, kmeans_iters: int, images: np.ndarray | None, mean: list[float],
                  std: list[float], seed: int = 0):
@@ -74,7 +78,7 @@ class DeepCluster(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         images = batch["images"]
         if self.training and not len(self.labels):
             self.recluster(images.device, step=0)

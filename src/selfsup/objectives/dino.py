@@ -13,15 +13,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import DINOHead
-from selfsup.objectives.gather import all_reduce
-from selfsup.objectives.losses import dino_loss, wide
+from selfsup.dist import all_reduce
+from selfsup.models.blocks import wide
+from selfsup.objectives.losses import dino_loss
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.train.schedule import linear_warmup, momentum_at
+from selfsup.objectives.teacher import linear_warmup, momentum_at
 
 
-class DINO(nn.Module):
+class DINO(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, backbone: nn.Module, views: nn.Module, out_dim: int, hidden: int, bottleneck: int,
@@ -40,7 +43,7 @@ class DINO(nn.Module):
         self.teacher_temp = (warmup_teacher_temp, teacher_temp, teacher_temp_warmup_steps)
         self.momentum, self.max_steps, self.freeze_last_layer_steps = momentum, max_steps, freeze_last_layer_steps
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             crops = self.views(batch["images"])  # G global (B, C, S, S), then N local (B, C, s, s)
         g = self.n_global

@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data.batch import ClipBatch
 from selfsup.models.audio import AudioEncoder
-from selfsup.objectives.gather import broadcast
+from selfsup.dist import broadcast
 from selfsup.objectives.kmeans import kmeans, nearest
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
-from selfsup.views import batch_random
+from selfsup import batch_random
 
 
 def span_mask(real: Tensor, mask_prob: float, length: int) -> Tensor:
@@ -48,8 +50,10 @@ def token_frames(mel: Tensor, stride: int, T: int) -> Tensor:
     return x.view(B, M, T, stride).permute(0, 2, 1, 3).reshape(B, T, M * stride)
 
 
-class HuBERT(nn.Module):
+class HuBERT(nn.Module, Objective):
     unit = "clip"
+    fits_on_data = True  # its units are k-means of the training clips' frames,
+    streams = False  # held in memory
 
     def __init__(self, encoder: AudioEncoder, view: nn.Module, clusters: int, kmeans_frames: int, mask_prob: float,
                  mask_length: int, temperature: float, proj_dim: int, clips: np.ndarray | None = None,
@@ -90,10 +94,10 @@ class HuBERT(nn.Module):
         self.centroids.copy_(broadcast(centroids))  # the same targets on every process
         self.centroids_ready.fill_(True)
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ClipBatch) -> LossOutput:
         if self.training and not self.centroids_ready:
-            self.fit_units(batch["audio"].device)
-        mel, lengths = self.view(batch["audio"], batch["lengths"])  # (B, M, F), (B,)
+            self.fit_units(batch["media"].device)
+        mel, lengths = self.view(batch["media"], batch["lengths"])  # (B, M, F), (B,)
         x = self.model.embed(mel)  # (B, T, D)
         B, T, _ = x.shape
         real = self.model.token_mask(lengths, T)  # (B, T)

@@ -16,7 +16,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from selfsup.objectives.gather import all_reduce, rank_and_world
+from selfsup.data.batch import Batch
+from selfsup.dist import all_reduce, rank_and_world
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 
 
@@ -28,8 +30,8 @@ def weight_at(step: int, max_steps: int, start: float, end: float, schedule: str
     return start + (end - start) * progress
 
 
-class Hybrid(nn.Module):
-    def __init__(self, backbone: nn.Module, terms: dict[str, nn.Module], weights: list[tuple[float, float]],
+class Hybrid(nn.Module, Objective):
+    def __init__(self, backbone: nn.Module, terms: dict[str, Objective], weights: list[tuple[float, float]],
                  schedule: str, max_steps: int):
         """terms: objective name -> objective built around `backbone`; weights: (at step 0, at the last step)."""
         super().__init__()
@@ -37,21 +39,21 @@ class Hybrid(nn.Module):
         for term in terms.values():
             # the backbone is registered once, here: a term keeps it as a plain attribute, so parameters, state
             # dicts and parallel wrapping see one copy (the terms' teachers are their own copies)
-            del term._modules["model"]
-            object.__setattr__(term, "model", backbone)
+            delattr(term, "model")  # nn.Module's delattr: no longer a submodule of the term
+            object.__setattr__(term, "model", backbone)  # bypasses nn.Module's registration on purpose
         self.terms = nn.ModuleDict(terms)
         self.weights, self.schedule, self.max_steps = weights, schedule, max_steps
         first = next(iter(terms.values()))
         self.unit = first.unit
-        self.window_overlap = getattr(first, "window_overlap", 0)
-        self.validates = all(getattr(t, "validates", True) for t in terms.values())
+        self.window_overlap = first.window_overlap
+        self.validates = all(t.validates for t in terms.values())
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # the weights' schedule, checkpointed
 
     def current_weights(self) -> list[float]:
         step = int(self.step)
         return [weight_at(step, self.max_steps, a, b, self.schedule) for a, b in self.weights]
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: Batch) -> LossOutput:
         outs = [term(batch) for term in self.terms.values()]
         sums = torch.stack([o.loss.float() for o in outs])  # (K,) each term's summed loss on this process
         counts = torch.stack([torch.as_tensor(o.count, dtype=torch.float32, device=sums.device) for o in outs])
@@ -71,13 +73,11 @@ class Hybrid(nn.Module):
 
     def before_step(self, step: int) -> None:
         for term in self.terms.values():
-            if hasattr(term, "before_step"):
-                term.before_step(step)
+            term.before_step(step)
 
     def after_step(self, step: int) -> None:
         for term in self.terms.values():
-            if hasattr(term, "after_step"):
-                term.after_step(step)
+            term.after_step(step)
         self.step.fill_(step)
 
     def flops_per_token(self) -> float:

@@ -7,14 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.objectives.gather import all_reduce
-
-IGNORE = -100  # label of positions that carry no loss (padding, unmasked tokens)
-
-
-def wide(x: Tensor) -> Tensor:
-    """x in at least fp32 (bf16 and fp16 are widened; float64, e.g. for gradient checks, stays float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from selfsup.data.tokenizer import IGNORE
+from selfsup.dist import all_reduce
+from selfsup.models.blocks import wide
 
 
 def token_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.blocks import Block, init_weights, make_norm, mlp_hidden
 from selfsup.models.vit import ViT, sincos_2d
 from selfsup.objectives.losses import masked_patch_loss, patchify
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.views.patch_masking import random_masking
 
 
-class MAE(nn.Module):
+class MAE(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, vit: ViT, views: nn.Module, channels: int, mask_ratio: float, norm_pix_loss: bool,
@@ -39,7 +41,7 @@ class MAE(nn.Module):
         init_weights(self.decoder, decoder_depth)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             x = self.views(batch["images"])[0]  # (B, C, H, W)
         B, T = x.shape[0], self.model.grid ** 2

@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data.batch import TextBatch
 from selfsup.models.blocks import make_norm
 from selfsup.models.transformer import Transformer
-from selfsup.objectives.losses import IGNORE, linear_cross_entropy
+from selfsup.data.tokenizer import IGNORE
+from selfsup.objectives.losses import linear_cross_entropy
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.views.masking import MaskingTable, mask_tokens
 
@@ -35,9 +38,10 @@ class MLMHead(nn.Module):
         return self.norm(F.gelu(self.dense(h)))
 
 
-class MaskedLM(nn.Module):
+class MaskedLM(nn.Module, Objective):
     unit = "token"
     window_overlap = 0  # windows of exactly model.context tokens
+    token_nll = True  # of the chosen tokens: exp(loss) is their perplexity
 
     def __init__(self, encoder: Transformer, table: MaskingTable, eos_id: int, p: float = 0.15,
                  whole_word: bool = False, doc_mask: bool = True):
@@ -48,13 +52,10 @@ class MaskedLM(nn.Module):
         self.table = table
         self.eos_id, self.p, self.whole_word, self.doc_mask = eos_id, p, whole_word, doc_mask
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: TextBatch) -> LossOutput:
         tokens = batch["tokens"]  # (B, T)
         pad_mask = batch.get("pad_mask")  # (B, T) or None
-        if "labels" in batch:  # evaluation passes a fixed masking
-            inputs, labels = batch["inputs"], batch["labels"]
-        else:
-            inputs, labels = mask_tokens(tokens, self.table.to(tokens.device), self.p, self.whole_word, pad_mask)
+        inputs, labels = mask_tokens(tokens, self.table.to(tokens.device), self.p, self.whole_word, pad_mask)
         doc_ids = torch.cumsum(tokens == self.eos_id, dim=1) if self.doc_mask else None  # EOS is never masked
         hidden = self.model(inputs, doc_ids, pad_mask)  # (B, T, D)
         chosen = labels != IGNORE  # (B, T)

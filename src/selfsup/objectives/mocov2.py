@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
-from selfsup.objectives.gather import gather
+from selfsup.dist import gather
 from selfsup.objectives.losses import moco_v2_loss
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
 
 
-class MoCoV2(nn.Module):
+class MoCoV2(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, temperature: float,
@@ -36,7 +38,7 @@ class MoCoV2(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))  # (K, E)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             v1, v2 = self.views(batch["images"])[:2]  # (B, C, S, S) each
             keys = self.key_encoder.projector(self.key_encoder.model(torch.cat([v2, v1])))  # (2B, E): keys swapped

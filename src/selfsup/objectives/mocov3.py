@@ -7,15 +7,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
-from selfsup.objectives.gather import gather, rank_and_world
+from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.losses import moco_v3_loss
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.train.schedule import momentum_at
+from selfsup.objectives.teacher import momentum_at
 
 
-class MoCoV3(nn.Module):
+class MoCoV3(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, pred_hidden: int,
@@ -28,7 +30,7 @@ class MoCoV3(nn.Module):
         self.momentum_encoder = frozen_copy(nn.ModuleDict({"model": backbone, "projector": self.projector}))
         self.temperature, self.momentum, self.max_steps = temperature, momentum, max_steps
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             v1, v2 = self.views(batch["images"])[:2]  # (B, C, S, S) each
             k1, k2 = self.momentum_encoder.projector(self.momentum_encoder.model(torch.cat([v1, v2]))).chunk(2)

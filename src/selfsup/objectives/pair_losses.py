@@ -1,7 +1,7 @@
 """The media-text alignment losses, pure functions of L2-normalised embeddings. Each returns a *sum* over the
 rows it scores and their number, like every loss in losses.py.
 
-Across W processes the losses read the global batch through objectives/gather.py; `offset` is the position of
+Across W processes the losses read the global batch through selfsup/dist.py; `offset` is the position of
 this rank's rows in the gathered tensors (rank · B) and is 0 in one process.
 """
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.objectives.losses import wide
+from selfsup.models.blocks import wide
 
 
 def clip_loss(media: Tensor, text: Tensor, log_scale: Tensor, all_media: Tensor | None = None,

@@ -35,12 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data.batch import TextBatch
 from selfsup.models.blocks import apply_rotary
 from selfsup.models.transformer import Transformer, document_positions
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.mlm import MLMHead
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
-from selfsup.views import batch_random
+from selfsup import batch_random
 
 
 def span_context(length: Tensor | int, p: float):
@@ -56,7 +58,7 @@ def sample_spans(B: int, T: int, p: float, max_span: int, device=None) -> tuple[
     ended. Returns start, end: (B, S) each, S spans per row (enough to pass the end: the shortest context is
     span_context(1)), clipped to T; spans past the end are empty."""
     S = -(-T // span_context(1, p))  # ceil
-    length = batch_random.randint(1, max_span + 1, (B, S), device)  # (B, S); draws: views/batch_random.py
+    length = batch_random.randint(1, max_span + 1, (B, S), device)  # (B, S); draws: batch_random.py
     context = span_context(length, p)  # (B, S)
     context_start = torch.cumsum(context, dim=1) - context  # (B, S)
     offset = (batch_random.rand((B, S), device) * (context - length + 1)).long()  # (B, S) in 0..context - length
@@ -111,9 +113,10 @@ def permutation_masks(order: Tensor, doc_ids: Tensor, pad_mask: Tensor | None = 
     return content.unsqueeze(1), query.unsqueeze(1)
 
 
-class PermutationLM(nn.Module):
+class PermutationLM(nn.Module, Objective):
     unit = "token"
     window_overlap = 0  # windows of exactly model.context tokens
+    token_nll = True  # of the target tokens: exp(loss) is their perplexity
 
     def __init__(self, encoder: Transformer, special: Tensor, eos_id: int, p: float = 1 / 6, max_span: int = 5,
                  doc_mask: bool = True):
@@ -130,7 +133,7 @@ class PermutationLM(nn.Module):
         self.register_buffer("special", special.bool().clone(), persistent=False)  # (V,)
         self.eos_id, self.p, self.max_span, self.doc_mask = eos_id, p, max_span, doc_mask
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: TextBatch) -> LossOutput:
         tokens = batch["tokens"]  # (B, T)
         pad_mask = batch.get("pad_mask")  # (B, T) or None
         if tokens.shape[1] % 2:

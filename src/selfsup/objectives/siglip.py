@@ -14,8 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import PairBatch
 from selfsup.objectives.align import Towers
-from selfsup.objectives.gather import gather, rank_and_world
+from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.pair_losses import siglip_loss
 
@@ -30,7 +31,7 @@ class SigLIP(Towers):
         self.max_log_scale = math.log(max_scale)
         self.gather_with_grad, self.chunk = gather_with_grad, chunk
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: PairBatch) -> LossOutput:
         features = self.media_features(batch["media"], batch.get("lengths"))  # (B, D)
         media = self.project_media(features)  # (B, E)
         text = self.embed_text(batch["text"], batch["text_mask"])  # (B, E)

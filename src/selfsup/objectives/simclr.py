@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
-from selfsup.objectives.gather import gather, rank_and_world
+from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.losses import nt_xent
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 
 
-class SimCLR(nn.Module):
+class SimCLR(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, temperature: float):
@@ -25,7 +27,7 @@ class SimCLR(nn.Module):
         self.projector = mlp(backbone.out_dim, proj_hidden, proj_dim, layers=2)
         self.temperature = temperature
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             v1, v2 = self.views(batch["images"])[:2]  # (B, C, S, S) each
         h = self.model(torch.cat([v1, v2]))  # (2B, D)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from selfsup.data.batch import TextBatch
 from selfsup.models.heads import mlp
 from selfsup.models.transformer import Transformer
-from selfsup.objectives.gather import gather, rank_and_world
+from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.losses import info_nce
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.views.masking import MaskingTable, mask_tokens
 
@@ -33,7 +35,7 @@ def longest_segment(doc_ids: Tensor) -> Tensor:
     return doc_ids == lengths.argmax(dim=1, keepdim=True)
 
 
-class SimCSE(nn.Module):
+class SimCSE(nn.Module, Objective):
     unit = "token"
     window_overlap = 0  # windows of exactly model.context tokens
 
@@ -55,7 +57,7 @@ class SimCSE(nn.Module):
         w = segment.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         return (hidden * w).sum(dim=1) / w.sum(dim=1)
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: TextBatch) -> LossOutput:
         tokens = batch["tokens"]  # (B, T)
         doc_ids = torch.cumsum(tokens == self.eos_id, dim=1)  # (B, T); always: the text is one document
         segment = longest_segment(doc_ids)  # (B, T)

@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
 from selfsup.objectives.losses import sinkhorn, swav_loss
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 
 
-class SwAV(nn.Module):
+class SwAV(nn.Module, Objective):
     unit = "image"
 
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, prototypes: int,
@@ -39,7 +41,7 @@ class SwAV(nn.Module):
         z = F.normalize(self.projector(h), dim=-1)
         return h, z, self.prototypes(z)
 
-    def forward(self, batch: dict[str, Tensor]) -> LossOutput:
+    def forward(self, batch: ImageBatch) -> LossOutput:
         with torch.no_grad():
             crops = self.views(batch["images"])  # G global (B, C, S, S), then N local (B, C, s, s)
         g = self.n_global

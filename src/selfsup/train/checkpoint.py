@@ -5,7 +5,7 @@ loading a checkpoint never runs code from it.
         model.safetensors   the objective's state dict (heads, teachers and the backbone)
         optim.safetensors   optimizer tensors, keyed state/<param index>/<name>
         rng.safetensors     torch (and CUDA) generator states, of every process ('rank<r>/...' beyond rank 0), and
-                            the masks' generator (views/batch_random.py)
+                            the masks' generator (batch_random.py)
         state.json          step, data position, optimizer hyper-parameters, Python/NumPy RNG, counters
 
 With FSDP the model and optimizer are instead sharded/ (torch.distributed.checkpoint: each process writes its own
@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from selfsup import batch_random
 from selfsup.train.parallel import is_sharded
-from selfsup.views import batch_random
 
 PREFIX = "step-"
 
@@ -59,21 +59,19 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from selfsup.train.distributed import barrier
-
     root = run_dir / "checkpoints"
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-sharded"  # one name every process agrees on
     if procs.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    barrier(procs)
+    barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "sharded"))
-    barrier(procs)
+    barrier()
     if procs.main:
         _publish(tmp, final, root, keep, rng, dict(step=step, sharded=True, **extra), {})
-    barrier(procs)
+    barrier()
     return final
 
 

@@ -1,65 +1,66 @@
 """A run's data, whatever the modality: training and validation loaders, what the objective is built from
-(tokenizer, training images or clips) and what the summary reports. Measured normalisation statistics are
-written into the config, so evaluation normalises exactly as training did."""
+(tokenizer, training images or clips), the normalisation statistics measured on the training rows (`norm`, which
+setup writes into the resolved config, so evaluation normalises exactly as training did) and what the summary
+reports. What the objective needs of its data (`DataNeeds`: window overlap, training rows, validation) is read
+from its class before it exists, so the data is made in one pass."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from selfsup.config import PAIR_OBJECTIVES, RunConfig
+from selfsup.config import RunConfig
 from selfsup.data import builtin
 from selfsup.data.captions import caption_arrays, caption_tokenizer
 from selfsup.data.images import prepare_images
 from selfsup.data.loader import RowLoader
-from selfsup.data.media import MediaSet, prepare_media, settings
+from selfsup.data.media import prepare_media, settings
 from selfsup.data.mixture import Mixture
 from selfsup.data.packing import PackedWindows
 from selfsup.data.shards import default_cache, prepare
 from selfsup.data.stream_prepare import prepare_stream
 from selfsup.data.streaming import StreamLoader
 from selfsup.data.text import DataError
+from selfsup.objectives.build import data_needs
 from selfsup.train.continual import old_stream
 
 
 class RunData:
     def __init__(self, cfg: RunConfig, run_dir: Path, log, write: bool = True):
         """write: this process writes the tokenizer into the run directory (rank 0 alone does)."""
+        needs = data_needs(cfg)
         self.write = write
-        self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = self.old = None
+        self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = self.norm = None
         self.old_val_loader = None  # continual pretraining: the parent's validation data, to watch forgetting
         d = cfg.data
         cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
         path = builtin.resolve(d.path, cache)
         self.cache = cache
         if d.streaming:
-            self._stream(cfg, path, cache, run_dir, log)
+            self._stream(cfg, path, cache, run_dir, log, needs)
         elif cfg.modality == "text":
-            self._text(cfg, run_dir, log)
+            self._text(cfg, run_dir, log, needs.window_overlap)
         elif cfg.is_image:
             self._images(cfg, path, log)
         else:
             self._media(cfg, path, run_dir, log)
+        if not needs.validates:
+            self.val_loader = None  # e.g. DeepCluster: pseudo-labels exist for training rows only
 
-    def _text(self, cfg: RunConfig, run_dir: Path, log) -> None:
-        corpus = prepare(cfg.data, cfg.model.vocab_size, log=log)
-        if self.write:
-            shutil.copyfile(corpus.dir / "tokenizer.json", run_dir / "tokenizer.json")
-        self.tokenizer, self.corpus = corpus.tokenizer, corpus
-        self.unigram_ppl = corpus.meta["unigram_ppl"]
-        self.summary = dict(path=cfg.data.path, files=corpus.meta["files"], documents=corpus.meta["documents"],
-                            skipped=corpus.meta["skipped"], tokens=corpus.meta["tokens"], cache=str(corpus.dir))
-        if cfg.continual.parent:  # continual pretraining: the parent's data too, tokenized alike
-            self.old = prepare(old_stream(cfg), cfg.model.vocab_size, log=log)
-
-    def text_loaders(self, cfg: RunConfig, overlap: int) -> None:
+    def _text(self, cfg: RunConfig, run_dir: Path, log, overlap: int) -> None:
         """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
-        c = self.corpus
+        c = prepare(cfg.data, cfg.model.vocab_size, log=log)
+        if self.write:
+            shutil.copyfile(c.dir / "tokenizer.json", run_dir / "tokenizer.json")
+        self.tokenizer = c.tokenizer
+        self.unigram_ppl = c.meta["unigram_ppl"]
+        self.summary = dict(path=cfg.data.path, files=c.meta["files"], documents=c.meta["documents"],
+                            skipped=c.meta["skipped"], tokens=c.meta["tokens"], cache=str(c.dir))
         self.loader = PackedWindows(c.train, c.dtype, cfg.model.context, overlap, seed=cfg.seed)
         self.val_loader = PackedWindows(c.val, c.dtype, cfg.model.context, overlap, shuffle=False)
         self.window = (f"{len(self.loader):,} training windows of {cfg.model.context} tokens", cfg.model.context)
-        old = self.old
-        if old is not None:
+        if cfg.continual.parent:  # continual pretraining: the parent's data too, tokenized alike
+            old = prepare(old_stream(cfg), cfg.model.vocab_size, log=log)
             self.old_val_loader = PackedWindows(old.val, old.dtype, cfg.model.context, overlap, shuffle=False)
             if cfg.continual.replay:
                 replay = PackedWindows(old.train, old.dtype, cfg.model.context, overlap, seed=cfg.seed + 1)
@@ -68,8 +69,8 @@ class RunData:
     def _images(self, cfg: RunConfig, path: str, log) -> None:
         d, im = cfg.data, cfg.image
         images = prepare_images(path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
-        if im.mean is None or im.std is None:
-            im.mean, im.std = [round(v, 4) for v in images.mean], [round(v, 4) for v in images.std]
+        self.norm = (images.mean, images.std)
+        im = cfg.with_measured(*self.norm).image  # the statistics the summary reports: the config's, else measured
         self.train_images = images.train
         self.loader = RowLoader({"images": images.train}, seed=cfg.seed)
         self.val_loader = RowLoader({"images": images.val}, shuffle=False) if len(images.val) else None
@@ -98,17 +99,17 @@ class RunData:
             if isinstance(loader, StreamLoader):
                 loader.close()
 
-    def _stream(self, cfg: RunConfig, path: str, cache: Path, run_dir: Path, log) -> None:
-        s = prepare_stream(cfg, path, cache, run_dir, log, self.write)  # data/stream_prepare.py
+    def _stream(self, cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, needs) -> None:
+        s = prepare_stream(cfg, path, cache, run_dir, log, self.write, needs.fits_on_data, needs.streams)
         self.loader, self.val_loader, self.tokenizer, self.train_images = s.loader, s.val_loader, s.tokenizer, s.sample
-        self.window, self.summary = s.window, s.summary
+        self.window, self.summary, self.norm = s.window, s.summary, s.norm
 
     def _media(self, cfg: RunConfig, path: str, run_dir: Path, log) -> None:
         d, modality = cfg.data, cfg.modality
-        pairs = cfg.objective in PAIR_OBJECTIVES
+        pairs = cfg.pairs
         media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log,
                               captions=pairs)
-        resolve_stats(cfg, media)
+        self.norm = (media.meta["mean"], media.meta["std"])
         train, val = media.train, media.val
         if pairs:
             if train.captions is None:
@@ -125,8 +126,8 @@ class RunData:
             what = f"{modality}-text pairs"
         else:
             self.train_clips = (train.rows, train.lengths)
-            self.loader = RowLoader({"audio": train.rows, "lengths": train.lengths}, seed=cfg.seed)
-            self.val_loader = (RowLoader({"audio": val.rows, "lengths": val.lengths}, shuffle=False)
+            self.loader = RowLoader({"media": train.rows, "lengths": train.lengths}, seed=cfg.seed)
+            self.val_loader = (RowLoader({"media": val.rows, "lengths": val.lengths}, shuffle=False)
                                if len(val.rows) else None)
             what = f"{modality} clips"
         self.window = (f"{len(train.rows):,} training {what}", 1)
@@ -141,13 +142,3 @@ class RunData:
         return RowLoader({"media": split.rows, "lengths": split.lengths, "text": ids, "text_mask": mask},
                          seed=seed, shuffle=shuffle)
 
-
-def resolve_stats(cfg: RunConfig, media: MediaSet) -> None:
-    """Normalisation statistics measured on the training rows, unless the config sets them."""
-    mean, std = media.meta["mean"], media.meta["std"]
-    section = cfg.audio if media.modality == "audio" else cfg.image
-    if section.mean is None or section.std is None:
-        if media.modality == "audio":
-            section.mean, section.std = round(mean, 4), round(std, 4)
-        else:
-            section.mean, section.std = [round(v, 4) for v in mean], [round(v, 4) for v in std]

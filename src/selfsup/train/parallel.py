@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from selfsup.config import RunConfig
 from selfsup.models.blocks import Block
-from selfsup.train.distributed import Processes
+from selfsup.dist import Processes
 
 
 def blocks(module: nn.Module) -> list[nn.Module]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from selfsup.config import SchedConfig
+from selfsup.config import RunConfig, SchedConfig
 
 
 def lr_at(step: int, max_steps: int, peak: float, cfg: SchedConfig) -> float:
@@ -29,13 +29,11 @@ def lr_at(step: int, max_steps: int, peak: float, cfg: SchedConfig) -> float:
     return peak + (floor - peak) * progress
 
 
-def momentum_at(step: int, max_steps: int, base: float) -> float:
-    """EMA momentum on BYOL's cosine schedule: `base` at step 0, rising to 1 at max_steps."""
-    return 1 - (1 - base) * (math.cos(math.pi * min(step / max(max_steps, 1), 1.0)) + 1) / 2
-
-
-def linear_warmup(step: int, warmup_steps: int, start: float, end: float) -> float:
-    """From `start` to `end` linearly over `warmup_steps`, then `end` (DINO's teacher temperature)."""
-    if step >= warmup_steps:
-        return end
-    return start + (end - start) * step / warmup_steps
+def lr_scale(cfg: RunConfig, global_batch: int) -> float:
+    """The factor the dist.lr_scaling rule applies to optim.lr for this global batch."""
+    base = cfg.dist.base_batch or cfg.train.batch_size * cfg.train.grad_accum
+    if cfg.dist.lr_scaling == "linear":
+        return global_batch / base
+    if cfg.dist.lr_scaling == "sqrt":
+        return (global_batch / base) ** 0.5
+    return 1.0

@@ -3,7 +3,7 @@
 Of the tokens that are neither special nor padding, each is chosen with probability p (0.15); of the chosen,
 80% become the mask token, 10% a random non-special token and 10% stay unchanged. Labels hold the original
 token where chosen and IGNORE elsewhere. With whole-word masking a word's tokens are chosen together. The
-draws come from views/batch_random.py: new every batch, seeded, restored on resume, and the same for a sample
+draws come from batch_random.py: new every batch, seeded, restored on resume, and the same for a sample
 on any number of processes.
 """
 
@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from selfsup.data.tokenizer import MASK
-from selfsup.objectives.losses import IGNORE
-from selfsup.views import batch_random
+from selfsup.data.tokenizer import IGNORE
+from selfsup import batch_random
 
 
 class MaskingTable:

@@ -4,7 +4,7 @@
 T_keep patches of the shuffle, and keep the inverse permutation so the decoder can put [visible ; mask tokens]
 back in patch order. `block_mask` is BEiT's block-wise masking (Bao et al. 2021, Algorithm 1): union random
 rectangles until enough patches are hidden, so the model cannot fill a patch in from its visible neighbours.
-Draws come from `generator` when given, else from views/batch_random.py (this process's rows of the global
+Draws come from `generator` when given, else from batch_random.py (this process's rows of the global
 batch's draw: the same mask for a sample on any number of processes).
 
 Letters in shape comments: B batch, T patches (H·W, row-major as a patch embedding flattens them), H, W grid.
@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from selfsup.views import batch_random
+from selfsup import batch_random
 
 EPS = 1e-9  # ratios are decimals: 10 × (1 - 0.9) is 0.99999..., which int() would make 0 instead of 1
 

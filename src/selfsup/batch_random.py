@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from selfsup.objectives.gather import rank_and_world
+from selfsup.dist import rank_and_world
 
 generator = torch.Generator().manual_seed(0)
 
