@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from selfsup import config as config_mod, quantize
-from selfsup.config import PAIR_OBJECTIVES, RunConfig
+from selfsup.config import RunConfig
 from selfsup.data import tokenizer as toks
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint
@@ -28,7 +28,7 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
         raise RunDirError(f"'{run_dir}' is not a run directory: expected config.yaml inside "
                           f"(made by `selfsup train ... out_dir={run_dir}`)")
     cfg = config_mod.validate(config_mod.load_yaml(run_dir / "config.yaml"))
-    has_text = cfg.modality == "text" or cfg.objective in PAIR_OBJECTIVES
+    has_text = cfg.modality == "text" or cfg.pairs
     tok = toks.load(run_dir / "tokenizer.json") if has_text else None
     objective = build_objective(cfg, tok)
     weights = run_dir / "model.safetensors"

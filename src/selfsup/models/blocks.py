@@ -1,4 +1,5 @@
-"""Transformer blocks shared by every sequence model: the GPT decoder here, the encoders of later objectives.
+"""Transformer blocks shared by every sequence model (models/transformer.py: the GPT decoder, the text, ViT, audio
+and video encoders), and `wide`, the precision every loss and statistic is computed in.
 
 Pre-norm residual blocks with RMSNorm or LayerNorm, rotary position embeddings (the "rotate half" layout used by
 Llama and ModernBERT in Hugging Face transformers, so exports map weights one to one),

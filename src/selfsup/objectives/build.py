@@ -56,9 +56,14 @@ def objective_class(name: str) -> type[Objective]:
             "deepcluster": DeepCluster, "clip": CLIP, "siglip": SigLIP, "hubert": HuBERT}[name]
 
 
+def objective_classes(cfg: RunConfig) -> list[type[Objective]]:
+    """The classes of the objectives a run trains: one, or a hybrid's terms."""
+    return [objective_class(name) for name in cfg.parts]
+
+
 def data_needs(cfg: RunConfig) -> DataNeeds:
     """A hybrid's terms read one batch: its windows are its first term's, and it needs what any term needs."""
-    parts = [objective_class(name) for name in cfg.parts]
+    parts = objective_classes(cfg)
     return DataNeeds(window_overlap=parts[0].window_overlap, fits_on_data=any(c.fits_on_data for c in parts),
                      streams=all(c.streams for c in parts), validates=all(c.validates for c in parts))
 

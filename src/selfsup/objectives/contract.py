@@ -33,6 +33,7 @@ class Objective(Protocol):
     token_nll: bool = False  # the loss is a mean negative log-likelihood per predicted token: exp(loss) is a perplexity
     fits_on_data: ClassVar[bool] = False  # built from the training rows (codebook, clusters, k-means units)
     streams: ClassVar[bool] = True  # can train from streamed shards (False: it holds every training row in memory)
+    continues: ClassVar[bool] = True  # can go on pretraining on new data (False: heads tied to its training rows)
 
     def forward(self, batch) -> LossOutput: ...
 

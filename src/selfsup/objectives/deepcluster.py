@@ -32,7 +32,8 @@ class DeepCluster(nn.Module, Objective):
     unit = "image"
     validates = False  # pseudo-labels exist for the training images only: no held-out loss
     fits_on_data = True  # clusters every training image,
-    streams = False  # held in memory
+    streams = False  # held in memory,
+    continues = False  # and its pseudo-labels belong to those rows
     def __init__(self, backbone: nn.Module, views: nn.Module, proj_hidden: int, proj_dim: int, clusters: int,
                  recluster_every: int, pca_dim: int, kmeans_iters: int, images: np.ndarray | None, mean: list[float],
                  std: list[float], seed: int = 0):

@@ -23,11 +23,7 @@ from torch import nn
 from selfsup import config as config_mod
 from selfsup.config import ConfigError, DataConfig, RunConfig
 from selfsup.data.text import DataError
-
-# continuable: a trunk and heads that do not depend on which samples they were fitted on (DeepCluster's
-# pseudo-labels are per training image) and data a mixture can read (text windows, images)
-UNSUPPORTED = ("deepcluster",)
-
+from selfsup.objectives.build import objective_classes
 
 def load_config(source: str, overrides: list[str]) -> RunConfig:
     """config.load, and when `continual.data` names a new stream for the run directory `source`, the config of the
@@ -67,9 +63,11 @@ def _child(cfg: RunConfig, parent: RunConfig, run: Path, new: str, explicit_out:
     if not (run / "model.safetensors").is_file():
         raise ConfigError(f"continual.data: '{run}' has no final model.safetensors (not finished); finish it first "
                           f"with `selfsup train {run}`, then continue it")
-    if cfg.objective in UNSUPPORTED or cfg.modality not in ("text", "image"):
+    # continuable: heads that do not belong to the rows they were fitted on, and data a mixture can read
+    if not all(c.continues for c in objective_classes(cfg)) or cfg.modality not in ("text", "image"):
         raise ConfigError(f"continual.data: '{run}' trained '{cfg.objective}' on {cfg.modality}; continual "
-                          "pretraining takes text and image runs other than " + ", ".join(UNSUPPORTED))
+                          "pretraining takes text and image runs whose heads are not tied to their training rows "
+                          "(DeepCluster's pseudo-labels are)")
     _check_modality(cfg, run, new)
     out = Path(cfg.out_dir) if explicit_out else run.with_name(run.name + "-continual")
     if out.resolve() == run.resolve():
