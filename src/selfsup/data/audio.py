@@ -52,11 +52,11 @@ class AudioRows:
     hop: int
     min_seconds: float
 
+    dtype = np.dtype(np.float16)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.n_mels, clip_frames(self.sample_rate, self.seconds, self.hop))
-
-    dtype = np.dtype(np.float16)
 
     def stats(self) -> LogMelStats:
         return LogMelStats()

@@ -40,11 +40,11 @@ class ImageRows:
     size: int
     channels: int
 
+    dtype = np.dtype(np.uint8)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.channels, self.size, self.size)
-
-    dtype = np.dtype(np.uint8)
 
     def stats(self) -> PixelStats:
         return PixelStats(self.channels)

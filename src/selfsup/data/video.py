@@ -42,11 +42,11 @@ class VideoRows:
     channels: int
     frames: int
 
+    dtype = np.dtype(np.uint8)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.frames, self.channels, self.size, self.size)
-
-    dtype = np.dtype(np.uint8)
 
     def stats(self) -> PixelStats:
         return PixelStats(self.channels)
