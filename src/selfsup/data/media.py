@@ -1,5 +1,5 @@
-"""Audio, video and media-text pairs, decoded once into a memory-mapped cache by data/row_cache.py, the builder
-images alone (a folder, shards or .npz of images, data/images.py) go through too.
+"""Audio, video and media-text pairs, decoded once into a memory-mapped cache: their sources and decoding settings.
+data/row_cache.py builds the cache, for images alone too (a folder, shards or .npz of images: data/images.py).
 
 Sources under a data path:
   - `.jsonl` pair files: one object per line with the media path under the modality's key (`image`, `audio` or
