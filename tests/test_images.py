@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import images as im
+from selfsup.data import row_cache
 from selfsup.data.images import image_files, prepare_images
 from selfsup.data.loader import RowLoader
 from selfsup.data.text import DataError
@@ -153,7 +153,7 @@ def test_cache_hit_and_changed_bytes_change_the_key(folder, tmp_path, monkeypatc
     logs = []
     first = _prepare(data, tmp_path / "cache", log=logs.append)
     assert (first.dir / "meta.json").is_file() and first.dir.parent.name == "images"
-    monkeypatch.setattr(im, "_decode_chunk", lambda *a: pytest.fail("decoded again on a cache hit"))
+    monkeypatch.setattr(row_cache, "_decode_chunk", lambda *a: pytest.fail("decoded again on a cache hit"))
     again = _prepare(data, tmp_path / "cache", log=logs.append)
     assert again.dir == first.dir and logs[-1].startswith("image cache hit")
     assert np.array_equal(again.train, first.train)

@@ -25,6 +25,7 @@ which the caller counts. Everything here is module-level numpy, so worker proces
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -32,12 +33,37 @@ import soundfile
 import soxr
 
 from selfsup.data.decoding import Skip
+from selfsup.data.stats import LogMelStats
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SILENCE_RMS = 1e-4  # about −80 dBFS: below the noise floor of 16-bit audio, so nothing is there
 CLIP_LEVEL = 0.999  # a sample this close to full scale was almost certainly clipped
 CLIP_FRACTION = 1e-3  # ... and more than 0.1% of them is audible distortion, not a stray peak
 LOG_FLOOR = 1e-10
+
+
+@dataclass(frozen=True)
+class AudioRows:
+    """A row of the audio cache: float16 log-mel (n_mels, clip_frames) from a file's bytes (data/row_cache.py)."""
+    sample_rate: int
+    seconds: float
+    n_mels: int
+    n_fft: int
+    hop: int
+    min_seconds: float
+
+    dtype = np.dtype(np.float16)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_mels, clip_frames(self.sample_rate, self.seconds, self.hop))
+
+    def stats(self) -> LogMelStats:
+        return LogMelStats()
+
+    def __call__(self, data: bytes) -> tuple[np.ndarray, int, list[str]]:
+        """(row, frames holding real audio, notes)."""
+        return decode_audio(data, self.sample_rate, self.seconds, self.n_mels, self.n_fft, self.hop, self.min_seconds)
 
 
 def clip_frames(sample_rate: int, seconds: float, hop: int) -> int:

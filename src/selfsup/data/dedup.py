@@ -31,7 +31,7 @@ import numpy as np
 
 from selfsup.data.cleaning import Doc, check_paths, progress_bar, text_pass
 from selfsup.data.dedup_index import ImageIndex, TextIndex, band_keys
-from selfsup.data.images import IMAGE_SUFFIXES
+from selfsup.data.image_decode import IMAGE_SUFFIXES
 from selfsup.data.text import TEXT_SUFFIXES, DataError
 
 SHINGLE = 5  # words per shingle

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.data.order import EpochOrder
+from selfsup.data.order import EpochOrder, OrderedLoader
 from selfsup.data.text import DataError
 
 
-class RowLoader:
+class RowLoader(OrderedLoader):
     def __init__(self, arrays: dict[str, np.ndarray], seed: int = 0, shuffle: bool = True):
         """arrays: name -> (N, ...) with the same N, row i of each belonging to the same sample."""
         sizes = {len(a) for a in arrays.values()}
@@ -29,16 +29,3 @@ class RowLoader:
         index = self.order.take(batch_size)  # (B,)
         batch = {k: torch.from_numpy(np.asarray(a[index])) for k, a in self.arrays.items()}
         return {**batch, "index": torch.from_numpy(index)}
-
-    def shard(self, rank: int, world: int) -> None:
-        """Read rank `rank`'s rows of each global batch of `world` processes (see data/order.py)."""
-        self.order.rank, self.order.world = rank, world
-
-    def state(self) -> dict:
-        return self.order.state()
-
-    def load_state(self, state: dict) -> None:
-        self.order.load_state(state)
-
-    def __len__(self) -> int:
-        return self.n

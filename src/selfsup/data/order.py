@@ -5,7 +5,10 @@ exactly, with no item repeated or skipped.
 Across processes every rank walks the same global order: a step's global batch is the next `count × world` items
 and rank r keeps rows [r·count, (r+1)·count) of it. The ranks see disjoint items, always the same number of
 batches (epochs roll over for all at once), and the position counts global items, so a run resumed with another
-number of processes continues at the very next item."""
+number of processes continues at the very next item.
+
+OrderedLoader is what every loader over one EpochOrder shares (RowLoader, PackedWindows): sharding, the position
+and the length; a subclass only says how the item ids of a batch become tensors."""
 
 from __future__ import annotations
 
@@ -56,3 +59,22 @@ class EpochOrder:
                             "same data.streaming setting as the run started with")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._permutation(self.epoch)
+
+
+class OrderedLoader:
+    """A loader whose batches are the next items of `self.order`; subclasses set it and define next_batch."""
+
+    order: EpochOrder
+
+    def shard(self, rank: int, world: int) -> None:
+        """Read rank `rank`'s rows of each global batch of `world` processes (see the module docstring)."""
+        self.order.rank, self.order.world = rank, world
+
+    def state(self) -> dict:
+        return self.order.state()
+
+    def load_state(self, state: dict) -> None:
+        self.order.load_state(state)
+
+    def __len__(self) -> int:
+        return self.order.n

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.data.order import EpochOrder
+from selfsup.data.order import EpochOrder, OrderedLoader
 from selfsup.data.text import DataError
 
 
-class PackedWindows:
+class PackedWindows(OrderedLoader):
     def __init__(self, shards: list[Path], dtype: np.dtype, context: int, overlap: int = 1, seed: int = 0,
                  shuffle: bool = True):
         self.context, self.overlap = context, overlap
@@ -40,16 +40,3 @@ class PackedWindows:
         """The next `batch_size` windows as {'tokens': (B, T + overlap) int64}; epochs roll over seamlessly."""
         rows = [self.window(int(i)) for i in self.order.take(batch_size)]
         return {"tokens": torch.from_numpy(np.stack(rows).astype(np.int64))}
-
-    def shard(self, rank: int, world: int) -> None:
-        """Read rank `rank`'s rows of each global batch of `world` processes (see data/order.py)."""
-        self.order.rank, self.order.world = rank, world
-
-    def state(self) -> dict:
-        return self.order.state()
-
-    def load_state(self, state: dict) -> None:
-        self.order.load_state(state)
-
-    def __len__(self) -> int:
-        return self.n

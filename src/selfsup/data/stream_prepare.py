@@ -28,6 +28,7 @@ from selfsup.data.decoding import CHUNK, decoded, default_workers
 from selfsup.data.shard_index import shard_index
 from selfsup.data.shard_order import ShardOrder, StridedOrder
 from selfsup.data.shards import is_val
+from selfsup.data.stats import LogMelStats, PixelStats
 from selfsup.data.streaming import ImageDecoder, PairDecoder, Reader, ShardTable, StreamLoader
 from selfsup.data.text import DataError
 
@@ -73,8 +74,7 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
     if section.mean is None or section.std is None or fits_on_data:
         sample, lengths, measured = _head(train, decoder, workers)
         if section.mean is None or section.std is None:
-            settings = dict(decoder.settings) if pairs else {"channels": cfg.image.channels}
-            stats = media_data._Stats(cfg.modality, settings)
+            stats = LogMelStats() if cfg.modality == "audio" else PixelStats(cfg.image.channels)
             stats.add(sample, lengths)
             norm = stats.result()
             section = getattr(cfg.with_measured(*norm), "audio" if cfg.modality == "audio" else "image")

@@ -5,8 +5,8 @@ counterpart of RowLoader (data/loader.py), with the same interface, for data too
     loader.shard(rank, world); batch = loader.next_batch(64)       # {'images': (64, 3, 32, 32), 'index': (64,)}
 
 Each decoding worker process reads the samples of its own shards (disjoint, see shard_order.py) by seeking to
-the offsets the shard index holds, and decodes them with the cache's decode functions (data/images.py,
-data/media.py): a corrupt sample is skipped, counted by reason, and the batch filled from the next positions.
+the offsets the shard index holds, and decodes them as the cache does (data/image_decode.py, data/media.py's
+row decoders): a corrupt sample is skipped, counted by reason, and the batch filled from the next positions.
 Decoding runs a few chunks ahead of training; results are used in position order, so the batches do not depend
 on the number of workers or on timing.
 
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from selfsup.data import images as image_data
 from selfsup.data import media as media_data
 from selfsup.data.captions import caption_arrays
 from selfsup.data.decoding import CHUNK, Skip
+from selfsup.data.image_decode import IMAGE_SUFFIXES, decode_image
 from selfsup.data.shard_index import read_sample, shard_index
 from selfsup.data.shard_order import ShardOrder, StridedOrder
 from selfsup.data.text import DataError
@@ -65,13 +65,13 @@ class ImageDecoder:
 
     @property
     def wanted(self) -> tuple[str, ...]:
-        return tuple(suffix[1:] for suffix in image_data.IMAGE_SUFFIXES)  # labels are not read: training needs none
+        return tuple(suffix[1:] for suffix in IMAGE_SUFFIXES)  # labels are not read: training needs none
 
     def __call__(self, rel: str, key: str, sample: dict[str, bytes], skipped: Counter, notes: Counter) -> dict | None:
-        item = next(image_data._tar_sample(rel, key, sample, skipped), None)
+        item = media_data.tar_item(rel, key, sample, "image", skipped, captions=False)
         if item is None:
             return None
-        return {"images": image_data._decode("bytes", item.payload, self.size, self.channels)}
+        return {"images": decode_image(item.payload, self.size, self.channels)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class PairDecoder:
         item = media_data.tar_item(rel, key, sample, self.modality, skipped, captions=True)
         if item is None:
             return None
-        row, length, note = media_data.decode_one(self.modality, item.payload, dict(self.settings))
+        row, length, note = media_data.row_decoder(self.modality, dict(self.settings))(item.payload)
         notes.update(note)
         return {"media": row, "lengths": np.int32(length), "caption": item.caption}
 

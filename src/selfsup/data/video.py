@@ -1,12 +1,13 @@
-"""Decoding one video file's bytes into T frames, for the video cache (which runs this in worker processes).
+"""Decoding one video file's bytes into T frames, for the video cache (which runs this in worker processes) and
+streaming.
 
     decode_video(data, size=32, channels=3, frames=8)  ->  uint8 (8, 3, 32, 32), notes
 
 Frames are sampled TSN-style: the clip is cut into `frames` equal segments and the frame at each segment's centre
 is kept, so the whole clip is covered whatever its length. A clip shorter than `frames` repeats frames (the
 nearest index) and says so in the notes. Each kept frame goes through exactly the still-image path
-(`images._decode`: shorter side to `size`, bicubic, centre crop, L or RGB), so a video frame and a photo of the
-same scene become the same pixels.
+(data/image_decode.py: shorter side to `size`, bicubic, centre crop, L or RGB), so a video frame and a photo of
+the same scene become the same pixels.
 
 Memory stays at `frames` small frames whatever the clip's length or resolution: the frame count is known before
 decoding (from the container, or else by counting the stream's packets, which reads without decoding), so each
@@ -22,14 +23,38 @@ decode it, or it has no decodable frame), "no video stream" (audio or subtitles 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import av
 import numpy as np
 
 from selfsup.data.decoding import Skip
-from selfsup.data.images import _decode
+from selfsup.data.image_decode import decode_array
+from selfsup.data.stats import PixelStats
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+
+
+@dataclass(frozen=True)
+class VideoRows:
+    """A row of the video cache: uint8 (frames, C, S, S) from a file's bytes (data/row_cache.py)."""
+    size: int
+    channels: int
+    frames: int
+
+    dtype = np.dtype(np.uint8)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.frames, self.channels, self.size, self.size)
+
+    def stats(self) -> PixelStats:
+        return PixelStats(self.channels)
+
+    def __call__(self, data: bytes) -> tuple[np.ndarray, int, list[str]]:
+        """(row, length `frames`, notes)."""
+        frames, notes = decode_video(data, self.size, self.channels, self.frames)
+        return frames, self.frames, notes
 
 
 def decode_video(data: bytes, size: int, channels: int, frames: int) -> tuple[np.ndarray, list[str]]:
@@ -71,7 +96,7 @@ def _pick(data: bytes, count: int, size: int, channels: int, frames: int) -> tup
         try:
             for index, frame in enumerate(container.decode(stream)):
                 if index in wanted:  # converted and resized at once: only `frames` small frames are ever held
-                    picked[index] = _decode("array", (frame.to_ndarray(format="rgb24"), 255.0), size, channels)
+                    picked[index] = decode_array(frame.to_ndarray(format="rgb24"), 255.0, size, channels)
                 decoded = index + 1
         except av.FFmpegError:
             raise Skip("corrupt video") from None

@@ -1,0 +1,152 @@
+"""The one cache builder of images, audio, video and pairs: samples decoded in worker processes into memory-mapped
+row arrays, split into train and validation, with their lengths, captions, labels and normalisation statistics.
+
+    skipped = Counter()
+    built = build_rows(folder, items(..., skipped), ImageRows(32, 3), val_fraction, workers, skipped)
+
+`items` yields one `Item` per sample (data/images.py, data/media.py read their sources into them, counting what
+they skip on the way); a row decoder (ImageRows, AudioRows, VideoRows) turns an item's payload into one row in a
+worker. A sample that cannot be decoded is skipped and counted by reason, never a crash; what decoding did to a
+kept one is counted as notes. Samples go to train or validation by a hash of their identity, stable under
+reordering. The folder gets, per split: `<split>.npy` rows, `<split>_lengths.npy`, `<split>_labels.npy` and
+`<split>_captions.json` (null when a sample has none); the caller writes meta.json.
+
+Labels are for evaluation only. Names become indices into the sorted class names; integer labels keep their
+value (classes '0'..'max'), unless names are present too, when they are read as names ('3'). Missing labels are -1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from selfsup.data.decoding import NpyWriter, Skip, decoded, digest
+from selfsup.data.shards import is_val
+from selfsup.data.stats import LogMelStats, PixelStats
+
+SPLITS = ("train", "val")
+
+
+class Item(NamedTuple):
+    ident: str  # what the split hashes: the relative path, plus '#key' (tar), '#line' (jsonl) or '#index' (npz)
+    caption: str | None
+    label: int | str | None
+    payload: object  # what a worker decodes: a Path to read, a tar member's bytes, or an in-memory image (npz)
+
+
+@dataclass
+class Built:
+    rows: dict[str, int]  # per split
+    skipped: Counter  # by reason
+    notes: Counter  # by note
+    classes: list[str]
+    stats: PixelStats | LogMelStats  # of the training rows
+    seconds: float
+
+    @property
+    def why(self) -> str:
+        """The skips as 'reason: count, ...' for a message, or 'none'."""
+        return ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items())) or "none"
+
+
+def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, workers: int,
+               skipped: Counter) -> Built:
+    """Decode `items` with `decoder` into `out` (see the module docstring); `skipped` is the Counter the items
+    count their own skips in, and gains the decoding's."""
+    start = time.perf_counter()
+    notes = Counter()
+    writers = {split: NpyWriter(out / f"{split}.npy", decoder.shape, decoder.dtype) for split in SPLITS}
+    kept: dict[str, list[Item]] = {"train": [], "val": []}
+    lengths: dict[str, list[int]] = {"train": [], "val": []}
+    stats = decoder.stats()
+    try:
+        for chunk, (rows, lens, reasons, item_notes) in decoded(items, _decode_chunk, (decoder,), workers):
+            skipped.update(r for r in reasons if r is not None)
+            notes.update(n for ns in item_notes for n in ns)
+            good = [item for item, r in zip(chunk, reasons) if r is None]
+            val = np.array([is_val(item.ident, val_fraction) for item in good], dtype=bool)  # (k,)
+            for split, sel in (("train", ~val), ("val", val)):
+                writers[split].write(rows[sel])
+                kept[split] += [item for item, s in zip(good, sel) if s]
+                lengths[split] += lens[sel].tolist()
+            stats.add(rows[~val], lens[~val])
+    finally:
+        for w in writers.values():
+            w.close()
+    n = {split: w.rows for split, w in writers.items()}
+    classes, ids = class_ids([item.label for split in SPLITS for item in kept[split]])
+    for split in SPLITS:
+        np.save(out / f"{split}_lengths.npy", np.array(lengths[split], dtype=np.int32))
+        np.save(out / f"{split}_labels.npy", ids[:n["train"]] if split == "train" else ids[n["train"]:])
+        captions = [item.caption for item in kept[split]]
+        (out / f"{split}_captions.json").write_text(json.dumps(captions if all(captions) else None))
+    return Built(n, skipped, notes, classes, stats, time.perf_counter() - start)
+
+
+def _decode_chunk(items: list[Item], decoder):
+    """Runs in a worker: (rows that decoded (k, ...), their lengths (k,), a skip reason or None per item, the
+    notes of each item)."""
+    rows, lengths, reasons, notes = [], [], [], []
+    for item in items:
+        try:
+            row, length, note = decoder(_read(item.payload) if isinstance(item.payload, Path) else item.payload)
+            rows.append(row)
+            lengths.append(length)
+            reasons.append(None)
+            notes.append(note)
+        except Skip as e:
+            reasons.append(e.reason)
+            notes.append([])
+    dtype = decoder.dtype
+    stacked = np.stack(rows).astype(dtype, copy=False) if rows else np.empty((0, *decoder.shape), dtype)
+    return stacked, np.array(lengths, dtype=np.int32), reasons, notes
+
+
+def _read(f: Path) -> bytes:
+    try:
+        return f.read_bytes()
+    except OSError:
+        raise Skip("unreadable file") from None
+
+
+def class_ids(labels: list[int | str | None]) -> tuple[list[str], np.ndarray]:
+    """Class names and each sample's index into them, -1 for none (see the module docstring)."""
+    if any(isinstance(label, str) for label in labels):
+        labels = [str(label) if isinstance(label, int) else label for label in labels]
+        classes = sorted({label for label in labels if label is not None})
+        index = {name: i for i, name in enumerate(classes)}
+        return classes, np.array([index.get(label, -1) for label in labels], dtype=np.int64)
+    top = max((label for label in labels if label is not None), default=-1)
+    return [str(i) for i in range(top + 1)], np.array([-1 if label is None else label for label in labels],
+                                                      dtype=np.int64)
+
+
+def cache_key(settings: dict, root: Path, files: list[Path],
+              linked: Callable[[Path], Iterable[tuple[str, Path]]] = lambda f: ()) -> str:
+    """A digest of the settings and of every file's relative path and bytes, and of the files each one links to
+    ((name, path) pairs: the media a .jsonl of pairs points at), so a changed file is never served stale."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for f in files:
+        h.update(relative(root, f).encode() + b"\0" + digest(f))
+        for name, target in linked(f):
+            h.update(name.encode() + b"\0" + digest(target))
+    return h.hexdigest()[:24]
+
+
+def relative(root: Path, f: Path) -> str:
+    """A source file's identity: its path under the data path, or its name when the data path is the file."""
+    return f.name if root.is_file() else f.relative_to(root).as_posix()
+
+
+def folder_label(rel: str) -> str | None:
+    """A loose file's label: its first-level sub-folder under the data path (none directly in it)."""
+    folder, sep, _ = rel.partition("/")
+    return folder if sep else None
