@@ -559,10 +559,17 @@ def filter_data(
 ):
     """Remove documents by length, symbol share, repetition and perplexity under a small trained LM; every removal
     is logged with the rule and the value measured."""
-    from selfsup.data.filters import filter_corpus
+    import torch
 
-    s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, ppl_model, max_ppl,
-                      device)
+    from selfsup.data.filters import filter_corpus
+    from selfsup.data.text import DataError
+    from selfsup.eval.perplexity import Perplexity
+
+    if (ppl_model is None) != (max_ppl is None):  # before the model is opened
+        raise DataError("--ppl-model and --max-ppl go together: a causal LM run and the highest perplexity kept")
+    scorer = Perplexity(ppl_model, torch.device(device)) if ppl_model else None
+    s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, scorer, max_ppl,
+                      ppl_model)
     table = Table(title=f"filter of {input}")
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
