@@ -15,15 +15,3 @@ def encode(model: nn.Module, tok: Tokenizer, texts: list[str], batch_size: int, 
     """(N, D) float32 features of texts on the CPU, row i for texts[i]."""
     return encode_items(model, TextInputs(tok, model), texts, batch_size, device, progress)
 
-
-def random_objective(cfg, tok: Tokenizer | None, device: torch.device) -> nn.Module:
-    """A randomly initialised objective of the run's shape, seeded with the run's seed: the `--baseline random`."""
-    from selfsup.objectives.build import build_objective
-    from selfsup.train.trainer import seed_everything
-
-    seed_everything(cfg.seed)
-    return build_objective(cfg, tok).to(device).eval()
-
-
-def random_trunk(cfg, tok: Tokenizer | None, device: torch.device) -> nn.Module:
-    return random_objective(cfg, tok, device).model

@@ -1,9 +1,10 @@
 """Perplexity of a causal LM: on held-out text (`selfsup eval --task perplexity`), and per document (`selfsup data
 filter --ppl-model`).
 
-Protocol of the held-out score: the file's documents are tokenized with the run's tokenizer, each followed by EOS, packed into
-non-overlapping windows of model.context tokens (the same packing as training, no attention across documents),
-and every token after the first is scored once. Perplexity = exp(total NLL / scored tokens).
+Protocol of the held-out score: the file's documents are tokenized with the run's tokenizer, each followed by EOS,
+packed into non-overlapping windows of model.context tokens (the same packing as training, no attention across
+documents), and every token after the first is scored once. Perplexity = exp(total NLL / scored tokens). Per
+document: [EOS] + its tokens up to the model's context, documents of similar length padded into one forward pass.
 """
 
 from __future__ import annotations
