@@ -46,7 +46,7 @@ def train(
     the same out_dir) resumes from the last checkpoint, also after the process was killed. A finished run directory
     with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
     (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again."""
-    from selfsup.report import write_report
+    from selfsup.report import summary_table, write_report
     from selfsup.train import continual, distributed
     from selfsup.train.trainer import train as run_training
 
@@ -62,50 +62,9 @@ def train(
         if not distributed.reports(int(os.environ.get("RANK", 0))):
             distributed.end_worker()
     report = write_report(cfg.out_dir)
-    _print_summary(summary)
+    console.print(summary_table(summary))
     console.print(f"report: {report}")
     distributed.end_worker()
-
-
-def _print_summary(s: dict) -> None:
-    table = Table(title=f"{s['recipe']}: {s['status']} after {s['steps']:,} steps", show_header=False)
-    unit, d = s["unit"], s["data"]
-    rows = [("validation loss", f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "-")]
-    if unit == "token" and s["objective"] in config_mod.TEXT_OBJECTIVES:  # a language model's loss
-        rows += [("validation perplexity", f"{s['val_ppl']:.2f}" if s["val_ppl"] is not None else "-"),
-                 ("unigram baseline perplexity", f"{s['unigram_ppl']:.2f}")]
-    mfu = f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:.2f} TFLOP/s measured peak" if s["mfu"] else "-"
-    b = s.get("batch")
-    if b:
-        rows.append(("global batch", f"{b['global_batch']:,} = {b['per_process']} × {b['grad_accum']} accumulated × "
-                                     f"{b['processes']} process(es); lr {b['lr']:.3g} ({b['lr_scaling']} scaling)"))
-    rows += [
-        ("parameters", f"{s['params'] / 1e6:.2f}M"),
-        (f"{unit}s seen", f"{s[unit + 's_seen']:,}"),
-        ("throughput", f"{s[unit + 's_per_s']:,.0f} {unit}s/s"),
-        ("MFU", mfu),
-        ("wall time", f"{s['wall_time_s']:.0f} s"),
-        ("cost", _cost_line(s["cost"])),
-    ]
-    what = "documents" if unit == "token" else "images" if unit == "image" else "samples"
-    rows.append((f"{what} train / val", f"{d[what]['train']:,} / {d[what]['val']:,}"))
-    if d.get("replay"):
-        rows.append(("replay", f"{100 * d['replay']['share']:g}% of each batch from {d['replay']['path']}"))
-    if unit != "token":
-        rows.append(("collapse warnings", str(s["collapse_warnings"])))
-    rows.append((f"skipped {what}", ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"))
-    if d.get("notes"):
-        rows.append(("kept with notes", ", ".join(f"{k}: {v}" for k, v in d["notes"].items())))
-    rows.append(("non-finite steps skipped", str(s["nan_skipped_steps"])))
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
-
-
-def _cost_line(c: dict) -> str:
-    total = c["total_flops"] or 0
-    flops = f"{total / 1e15:.3g} PFLOP, " if total >= 1e15 else f"{total / 1e12:.3g} TFLOP, " if total else ""
-    return f"{flops}{c['device_hours']:.3g} device-hours, ~{c['energy_kwh']:.2g} kWh at {c['power_w']:g} W"
 
 
 @app.command()
@@ -434,21 +393,9 @@ def export_run(
 def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to put side by side")):
     """One table of several runs: training steps and time, and every evaluation they hold (RUN_DIR/eval/*.json:
     accuracy of the pretrained model and of each baseline evaluated beside it)."""
-    from selfsup.rundir import RunDirError
+    from selfsup.eval.compare import read_runs
 
-    rows, tasks = [], []
-    for run in run_dirs:
-        summary_path = run / "summary.json"
-        if not summary_path.is_file():
-            raise RunDirError(f"'{run}' has no summary.json: expected a finished run directory")
-        s = json.loads(summary_path.read_text())
-        evals = {}
-        for f in sorted((run / "eval").glob("*.json")):
-            r = json.loads(f.read_text())
-            if "accuracy" in r.get("pretrained", {}):
-                evals[f.stem] = r
-                tasks += [f.stem] if f.stem not in tasks else []
-        rows.append((run, s, evals))
+    rows, tasks = read_runs(run_dirs)
     table = Table(title="runs compared: accuracy of each evaluation")
     for col, justify in (("run", "left"), ("steps, time", "right"), ("task", "left"), ("pretrained", "right"),
                          ("random init", "right"), ("raw pixels", "right")):
