@@ -87,7 +87,7 @@ def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypat
     assert [(r["line"], r["reason"]) for r in removed] == [(2, "too_short"), (3, "symbols"), (4, "repetition")]
     assert removed[0]["value"] == 5
     # perplexity under the test suite's small GPT (English docstrings): text in a script it never saw scores worst
-    from selfsup.data.filters import Perplexity
+    from selfsup.eval.perplexity import Perplexity
 
     ppl = Perplexity(str(run), torch.device("cpu"))
     scores = ppl(src.read_text().splitlines())
@@ -203,7 +203,7 @@ def test_corrupt_lines_are_skipped_counted_and_lines_numbered_as_in_the_file(tmp
 
 
 def test_batched_perplexity_equals_one_document_at_a_time(run):
-    from selfsup.data.filters import Perplexity
+    from selfsup.eval.perplexity import Perplexity
     from selfsup.data.tokenizer import eos_id
 
     ppl = Perplexity(str(run), torch.device("cpu"), tokens=48)  # several padded groups of different lengths

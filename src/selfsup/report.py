@@ -5,7 +5,7 @@
 (re)writes `run_dir/report.html`: plots of loss (and a hybrid's terms), learning rate and throughput as
 inline base64 PNGs, the summary and eval figures as tables, and the config verbatim.
 The page needs no network (no external CSS, JS or fonts), so it can be opened from
-a copied run directory anywhere.
+a copied run directory anywhere. `summary_table(summary)` is the short form printed when training ends.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import yaml
 # Figure/savefig directly (no pyplot): no global backend switch, no figure registry to
 # leak, and safe to call from a training process that has its own matplotlib setup.
 from matplotlib.figure import Figure
+from rich.table import Table
 
+from selfsup.config import TEXT_OBJECTIVES
 from selfsup.train.monitor import read_metrics
 
 _CSS = """
@@ -225,3 +227,45 @@ def write_report(run_dir: str | Path) -> Path:
     tmp.write_text(_render(run_dir), encoding="utf-8")
     os.replace(tmp, out)  # atomic: a browser reloading mid-run never sees half a page
     return out
+
+
+def summary_table(s: dict) -> Table:
+    """What `selfsup train` prints at the end: the summary.json of a run as a terminal table."""
+    table = Table(title=f"{s['recipe']}: {s['status']} after {s['steps']:,} steps", show_header=False)
+    unit, d = s["unit"], s["data"]
+    rows = [("validation loss", f"{s['val_loss']:.4f}" if s["val_loss"] is not None else "-")]
+    if unit == "token" and s["objective"] in TEXT_OBJECTIVES:  # a language model's loss
+        rows += [("validation perplexity", f"{s['val_ppl']:.2f}" if s["val_ppl"] is not None else "-"),
+                 ("unigram baseline perplexity", f"{s['unigram_ppl']:.2f}")]
+    mfu = f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:.2f} TFLOP/s measured peak" if s["mfu"] else "-"
+    b = s.get("batch")
+    if b:
+        rows.append(("global batch", f"{b['global_batch']:,} = {b['per_process']} × {b['grad_accum']} accumulated × "
+                                     f"{b['processes']} process(es); lr {b['lr']:.3g} ({b['lr_scaling']} scaling)"))
+    rows += [
+        ("parameters", f"{s['params'] / 1e6:.2f}M"),
+        (f"{unit}s seen", f"{s[unit + 's_seen']:,}"),
+        ("throughput", f"{s[unit + 's_per_s']:,.0f} {unit}s/s"),
+        ("MFU", mfu),
+        ("wall time", f"{s['wall_time_s']:.0f} s"),
+        ("cost", _cost_line(s["cost"])),
+    ]
+    what = "documents" if unit == "token" else "images" if unit == "image" else "samples"
+    rows.append((f"{what} train / val", f"{d[what]['train']:,} / {d[what]['val']:,}"))
+    if d.get("replay"):
+        rows.append(("replay", f"{100 * d['replay']['share']:g}% of each batch from {d['replay']['path']}"))
+    if unit != "token":
+        rows.append(("collapse warnings", str(s["collapse_warnings"])))
+    rows.append((f"skipped {what}", ", ".join(f"{k}: {v}" for k, v in d["skipped"].items()) or "none"))
+    if d.get("notes"):
+        rows.append(("kept with notes", ", ".join(f"{k}: {v}" for k, v in d["notes"].items())))
+    rows.append(("non-finite steps skipped", str(s["nan_skipped_steps"])))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def _cost_line(c: dict) -> str:
+    total = c["total_flops"] or 0
+    flops = f"{total / 1e15:.3g} PFLOP, " if total >= 1e15 else f"{total / 1e12:.3g} TFLOP, " if total else ""
+    return f"{flops}{c['device_hours']:.3g} device-hours, ~{c['energy_kwh']:.2g} kWh at {c['power_w']:g} W"

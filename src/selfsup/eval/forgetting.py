@@ -5,7 +5,8 @@ Protocol: each domain's validation split (the split training held out, by a hash
 read with the continued run's tokenizer and settings, in order; the first `max_rows` windows or images (in whole
 batches) are scored by the pretraining objective in fp32, both models on the same rows, with the random masks or
 views drawn from the run's seed, so the two models see identical inputs. Text: loss = mean NLL per scored token
-(causal LM: perplexity = exp(loss)); other objectives: their validation loss per unit.
+(causal LM: perplexity = exp(loss)); other objectives: their validation loss per unit. With labeled data, `probe`
+adds a linear probe of both models (eval/labeled.py's protocol).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from selfsup.config import ConfigError, DataConfig, RunConfig
 from selfsup.data.loader import RowLoader
 from selfsup.data.packing import PackedWindows
+from selfsup.eval.labeled import evaluate as run_task, labeled_set
 from selfsup.rundir import open_run
 from selfsup.train.continual import old_stream
 
@@ -77,3 +79,17 @@ def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: i
                           f"batches of {batch_size}, fp32, masks and views from seed {cfg.seed}, the same for both "
                           f"models; {cfg.objective} loss per {unit}" + ("; perplexity = exp(loss)" if causal else ""))
     return result
+
+
+def probe(run_dir: Path, parent_dir: str, device: torch.device, batch_size: int, train_path: str, test_path: str,
+          progress=None) -> dict:
+    """A linear probe of the parent and of the continued run on the same labeled data; `progress(iterable, what)`."""
+    cfg, continued, tok = open_run(run_dir, device)
+    _, parent, _ = open_run(parent_dir, device)
+    train_set, inputs = labeled_set(cfg, continued, tok, train_path)
+    test_set, _ = labeled_set(cfg, continued, tok, test_path, train_set.classes)
+    probe = {name: run_task("linear", objective.model, inputs, train_set, test_set, device, batch_size=batch_size,
+                            seed=cfg.seed, progress=progress)
+             for name, objective in (("parent", parent), ("continued", continued))}
+    b, a = probe["parent"]["accuracy"], probe["continued"]["accuracy"]
+    return dict(train=train_path, test=test_path, protocol=probe["parent"]["protocol"], accuracy_change=a - b, **probe)

@@ -7,6 +7,12 @@ An inputs object turns a labeled set's items into model inputs and pooled featur
     batch(prepared, rows, device)  -> the trunk's arguments for those rows
     features(trunk, *args)         -> (B, D) pooled features, differentiable (fine-tuning goes through it)
     describe(trunk)                -> the feature part of a protocol string
+
+Text: each text is tokenized as [EOS] + tokens (EOS opens every document in training, so it is the 'cls'
+position), truncated to the trunk's context, right-padded with PAD and masked (`pad_mask`), run through the trunk,
+and pooled over the final normalised hidden states: `cfg.pooling` ('cls' or 'mean') for an encoder, always the mean
+over real tokens for a causal model (its first token sees nothing but itself). Texts are batched in order of
+length, so little of a batch is padding, and returned in the input order.
 """
 
 from __future__ import annotations
@@ -16,10 +22,35 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from selfsup.eval.features import collate, pad_id, pooling_kind, tokenize
+from selfsup.data.tokenizer import PAD, eos_id
 from selfsup.models.transformer import pool
 from selfsup.models.vit import ViT
 from selfsup.views.augment import center_view
+
+
+def pooling_kind(model: nn.Module) -> str:
+    return "mean" if model.causal else model.cfg.pooling
+
+
+def tokenize(tok: Tokenizer, texts: list[str], context: int) -> list[list[int]]:
+    eos = eos_id(tok)
+    return [([eos] + enc.ids)[:context] for enc in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def pad_id(tok: Tokenizer) -> int:
+    pad = tok.token_to_id(PAD)
+    return eos_id(tok) if pad is None else pad
+
+
+def collate(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token lists -> idx (B, T) right-padded with `pad`, pad_mask (B, T) True on real tokens."""
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = True
+    return idx.to(device), mask.to(device)
 
 
 class TextInputs:

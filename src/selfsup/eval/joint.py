@@ -8,6 +8,9 @@ are averaged and re-normalised into one classifier row; an item's prediction is 
 Retrieval: identical captions are one text (generated or repeated captions are common), paired with every item
 that carries it. Media→text: a hit at k when the item's caption is among the k nearest texts; text→media: when
 one of the k nearest items carries that caption. Recall@1/5/10 in both directions, and their mean.
+
+`joint_task` is `selfsup eval --task zeroshot|retrieval` on a run: its test data read, and the run beside a random
+init of the same shape when asked.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from selfsup.config import ConfigError, RunConfig
 from selfsup.data.captions import caption_arrays
-from selfsup.eval.inputs import encode
+from selfsup.eval.baseline import random_objective
+from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, encode
+from selfsup.eval.labeled import labeled_set
 from selfsup.eval.metrics import accuracy, macro_f1
 
 TEMPLATES = {
@@ -99,3 +105,41 @@ def retrieval(objective: nn.Module, tok: Tokenizer, inputs, items, captions: lis
                 protocol=(f"retrieval over {len(captions)} items and {len(texts)} distinct captions (identical "
                           "captions are one text, paired with every item carrying it); cosine in the joint space; "
                           f"{inputs.describe(objective.model)}"))
+
+
+def joint_task(task: str, run_dir, cfg: RunConfig, objective: nn.Module, tok: Tokenizer, test_path: str,
+               templates: list[str], baselines: list[str], device: torch.device, batch_size: int,
+               progress=None) -> dict:
+    """zeroshot / retrieval in the joint space of the run (and of a random init): the result written to
+    RUN_DIR/eval/<task>.json. `progress(iterable, what)` wraps each model's encoding."""
+    from selfsup.data.media import prepare_media, settings
+
+    models = {"pretrained": objective}
+    if "random" in baselines:
+        models["random"] = random_objective(cfg, tok, device)
+    context = cfg.text.context
+    wrap = (lambda name: (lambda it: progress(it, f"encoding ({name})"))) if progress else (lambda name: None)
+    results = {}
+    if task == "zeroshot":
+        test_set, inputs = labeled_set(cfg, objective, tok, test_path)
+        for name, model in models.items():
+            results[name] = zeroshot(model, tok, inputs, test_set.items, test_set.labels, test_set.classes,
+                                     templates, context, batch_size, device, progress=wrap(name))
+        data = dict(test=test_set.counts(), skipped=test_set.skipped)
+    else:
+        media = prepare_media(test_path, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
+                              log=lambda s: None, captions=True)
+        split = media.train
+        if split.captions is None:
+            raise ConfigError(f"--test '{test_path}' has no captions; retrieval needs pairs (a .jsonl "
+                              f"with '{cfg.modality}' and 'text', or .tar shards with .txt)")
+        if cfg.modality == "image":
+            inputs, items = ImageInputs(cfg.image.size, cfg.image.mean, cfg.image.std), split.rows
+        else:
+            inputs, items = MediaInputs(objective.view, cfg.modality), Clips(split.rows, split.lengths)
+        for name, model in models.items():
+            results[name] = retrieval(model, tok, inputs, items, split.captions, context, batch_size, device,
+                                      progress=wrap(name))
+        data = dict(test=dict(path=test_path, items=len(split.captions)), skipped=media.meta["skipped"])
+    return dict(task=task, run_dir=str(run_dir), recipe=cfg.recipe, objective=cfg.objective,
+                protocol=results["pretrained"]["protocol"], data=data, **results)

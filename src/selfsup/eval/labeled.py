@@ -1,4 +1,5 @@
-"""Labeled data for transfer evaluation, and running one transfer task (linear, knn, finetune) on a trunk.
+"""Labeled data for transfer evaluation (read in a run's modality, with the inputs that feed it to the trunk), and
+running one transfer task (linear, knn, finetune) on a trunk.
 
 Images: a folder whose first-level sub-folders name the classes (or webdataset shards with `.cls`, or an .npz
 with `labels`), decoded as for training; unlabeled images are skipped as 'no_label', and test images of a class
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from selfsup.data.text import DataError, read_lines
-from selfsup.eval.inputs import Clips
+from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs
 
 
 @dataclass
@@ -160,6 +161,20 @@ def _labeled(path, items, label_ids: np.ndarray, names_of: list[str], skipped: d
     keep = [i for i, n in enumerate(names) if n in ids]
     labels = torch.tensor([ids[names[i]] for i in keep], dtype=torch.long)
     return LabeledSet(str(path), items[keep], labels, list(classes), {k: v for k, v in sorted(skipped.items()) if v})
+
+
+def labeled_set(cfg, objective, tok, path: str, classes: list[str] | None = None):
+    """A labeled evaluation set in the run's modality, and the inputs that feed it to the trunk."""
+    from selfsup.data.media import settings
+
+    if cfg.modality == "image":
+        im = cfg.image
+        return (read_labeled_images(path, im.size, im.channels, classes, cfg.data.cache_dir),
+                ImageInputs(im.size, im.mean, im.std))
+    if cfg.modality in ("audio", "video"):
+        return (read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir),
+                MediaInputs(objective.view, cfg.modality))
+    return read_labeled(path, classes, cfg.data.max_doc_chars), TextInputs(tok, objective.model)
 
 
 TASKS = ("linear", "knn", "finetune")

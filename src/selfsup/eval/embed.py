@@ -1,0 +1,71 @@
+"""`selfsup embed`: a run's pooled features of texts, images, audio or video, read as training reads them, saved as
+an (N, D) float32 .npy (row i for the i-th item read) and, for texts, optionally a .jsonl of text and embedding."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.config import BUILTIN_CORPUS, PAIR_OBJECTIVES, ConfigError
+from selfsup.data.text import DataError, read_documents, source_files
+from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs, encode
+from selfsup.eval.joint import JointMedia
+from selfsup.rundir import open_run
+
+
+@dataclass
+class Embedded:
+    items: int
+    what: str  # 'texts', 'images', 'audio clips', 'video clips'
+    shape: tuple[int, ...]
+    jsonl: Path | None  # the .jsonl written, if any
+    protocol: str
+    skipped: dict
+
+
+def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool, batch_size: int,
+          device: torch.device, progress=None) -> Embedded:
+    """Embed `input` with the run's trunk (`joint`: its unit vectors in the joint media-text space) and write `out`
+    (and `jsonl` for a text run); `progress` wraps the iterable of batches."""
+    cfg, objective, tok = open_run(run_dir, device)
+    if joint and cfg.objective not in PAIR_OBJECTIVES:
+        raise ConfigError(f"--joint needs a joint media-text space (clip or siglip runs); '{run_dir}' "
+                          f"trained '{cfg.objective}'")
+    trunk = JointMedia(objective) if joint else objective.model
+    if cfg.modality == "image":
+        from selfsup.data.images import prepare_images
+
+        im = cfg.image
+        data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None)
+        inputs, items, skipped, what = ImageInputs(im.size, im.mean, im.std), data.train, data.meta["skipped"], "images"
+    elif cfg.modality in ("audio", "video"):
+        from selfsup.data.media import prepare_media, settings
+
+        data = prepare_media(input, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
+                             log=lambda s: None)
+        inputs, items = MediaInputs(objective.view, cfg.modality), Clips(data.train.rows, data.train.lengths)
+        skipped, what = data.meta["skipped"], f"{cfg.modality} clips"
+    else:
+        counts: Counter = Counter()
+        items = list(read_documents(source_files(input), counts, cfg.data.max_doc_chars,
+                                    builtin=input == BUILTIN_CORPUS))
+        if not items:
+            raise DataError(f"'{input}' holds no usable texts (skipped: {dict(counts) or 'none'})")
+        inputs, skipped, what = TextInputs(tok, trunk), dict(sorted(counts.items())), "texts"
+    emb = encode(trunk, inputs, items, batch_size, device, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, emb.numpy())
+    if jsonl is not None and cfg.modality == "text":
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with open(jsonl, "w", encoding="utf-8") as f:
+            for text, row in zip(items, emb.tolist()):
+                f.write(json.dumps({"text": text, "embedding": row}) + "\n")
+    else:
+        jsonl = None
+    protocol = inputs.describe(objective.model) + ("; projected into the joint space, L2-normalised" if joint else "")
+    return Embedded(len(items), what, tuple(emb.shape), jsonl, protocol, skipped)
