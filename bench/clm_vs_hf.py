@@ -101,7 +101,7 @@ def memory_child(spec: str) -> dict:
 
 def loader_tokens_per_s(n_batches: int = 100, repeats: int = 5) -> float:
     """PackedWindows.next_batch(B) over a real uint16 shard of ~2M random tokens: median input tokens/s."""
-    from selfsup.data.packing import PackedWindows
+    from selfsup.data.load.windows import PackedWindows
 
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "train_000.bin"

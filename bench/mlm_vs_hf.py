@@ -48,8 +48,8 @@ def prepare_data(folder: Path) -> dict:
     the docstrings of a handful of modules give only ~4,500 distinct merges, short of a vocabulary of 8192.
     Batches: documents in a seeded shuffle, each followed by EOS as the shard builder packs them, cut into
     consecutive windows of T tokens."""
-    from selfsup.data import stdlib_docs
-    from selfsup.data.tokenizer import eos_id, train_bpe
+    from selfsup.data.builtin import stdlib_docs
+    from selfsup.data.read.tokenizer import eos_id, train_bpe
 
     t0 = time.perf_counter()
     docs = [d for f in stdlib_docs.source_files() for d in stdlib_docs.docstrings(f)]
@@ -76,7 +76,7 @@ def load_data(folder: Path):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from selfsup.data.tokenizer import EOS, MASK, PAD
+    from selfsup.data.read.tokenizer import EOS, MASK, PAD
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, mask_token=MASK, pad_token=PAD, eos_token=EOS)
@@ -201,7 +201,7 @@ def masking_ms(fns: dict, n_batches: int, rounds: int) -> dict[str, list[float]]
 def masking_shares(fns: dict, batches: torch.Tensor, tok) -> dict[str, dict]:
     """Sanity check over the whole pool: share of candidates (non-special tokens) chosen, and of the chosen,
     the shares replaced by the mask token and left unchanged (expected 0.15, 0.8, 0.1)."""
-    from selfsup.data.tokenizer import MASK
+    from selfsup.data.read.tokenizer import MASK
 
     mask_id = tok.token_to_id(MASK)
     special_ids = torch.tensor(sorted(tok.get_added_tokens_decoder()))

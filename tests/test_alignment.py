@@ -18,10 +18,10 @@ from PIL import Image
 
 from selfsup.seed import seed_everything
 from selfsup import config
-from selfsup.data.captions import caption_arrays
-from selfsup.data.media import prepare_media
-from selfsup.data.shards import is_val
-from selfsup.data.tokenizer import train_bpe
+from selfsup.data.read.captions import caption_arrays
+from selfsup.data.cache.media import prepare_media
+from selfsup.data.cache.tokens import is_val
+from selfsup.data.read.tokenizer import train_bpe
 from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.build import build_objective
 from selfsup.dist import gather, rank_and_world

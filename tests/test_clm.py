@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from selfsup.config import ModelConfig
 from selfsup.models.gpt import GPT
 from selfsup.objectives.clm import CausalLM
-from selfsup.data.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup.train.step import accumulate
 
 EOS = 0

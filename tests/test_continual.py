@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from selfsup import config
 from selfsup.cli import app
 from selfsup.config import ConfigError
-from selfsup.data.loader import RowLoader
-from selfsup.data.mixture import Mixture
-from selfsup.data.text import DataError
+from selfsup.data.load.rows import RowLoader
+from selfsup.data.load.mixture import Mixture
+from selfsup.data.errors import DataError
 from selfsup.train import trainer
 from selfsup.train.continual import load_config
 from tests.conftest import TINY, docstrings
@@ -156,7 +156,7 @@ def test_forgetting_table_matches_each_runs_own_validation(parent, child, tmp_pa
 
 
 def test_image_run_continues_with_its_normalisation_and_replay(tmp_path):
-    from selfsup.data.digits import write_digits
+    from selfsup.data.builtin.digits import write_digits
 
     write_digits(tmp_path / "digits")
     vision = ["image.size=8", "image.channels=1", "model.dim=32", "model.depth=1", "model.heads=2", "model.patch=4",
@@ -209,7 +209,7 @@ def test_one_line_errors(parent, new_corpus, child, tmp_path):
 
 
 def test_package_docstrings_make_a_deterministic_corpus(tmp_path):
-    from selfsup.data.package_docs import write_docstrings
+    from selfsup.data.builtin.package_docs import write_docstrings
 
     pkg = tmp_path / "pkg"
     (pkg / "tests").mkdir(parents=True)

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from selfsup.config import BUILTIN_CORPUS, DataConfig
-from selfsup.data import shards, stdlib_docs
-from selfsup.data.packing import PackedWindows
-from selfsup.data.text import DataError, read_documents, source_files
-from selfsup.data.tokenizer import EOS, eos_id
+from selfsup.data.cache import tokens as shards
+from selfsup.data.builtin import stdlib_docs
+from selfsup.data.load.windows import PackedWindows
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import read_documents, source_files
+from selfsup.data.read.tokenizer import EOS, eos_id
 
 
 def test_bad_documents_are_skipped_and_counted(tmp_path):

@@ -72,7 +72,7 @@ def test_dedup_refuses_an_output_inside_its_input(tmp_path, monkeypatch, capsys)
 
 
 def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypatch, capsys):
-    from selfsup.data.filters import repetition, symbol_ratio
+    from selfsup.data.quality.filters import repetition, symbol_ratio
 
     assert symbol_ratio("ab!!") == 0.5 and symbol_ratio("日本語です") == 0.0 and symbol_ratio("   ") == 0.0
     assert repetition("a b c a b c") == 0.25 and repetition("one two") == 0.0
@@ -114,7 +114,7 @@ def _reference(docs: list[tuple[str, int, str]], near: float) -> list[dict]:
     similarity is ≥ near."""
     from datasketch import MinHash, MinHashLSH
 
-    from selfsup.data.dedup import _normalise, _shingles
+    from selfsup.data.quality.dedup import _normalise, _shingles
 
     exact, kept, removed = {}, [], []
     lsh = MinHashLSH(threshold=near, num_perm=128)
@@ -143,7 +143,7 @@ def _reference(docs: list[tuple[str, int, str]], near: float) -> list[dict]:
 
 
 def test_text_dedup_equals_the_in_memory_reference_at_any_batch_size(tmp_path):
-    from selfsup.data.dedup import dedup
+    from selfsup.data.quality.dedup import dedup
 
     bases = [_doc(seed, 40) for seed in range(40)]
     docs = []  # clusters of variants 1 to 8 words away: similarities either side of the threshold
@@ -171,7 +171,7 @@ def test_text_dedup_equals_the_in_memory_reference_at_any_batch_size(tmp_path):
 def test_dedup_memory_does_not_grow_with_the_corpus(tmp_path):
     import tracemalloc
 
-    from selfsup.data.dedup import dedup
+    from selfsup.data.quality.dedup import dedup
 
     def peak(n: int) -> int:
         src = tmp_path / f"c{n}.txt"
@@ -204,7 +204,7 @@ def test_corrupt_lines_are_skipped_counted_and_lines_numbered_as_in_the_file(tmp
 
 def test_batched_perplexity_equals_one_document_at_a_time(run):
     from selfsup.eval.perplexity import Perplexity
-    from selfsup.data.tokenizer import eos_id
+    from selfsup.data.read.tokenizer import eos_id
 
     ppl = Perplexity(str(run), torch.device("cpu"), tokens=48)  # several padded groups of different lengths
     texts = ["Return the number of items.", "x", _doc(7, 200), "Open a file and return a stream.",
@@ -224,8 +224,8 @@ def test_batched_perplexity_equals_one_document_at_a_time(run):
 def test_image_dedup_equals_a_search_over_every_kept_hash(tmp_path, monkeypatch):
     import imagehash
 
-    from selfsup.data import dedup_index
-    from selfsup.data.dedup import dedup
+    from selfsup.data.quality import dedup_index
+    from selfsup.data.quality.dedup import dedup
 
     monkeypatch.setattr(dedup_index, "_PENDING", 8)  # hashes written to the file and memory-mapped many times,
     monkeypatch.setattr(dedup_index, "_SCAN", 16)  # and scanned in several chunks

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from selfsup import config
-from selfsup.data.loader import RowLoader
+from selfsup.data.load.rows import RowLoader
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.views.augment import center_view
@@ -102,7 +102,7 @@ def _batch(name: str) -> dict:
 
 def _tokenizer():
     """A byte-level BPE whose EOS is id 0, as the windows above assume."""
-    from selfsup.data.tokenizer import eos_id, train_bpe
+    from selfsup.data.read.tokenizer import eos_id, train_bpe
 
     tok = train_bpe(["a few words to learn merges from"] * 4, 300)
     assert eos_id(tok) == 0

@@ -12,9 +12,9 @@ from rich.console import Console
 from selfsup import config
 from selfsup.cli import app
 from selfsup.config import ModelConfig
-from selfsup.data.labeled_docstrings import build as build_docstrings
-from selfsup.data.text import DataError
-from selfsup.data.tokenizer import train_bpe
+from selfsup.data.builtin.labeled_docstrings import build as build_docstrings
+from selfsup.data.errors import DataError
+from selfsup.data.read.tokenizer import train_bpe
 from selfsup.eval.features import encode
 from selfsup.eval.finetune import Classifier, finetune, llrd_param_groups
 from selfsup.eval.inputs import TextInputs

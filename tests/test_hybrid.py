@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from selfsup import config
-from selfsup.data.tokenizer import train_bpe
+from selfsup.data.read.tokenizer import train_bpe
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.hybrid import Hybrid, weight_at
 from selfsup.objectives.simcse import SimCSE, longest_segment

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import row_cache
-from selfsup.data.images import image_files, prepare_images
-from selfsup.data.loader import RowLoader
-from selfsup.data.text import DataError
+from selfsup.data.cache import rows as row_cache
+from selfsup.data.cache.images import image_files, prepare_images
+from selfsup.data.load.rows import RowLoader
+from selfsup.data.errors import DataError
 
 SIZE = 16
 

@@ -3,9 +3,9 @@ import torch
 
 from selfsup.seed import seed_everything
 from selfsup.config import ModelConfig
-from selfsup.data.tokenizer import EOS, MASK, PAD, train_bpe
+from selfsup.data.read.tokenizer import EOS, MASK, PAD, train_bpe
 from selfsup.models.encoder import Encoder
-from selfsup.data.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup.objectives.mlm import MaskedLM
 from selfsup.views.masking import MaskingTable, mask_tokens
 from tests.conftest import docstrings

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from selfsup import config
-from selfsup.data.digits import write_digits
-from selfsup.data.moving_digits import write_moving_digits
-from selfsup.data.tones import write_tones
+from selfsup.data.builtin.digits import write_digits
+from selfsup.data.builtin.moving_digits import write_moving_digits
+from selfsup.data.builtin.tones import write_tones
 from selfsup.eval import joint
 from selfsup.objectives.clip import CLIP
 from selfsup.train import trainer

@@ -21,13 +21,13 @@ import pytest
 from PIL import Image
 
 from selfsup import config
-from selfsup.data.loader import RowLoader
-from selfsup.data.shard_index import shard_index
-from selfsup.data.shard_order import ShardOrder, StridedOrder
-from selfsup.data.shards import is_val
-from selfsup.data.stream_prepare import shard_files
-from selfsup.data.streaming import ImageDecoder, PairDecoder, ShardTable, StreamLoader
-from selfsup.data.text import DataError
+from selfsup.data.load.rows import RowLoader
+from selfsup.data.stream.index import shard_index
+from selfsup.data.stream.order import ShardOrder, StridedOrder
+from selfsup.data.cache.tokens import is_val
+from selfsup.data.stream.prepare import shard_files
+from selfsup.data.stream.loader import ImageDecoder, PairDecoder, ShardTable, StreamLoader
+from selfsup.data.errors import DataError
 from selfsup.train.data import RunData
 from tests.conftest import why_failed
 from tests.test_cli import invoke
@@ -196,7 +196,7 @@ def test_validation_strides_the_held_out_samples_over_processes(shards, tmp_path
 
 
 def test_pairs_carry_tokenized_captions(tmp_path):
-    from selfsup.data import tokenizer as toks
+    from selfsup.data.read import tokenizer as toks
 
     root = write_shards(tmp_path / "pairs", shards=2, captions=True)
     t = table(root, tmp_path)

@@ -24,9 +24,9 @@ from safetensors.torch import load_file, load_model, save_model
 from selfsup.seed import seed_everything
 from selfsup import config
 from selfsup.config import ConfigError
-from selfsup.data.digits import write_digits
-from selfsup.data.images import prepare_images
-from selfsup.data.text import DataError
+from selfsup.data.builtin.digits import write_digits
+from selfsup.data.cache.images import prepare_images
+from selfsup.data.errors import DataError
 from selfsup.eval.inputs import ImageInputs, encode
 from selfsup.models.resnet import ResNet
 from selfsup.objectives import dino as dino_mod

@@ -212,7 +212,7 @@ app.add_typer(data_app, name="data")
 def digits(out: Path = typer.Option(..., help="output folder for train/ and test/ (one sub-folder per digit)")):
     """scikit-learn's bundled handwritten digits (1,797 grayscale 8×8 images) as PNG folders, stratified ~75/25:
     pretrain on OUT/train (its labels are ignored), evaluate with --train OUT/train --test OUT/test."""
-    from selfsup.data.digits import write_digits
+    from selfsup.data.builtin.digits import write_digits
 
     counts = write_digits(out)
     console.print(f"written {counts['train']:,} train and {counts['test']:,} test images to {out}/train and "
@@ -232,7 +232,7 @@ def dedup(
 ):
     """Remove exact and near-duplicate documents (and near-duplicate images), keeping the first occurrence; every
     removal is logged with what it duplicates."""
-    from selfsup.data.dedup import dedup as run_dedup
+    from selfsup.data.quality.dedup import dedup as run_dedup
 
     summary = run_dedup(input, str(out), near, num_perm)
     table = Table(title=f"dedup of {input} (near ≥ {near})")
@@ -265,8 +265,8 @@ def filter_data(
     is logged with the rule and the value measured."""
     import torch
 
-    from selfsup.data.filters import filter_corpus
-    from selfsup.data.text import DataError
+    from selfsup.data.quality.filters import filter_corpus
+    from selfsup.data.errors import DataError
     from selfsup.eval.perplexity import Perplexity
 
     if (ppl_model is None) != (max_ppl is None):  # before the model is opened
@@ -290,7 +290,7 @@ def tones(out: Path = typer.Option(..., help="output folder for train/ and test/
     """Synthetic 1-second sounds of six kinds (hum, whistle, rising and falling sweeps, beeps, noise) as 16 kHz
     WAV folders with generated captions in OUT/train.jsonl and OUT/test.jsonl: pretrain audio-mask on OUT/train,
     clap on OUT/train.jsonl; evaluate with --train OUT/train --test OUT/test (or --task zeroshot / retrieval)."""
-    from selfsup.data.tones import write_tones
+    from selfsup.data.builtin.tones import write_tones
 
     counts = write_tones(out, seed=seed)
     console.print(f"written {counts['train']:,} train and {counts['test']:,} test clips to {out}/train and {out}/test, "
@@ -304,7 +304,7 @@ def moving_digits(out: Path = typer.Option(..., help="output folder for train/ a
     """Handwritten digits moving left, right, up or down across a 32×32 frame, 8 frames per MP4 clip, with captions
     naming digit and motion in OUT/train.jsonl and OUT/test.jsonl: pretrain videoclip on OUT/train.jsonl; evaluate
     with --task zeroshot --test OUT/test (classes are the directions) or --task retrieval --test OUT/test.jsonl."""
-    from selfsup.data.moving_digits import write_moving_digits
+    from selfsup.data.builtin.moving_digits import write_moving_digits
 
     counts = write_moving_digits(out, seed=seed)
     console.print(f"written {counts['train']:,} train and {counts['test']:,} test clips to {out}/train and {out}/test, "
@@ -320,7 +320,7 @@ def labeled_docstrings(
 ):
     """A small real labeled set for demos: Python stdlib docstrings labeled by their package, split 80/20 by a
     hash of the text. Note: the built-in pretraining corpus holds these same texts, without labels."""
-    from selfsup.data.labeled_docstrings import build
+    from selfsup.data.builtin.labeled_docstrings import build
 
     summary = build(out, classes, per_class)
     table = Table(title=f"stdlib docstrings by package: {len(summary['classes'])} classes")
@@ -341,7 +341,7 @@ def package_docstrings(
 ):
     """Docstrings of installed packages, read with ast (nothing imported), as a text corpus: a second real domain
     on every machine, e.g. to continue a run trained on the built-in stdlib docstrings (continual.data=OUT)."""
-    from selfsup.data.package_docs import write_docstrings
+    from selfsup.data.builtin.package_docs import write_docstrings
 
     counts = write_docstrings(packages, out, min_chars)
     console.print(f"written {sum(counts.values()):,} docstrings to {out} ("
@@ -420,7 +420,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
 
 
 def main() -> None:
-    from selfsup.data.text import DataError
+    from selfsup.data.errors import DataError
     from selfsup.export import ExportError
     from selfsup.rundir import RunDirError
     from selfsup.train.trainer import TrainingError

@@ -26,7 +26,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from selfsup.config import RunConfig
-from selfsup.data.tokenizer import EOS, MASK, PAD
+from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.models.blocks import mlp_hidden
 from selfsup.models.transformer import Transformer
 from selfsup.quantize import MARKER, MODES, quantized_state

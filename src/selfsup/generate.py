@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 
-from selfsup.data.tokenizer import eos_id
+from selfsup.data.read.tokenizer import eos_id
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from torch import nn
 
 from selfsup import config as config_mod, quantize
 from selfsup.config import RunConfig
-from selfsup.data import tokenizer as toks
+from selfsup.data.read import tokenizer as toks
 from selfsup.objectives.build import build_objective
 from selfsup.train import checkpoint
 

@@ -20,7 +20,7 @@ class TextBatch(TypedDict):
 
 
 class ImageBatch(TypedDict):
-    images: Tensor  # (B, C, S, S) uint8, decoded and resized once (data/images.py)
+    images: Tensor  # (B, C, S, S) uint8, decoded and resized once (data/cache/images.py)
     index: Tensor  # (B,) int64
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from selfsup.config import BUILTIN_CORPUS, PAIR_OBJECTIVES, ConfigError
-from selfsup.data.text import DataError, read_documents, source_files
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import read_documents, source_files
 from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs, encode
 from selfsup.eval.joint import JointMedia
 from selfsup.rundir import open_run
@@ -38,13 +39,13 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
                           f"trained '{cfg.objective}'")
     trunk = JointMedia(objective) if joint else objective.model
     if cfg.modality == "image":
-        from selfsup.data.images import prepare_images
+        from selfsup.data.cache.images import prepare_images
 
         im = cfg.image
         data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None)
         inputs, items, skipped, what = ImageInputs(im.size, im.mean, im.std), data.train, data.meta["skipped"], "images"
     elif cfg.modality in ("audio", "video"):
-        from selfsup.data.media import prepare_media, settings
+        from selfsup.data.cache.media import prepare_media, settings
 
         data = prepare_media(input, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
                              log=lambda s: None)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from selfsup.config import ConfigError, DataConfig, RunConfig
-from selfsup.data.loader import RowLoader
-from selfsup.data.packing import PackedWindows
+from selfsup.data.load.rows import RowLoader
+from selfsup.data.load.windows import PackedWindows
 from selfsup.eval.labeled import evaluate as run_task, labeled_set
 from selfsup.rundir import open_run
 from selfsup.train.continual import old_stream
@@ -29,13 +29,13 @@ MAX_ROWS = 4096  # validation windows (or images) scored per domain at most
 def validation_rows(cfg: RunConfig, data: DataConfig, overlap: int, log=lambda s: None) -> PackedWindows | RowLoader:
     """The validation split of one data stream, read as the run reads its own, in order."""
     if cfg.modality == "text":
-        from selfsup.data.shards import prepare
+        from selfsup.data.cache.tokens import prepare
 
         corpus = prepare(data, cfg.model.vocab_size, log=log)
         return PackedWindows(corpus.val, corpus.dtype, cfg.model.context, overlap, shuffle=False)
     from selfsup.data import builtin
-    from selfsup.data.images import prepare_images
-    from selfsup.data.shards import default_cache
+    from selfsup.data.cache.images import prepare_images
+    from selfsup.data.cache.tokens import default_cache
 
     cache = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache()
     im = cfg.image

@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from selfsup.data.tokenizer import PAD, eos_id
+from selfsup.data.read.tokenizer import PAD, eos_id
 from selfsup.models.transformer import pool
 from selfsup.models.vit import ViT
 from selfsup.views.augment import center_view

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, RunConfig
-from selfsup.data.captions import caption_arrays
+from selfsup.data.read.captions import caption_arrays
 from selfsup.eval.baseline import random_objective
 from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, encode
 from selfsup.eval.labeled import labeled_set
@@ -112,7 +112,7 @@ def joint_task(task: str, run_dir, cfg: RunConfig, objective: nn.Module, tok: To
                progress=None) -> dict:
     """zeroshot / retrieval in the joint space of the run (and of a random init): the result written to
     RUN_DIR/eval/<task>.json. `progress(iterable, what)` wraps each model's encoding."""
-    from selfsup.data.media import prepare_media, settings
+    from selfsup.data.cache.media import prepare_media, settings
 
     models = {"pretrained": objective}
     if "random" in baselines:

@@ -6,7 +6,7 @@ with `labels`), decoded as for training; unlabeled images are skipped as 'no_lab
 the training set lacks as 'unknown_label' (classes are matched by name).
 
 Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with a `label`, or webdataset shards
-with `.cls`/`.label`, decoded as for training (data/media.py).
+with `.cls`/`.label`, decoded as for training (data/cache/media.py).
 
 Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
 line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON, no `text` string, an
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from selfsup.data.text import DataError, read_lines
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import read_lines
 from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs
 
 
@@ -127,7 +128,7 @@ def read_labeled_images(path: str, size: int, channels: int, classes: list[str] 
                         cache_dir: str | None = None, log=None) -> LabeledSet:
     """Decode a labeled image set (cached like training data). Without `classes` (a training set) its class
     names become the classes; with them (a test set) images are mapped to them by name."""
-    from selfsup.data.images import prepare_images
+    from selfsup.data.cache.images import prepare_images
 
     data = prepare_images(path, size, channels, val_fraction=0.0, cache_dir=cache_dir, log=log or (lambda s: None))
     return _labeled(path, data.train, data.train_labels, data.classes, data.meta["skipped"], classes,
@@ -137,7 +138,7 @@ def read_labeled_images(path: str, size: int, channels: int, classes: list[str] 
 def read_labeled_media(path: str, modality: str, decode: dict, classes: list[str] | None = None,
                        cache_dir: str | None = None, log=None) -> LabeledSet:
     """Decode a labeled audio or video set (cached like training data), classes as read_labeled_images."""
-    from selfsup.data.media import prepare_media
+    from selfsup.data.cache.media import prepare_media
 
     data = prepare_media(path, modality, decode, 0.0, cache_dir, log=log or (lambda s: None))
     clips = Clips(data.train.rows, data.train.lengths)
@@ -165,7 +166,7 @@ def _labeled(path, items, label_ids: np.ndarray, names_of: list[str], skipped: d
 
 def labeled_set(cfg, objective, tok, path: str, classes: list[str] | None = None):
     """A labeled evaluation set in the run's modality, and the inputs that feed it to the trunk."""
-    from selfsup.data.media import settings
+    from selfsup.data.cache.media import settings
 
     if cfg.modality == "image":
         im = cfg.image

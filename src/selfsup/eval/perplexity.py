@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from selfsup.data.text import DataError, read_documents, source_files
-from selfsup.data.tokenizer import eos_id
-from selfsup.data.tokenizer import IGNORE
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import read_documents, source_files
+from selfsup.data.read.tokenizer import eos_id
+from selfsup.data.read.tokenizer import IGNORE
 
 
 @torch.no_grad()

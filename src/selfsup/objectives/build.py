@@ -10,8 +10,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from selfsup.config import ConfigError, RunConfig
-from selfsup.data.audio import clip_frames
-from selfsup.data.tokenizer import eos_id
+from selfsup.data.read.audio import clip_frames
+from selfsup.data.read.tokenizer import eos_id
 from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
 from selfsup.models.audio import AudioEncoder

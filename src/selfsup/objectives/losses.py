@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.data.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup.dist import all_reduce
 from selfsup.models.blocks import wide
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from selfsup.data.batch import TextBatch
 from selfsup.models.blocks import make_norm
 from selfsup.models.transformer import Transformer
-from selfsup.data.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput

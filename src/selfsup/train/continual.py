@@ -22,7 +22,7 @@ from torch import nn
 
 from selfsup import config as config_mod
 from selfsup.config import ConfigError, DataConfig, RunConfig
-from selfsup.data.text import DataError
+from selfsup.data.errors import DataError
 from selfsup.objectives.build import objective_classes
 
 def load_config(source: str, overrides: list[str]) -> RunConfig:
@@ -85,9 +85,9 @@ def _child(cfg: RunConfig, parent: RunConfig, run: Path, new: str, explicit_out:
 def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
     """The new stream must be data of the parent's modality: one line naming both, before any decoding."""
     from selfsup.data import builtin
-    from selfsup.data.images import image_files
-    from selfsup.data.shards import default_cache
-    from selfsup.data.text import source_files
+    from selfsup.data.cache.images import image_files
+    from selfsup.data.cache.tokens import default_cache
+    from selfsup.data.read.text import source_files
 
     try:
         if cfg.modality == "text":

@@ -4,7 +4,7 @@
     selfsup train RECIPE dist.nproc_per_node=2 [dist.nnodes=...]   the same, through torch's elastic launcher
 
 Rank 0 alone writes the run directory, logs and progress; every rank reads its own rows of each global batch
-(data/order.py) and averages gradients with DDP. Joining the process group is selfsup/dist.py's.
+(data/load/order.py) and averages gradients with DDP. Joining the process group is selfsup/dist.py's.
 """
 
 from __future__ import annotations

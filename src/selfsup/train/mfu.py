@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from selfsup.data.shards import default_cache
+from selfsup.data.cache.tokens import default_cache
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:

@@ -13,8 +13,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from selfsup.data.tokenizer import MASK
-from selfsup.data.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import MASK
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup import batch_random
 
 

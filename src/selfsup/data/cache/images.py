@@ -1,5 +1,5 @@
 """Images under a data path, decoded once into a memory-mapped uint8 cache: the image modality of the media cache
-(data/row_cache.py builds it; data/image_decode.py decodes each image to uint8 (C, size, size)).
+(data/cache/rows.py builds it; data/read/image.py decodes each image to uint8 (C, size, size)).
 
 Sources: image files (one file, or a folder read recursively), webdataset `.tar` shards and `.npz` arrays.
 Decoding runs once, in worker processes; the cache key covers every source file's bytes and path and the
@@ -10,10 +10,10 @@ An image that cannot be decoded is skipped and counted by reason, never a crash.
 Labels are for evaluation only. Loose image files take the name of their first-level sub-folder under the root
 (files directly in the root, or a single-file path, have none). Tar samples take an int from a `.cls` member or a
 class name from `.label` / `.txt`; npz files an optional `labels` (N,) int array. They become class indices as
-data/row_cache.py says; negative labels are none (-1).
+data/cache/rows.py says; negative labels are none (-1).
 
 An npz `images` array is (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1/3/4 (channels last wins when both
-ends could be channels); its values become 8 bits by its dtype (data/image_decode.py's array_peak).
+ends could be channels); its values become 8 bits by its dtype (data/read/image.py's array_peak).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.decoding import build_cache, tar_samples
-from selfsup.data.image_decode import IMAGE_SUFFIXES, ArrayImage, ImageRows, array_peak
-from selfsup.data.row_cache import Item, build_rows, cache_key, folder_label, relative
-from selfsup.data.shards import default_cache
-from selfsup.data.text import DataError
+from selfsup.data.cache.decoding import build_cache, tar_samples
+from selfsup.data.read.image import IMAGE_SUFFIXES, ArrayImage, ImageRows, array_peak
+from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
+from selfsup.data.cache.tokens import default_cache
+from selfsup.data.errors import DataError
 
 FORMAT = 1  # bump when the cache layout or the decoding changes
 SOURCE_SUFFIXES = IMAGE_SUFFIXES + (".tar", ".npz")

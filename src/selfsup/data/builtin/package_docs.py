@@ -8,8 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from selfsup.data.stdlib_docs import docstrings
-from selfsup.data.text import DataError
+from selfsup.data.builtin.stdlib_docs import docstrings
+from selfsup.data.errors import DataError
 
 _SKIP_DIRS = {"test", "tests", "testing", "__pycache__"}  # test suites are code about code, not the package's docs
 

@@ -9,13 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from selfsup.config import BUILTIN_CORPUS
-from selfsup.data import stdlib_docs
+from selfsup.data.builtin import stdlib_docs
+from selfsup.data.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
-
-
-class DataError(ValueError):
-    """A data path the user got wrong; the message is one line meant for them."""
 
 
 def source_files(path: str) -> list[Path]:

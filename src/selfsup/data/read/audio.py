@@ -32,8 +32,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from selfsup.data.decoding import Skip
-from selfsup.data.stats import LogMelStats
+from selfsup.data.cache.decoding import Skip
+from selfsup.data.cache.stats import LogMelStats
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SILENCE_RMS = 1e-4  # about −80 dBFS: below the noise floor of 16-bit audio, so nothing is there
@@ -44,7 +44,7 @@ LOG_FLOOR = 1e-10
 
 @dataclass(frozen=True)
 class AudioRows:
-    """A row of the audio cache: float16 log-mel (n_mels, clip_frames) from a file's bytes (data/row_cache.py)."""
+    """A row of the audio cache: float16 log-mel (n_mels, clip_frames) from a file's bytes (data/cache/rows.py)."""
     sample_rate: int
     seconds: float
     n_mels: int

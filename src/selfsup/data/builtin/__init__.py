@@ -1,10 +1,10 @@
 """Data sets made on the machine, for recipes' defaults, demos and tests: nothing is downloaded.
 
-    builtin:digits         scikit-learn's handwritten digits, the training images (data/digits.py)
+    builtin:digits         scikit-learn's handwritten digits, the training images (data/builtin/digits.py)
     builtin:digit-pairs    the same images with generated captions, a .jsonl of pairs
-    builtin:tones          synthetic labeled sounds, the training clips (data/tones.py)
+    builtin:tones          synthetic labeled sounds, the training clips (data/builtin/tones.py)
     builtin:tone-pairs     the same clips with generated captions
-    builtin:moving-digits  digits moving across a frame, clips with captions (data/moving_digits.py)
+    builtin:moving-digits  digits moving across a frame, clips with captions (data/builtin/moving_digits.py)
 
 Each set is written once into the cache, atomically, and its training part returned as a data path.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.data.decoding import build_once
-from selfsup.data.digits import write_digits
-from selfsup.data.moving_digits import write_moving_digits
-from selfsup.data.tones import write_tones
+from selfsup.data.cache.decoding import build_once
+from selfsup.data.builtin.digits import write_digits
+from selfsup.data.builtin.moving_digits import write_moving_digits
+from selfsup.data.builtin.tones import write_tones
 
 SETS = {  # name: (cache folder, writer, the training part's path inside it)
     "builtin:digits": ("digits", write_digits, "train"),

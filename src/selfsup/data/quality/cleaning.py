@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.progress import TransferSpeedColumn
 
-from selfsup.data.text import DataError, read_lines
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import read_lines
 
 Doc = tuple[str, str, int]  # text, file relative to the input, line number
 

@@ -4,7 +4,7 @@ row arrays, split into train and validation, with their lengths, captions, label
     skipped = Counter()
     built = build_rows(folder, items(..., skipped), ImageRows(32, 3), val_fraction, workers, skipped)
 
-`items` yields one `Item` per sample (data/images.py, data/media.py read their sources into them, counting what
+`items` yields one `Item` per sample (data/cache/images.py, data/cache/media.py read their sources into them, counting what
 they skip on the way); a row decoder (ImageRows, AudioRows, VideoRows) turns an item's payload into one row in a
 worker. A sample that cannot be decoded is skipped and counted by reason, never a crash; what decoding did to a
 kept one is counted as notes. Samples go to train or validation by a hash of their identity, stable under
@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from selfsup.data.decoding import NpyWriter, Skip, decoded, digest
-from selfsup.data.shards import is_val
-from selfsup.data.stats import LogMelStats, PixelStats
+from selfsup.data.cache.decoding import NpyWriter, Skip, decoded, digest
+from selfsup.data.cache.tokens import is_val
+from selfsup.data.cache.stats import LogMelStats, PixelStats
 
 SPLITS = ("train", "val")
 

@@ -2,7 +2,7 @@
 
 Window i of a shard holds tokens [i·T, i·T + T + overlap): with overlap 1 (causal LM) inputs and shifted targets
 share a token and every token is a target once per epoch; with overlap 0 (masked LM) windows tile the shard.
-Each epoch visits all windows in a permutation drawn from (seed, epoch) (data/order.py); the position (epoch,
+Each epoch visits all windows in a permutation drawn from (seed, epoch) (data/load/order.py); the position (epoch,
 windows consumed) is all a checkpoint needs to continue exactly.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.data.order import EpochOrder, OrderedLoader
-from selfsup.data.text import DataError
+from selfsup.data.load.order import EpochOrder, OrderedLoader
+from selfsup.data.errors import DataError
 
 
 class PackedWindows(OrderedLoader):

@@ -1,5 +1,5 @@
 """Decoding one image into uint8 (C, size, size): the one image path of the image cache, image-text pairs, video
-frames (data/video.py) and streaming (data/streaming.py), so the same picture becomes the same pixels everywhere.
+frames (data/read/video.py) and streaming (data/stream/loader.py), so the same picture becomes the same pixels everywhere.
 
     decode_image(data, size=32, channels=3)               # an encoded file's bytes  ->  uint8 (3, 32, 32)
     decode_array(pixels, peak, size=32, channels=3)       # (H, W, C) samples        ->  uint8 (3, 32, 32)
@@ -22,8 +22,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfsup.data.decoding import Skip
-from selfsup.data.stats import PixelStats
+from selfsup.data.cache.decoding import Skip
+from selfsup.data.cache.stats import PixelStats
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -36,7 +36,7 @@ class ArrayImage(NamedTuple):
 
 @dataclass(frozen=True)
 class ImageRows:
-    """A row of the image cache: uint8 (C, S, S) from a file's bytes or an ArrayImage (data/row_cache.py)."""
+    """A row of the image cache: uint8 (C, S, S) from a file's bytes or an ArrayImage (data/cache/rows.py)."""
     size: int
     channels: int
 

@@ -22,8 +22,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from selfsup.config import BUILTIN_CORPUS, DataConfig
-from selfsup.data import tokenizer as toks
-from selfsup.data.text import DataError, read_documents, source_files
+from selfsup.data.read import tokenizer as toks
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import read_documents, source_files
 
 FORMAT = 1  # bump when the shard layout changes
 SHARD_TOKENS = 1 << 27  # 128 Mi tokens a shard

@@ -4,7 +4,7 @@ cached per shard: what lets a streaming run count its samples up front and read 
     index = shard_index(f, cache)          # [(key, {ext: (offset, size)}), ...] in archive order
     sample = read_sample(fh, members, wanted)
 
-Samples are grouped as data/decoding.py's tar_samples groups them (consecutive members sharing the path up to
+Samples are grouped as data/cache/decoding.py's tar_samples groups them (consecutive members sharing the path up to
 the first dot of the basename). A damaged archive keeps the samples indexed before the damage and is marked
 corrupt, counted once as 'corrupt tar' when its samples are read. The cache key is the shard's absolute path,
 size and modification time, not its bytes: hashing terabytes of shards would be the full pass streaming avoids.

@@ -1,5 +1,5 @@
 """Which samples of a set of shards a process streams in an epoch, and in what order: index arithmetic on the
-per-shard sample counts (data/shard_index.py), so a position (epoch, samples consumed) is all a resumed run needs,
+per-shard sample counts (data/stream/index.py), so a position (epoch, samples consumed) is all a resumed run needs,
 and no sample is decoded to find it.
 
 Training (ShardOrder): each epoch the shards are permuted with a generator seeded by (seed, epoch) and dealt to

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer
 
-from selfsup.data import tokenizer as toks
+from selfsup.data.read import tokenizer as toks
 
 
 def caption_tokenizer(captions: list[str], vocab_size: int, given: str | None = None) -> Tokenizer:

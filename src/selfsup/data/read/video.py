@@ -6,7 +6,7 @@ streaming.
 Frames are sampled TSN-style: the clip is cut into `frames` equal segments and the frame at each segment's centre
 is kept, so the whole clip is covered whatever its length. A clip shorter than `frames` repeats frames (the
 nearest index) and says so in the notes. Each kept frame goes through exactly the still-image path
-(data/image_decode.py: shorter side to `size`, bicubic, centre crop, L or RGB), so a video frame and a photo of
+(data/read/image.py: shorter side to `size`, bicubic, centre crop, L or RGB), so a video frame and a photo of
 the same scene become the same pixels.
 
 Memory stays at `frames` small frames whatever the clip's length or resolution: the frame count is known before
@@ -28,16 +28,16 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from selfsup.data.decoding import Skip
-from selfsup.data.image_decode import decode_array
-from selfsup.data.stats import PixelStats
+from selfsup.data.cache.decoding import Skip
+from selfsup.data.read.image import decode_array
+from selfsup.data.cache.stats import PixelStats
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 
 
 @dataclass(frozen=True)
 class VideoRows:
-    """A row of the video cache: uint8 (frames, C, S, S) from a file's bytes (data/row_cache.py)."""
+    """A row of the video cache: uint8 (frames, C, S, S) from a file's bytes (data/cache/rows.py)."""
     size: int
     channels: int
     frames: int

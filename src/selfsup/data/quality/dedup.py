@@ -9,7 +9,7 @@ Jaccard similarity of the two signatures is ≥ `near` (texts under 5 words are 
 Images: near-duplicates by perceptual hash (imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) ·
 64 of a kept image's. The first occurrence wins: files in sorted order, lines in file order.
 
-Documents stream a batch at a time and the indexes live on disk (data/dedup_index.py, a scratch folder in OUT
+Documents stream a batch at a time and the indexes live on disk (data/quality/dedup_index.py, a scratch folder in OUT
 removed at the end), so memory does not grow with the corpus.
 
     OUT/<same relative paths>   the kept lines (byte for byte) or the kept image files
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.cleaning import Doc, check_paths, progress_bar, text_pass
-from selfsup.data.dedup_index import ImageIndex, TextIndex, band_keys
-from selfsup.data.image_decode import IMAGE_SUFFIXES
-from selfsup.data.text import TEXT_SUFFIXES, DataError
+from selfsup.data.quality.cleaning import Doc, check_paths, progress_bar, text_pass
+from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
+from selfsup.data.read.image import IMAGE_SUFFIXES
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import TEXT_SUFFIXES
 
 SHINGLE = 5  # words per shingle
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.data.text import DataError
+from selfsup.data.errors import DataError
 
 
 class EpochOrder:

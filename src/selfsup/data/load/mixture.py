@@ -14,8 +14,8 @@ from fractions import Fraction
 
 import torch
 
-from selfsup.data.loader import RowLoader
-from selfsup.data.packing import PackedWindows
+from selfsup.data.load.rows import RowLoader
+from selfsup.data.load.windows import PackedWindows
 
 
 class Mixture:
@@ -41,7 +41,7 @@ class Mixture:
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def shard(self, rank: int, world: int) -> None:
-        """Every process takes its rows of each stream's global batch (data/order.py); all processes draw the same
+        """Every process takes its rows of each stream's global batch (data/load/order.py); all processes draw the same
         number of replay rows per batch, as they count the same batches."""
         self.new.shard(rank, world)
         self.replay.shard(rank, world)

@@ -1,5 +1,5 @@
-"""Normalisation statistics of training rows, measured while a cache is built (data/row_cache.py) or on the head
-of the streamed shards (data/stream_prepare.py).
+"""Normalisation statistics of training rows, measured while a cache is built (data/cache/rows.py) or on the head
+of the streamed shards (data/stream/prepare.py).
 
     stats = PixelStats(3); stats.add(rows, lengths); mean, std = stats.result()   # per channel, in [0, 1] units
 

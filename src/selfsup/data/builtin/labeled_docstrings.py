@@ -26,8 +26,8 @@ from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from selfsup.data import stdlib_docs
-from selfsup.data.text import DataError
+from selfsup.data.builtin import stdlib_docs
+from selfsup.data.errors import DataError
 
 EXCLUDED = {"idlelib"}
 

@@ -1,5 +1,5 @@
 """`selfsup data filter`: documents kept or removed by rules the user states; each removal is logged with the
-rule and the measured value (data/cleaning.py writes the kept data elsewhere; the input is never changed).
+rule and the measured value (data/quality/cleaning.py writes the kept data elsewhere; the input is never changed).
 
     length      --min-chars / --max-chars
     symbols     --max-symbol-ratio: share of non-space characters that are neither letters nor digits, by Unicode
@@ -19,8 +19,9 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 
-from selfsup.data.cleaning import Doc, check_paths, text_pass
-from selfsup.data.text import TEXT_SUFFIXES, DataError
+from selfsup.data.quality.cleaning import Doc, check_paths, text_pass
+from selfsup.data.errors import DataError
+from selfsup.data.read.text import TEXT_SUFFIXES
 
 
 def symbol_ratio(text: str) -> float:

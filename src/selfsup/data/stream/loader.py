@@ -1,11 +1,11 @@
-"""Batches decoded on the fly from webdataset .tar shards, in the order data/shard_order.py gives: the streaming
-counterpart of RowLoader (data/loader.py), with the same interface, for data too large to decode up front.
+"""Batches decoded on the fly from webdataset .tar shards, in the order data/stream/order.py gives: the streaming
+counterpart of RowLoader (data/load/rows.py), with the same interface, for data too large to decode up front.
 
     loader = StreamLoader(table, ShardOrder(table.counts, seed), ImageDecoder(32, 3), workers=4)
     loader.shard(rank, world); batch = loader.next_batch(64)       # {'images': (64, 3, 32, 32), 'index': (64,)}
 
 Each decoding worker process reads the samples of its own shards (disjoint, see shard_order.py) by seeking to
-the offsets the shard index holds, and decodes them as the cache does (data/image_decode.py, data/media.py's
+the offsets the shard index holds, and decodes them as the cache does (data/read/image.py, data/cache/media.py's
 row decoders): a corrupt sample is skipped, counted by reason, and the batch filled from the next positions.
 Decoding runs a few chunks ahead of training; results are used in position order, so the batches do not depend
 on the number of workers or on timing.
@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from selfsup.data import media as media_data
-from selfsup.data.captions import caption_arrays
-from selfsup.data.decoding import CHUNK, Skip
-from selfsup.data.image_decode import IMAGE_SUFFIXES, decode_image
-from selfsup.data.shard_index import read_sample, shard_index
-from selfsup.data.shard_order import ShardOrder, StridedOrder
-from selfsup.data.text import DataError
+from selfsup.data.cache import media as media_data
+from selfsup.data.read.captions import caption_arrays
+from selfsup.data.cache.decoding import CHUNK, Skip
+from selfsup.data.read.image import IMAGE_SUFFIXES, decode_image
+from selfsup.data.stream.index import read_sample, shard_index
+from selfsup.data.stream.order import ShardOrder, StridedOrder
+from selfsup.data.errors import DataError
 
 OPEN_FILES = 16  # shard files a reader keeps open
 
@@ -76,7 +76,7 @@ class ImageDecoder:
 
 @dataclass(frozen=True)
 class PairDecoder:
-    """Media and caption of an image-, audio- or video-text pair (data/media.py's decoding)."""
+    """Media and caption of an image-, audio- or video-text pair (data/cache/media.py's decoding)."""
     modality: str
     settings: tuple  # media.settings(...) as sorted (key, value) pairs, hashable
 
@@ -163,7 +163,7 @@ class StreamLoader:
         self._pools = []
 
     def shard(self, rank: int, world: int) -> None:
-        """Stream process `rank`'s part of the shards for `world` processes (see data/shard_order.py)."""
+        """Stream process `rank`'s part of the shards for `world` processes (see data/stream/order.py)."""
         self.order.rank, self.order.world = rank, world
         self._epochs.clear()
         if not self.order.length(0):

@@ -1,5 +1,5 @@
 """Audio, video and media-text pairs, decoded once into a memory-mapped cache: their sources and decoding settings.
-data/row_cache.py builds the cache, for images alone too (a folder, shards or .npz of images: data/images.py).
+data/cache/rows.py builds the cache, for images alone too (a folder, shards or .npz of images: data/cache/images.py).
 
 Sources under a data path:
   - `.jsonl` pair files: one object per line with the media path under the modality's key (`image`, `audio` or
@@ -11,9 +11,9 @@ Sources under a data path:
 A folder holding any .jsonl or .tar is read through those alone (the media files they point at are not read
 twice); otherwise its media files are.
 
-Rows: images uint8 (C, S, S) as data/image_decode.py decodes them; audio float16 log-mel (n_mels, frames) with the
-number of frames that hold real audio (data/audio.py); video uint8 (F, C, S, S), F frames at segment centres
-(data/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a
+Rows: images uint8 (C, S, S) as data/read/image.py decodes them; audio float16 log-mel (n_mels, frames) with the
+number of frames that hold real audio (data/read/audio.py); video uint8 (F, C, S, S), F frames at segment centres
+(data/read/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a
 pair without a caption when captions are asked for (alignment); what decoding did to a kept clip (resampled,
 mixed to mono, clipped, padded, cropped, repeated frames) is counted as notes. Samples go to train or validation
 by a hash of their identity, as images do.
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.audio import AUDIO_SUFFIXES, AudioRows
-from selfsup.data.decoding import build_cache, tar_samples
-from selfsup.data.image_decode import IMAGE_SUFFIXES, ImageRows
-from selfsup.data.row_cache import Item, build_rows, cache_key, folder_label, relative
-from selfsup.data.shards import default_cache
-from selfsup.data.text import DataError
-from selfsup.data.video import VIDEO_SUFFIXES, VideoRows
+from selfsup.data.read.audio import AUDIO_SUFFIXES, AudioRows
+from selfsup.data.cache.decoding import build_cache, tar_samples
+from selfsup.data.read.image import IMAGE_SUFFIXES, ImageRows
+from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
+from selfsup.data.cache.tokens import default_cache
+from selfsup.data.errors import DataError
+from selfsup.data.read.video import VIDEO_SUFFIXES, VideoRows
 
 FORMAT = 1  # bump when the cache layout or the decoding changes
 SUFFIXES = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES, "video": VIDEO_SUFFIXES}
