@@ -1,9 +1,9 @@
-"""The `selfsup` command: train, eval, generate, report, recipes."""
+"""The `selfsup` command line: train, recipes, eval, embed, generate, export, compare, report and data. Parsing
+arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,25 +46,15 @@ def train(
     the same out_dir) resumes from the last checkpoint, also after the process was killed. A finished run directory
     with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
     (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again."""
-    from selfsup import dist
     from selfsup.report import summary_table, write_report
     from selfsup.train import continual, launch
-    from selfsup.train.trainer import train as run_training
 
     cfg = continual.load_config(source, overrides or [])  # a recipe, a YAML, a run to resume or to continue
-    if launch.wants_launch(cfg):  # this process starts the workers, waits, then reports (the first machine's)
-        launch.launch(cfg, ["train", source, *(overrides or [])])
-        if cfg.dist.node_rank != 0:
-            return
-        summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
-    else:
-        summary = run_training(cfg, console)
-        dist.teardown()
-        if not launch.reports(int(os.environ.get("RANK", 0))):
-            launch.end_worker()
-    report = write_report(cfg.out_dir)
-    console.print(summary_table(summary))
-    console.print(f"report: {report}")
+    summary = launch.train_or_launch(cfg, ["train", source, *(overrides or [])], console)
+    if summary is not None:
+        report = write_report(cfg.out_dir)
+        console.print(summary_table(summary))
+        console.print(f"report: {report}")
     launch.end_worker()
 
 
@@ -271,7 +261,7 @@ def filter_data(
 
     if (ppl_model is None) != (max_ppl is None):  # before the model is opened
         raise DataError("--ppl-model and --max-ppl go together: a causal LM run and the highest perplexity kept")
-    scorer = Perplexity(ppl_model, torch.device(device)) if ppl_model else None
+    scorer = (lambda: Perplexity(ppl_model, torch.device(device))) if ppl_model else None
     s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, scorer, max_ppl,
                       ppl_model)
     table = Table(title=f"filter of {input}")
@@ -364,7 +354,7 @@ def generate(
     from selfsup.dist import resolve_device
 
     cfg, objective, tok = open_run(run_dir, resolve_device(device))
-    if cfg.objective != "clm":
+    if not cfg.causal:
         raise config_mod.ConfigError(f"'{run_dir}' trained objective '{cfg.objective}'; generate needs a causal LM")
     text = sample(objective.model, tok, prompt, max_new_tokens, temperature, top_k or None, seed)
     print(text)

@@ -423,6 +423,11 @@ class RunConfig(Section):
         return all(p in IMAGE_OBJECTIVES for p in self.parts)
 
     @property
+    def causal(self) -> bool:
+        """Trains a causal language model (it can generate, and score perplexity)."""
+        return self.objective == "clm"
+
+    @property
     def pairs(self) -> bool:
         """Trains on media-text pairs: a media tower aligned with a text tower."""
         return self.objective in PAIR_OBJECTIVES

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.config import BUILTIN_CORPUS, PAIR_OBJECTIVES, ConfigError
+from selfsup.config import BUILTIN_CORPUS, ConfigError
 from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_documents, source_files
 from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs, encode
@@ -34,7 +34,7 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
     """Embed `input` with the run's trunk (`joint`: its unit vectors in the joint media-text space) and write `out`
     (and `jsonl` for a text run); `progress` wraps the iterable of batches."""
     cfg, objective, tok = open_run(run_dir, device)
-    if joint and cfg.objective not in PAIR_OBJECTIVES:
+    if joint and not cfg.pairs:
         raise ConfigError(f"--joint needs a joint media-text space (clip or siglip runs); '{run_dir}' "
                           f"trained '{cfg.objective}'")
     trunk = JointMedia(objective) if joint else objective.model

@@ -54,7 +54,7 @@ def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: i
         raise ConfigError(f"--task forgetting compares a continued run with its parent; '{run_dir}' continues no run "
                           "(no continual.parent): make one with `selfsup train PARENT_RUN continual.data=NEW`")
     _, parent, _ = open_run(cfg.continual.parent, device)
-    causal = cfg.objective == "clm"
+    causal = cfg.causal
     result = dict(task="forgetting", run_dir=str(run_dir), parent=cfg.continual.parent, objective=cfg.objective,
                   replay=cfg.continual.replay, steps=cfg.train.max_steps)
     for domain, data in (("old", old_stream(cfg)), ("new", cfg.data)):

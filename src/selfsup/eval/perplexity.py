@@ -63,7 +63,7 @@ class Perplexity:
         from selfsup.rundir import open_run
 
         cfg, self.objective, self.tok = open_run(run_dir, device)
-        if cfg.objective != "clm":
+        if not cfg.causal:
             raise DataError(f"--ppl-model '{run_dir}' trained '{cfg.objective}'; expected a causal LM run (gpt-clm)")
         self.eos, self.context, self.device, self.tokens = eos_id(self.tok), cfg.model.context, device, tokens
 

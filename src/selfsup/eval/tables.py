@@ -23,7 +23,7 @@ def perplexity(data: str, result: dict) -> list:
 
 def forgetting(run_dir: Path, result: dict) -> list:
     """Parent and continued run on both domains' held-out data (and the linear probe of both)."""
-    causal = result["objective"] == "clm"
+    causal = "perplexity" in result["new"]["parent"]  # a causal LM's losses are also perplexities
     table = Table(title=f"forgetting: {run_dir}, {result['steps']:,} steps on the new domain with replay "
                         f"{result['replay']:g}")
     for col in ("domain", "measure", "parent (before)", "continued (after)", "change"):

@@ -4,10 +4,11 @@ combination of options fails with one line before any model is loaded, and a run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfsup.config import PAIR_OBJECTIVES, ConfigError, RunConfig
+from selfsup.config import ConfigError, RunConfig
 from selfsup.eval.joint import TEMPLATES
 
 BASELINES = ("random", "pixels")
@@ -21,7 +22,7 @@ class Task:
     missing: str  # the error when one of them is not
     baselines: tuple[str, ...] | None  # --baseline values it takes; None: refused before any other check
     optional: bool = False  # the required options may also all be left out (forgetting: no probe)
-    objectives: tuple[str, ...] | None = None  # the run objectives it can evaluate; None: any
+    accepts: Callable[[RunConfig], bool] | None = None  # whether it can evaluate a run; None: any
     wrong_run: str = ""  # the error for another objective; {run_dir} and {objective} are filled in
 
 
@@ -32,14 +33,14 @@ def _transfer(name: str, baselines: tuple[str, ...]) -> Task:
 
 
 def _joint(name: str, what: str) -> Task:
-    return Task(name, ("test",), f"--task {name} needs --test: {what}", ("random",), objectives=PAIR_OBJECTIVES,
+    return Task(name, ("test",), f"--task {name} needs --test: {what}", ("random",), accepts=lambda cfg: cfg.pairs,
                 wrong_run=f"--task {name} needs a joint media-text space (clip or siglip runs); '{{run_dir}}' trained "
                           "'{objective}'")
 
 
 TASKS = {t.name: t for t in (
     Task("perplexity", ("data",), "--data is required for --task perplexity (a held-out .txt/.jsonl file)", (),
-         objectives=("clm",), wrong_run="--task perplexity scores a causal LM; '{run_dir}' trained objective "
+         accepts=lambda cfg: cfg.causal, wrong_run="--task perplexity scores a causal LM; '{run_dir}' trained objective "
                                         "'{objective}' (use --task linear, knn or finetune)"),
     # a continued run and its parent; with --train/--test also a linear probe of both
     Task("forgetting", ("train", "test"), "--task forgetting: give both --train and --test (labeled data for a "
@@ -74,7 +75,7 @@ def check_options(name: str, options: dict[str, str | None], baselines: list[str
 
 def check_run(task: Task, run_dir: Path, cfg: RunConfig, baselines: list[str]) -> None:
     """Fail when the opened run cannot do the task, or its data cannot have the baselines asked for."""
-    if task.objectives is not None and cfg.objective not in task.objectives:
+    if task.accepts is not None and not task.accepts(cfg):
         raise ConfigError(task.wrong_run.format(run_dir=run_dir, objective=cfg.objective))
     if "pixels" in baselines and cfg.modality != "image":
         raise ConfigError(f"--baseline pixels is for image runs; '{run_dir}' trained '{cfg.objective}' on "

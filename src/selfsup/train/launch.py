@@ -10,13 +10,36 @@ Rank 0 alone writes the run directory, logs and progress; every rank reads its o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
+from pathlib import Path
 
+from rich.console import Console
+
+from selfsup import dist
 from selfsup.config import RunConfig
 from selfsup.dist import under_launcher
 
 LAUNCHED = "SELFSUP_LAUNCHED"
+
+
+def train_or_launch(cfg: RunConfig, argv: list[str], console: Console) -> dict | None:
+    """Train `cfg` in this process (alone, or as one worker under a launcher), or start the workers with `argv`
+    and wait for them. Returns the summary where this process reports it; a worker that does not report ends here
+    (end_worker), and a launcher on a machine other than the first returns None."""
+    from selfsup.train.trainer import train
+
+    if wants_launch(cfg):  # this process starts the workers, waits, then reports (the first machine's)
+        launch(cfg, argv)
+        if cfg.dist.node_rank != 0:
+            return None
+        return json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    summary = train(cfg, console)
+    dist.teardown()
+    if not reports(int(os.environ.get("RANK", 0))):
+        end_worker()
+    return summary
 
 
 def reports(procs_rank: int) -> bool:

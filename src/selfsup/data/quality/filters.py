@@ -39,15 +39,18 @@ def repetition(text: str, n: int = 3) -> float:
 
 def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None = None,
                   max_symbol_ratio: float | None = None, max_repetition: float | None = None,
-                  perplexity: Callable[[list[str]], list[float]] | None = None, max_ppl: float | None = None,
+                  perplexity: Callable[[], Callable[[list[str]], list[float]]] | None = None,
+                  max_ppl: float | None = None,
                   ppl_model: str | None = None) -> dict:
-    """`perplexity` (with `max_ppl`) scores a batch of documents, one value each; those above `max_ppl` are removed.
-    `ppl_model` names the scorer's run in summary.json."""
+    """`perplexity` (with `max_ppl`) makes the scorer of a batch of documents, one value each, once the paths are
+    known to be right (opening a model takes seconds); documents above `max_ppl` are removed. `ppl_model` names
+    the scorer's run in summary.json."""
     src, dst = check_paths(path, out)
     files = [src] if src.is_file() else sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f.parts)
     files = [f for f in files if f.suffix in TEXT_SUFFIXES]
     if not files:
         raise DataError(f"'{path}' holds no .txt or .jsonl files")
+    score = perplexity() if perplexity is not None else None
 
     def rules(text: str):
         n = len(text)
@@ -63,9 +66,9 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
 
     def judge(docs: list[Doc]) -> list:
         verdicts = [rules(text) for text, _, _ in docs]
-        if perplexity is not None:  # the model scores only what the cheap rules kept, a batch at a time
+        if score is not None:  # the model scores only what the cheap rules kept, a batch at a time
             passed = [i for i, v in enumerate(verdicts) if v is None]
-            for i, p in zip(passed, perplexity([docs[i][0] for i in passed])):
+            for i, p in zip(passed, score([docs[i][0] for i in passed])):
                 if p > max_ppl:
                     verdicts[i] = "perplexity", {"value": round(p, 2)}
         return verdicts
