@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.vit import ViT

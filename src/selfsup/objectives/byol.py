@@ -6,7 +6,7 @@ Views are BYOL's asymmetric pair (blur 1.0 / 0.1, solarize 0.0 / 0.2), set in th
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import PairBatch
 from selfsup.objectives.align import Towers

@@ -8,7 +8,7 @@ document and the first real token of a document is predicted from EOS alone.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import TextBatch
 from selfsup.models.transformer import Transformer

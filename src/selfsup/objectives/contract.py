@@ -10,7 +10,7 @@ bases, so the defaults below are its defaults and a type checker holds it to the
         def forward(self, batch: ImageBatch) -> LossOutput: ...
 
 What an objective needs from the data before it exists (text windows one token longer, the training rows to fit
-on, whether it can stream) is read from its class, not its instance (`objectives/build.py` `needs`), so the data
+on, whether it can stream) is read from its class, not its instance (`objectives/build.py` `data_needs`), so the data
 can be made first and the objective built from it in one pass.
 """
 

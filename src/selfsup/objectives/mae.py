@@ -9,7 +9,7 @@ Letters: B batch, T patches, T' visible patches, D encoder width, E decoder widt
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.blocks import Block, init_weights, make_norm, mlp_hidden

@@ -5,7 +5,7 @@ in BatchNorm, and a momentum that follows a cosine schedule from `momentum` to 1
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp

@@ -7,7 +7,7 @@ Both views go through the backbone in one pass, so BatchNorm statistics cover th
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from selfsup import batch_random
+from selfsup.dist import barrier
 from selfsup.train.parallel import is_sharded
 
 PREFIX = "step-"

@@ -16,6 +16,7 @@ resumes it exactly. What makes it a continuation is recorded in its config.yaml:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 from safetensors.torch import load_model
 from torch import nn
@@ -23,7 +24,7 @@ from torch import nn
 from selfsup import config as config_mod
 from selfsup.config import ConfigError, DataConfig, RunConfig
 from selfsup.data.errors import DataError
-from selfsup.objectives.build import objective_classes
+
 
 def load_config(source: str, overrides: list[str]) -> RunConfig:
     """config.load, and when `continual.data` names a new stream for the run directory `source`, the config of the
@@ -63,11 +64,13 @@ def _child(cfg: RunConfig, parent: RunConfig, run: Path, new: str, explicit_out:
     if not (run / "model.safetensors").is_file():
         raise ConfigError(f"continual.data: '{run}' has no final model.safetensors (not finished); finish it first "
                           f"with `selfsup train {run}`, then continue it")
+    from selfsup.objectives.build import objective_class, objective_classes
+
     # continuable: heads that do not belong to the rows they were fitted on, and data a mixture can read
     if not all(c.continues for c in objective_classes(cfg)) or cfg.modality not in ("text", "image"):
+        tied = [n for n in get_args(config_mod.Objective) if n != "hybrid" and not objective_class(n).continues]
         raise ConfigError(f"continual.data: '{run}' trained '{cfg.objective}' on {cfg.modality}; continual "
-                          "pretraining takes text and image runs whose heads are not tied to their training rows "
-                          "(DeepCluster's pseudo-labels are)")
+                          "pretraining takes text and image runs other than " + ", ".join(tied))
     _check_modality(cfg, run, new)
     out = Path(cfg.out_dir) if explicit_out else run.with_name(run.name + "-continual")
     if out.resolve() == run.resolve():

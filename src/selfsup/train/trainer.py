@@ -5,6 +5,7 @@ non-finite steps. It sees objectives only through their contract (objectives/con
 from __future__ import annotations
 
 import signal
+import time
 
 from rich.console import Console
 
@@ -48,6 +49,7 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
     t, unit = run.cfg.train, run.unit
     monitor = Monitor(run.run_dir, t.max_steps, run.step, run.console, unit, write=run.procs.main)
     records = Records(run, monitor)
+    run.started = time.perf_counter()  # training time: from here, as metrics.jsonl's `time` and elapsed_s count it
     status, bad_in_a_row, steps_here = "finished", 0, 0
     run.objective.train()
     with _StopFlag() as stop:

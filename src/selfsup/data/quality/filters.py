@@ -78,8 +78,8 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
     root = src if src.is_dir() else src.parent
     with open(dst / "removed.jsonl", "w", encoding="utf-8") as log:
         text_pass(files, root, dst, judge, log, counts, "filter")
-    rules = dict(min_chars=min_chars, max_chars=max_chars, max_symbol_ratio=max_symbol_ratio,
+    stated = dict(min_chars=min_chars, max_chars=max_chars, max_symbol_ratio=max_symbol_ratio,
                  max_repetition=max_repetition, ppl_model=ppl_model, max_ppl=max_ppl)
-    summary = dict(input=str(src), out=str(dst), rules=rules, **dict(sorted(counts.items())))
+    summary = dict(input=str(src), out=str(dst), rules=stated, **dict(sorted(counts.items())))
     (dst / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -1,5 +1,6 @@
 """Decoding one image into uint8 (C, size, size): the one image path of the image cache, image-text pairs, video
-frames (data/read/video.py) and streaming (data/stream/loader.py), so the same picture becomes the same pixels everywhere.
+frames (data/read/video.py) and streaming (data/stream/loader.py), so the same picture becomes the same pixels
+everywhere.
 
     decode_image(data, size=32, channels=3)               # an encoded file's bytes  ->  uint8 (3, 32, 32)
     decode_array(pixels, peak, size=32, channels=3)       # (H, W, C) samples        ->  uint8 (3, 32, 32)

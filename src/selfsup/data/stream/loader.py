@@ -4,7 +4,7 @@ counterpart of RowLoader (data/load/rows.py), with the same interface, for data 
     loader = StreamLoader(table, ShardOrder(table.counts, seed), ImageDecoder(32, 3), workers=4)
     loader.shard(rank, world); batch = loader.next_batch(64)       # {'images': (64, 3, 32, 32), 'index': (64,)}
 
-Each decoding worker process reads the samples of its own shards (disjoint, see shard_order.py) by seeking to
+Each decoding worker process reads the samples of its own shards (disjoint, see order.py) by seeking to
 the offsets the shard index holds, and decodes them as the cache does (data/read/image.py, data/cache/media.py's
 row decoders): a corrupt sample is skipped, counted by reason, and the batch filled from the next positions.
 Decoding runs a few chunks ahead of training; results are used in position order, so the batches do not depend
@@ -157,7 +157,7 @@ class StreamLoader:
 
     def close(self) -> None:
         """Stop the decoding processes: a worker of a multi-process run ends without the interpreter's clean-up
-        (train/distributed.end_worker), which would otherwise stop them."""
+        (train/launch.end_worker), which would otherwise stop them."""
         for pool in self._pools:
             pool.shutdown(cancel_futures=True)
         self._pools = []
