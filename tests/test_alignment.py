@@ -16,18 +16,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from selfsup.seed import seed_everything
 from selfsup import config
-from selfsup.data.read.captions import caption_arrays
 from selfsup.data.cache.media import prepare_media
 from selfsup.data.cache.tokens import is_val
+from selfsup.data.read.captions import caption_arrays
 from selfsup.data.read.tokenizer import train_bpe
+from selfsup.dist import gather, rank_and_world
 from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.build import build_objective
-from selfsup.dist import gather, rank_and_world
 from selfsup.objectives.hubert import span_mask, token_frames
 from selfsup.objectives.kmeans import nearest
 from selfsup.objectives.pair_losses import clip_loss, siglip_loss
+from selfsup.seed import seed_everything
 from selfsup.views.media import AudioView, VideoView
 
 pytestmark = pytest.mark.usefixtures("one_thread")

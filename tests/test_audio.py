@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from selfsup.data.read.audio import AUDIO_SUFFIXES, clip_frames, decode_audio, log_mel
-from selfsup.data.cache.decoding import Skip
 from selfsup.data.builtin.tones import TONE_CLASSES, write_tones
+from selfsup.data.cache.decoding import Skip
+from selfsup.data.read.audio import AUDIO_SUFFIXES, clip_frames, decode_audio, log_mel
 
 SR, N_MELS, N_FFT, HOP = 16000, 64, 400, 160
 SETTINGS = dict(sample_rate=SR, seconds=1.0, n_mels=N_MELS, n_fft=N_FFT, hop=HOP, min_seconds=0.2)

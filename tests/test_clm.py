@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.config import ModelConfig
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup.models.gpt import GPT
 from selfsup.objectives.clm import CausalLM
-from selfsup.data.read.tokenizer import IGNORE
 from selfsup.train.step import accumulate
 
 EOS = 0

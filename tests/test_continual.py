@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from selfsup import config
 from selfsup.cli import app
 from selfsup.config import ConfigError
-from selfsup.data.load.rows import RowLoader
-from selfsup.data.load.mixture import Mixture
 from selfsup.data.errors import DataError
+from selfsup.data.load.mixture import Mixture
+from selfsup.data.load.rows import RowLoader
 from selfsup.train import trainer
 from selfsup.train.continual import load_config
 from tests.conftest import TINY, docstrings

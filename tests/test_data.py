@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from selfsup.config import BUILTIN_CORPUS, DataConfig
-from selfsup.data.cache import tokens as shards
 from selfsup.data.builtin import stdlib_docs
-from selfsup.data.load.windows import PackedWindows
+from selfsup.data.cache import tokens as shards
 from selfsup.data.errors import DataError
+from selfsup.data.load.windows import PackedWindows
 from selfsup.data.read.text import read_documents, source_files
 from selfsup.data.read.tokenizer import EOS, eos_id
 

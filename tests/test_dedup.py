@@ -203,8 +203,8 @@ def test_corrupt_lines_are_skipped_counted_and_lines_numbered_as_in_the_file(tmp
 
 
 def test_batched_perplexity_equals_one_document_at_a_time(run):
-    from selfsup.eval.perplexity import Perplexity
     from selfsup.data.read.tokenizer import eos_id
+    from selfsup.eval.perplexity import Perplexity
 
     ppl = Perplexity(str(run), torch.device("cpu"), tokens=48)  # several padded groups of different lengths
     texts = ["Return the number of items.", "x", _doc(7, 200), "Open a file and return a stream.",

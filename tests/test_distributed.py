@@ -30,8 +30,8 @@ from selfsup import config
 from selfsup.data.load.rows import RowLoader
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
-from selfsup.views.augment import center_view
 from selfsup.seed import seed_everything
+from selfsup.views.augment import center_view
 from tests.conftest import TINY, why_failed
 from tests.test_alignment import _clips
 from tests.test_train import losses

@@ -18,8 +18,8 @@ from selfsup.objectives.build import build_objective
 from selfsup.objectives.hybrid import Hybrid, weight_at
 from selfsup.objectives.simcse import SimCSE, longest_segment
 from selfsup.report import write_report
-from selfsup.train import trainer
 from selfsup.seed import seed_everything
+from selfsup.train import trainer
 from tests.conftest import TINY
 from tests.test_train import Killed, crash_after_step, losses, quiet
 from tests.test_vision import NORM, TINY_VISION, digits_dir, fake_images  # noqa: F401 (a fixture)

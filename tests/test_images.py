@@ -13,8 +13,8 @@ from PIL import Image
 
 from selfsup.data.cache import rows as row_cache
 from selfsup.data.cache.images import image_files, prepare_images
-from selfsup.data.load.rows import RowLoader
 from selfsup.data.errors import DataError
+from selfsup.data.load.rows import RowLoader
 
 SIZE = 16
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from selfsup.seed import seed_everything
 from selfsup.config import ModelConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD, train_bpe
-from selfsup.models.encoder import Encoder
 from selfsup.data.read.tokenizer import IGNORE
+from selfsup.models.encoder import Encoder
 from selfsup.objectives.mlm import MaskedLM
+from selfsup.seed import seed_everything
 from selfsup.views.masking import MaskingTable, mask_tokens
 from tests.conftest import docstrings
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from selfsup.seed import seed_everything
 from selfsup import config
 from selfsup.config import ModelConfig
 from selfsup.models.encoder import Encoder
+from selfsup.seed import seed_everything
 from selfsup.objectives.plm import (PermutationLM, factorisation_order, most_targets, permutation_masks,
                                     sample_spans, sample_targets)
 from selfsup.train import trainer

@@ -21,13 +21,13 @@ import pytest
 from PIL import Image
 
 from selfsup import config
+from selfsup.data.cache.tokens import is_val
+from selfsup.data.errors import DataError
 from selfsup.data.load.rows import RowLoader
 from selfsup.data.stream.index import shard_index
-from selfsup.data.stream.order import ShardOrder, StridedOrder
-from selfsup.data.cache.tokens import is_val
-from selfsup.data.stream.prepare import shard_files
 from selfsup.data.stream.loader import ImageDecoder, PairDecoder, ShardTable, StreamLoader
-from selfsup.data.errors import DataError
+from selfsup.data.stream.order import ShardOrder, StridedOrder
+from selfsup.data.stream.prepare import shard_files
 from selfsup.train.data import RunData
 from tests.conftest import why_failed
 from tests.test_cli import invoke

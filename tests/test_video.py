@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from selfsup.data.cache.decoding import Skip
 from selfsup.data.builtin.moving_digits import MOTIONS, write_moving_digits
+from selfsup.data.cache.decoding import Skip
 from selfsup.data.read.video import decode_video, sample_indices
 
 SIDE = 32  # px of the test clips

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, load_model, save_model
 
-from selfsup.seed import seed_everything
 from selfsup import config
 from selfsup.config import ConfigError
 from selfsup.data.builtin.digits import write_digits
@@ -34,9 +33,10 @@ from selfsup.objectives import mae as mae_mod
 from selfsup.objectives import mocov2 as mocov2_mod
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.dino import DINO
-from selfsup.rundir import open_run
-from selfsup.train import optim, trainer
 from selfsup.objectives.teacher import momentum_at
+from selfsup.rundir import open_run
+from selfsup.seed import seed_everything
+from selfsup.train import optim, trainer
 from tests.test_cli import invoke
 from tests.test_train import Killed, _cli, _wait_for_step, crash_after_step, losses, quiet
 

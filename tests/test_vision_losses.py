@@ -19,8 +19,8 @@ from selfsup.objectives.losses import (
     sinkhorn, swav_loss,
 )
 from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.train.collapse import collapse_metrics, collapse_warning
 from selfsup.objectives.teacher import linear_warmup, momentum_at
+from selfsup.train.collapse import collapse_metrics, collapse_warning
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

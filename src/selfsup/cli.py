@@ -106,6 +106,7 @@ def evaluate(
     validation split; finetune: optimiser, schedule, early stopping)."""
     from rich.progress import track
 
+    from selfsup.dist import resolve_device
     from selfsup.eval import tables
     from selfsup.eval.forgetting import forgetting, probe
     from selfsup.eval.joint import joint_task
@@ -113,7 +114,6 @@ def evaluate(
     from selfsup.eval.tasks import check_options, check_run, prompt_templates
     from selfsup.eval.transfer import transfer
     from selfsup.rundir import open_run
-    from selfsup.dist import resolve_device
 
     baselines = baseline or []
     spec = check_options(task, dict(data=data, train=train, test=test), baselines)
@@ -255,8 +255,8 @@ def filter_data(
     is logged with the rule and the value measured."""
     import torch
 
-    from selfsup.data.quality.filters import filter_corpus
     from selfsup.data.errors import DataError
+    from selfsup.data.quality.filters import filter_corpus
     from selfsup.eval.perplexity import Perplexity
 
     if (ppl_model is None) != (max_ppl is None):  # before the model is opened
@@ -349,9 +349,9 @@ def generate(
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
     """Sample a continuation of a prompt from a trained causal LM."""
+    from selfsup.dist import resolve_device
     from selfsup.generate import generate as sample
     from selfsup.rundir import open_run
-    from selfsup.dist import resolve_device
 
     cfg, objective, tok = open_run(run_dir, resolve_device(device))
     if not cfg.causal:

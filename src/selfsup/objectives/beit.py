@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from selfsup.data.batch import ImageBatch
-from selfsup.models.vit import ViT
 from selfsup.dist import broadcast
+from selfsup.models.vit import ViT
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.kmeans import kmeans, nearest
 from selfsup.objectives.losses import normalize_patches, patchify, token_cross_entropy
-from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
 from selfsup.views.augment import center_view
 from selfsup.views.patch_masking import block_mask

@@ -12,9 +12,9 @@ from torch import nn
 from selfsup.config import ConfigError, RunConfig
 from selfsup.data.read.audio import clip_frames
 from selfsup.data.read.tokenizer import eos_id
+from selfsup.models.audio import AudioEncoder
 from selfsup.models.encoder import Encoder
 from selfsup.models.gpt import GPT
-from selfsup.models.audio import AudioEncoder
 from selfsup.models.resnet import ResNet
 from selfsup.models.video import VideoEncoder
 from selfsup.models.vit import ViT
@@ -37,8 +37,8 @@ from selfsup.objectives.simclr import SimCLR
 from selfsup.objectives.simcse import SimCSE
 from selfsup.objectives.swav import SwAV
 from selfsup.views.augment import Augment, MultiView
-from selfsup.views.media import AudioView, ImageView, VideoView
 from selfsup.views.masking import MaskingTable
+from selfsup.views.media import AudioView, ImageView, VideoView
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from torch import nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
-from selfsup.objectives.losses import byol_loss
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import byol_loss
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
 from selfsup.objectives.teacher import momentum_at

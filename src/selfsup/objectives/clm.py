@@ -12,8 +12,8 @@ from torch import nn
 
 from selfsup.data.batch import TextBatch
 from selfsup.models.transformer import Transformer
-from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.output import LossOutput
 
 

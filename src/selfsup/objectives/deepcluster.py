@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.data.batch import ImageBatch
-from selfsup.models.heads import mlp
 from selfsup.dist import broadcast
-from selfsup.objectives.kmeans import kmeans, pca_whiten
+from selfsup.models.heads import mlp
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.kmeans import kmeans, pca_whiten
 from selfsup.objectives.output import LossOutput
 from selfsup.views.augment import center_view
 

@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.data.batch import ImageBatch
-from selfsup.models.heads import DINOHead
 from selfsup.dist import all_reduce
 from selfsup.models.blocks import wide
-from selfsup.objectives.losses import dino_loss
+from selfsup.models.heads import DINOHead
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import dino_loss
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
 from selfsup.objectives.teacher import linear_warmup, momentum_at

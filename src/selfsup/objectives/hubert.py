@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.data.batch import ClipBatch
-from selfsup.models.audio import AudioEncoder
-from selfsup.dist import broadcast
-from selfsup.objectives.kmeans import kmeans, nearest
-from selfsup.objectives.contract import Objective
-from selfsup.objectives.output import LossOutput
 from selfsup import batch_random
+from selfsup.data.batch import ClipBatch
+from selfsup.dist import broadcast
+from selfsup.models.audio import AudioEncoder
+from selfsup.objectives.contract import Objective
+from selfsup.objectives.kmeans import kmeans, nearest
+from selfsup.objectives.output import LossOutput
 
 
 def span_mask(real: Tensor, mask_prob: float, length: int) -> Tensor:

@@ -14,8 +14,8 @@ from torch import nn
 from selfsup.data.batch import ImageBatch
 from selfsup.models.blocks import Block, init_weights, make_norm, mlp_hidden
 from selfsup.models.vit import ViT, sincos_2d
-from selfsup.objectives.losses import masked_patch_loss, patchify
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import masked_patch_loss, patchify
 from selfsup.objectives.output import LossOutput
 from selfsup.views.patch_masking import random_masking
 

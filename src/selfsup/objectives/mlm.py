@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.data.batch import TextBatch
+from selfsup.data.read.tokenizer import IGNORE
 from selfsup.models.blocks import make_norm
 from selfsup.models.transformer import Transformer
-from selfsup.data.read.tokenizer import IGNORE
-from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.output import LossOutput
 from selfsup.views.masking import MaskingTable, mask_tokens
 

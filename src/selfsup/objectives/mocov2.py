@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.data.batch import ImageBatch
-from selfsup.models.heads import mlp
 from selfsup.dist import gather
-from selfsup.objectives.losses import moco_v2_loss
+from selfsup.models.heads import mlp
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import moco_v2_loss
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from selfsup.data.batch import ImageBatch
-from selfsup.models.heads import mlp
 from selfsup.dist import gather, rank_and_world
-from selfsup.objectives.losses import moco_v3_loss
+from selfsup.models.heads import mlp
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import moco_v3_loss
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.teacher import ema_update, frozen_copy
 from selfsup.objectives.teacher import momentum_at

@@ -35,14 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup import batch_random
 from selfsup.data.batch import TextBatch
 from selfsup.models.blocks import apply_rotary
 from selfsup.models.transformer import Transformer, document_positions
+from selfsup.objectives.contract import Objective
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.mlm import MLMHead
-from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
-from selfsup import batch_random
 
 
 def span_context(length: Tensor | int, p: float):

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from selfsup.data.batch import PairBatch
-from selfsup.objectives.align import Towers
 from selfsup.dist import gather, rank_and_world
+from selfsup.objectives.align import Towers
 from selfsup.objectives.output import LossOutput
 from selfsup.objectives.pair_losses import siglip_loss
 

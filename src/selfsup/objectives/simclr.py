@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from selfsup.data.batch import ImageBatch
-from selfsup.models.heads import mlp
 from selfsup.dist import gather, rank_and_world
-from selfsup.objectives.losses import nt_xent
+from selfsup.models.heads import mlp
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import nt_xent
 from selfsup.objectives.output import LossOutput
 
 

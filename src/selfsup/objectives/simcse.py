@@ -17,11 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.data.batch import TextBatch
+from selfsup.dist import gather, rank_and_world
 from selfsup.models.heads import mlp
 from selfsup.models.transformer import Transformer
-from selfsup.dist import gather, rank_and_world
-from selfsup.objectives.losses import info_nce
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import info_nce
 from selfsup.objectives.output import LossOutput
 from selfsup.views.masking import MaskingTable, mask_tokens
 

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from selfsup.data.batch import ImageBatch
 from selfsup.models.heads import mlp
-from selfsup.objectives.losses import sinkhorn, swav_loss
 from selfsup.objectives.contract import Objective
+from selfsup.objectives.losses import sinkhorn, swav_loss
 from selfsup.objectives.output import LossOutput
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from selfsup.config import RunConfig
 from selfsup.data import builtin
-from selfsup.data.read.captions import caption_arrays, caption_tokenizer
 from selfsup.data.cache.images import prepare_images
-from selfsup.data.load.rows import RowLoader
 from selfsup.data.cache.media import prepare_media, settings
-from selfsup.data.load.mixture import Mixture
-from selfsup.data.load.windows import PackedWindows
 from selfsup.data.cache.tokens import default_cache, prepare
-from selfsup.data.stream.prepare import prepare_stream
-from selfsup.data.stream.loader import StreamLoader
 from selfsup.data.errors import DataError
+from selfsup.data.load.mixture import Mixture
+from selfsup.data.load.rows import RowLoader
+from selfsup.data.load.windows import PackedWindows
+from selfsup.data.read.captions import caption_arrays, caption_tokenizer
+from selfsup.data.stream.loader import StreamLoader
+from selfsup.data.stream.prepare import prepare_stream
 from selfsup.objectives.build import data_needs
 from selfsup.train.continual import old_stream
 

@@ -19,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from selfsup.config import RunConfig
-from selfsup.models.blocks import Block
 from selfsup.dist import Processes
+from selfsup.models.blocks import Block
 
 
 def blocks(module: nn.Module) -> list[nn.Module]:

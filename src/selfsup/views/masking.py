@@ -13,9 +13,9 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from selfsup.data.read.tokenizer import MASK
-from selfsup.data.read.tokenizer import IGNORE
 from selfsup import batch_random
+from selfsup.data.read.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import MASK
 
 
 class MaskingTable:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.data.cache.decoding import build_once
 from selfsup.data.builtin.digits import write_digits
 from selfsup.data.builtin.moving_digits import write_moving_digits
 from selfsup.data.builtin.tones import write_tones
+from selfsup.data.cache.decoding import build_once
 
 SETS = {  # name: (cache folder, writer, the training part's path inside it)
     "builtin:digits": ("digits", write_digits, "train"),

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.read.audio import AUDIO_SUFFIXES, AudioRows
 from selfsup.data.cache.decoding import build_cache, tar_samples
-from selfsup.data.read.image import IMAGE_SUFFIXES, ImageRows
 from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
 from selfsup.data.cache.tokens import default_cache
 from selfsup.data.errors import DataError
+from selfsup.data.read.audio import AUDIO_SUFFIXES, AudioRows
+from selfsup.data.read.image import IMAGE_SUFFIXES, ImageRows
 from selfsup.data.read.video import VIDEO_SUFFIXES, VideoRows
 
 FORMAT = 1  # bump when the cache layout or the decoding changes

@@ -22,8 +22,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from selfsup.config import BUILTIN_CORPUS, DataConfig
-from selfsup.data.read import tokenizer as toks
 from selfsup.data.errors import DataError
+from selfsup.data.read import tokenizer as toks
 from selfsup.data.read.text import read_documents, source_files
 
 FORMAT = 1  # bump when the shard layout changes

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.data.load.order import EpochOrder, OrderedLoader
 from selfsup.data.errors import DataError
+from selfsup.data.load.order import EpochOrder, OrderedLoader
 
 
 class RowLoader(OrderedLoader):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.data.load.order import EpochOrder, OrderedLoader
 from selfsup.data.errors import DataError
+from selfsup.data.load.order import EpochOrder, OrderedLoader
 
 
 class PackedWindows(OrderedLoader):

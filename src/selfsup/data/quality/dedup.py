@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from selfsup.data.errors import DataError
 from selfsup.data.quality.cleaning import Doc, check_paths, progress_bar, text_pass
 from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
 from selfsup.data.read.image import IMAGE_SUFFIXES
-from selfsup.data.errors import DataError
 from selfsup.data.read.text import TEXT_SUFFIXES
 
 SHINGLE = 5  # words per shingle

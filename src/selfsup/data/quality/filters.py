@@ -19,8 +19,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 
-from selfsup.data.quality.cleaning import Doc, check_paths, text_pass
 from selfsup.data.errors import DataError
+from selfsup.data.quality.cleaning import Doc, check_paths, text_pass
 from selfsup.data.read.text import TEXT_SUFFIXES
 
 

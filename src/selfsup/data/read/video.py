@@ -29,8 +29,8 @@ import av
 import numpy as np
 
 from selfsup.data.cache.decoding import Skip
-from selfsup.data.read.image import decode_array
 from selfsup.data.cache.stats import PixelStats
+from selfsup.data.read.image import decode_array
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 

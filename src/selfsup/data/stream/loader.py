@@ -29,12 +29,12 @@ import torch
 import torch.distributed as dist
 
 from selfsup.data.cache import media as media_data
-from selfsup.data.read.captions import caption_arrays
 from selfsup.data.cache.decoding import CHUNK, Skip
+from selfsup.data.errors import DataError
+from selfsup.data.read.captions import caption_arrays
 from selfsup.data.read.image import IMAGE_SUFFIXES, decode_image
 from selfsup.data.stream.index import read_sample, shard_index
 from selfsup.data.stream.order import ShardOrder, StridedOrder
-from selfsup.data.errors import DataError
 
 OPEN_FILES = 16  # shard files a reader keeps open
 

@@ -23,14 +23,14 @@ from tokenizers import Tokenizer
 from selfsup.config import RunConfig
 from selfsup.data.cache import images as image_data
 from selfsup.data.cache import media as media_data
-from selfsup.data.read.captions import caption_tokenizer
 from selfsup.data.cache.decoding import CHUNK, decoded, default_workers
-from selfsup.data.stream.index import shard_index
-from selfsup.data.stream.order import ShardOrder, StridedOrder
-from selfsup.data.cache.tokens import is_val
 from selfsup.data.cache.stats import LogMelStats, PixelStats
-from selfsup.data.stream.loader import ImageDecoder, PairDecoder, Reader, ShardTable, StreamLoader
+from selfsup.data.cache.tokens import is_val
 from selfsup.data.errors import DataError
+from selfsup.data.read.captions import caption_tokenizer
+from selfsup.data.stream.index import shard_index
+from selfsup.data.stream.loader import ImageDecoder, PairDecoder, Reader, ShardTable, StreamLoader
+from selfsup.data.stream.order import ShardOrder, StridedOrder
 
 STATS_SAMPLES = 1000  # decoded once at start for normalisation statistics
 CAPTION_SAMPLES = 20_000  # captions the pair tokenizer is trained on
