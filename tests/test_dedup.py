@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -69,6 +70,31 @@ def test_dedup_refuses_an_output_inside_its_input(tmp_path, monkeypatch, capsys)
     (tmp_path / "c.txt").write_text("one\n")
     code, _, err = run_main(monkeypatch, capsys, "data", "dedup", tmp_path, "--out", tmp_path / "clean")
     assert code == 2 and "inside the input" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("tool", ["dedup", "filter"])
+@pytest.mark.parametrize("case", ["file beside", "folder above", "the input's folder", "a link to it", "a file"])
+def test_cleaning_never_writes_over_its_input(tool, case, tmp_path, monkeypatch, capsys):
+    """`data dedup corpus.txt --out .` used to truncate corpus.txt while reading it (6,000 lines -> 1,026, exit 0)."""
+    corpus = tmp_path / "data" / "corpus.txt"
+    corpus.parent.mkdir()
+    text = "".join(f"line number {i} of a corpus that must survive\n" for i in range(300))
+    corpus.write_text(text)
+    source, out = corpus, corpus.parent
+    if case == "folder above":
+        out = tmp_path
+    elif case == "the input's folder":
+        source = corpus.parent
+    elif case == "a link to it":
+        (tmp_path / "link").symlink_to(corpus.parent)
+        out = tmp_path / "link"
+    elif case == "a file":
+        out = tmp_path / "data" / "corpus.txt"
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "data", tool, source, "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("holds the input" in err or "inside the input" in err or "is a file" in err), err
+    assert corpus.read_text() == text and sorted(p.name for p in corpus.parent.iterdir()) == ["corpus.txt"]
 
 
 def test_filter_removes_by_each_rule_and_logs_the_value(run, tmp_path, monkeypatch, capsys):

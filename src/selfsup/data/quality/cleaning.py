@@ -28,11 +28,20 @@ Doc = tuple[str, str, int]  # text, file relative to the input, line number
 
 
 def check_paths(path: str, out: str) -> tuple[Path, Path]:
+    """(input, output folder), once they are known not to overlap either way (resolved, links followed): a pass
+    reads its input while it writes, so an output inside the input would be read back as data, and an input
+    inside the output (`--out .` beside corpus.txt) would be overwritten while it is read."""
     src, dst = Path(path).expanduser(), Path(out).expanduser()
     if not src.exists():
         raise DataError(f"'{path}' does not exist; expected a data file or a folder of them")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+    if dst.exists() and not dst.is_dir():
+        raise DataError(f"--out '{out}' is a file; expected a new folder")
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents:
         raise DataError(f"--out '{out}' is inside the input '{path}'; expected a new folder elsewhere")
+    if d in s.parents:
+        raise DataError(f"--out '{out}' holds the input '{path}', which writing there could overwrite while it is "
+                        "read; expected a new folder elsewhere")
     return src, dst
 
 
