@@ -276,3 +276,34 @@ def test_image_dedup_equals_a_search_over_every_kept_hash(tmp_path, monkeypatch)
     dedup(str(src), str(tmp_path / "clean"))
     assert [json.loads(line) for line in (tmp_path / "clean" / "removed.jsonl").open()] == expected
     assert 10 < len(expected) < 50  # both outcomes are exercised
+
+
+def test_a_tool_never_reads_a_former_passs_logs_as_data(tmp_path, monkeypatch, capsys):
+    """README's chain, dedup then filter (and training on the result): dedup's removed.jsonl and summary.json used to
+    be read as 40,358 'unparsed' rows and the filter wrote its own log over their copy. A user's own file of the
+    same name, in a folder no tool wrote, is still data; one where a tool would write its log is refused."""
+    from selfsup.data.read.text import source_files
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = [f"document {i} says something different about item {i % 50} in its own words" for i in range(200)]
+    (corpus / "a.txt").write_text("\n".join(lines + lines[:40]) + "\n")  # 40 exact duplicates
+    clean, filtered = tmp_path / "clean", tmp_path / "filtered"
+    code, _, err = run_main(monkeypatch, capsys, "data", "dedup", corpus, "--out", clean)
+    assert code in (0, None), err
+    assert json.loads((clean / "summary.json").read_text())["kept"] == 200
+    assert [f.name for f in source_files(str(clean))] == ["a.txt"]  # what training on clean/ reads
+    code, _, err = run_main(monkeypatch, capsys, "data", "filter", clean, "--out", filtered, "--min-chars", "60")
+    assert code in (0, None), err
+    summary = json.loads((filtered / "summary.json").read_text())
+    assert summary["documents"] == 200 and not summary.get("kept_unparsed") and not summary.get("skipped_unparsed")
+    removed = [json.loads(line) for line in (filtered / "removed.jsonl").read_text().splitlines()]
+    assert len(removed) == 200 - summary["kept"] and all(r["file"] == "a.txt" for r in removed)
+    assert [f.name for f in source_files(str(filtered))] == ["a.txt"]
+
+    (corpus / "removed.jsonl").write_text(json.dumps({"text": "a user's own file that happens to be named so"}) + "\n")
+    assert sorted(f.name for f in source_files(str(corpus))) == ["a.txt", "removed.jsonl"]
+    for tool in ("dedup", "filter"):
+        code, _, err = run_main(monkeypatch, capsys, "data", tool, corpus, "--out", tmp_path / f"again-{tool}")
+        assert code == 2 and "removed.jsonl at its top" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / f"again-{tool}").exists()  # nothing written before the input is known to be valid

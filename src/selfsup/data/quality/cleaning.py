@@ -45,6 +45,17 @@ def check_paths(path: str, out: str) -> tuple[Path, Path]:
     return src, dst
 
 
+LOGS = ["removed.jsonl", "summary.json"]  # what a pass writes at the top of its output, beside the kept data
+
+
+def check_log_names(files: list[Path], root: Path, path: str, tool: str) -> None:
+    """A kept file would land where the pass writes a log (and one would overwrite the other)."""
+    taken = sorted({f.relative_to(root).as_posix() for f in files} & set(LOGS))
+    if taken:
+        raise DataError(f"'{path}' holds {', '.join(taken)} at its top, where {tool} writes its log; expected no "
+                        f"{' or '.join(LOGS)} there (rename the file)")
+
+
 def progress_bar(what: str, in_bytes: bool) -> Progress:
     """A bar on stderr with throughput and time left, gone when the pass ends."""
     amount = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)

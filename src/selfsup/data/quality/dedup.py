@@ -15,6 +15,7 @@ removed at the end), so memory does not grow with the corpus.
     OUT/<same relative paths>   the kept lines (byte for byte) or the kept image files
     OUT/removed.jsonl           {"file", "line" or null, "reason": "exact" | "near", "duplicate_of": {"file", "line"}}
     OUT/summary.json            counts read, kept and removed by reason, skipped lines by reason, settings
+    OUT/.selfsup-logs.json      names the two logs, so no selfsup reader (filter, train) takes them for data
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import Doc, check_paths, progress_bar, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, progress_bar, text_pass
 from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
 from selfsup.data.read.image import IMAGE_SUFFIXES
+from selfsup.data.read.listing import data_files, mark_logs
 from selfsup.data.read.text import TEXT_SUFFIXES
 
 SHINGLE = 5  # words per shingle
@@ -42,14 +44,16 @@ def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_siz
     if not 0 < near <= 1:
         raise DataError(f"--near {near}: expected a similarity in (0, 1]")
     src, dst = check_paths(path, out)
-    files = [src] if src.is_file() else sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f.parts)
+    files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
     texts = [f for f in files if f.suffix in TEXT_SUFFIXES]
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if not texts and not images:
         raise DataError(f"'{path}' holds no text (.txt, .jsonl) or image files")
-    dst.mkdir(parents=True, exist_ok=True)
-    counts: Counter = Counter()
     root = src if src.is_dir() else src.parent
+    check_log_names(texts + images, root, path, "dedup")  # what it copies
+    dst.mkdir(parents=True, exist_ok=True)
+    mark_logs(dst, LOGS)  # before they exist: never read as data
+    counts: Counter = Counter()
     with open(dst / "removed.jsonl", "w", encoding="utf-8") as log, \
             tempfile.TemporaryDirectory(prefix=".dedup-index-", dir=dst) as scratch:
         if texts:

@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import Doc, check_paths, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_pass
+from selfsup.data.read.listing import data_files, mark_logs
 from selfsup.data.read.text import TEXT_SUFFIXES
 
 
@@ -46,10 +47,12 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
     known to be right (opening a model takes seconds); documents above `max_ppl` are removed. `ppl_model` names
     the scorer's run in summary.json."""
     src, dst = check_paths(path, out)
-    files = [src] if src.is_file() else sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f.parts)
+    files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
     files = [f for f in files if f.suffix in TEXT_SUFFIXES]
     if not files:
         raise DataError(f"'{path}' holds no .txt or .jsonl files")
+    root = src if src.is_dir() else src.parent
+    check_log_names(files, root, path, "filter")
     score = perplexity() if perplexity is not None else None
 
     def rules(text: str):
@@ -75,7 +78,7 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
 
     counts: Counter = Counter()
     dst.mkdir(parents=True, exist_ok=True)
-    root = src if src.is_dir() else src.parent
+    mark_logs(dst, LOGS)  # before they exist: never read as data
     with open(dst / "removed.jsonl", "w", encoding="utf-8") as log:
         text_pass(files, root, dst, judge, log, counts, "filter")
     stated = dict(min_chars=min_chars, max_chars=max_chars, max_symbol_ratio=max_symbol_ratio,

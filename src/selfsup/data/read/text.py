@@ -11,6 +11,7 @@ from pathlib import Path
 from selfsup.config import BUILTIN_CORPUS
 from selfsup.data.builtin import stdlib_docs
 from selfsup.data.errors import DataError
+from selfsup.data.read.listing import data_files
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -26,7 +27,7 @@ def source_files(path: str) -> list[Path]:
                             f"got a '{p.suffix or 'no suffix'}' file")
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+        files = sorted(f for f in data_files(p) if f.suffix in TEXT_SUFFIXES)  # not a cleaning tool's logs
         if not files:
             raise DataError(f"data.path '{path}': the folder holds no .txt or .jsonl files")
         return files
