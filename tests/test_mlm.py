@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from selfsup.config import ModelConfig
-from selfsup.data.read.tokenizer import EOS, MASK, PAD, train_bpe
-from selfsup.data.read.tokenizer import IGNORE
+from selfsup.data.read.tokenizer import EOS, IGNORE, MASK, PAD, train_bpe
 from selfsup.models.encoder import Encoder
 from selfsup.objectives.mlm import MaskedLM
 from selfsup.seed import seed_everything

@@ -18,8 +18,7 @@ from selfsup.objectives.losses import (
     byol_loss, dino_loss, masked_patch_loss, moco_v2_loss, moco_v3_loss, normalize_patches, nt_xent, patchify,
     sinkhorn, swav_loss,
 )
-from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.objectives.teacher import linear_warmup, momentum_at
+from selfsup.objectives.teacher import ema_update, frozen_copy, linear_warmup, momentum_at
 from selfsup.train.collapse import collapse_metrics, collapse_warning
 
 

@@ -432,12 +432,17 @@ class RunConfig(Section):
         """Trains on media-text pairs: a media tower aligned with a text tower."""
         return self.objective in PAIR_OBJECTIVES
 
+    @property
+    def normalisation(self) -> AudioConfig | ImageConfig:
+        """The section that holds this run's normalisation statistics: audio.* for audio runs, image.* otherwise."""
+        return self.audio if self.modality == "audio" else self.image
+
     def with_measured(self, mean: list[float] | float, std: list[float] | float) -> RunConfig:
-        """A copy whose normalisation (audio.* for audio runs, image.* otherwise) takes the statistics measured on
-        the training data, rounded to 4 places, where the config leaves them unset: the resolved config a run
-        builds its objective from, writes to config.yaml, and evaluation reads back."""
-        key = "audio" if self.modality == "audio" else "image"
-        section = getattr(self, key)
+        """A copy whose normalisation section takes the statistics measured on the training data, rounded to 4
+        places, where the config leaves them unset: the resolved config a run builds its objective from, writes to
+        config.yaml, and evaluation reads back."""
+        section = self.normalisation
+        key = "audio" if section is self.audio else "image"
         if section.mean is not None and section.std is not None:
             return self
         rounded = ((round(mean, 4), round(std, 4)) if key == "audio"

@@ -14,7 +14,7 @@ import torch
 from selfsup.config import BUILTIN_CORPUS, ConfigError
 from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_documents, source_files
-from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs, encode
+from selfsup.eval.inputs import Clips, encode, run_inputs
 from selfsup.eval.joint import JointMedia
 from selfsup.rundir import open_run
 
@@ -43,13 +43,13 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
 
         im = cfg.image
         data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None)
-        inputs, items, skipped, what = ImageInputs(im.size, im.mean, im.std), data.train, data.meta["skipped"], "images"
+        items, skipped, what = data.train, data.meta["skipped"], "images"
     elif cfg.modality in ("audio", "video"):
         from selfsup.data.cache.media import prepare_media, settings
 
         data = prepare_media(input, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
                              log=lambda s: None)
-        inputs, items = MediaInputs(objective.view, cfg.modality), Clips(data.train.rows, data.train.lengths)
+        items = Clips(data.train.rows, data.train.lengths)
         skipped, what = data.meta["skipped"], f"{cfg.modality} clips"
     else:
         counts: Counter = Counter()
@@ -57,7 +57,8 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
                                     builtin=input == BUILTIN_CORPUS))
         if not items:
             raise DataError(f"'{input}' holds no usable texts (skipped: {dict(counts) or 'none'})")
-        inputs, skipped, what = TextInputs(tok, trunk), dict(sorted(counts.items())), "texts"
+        skipped, what = dict(sorted(counts.items())), "texts"
+    inputs = run_inputs(cfg, objective, tok)  # text runs: trunk is objective.model (--joint is for media)
     emb = encode(trunk, inputs, items, batch_size, device, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, emb.numpy())

@@ -149,6 +149,16 @@ class MediaInputs:
                 "middle frame of each segment, normalised by the run's mean/std, no augmentation")
 
 
+def run_inputs(cfg, objective: nn.Module, tok: Tokenizer | None):
+    """What feeds items of a run's modality to its trunk: its image normalisation, its media view (audio, video)
+    or its tokenizer (text)."""
+    if cfg.modality == "image":
+        return ImageInputs(cfg.image.size, cfg.image.mean, cfg.image.std)
+    if cfg.modality in ("audio", "video"):
+        return MediaInputs(objective.view, cfg.modality)
+    return TextInputs(tok, objective.model)
+
+
 class Pixels(nn.Module):
     """The raw-pixel baseline: the normalised centre view itself, flattened to (B, C·S·S)."""
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from selfsup.config import ConfigError, RunConfig
 from selfsup.data.read.captions import caption_arrays
 from selfsup.eval.baseline import random_objective
-from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, encode
+from selfsup.eval.inputs import Clips, encode, run_inputs
 from selfsup.eval.labeled import labeled_set
 from selfsup.eval.metrics import accuracy, macro_f1
 
@@ -133,10 +133,8 @@ def joint_task(task: str, run_dir, cfg: RunConfig, objective: nn.Module, tok: To
         if split.captions is None:
             raise ConfigError(f"--test '{test_path}' has no captions; retrieval needs pairs (a .jsonl "
                               f"with '{cfg.modality}' and 'text', or .tar shards with .txt)")
-        if cfg.modality == "image":
-            inputs, items = ImageInputs(cfg.image.size, cfg.image.mean, cfg.image.std), split.rows
-        else:
-            inputs, items = MediaInputs(objective.view, cfg.modality), Clips(split.rows, split.lengths)
+        inputs = run_inputs(cfg, objective, tok)
+        items = split.rows if cfg.modality == "image" else Clips(split.rows, split.lengths)
         for name, model in models.items():
             results[name] = retrieval(model, tok, inputs, items, split.captions, context, batch_size, device,
                                       progress=wrap(name))

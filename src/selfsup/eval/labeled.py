@@ -27,7 +27,7 @@ from torch import Tensor
 
 from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_lines
-from selfsup.eval.inputs import Clips, ImageInputs, MediaInputs, TextInputs
+from selfsup.eval.inputs import Clips, run_inputs
 
 
 @dataclass
@@ -169,13 +169,12 @@ def labeled_set(cfg, objective, tok, path: str, classes: list[str] | None = None
     from selfsup.data.cache.media import settings
 
     if cfg.modality == "image":
-        im = cfg.image
-        return (read_labeled_images(path, im.size, im.channels, classes, cfg.data.cache_dir),
-                ImageInputs(im.size, im.mean, im.std))
-    if cfg.modality in ("audio", "video"):
-        return (read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir),
-                MediaInputs(objective.view, cfg.modality))
-    return read_labeled(path, classes, cfg.data.max_doc_chars), TextInputs(tok, objective.model)
+        items = read_labeled_images(path, cfg.image.size, cfg.image.channels, classes, cfg.data.cache_dir)
+    elif cfg.modality in ("audio", "video"):
+        items = read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir)
+    else:
+        items = read_labeled(path, classes, cfg.data.max_doc_chars)
+    return items, run_inputs(cfg, objective, tok)
 
 
 TASKS = ("linear", "knn", "finetune")

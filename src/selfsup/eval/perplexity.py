@@ -18,8 +18,7 @@ from tokenizers import Tokenizer
 
 from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_documents, source_files
-from selfsup.data.read.tokenizer import IGNORE
-from selfsup.data.read.tokenizer import eos_id
+from selfsup.data.read.tokenizer import IGNORE, eos_id
 
 
 @torch.no_grad()

@@ -13,8 +13,7 @@ from selfsup.models.heads import mlp
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.losses import byol_loss
 from selfsup.objectives.output import LossOutput
-from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.objectives.teacher import momentum_at
+from selfsup.objectives.teacher import ema_update, frozen_copy, momentum_at
 
 
 class BYOL(nn.Module, Objective):

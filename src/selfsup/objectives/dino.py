@@ -20,8 +20,7 @@ from selfsup.models.heads import DINOHead
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.losses import dino_loss
 from selfsup.objectives.output import LossOutput
-from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.objectives.teacher import linear_warmup, momentum_at
+from selfsup.objectives.teacher import ema_update, frozen_copy, linear_warmup, momentum_at
 
 
 class DINO(nn.Module, Objective):

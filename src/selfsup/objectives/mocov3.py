@@ -13,8 +13,7 @@ from selfsup.models.heads import mlp
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.losses import moco_v3_loss
 from selfsup.objectives.output import LossOutput
-from selfsup.objectives.teacher import ema_update, frozen_copy
-from selfsup.objectives.teacher import momentum_at
+from selfsup.objectives.teacher import ema_update, frozen_copy, momentum_at
 
 
 class MoCoV3(nn.Module, Objective):

@@ -50,7 +50,7 @@ class Run:
     sharded: bool  # FSDP: every process saves its own shards
     step: int  # optimizer steps done (a resumed run's checkpoint step)
     counters: dict  # checkpointed with the step: skipped steps, elapsed time, units seen, FLOPs per unit, warnings
-    params: int  # trained parameters
+    trained: list[torch.nn.Parameter]  # what the optimizer updates and the gradient clipping reads
     peak: float  # FLOP/s of one device at the run's precision, for MFU
     batch: dict  # the global batch and its lr, as the summary reports them
     lr_factor: float  # what dist.lr_scaling multiplies optim.lr by
@@ -59,6 +59,11 @@ class Run:
 
     def __post_init__(self):
         self.elapsed_before = self.counters["elapsed_s"]  # training seconds of the sessions before this one
+
+    @property
+    def params(self) -> int:
+        """Trained parameters, as the optimizer sees them."""
+        return sum(p.numel() for p in self.trained)
 
     @property
     def unit(self) -> str:
@@ -140,12 +145,12 @@ def build_run(cfg: RunConfig, console: Console | None = None) -> Run:
     batch = dict(per_process=t.batch_size, grad_accum=t.grad_accum, processes=procs.world, global_batch=global_batch,
                  units_per_step=global_batch * data.window[1], unit=unit, lr_scaling=cfg.dist.lr_scaling,
                  lr=cfg.optim.lr * lr_factor, base_batch=cfg.dist.base_batch or t.batch_size * t.grad_accum)
-    params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+    trained = [p for p in objective.parameters() if p.requires_grad]
     dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
     peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(device, dtype)
     flops = objective.flops_per_token() if unit == "token" else counters.get(f"flops_per_{unit}")
     run = Run(cfg, procs, device, run_dir, console, data, objective, model, optimizer, is_sharded(objective), step,
-              counters, params, peak, batch, lr_factor, flops)
+              counters, trained, peak, batch, lr_factor, flops)
     _banner(run)
     return run
 

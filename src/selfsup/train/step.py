@@ -61,10 +61,11 @@ class StepResult:
     applied: bool  # False: the loss or gradient was not finite and the optimizer step was skipped
 
 
-def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer, batches, step: int, lr: float,
-                   device: torch.device, precision: str, clip_grad: float | None,
+def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer, trained: list[torch.nn.Parameter],
+                   batches, step: int, lr: float, device: torch.device, precision: str, clip_grad: float | None,
                    count: bool = False) -> StepResult:
-    """Optimizer step `step` (counted from 1) at `lr` on `batches`; count: measure its FLOPs with FlopCounterMode.
+    """Optimizer step `step` (counted from 1) at `lr` on `batches`; `trained`: the parameters whose gradient norm is
+    clipped (those the optimizer updates); count: measure its FLOPs with FlopCounterMode.
     The objective's hooks run around the update: before_step after the backward (gradients it holds back),
     after_step after it (EMA teachers, centres, logit-scale clamps)."""
     for g in optimizer.param_groups:
@@ -74,8 +75,7 @@ def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer
         flops, (loss, units, out) = count_flops(lambda: accumulate(model, batches, device, precision))
     else:
         loss, units, out = accumulate(model, batches, device, precision)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained, clip_grad or float("inf"))
     grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()  # FSDP: DTensor
     applied = math.isfinite(loss) and math.isfinite(grad_norm)
     if applied:

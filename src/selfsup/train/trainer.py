@@ -58,8 +58,8 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             batches = (run.data.loader.next_batch(t.batch_size) for _ in range(t.grad_accum))
             steps_here += 1
             count = run.flops_per_unit is None and steps_here == 2  # after any lazy set-up (codebooks, clusters)
-            result = optimizer_step(run.objective, run.model, run.optimizer, batches, run.step + 1, lr, run.device,
-                                    t.precision, t.clip_grad, count)
+            result = optimizer_step(run.objective, run.model, run.optimizer, run.trained, batches, run.step + 1, lr,
+                                    run.device, t.precision, t.clip_grad, count)
             run.step += 1
             if count:
                 run.flops_per_unit = result.flops * run.procs.world / max(result.units, 1)

@@ -14,8 +14,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from selfsup import batch_random
-from selfsup.data.read.tokenizer import IGNORE
-from selfsup.data.read.tokenizer import MASK
+from selfsup.data.read.tokenizer import IGNORE, MASK
 
 
 class MaskingTable:

@@ -13,15 +13,16 @@ LOGS_MARKER = ".selfsup-logs.json"
 
 def data_files(folder: Path) -> list[Path]:
     """The files under `folder` (recursively), sorted by path, without any tool's logs or their markers."""
+    files = [f for f in folder.rglob("*") if f.is_file()]
     logs = set()
-    for marker in folder.rglob(LOGS_MARKER):
+    for marker in (f for f in files if f.name == LOGS_MARKER):
         logs.add(marker)
         try:
             names = json.loads(marker.read_text(encoding="utf-8"))["logs"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a marker that cannot be read hides nothing
         logs |= {marker.parent / str(name) for name in names}
-    return sorted((f for f in folder.rglob("*") if f.is_file() and f not in logs), key=lambda f: f.parts)
+    return sorted((f for f in files if f not in logs), key=lambda f: f.parts)
 
 
 def mark_logs(folder: Path, names: list[str]) -> None:

@@ -27,7 +27,7 @@ def source_files(path: str) -> list[Path]:
                             f"got a '{p.suffix or 'no suffix'}' file")
         return [p]
     if p.is_dir():
-        files = sorted(f for f in data_files(p) if f.suffix in TEXT_SUFFIXES)  # not a cleaning tool's logs
+        files = [f for f in data_files(p) if f.suffix in TEXT_SUFFIXES]  # sorted; not a cleaning tool's logs
         if not files:
             raise DataError(f"data.path '{path}': the folder holds no .txt or .jsonl files")
         return files

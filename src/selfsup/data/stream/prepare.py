@@ -69,7 +69,7 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
                         "expected non-empty .tar shards")
     decoder = (PairDecoder(cfg.modality, tuple(sorted(media_data.settings(cfg.modality, cfg).items()))) if pairs
                else ImageDecoder(cfg.image.size, cfg.image.channels))
-    section = cfg.audio if cfg.modality == "audio" else cfg.image
+    section = cfg.normalisation
     sample, measured, norm = None, 0, None
     if section.mean is None or section.std is None or fits_on_data:
         sample, lengths, measured = _head(train, decoder, workers)
@@ -77,7 +77,7 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
             stats = LogMelStats() if cfg.modality == "audio" else PixelStats(cfg.image.channels)
             stats.add(sample, lengths)
             norm = stats.result()
-            section = getattr(cfg.with_measured(*norm), "audio" if cfg.modality == "audio" else "image")
+            section = cfg.with_measured(*norm).normalisation
     tokenizer = _tokenizer(cfg, train, run_dir, write) if pairs else None
     text = (tokenizer, cfg.text.context) if pairs else None
     loader = StreamLoader(train, ShardOrder(train.counts, cfg.seed, d.shuffle_buffer), decoder, workers, text,
