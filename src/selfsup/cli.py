@@ -40,22 +40,34 @@ def train(
     source: str = typer.Argument(..., help="a recipe name (see `selfsup recipes`), a YAML file, or a run directory "
                                             "to resume"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. train.max_steps=2000"),
+    allow_changes: Optional[list[str]] = typer.Option(
+        None, "--allow-changes", help="resuming: let these config keys differ from the run's (comma-separated or "
+        "repeated), e.g. --allow-changes optim.lr,data.path; recorded in RUN_DIR/history.jsonl. Without it a resume "
+        "may change only " + ", ".join(config_mod.MAY_CHANGE_ON_RESUME) + "; other differences, or other data, are refused"),
 ):
     """Train a recipe. Writes the run directory (out_dir): config.yaml, metrics.jsonl, summary.json,
     checkpoints/, model.safetensors, tokenizer.json, report.html. Running it again on a run directory (or with
-    the same out_dir) resumes from the last checkpoint, also after the process was killed. A finished run directory
+    the same out_dir) resumes from the last checkpoint, also after the process was killed, with the run's own
+    settings and data (see --allow-changes). One trainer at a time per run directory. A finished run directory
     with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
-    (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again."""
+    (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again. An interrupted run
+    (SIGINT, SIGTERM) saves a checkpoint and exits with 128 + the signal's number."""
     from selfsup.report import summary_table, write_report
     from selfsup.train import continual, launch
 
     cfg = continual.load_config(source, overrides or [])  # a recipe, a YAML, a run to resume or to continue
-    summary = launch.train_or_launch(cfg, ["train", source, *(overrides or [])], console)
+    allowed = [f"--allow-changes={k}" for k in allow_changes or []]
+    summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,
+                                     allow_changes or [])
+    status = 0
     if summary is not None:
         report = write_report(cfg.out_dir)
         console.print(summary_table(summary))
         console.print(f"report: {report}")
-    launch.end_worker()
+        status = launch.exit_status(summary)
+    launch.end_worker(status)
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

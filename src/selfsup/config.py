@@ -24,6 +24,14 @@ Part = Literal["mlm", "plm", "simcse", "simclr", "mocov2", "mocov3", "byol", "di
 Objective = Literal["clm", "mlm", "plm", "simcse", "simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav",
                     "deepcluster", "clip", "siglip", "hubert", "hybrid"]
 # the sections a hybrid's term may set for itself: its own heads, losses and views, never the shared backbone's
+# How a run executes or is watched, not what it trains: the keys a resumed run may change (train/identity.py).
+MAY_CHANGE_ON_RESUME = (
+    "out_dir", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.peak_tflops",
+    "train.device_watts", "train.device", "train.compile", "train.activation_checkpointing", "data.workers",
+    "data.cache_dir", "dist.strategy", "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint",
+    "dist.backend",
+)
 TERM_SECTIONS = ("views", "ssl", "dino", "mae", "beit", "swav", "deepcluster", "mlm", "plm", "simcse")
 
 

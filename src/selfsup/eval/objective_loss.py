@@ -23,7 +23,7 @@ def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: Objective,
 
     if not objective.validates:
         return None
-    data = RunData(cfg, Path(run_dir), log=lambda text: None, write=False)
+    data = RunData(cfg, Path(run_dir), log=lambda text: None)
     if data.val_loader is None:
         return None
 

@@ -6,7 +6,6 @@ from its class before it exists, so the data is made in one pass."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from selfsup.config import RunConfig
@@ -26,10 +25,10 @@ from selfsup.train.continual import old_stream
 
 
 class RunData:
-    def __init__(self, cfg: RunConfig, run_dir: Path, log, write: bool = True):
-        """write: this process writes the tokenizer into the run directory (rank 0 alone does)."""
+    def __init__(self, cfg: RunConfig, run_dir: Path, log):
+        """run_dir: where a resumed pairs run keeps its caption tokenizer (read, never written: train/identity.py
+        writes the run directory once the data is known to be the run's)."""
         needs = data_needs(cfg)
-        self.write = write
         self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = self.norm = None
         self.old_val_loader = None  # continual pretraining: the parent's validation data, to watch forgetting
         d = cfg.data
@@ -39,7 +38,7 @@ class RunData:
         if d.streaming:
             self._stream(cfg, path, cache, run_dir, log, needs)
         elif cfg.modality == "text":
-            self._text(cfg, run_dir, log, needs.window_overlap)
+            self._text(cfg, log, needs.window_overlap)
         elif cfg.is_image:
             self._images(cfg, path, log)
         else:
@@ -47,12 +46,11 @@ class RunData:
         if not needs.validates:
             self.val_loader = None  # e.g. DeepCluster: pseudo-labels exist for training rows only
 
-    def _text(self, cfg: RunConfig, run_dir: Path, log, overlap: int) -> None:
+    def _text(self, cfg: RunConfig, log, overlap: int) -> None:
         """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
         c = prepare(cfg.data, cfg.model.vocab_size, log=log)
-        if self.write:
-            shutil.copyfile(c.dir / "tokenizer.json", run_dir / "tokenizer.json")
         self.tokenizer = c.tokenizer
+        self.fingerprint = c.dir.name  # the cache key: every file's bytes and the settings they are read with
         self.unigram_ppl = c.meta["unigram_ppl"]
         self.summary = dict(path=cfg.data.path, files=c.meta["files"], documents=c.meta["documents"],
                             skipped=c.meta["skipped"], tokens=c.meta["tokens"], cache=str(c.dir))
@@ -70,6 +68,7 @@ class RunData:
         d, im = cfg.data, cfg.image
         images = prepare_images(path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
         self.norm = (images.mean, images.std)
+        self.fingerprint = images.dir.name
         im = cfg.with_measured(*self.norm).image  # the statistics the summary reports: the config's, else measured
         self.train_images = images.train
         self.loader = RowLoader({"images": images.train}, seed=cfg.seed)
@@ -100,9 +99,9 @@ class RunData:
                 loader.close()
 
     def _stream(self, cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, needs) -> None:
-        s = prepare_stream(cfg, path, cache, run_dir, log, self.write, needs.fits_on_data, needs.streams)
+        s = prepare_stream(cfg, path, cache, run_dir, log, needs.fits_on_data, needs.streams)
         self.loader, self.val_loader, self.tokenizer, self.train_images = s.loader, s.val_loader, s.tokenizer, s.sample
-        self.window, self.summary, self.norm = s.window, s.summary, s.norm
+        self.window, self.summary, self.norm, self.fingerprint = s.window, s.summary, s.norm, s.fingerprint
 
     def _media(self, cfg: RunConfig, path: str, run_dir: Path, log) -> None:
         d, modality = cfg.data, cfg.modality
@@ -110,6 +109,7 @@ class RunData:
         media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log,
                               captions=pairs)
         self.norm = (media.meta["mean"], media.meta["std"])
+        self.fingerprint = media.dir.name
         train, val = media.train, media.val
         if pairs:
             if train.captions is None:
@@ -119,8 +119,6 @@ class RunData:
             saved = run_dir / "tokenizer.json"  # a resumed run keeps the tokenizer it started with
             self.tokenizer = caption_tokenizer(train.captions, cfg.text.vocab_size,
                                                str(saved) if saved.is_file() else d.tokenizer)
-            if self.write:
-                self.tokenizer.save(str(saved))
             self.loader, self.val_loader = (self._pairs(cfg, split, seed=cfg.seed, shuffle=shuffle)
                                             for split, shuffle in ((train, True), (val, False)))
             what = f"{modality}-text pairs"

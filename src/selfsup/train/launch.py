@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from selfsup.dist import under_launcher
 LAUNCHED = "SELFSUP_LAUNCHED"
 
 
-def train_or_launch(cfg: RunConfig, argv: list[str], console: Console) -> dict | None:
+def train_or_launch(cfg: RunConfig, argv: list[str], console: Console, allow_changes: list[str] = ()) -> dict | None:
     """Train `cfg` in this process (alone, or as one worker under a launcher), or start the workers with `argv`
     and wait for them. Returns the summary where this process reports it; a worker that does not report ends here
     (end_worker), and a launcher on a machine other than the first returns None."""
@@ -35,11 +36,20 @@ def train_or_launch(cfg: RunConfig, argv: list[str], console: Console) -> dict |
         if cfg.dist.node_rank != 0:
             return None
         return json.loads((Path(cfg.out_dir) / "summary.json").read_text())
-    summary = train(cfg, console)
+    summary = train(cfg, console, allow_changes)
     dist.teardown()
     if not reports(int(os.environ.get("RANK", 0))):
-        end_worker()
+        end_worker(0 if LAUNCHED in os.environ else exit_status(summary))  # `selfsup train` itself reports
     return summary
+
+
+def exit_status(summary: dict) -> int:
+    """The process's exit status for a run that ended with `summary`: 0 when it finished; an interrupted run
+    (checkpointed, resumable) exits as a process killed by its signal would, 128 + signal, so that `timeout`,
+    schedulers and shell scripts see that it did not finish."""
+    if summary.get("status") != "interrupted":
+        return 0
+    return 128 + (summary.get("signal") or signal.SIGTERM)
 
 
 def reports(procs_rank: int) -> bool:
@@ -71,7 +81,7 @@ def launch(cfg: RunConfig, argv: list[str]) -> None:
     run(get_args_parser().parse_args([*args, "-m", "selfsup", *argv]))
 
 
-def end_worker() -> None:
+def end_worker(status: int = 0) -> None:
     """End a worker process of a multi-process run (no-op in a lone process) once its work is done and written,
     skipping the interpreter's final clean-up. There, gloo's threads may still hold work whose tensors
     reference Python objects, and freeing them while the interpreter is torn down aborts the process
@@ -81,4 +91,4 @@ def end_worker() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)

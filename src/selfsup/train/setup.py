@@ -24,16 +24,14 @@ from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.contract import Objective
 from selfsup.seed import seed_everything
-from selfsup.train import checkpoint, continual, optim
+from selfsup.train import checkpoint, continual, identity, optim
 from selfsup.train.data import RunData
+from selfsup.train.errors import TrainingError
+from selfsup.train.lock import RunLock, claim
 from selfsup.train.mfu import peak_flops
 from selfsup.train.parallel import is_sharded, parallelize
 from selfsup.train.schedule import lr_scale
 from selfsup.train.step import evaluate
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what to try."""
 
 
 @dataclass
@@ -55,6 +53,7 @@ class Run:
     batch: dict  # the global batch and its lr, as the summary reports them
     lr_factor: float  # what dist.lr_scaling multiplies optim.lr by
     flops_per_unit: float | None  # text: the PaLM formula; others: counted on this session's second step
+    lock: RunLock | None  # rank 0's hold on the run directory, released when the run ends
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self):
@@ -97,22 +96,33 @@ class Run:
         return evaluate(self.objective, rows, t.batch_size * t.grad_accum, t.eval_batches, self.device, t.precision)
 
 
-def build_run(cfg: RunConfig, console: Console | None = None) -> Run:
-    t = cfg.train
-    procs, device = dist.setup(dist.resolve_device(t.device), cfg.dist.backend)
+def build_run(cfg: RunConfig, console: Console | None = None, allow_changes: list[str] = ()) -> Run:
+    """allow_changes: config keys a resumed run may change beyond identity.MAY_CHANGE (`--allow-changes`)."""
+    procs, device = dist.setup(dist.resolve_device(cfg.train.device), cfg.dist.backend)
     console = console or Console()
     if not procs.main:  # rank 0 alone speaks and writes the run directory
         console = Console(file=open(os.devnull, "w"))
     run_dir = Path(cfg.out_dir)
-    if procs.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    say = lambda text: console.print(f"[dim]{text}")  # noqa: E731
+    allowed = identity.allowed_keys(list(allow_changes))
+    cfg, changes, lock = _claim(cfg, run_dir, procs, allowed, say)
+    try:
+        return _build(cfg, procs, device, console, say, allowed, changes, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_empty=True)  # a directory this run made, if nothing got written into it
+        raise
+
+
+def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console: Console, say, allowed: set[str],
+           changes: dict, lock: RunLock | None) -> Run:
+    t, run_dir = cfg.train, Path(cfg.out_dir)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    data = _prepare_data(cfg, run_dir, procs, device, log=lambda text: console.print(f"[dim]{text}"))
-    if data.norm is not None:
-        cfg = cfg.with_measured(*data.norm)
+    data = _prepare_data(cfg, run_dir, procs, device, say, admit=lambda d: identity.admit(
+        _resolved(cfg, d), d.fingerprint, d.tokenizer, run_dir, allowed, changes))
+    cfg = _resolved(cfg, data)
     seed_everything(cfg.seed)  # every process builds the same initial weights (DDP checks them too)
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
     if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
@@ -138,7 +148,7 @@ def build_run(cfg: RunConfig, console: Console | None = None) -> Run:
     if procs.rank and (last is None or not checkpoint.has_rng(last, procs.rank)):
         torch.manual_seed(cfg.seed + 1_000_003 * procs.rank + step)  # each process its own augmentations
     if procs.main:
-        (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+        identity.record(run_dir, step, changes, allowed)
 
     global_batch = t.batch_size * t.grad_accum * procs.world
     lr_factor = lr_scale(cfg, global_batch)
@@ -150,19 +160,52 @@ def build_run(cfg: RunConfig, console: Console | None = None) -> Run:
     peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(device, dtype)
     flops = objective.flops_per_token() if unit == "token" else counters.get(f"flops_per_{unit}")
     run = Run(cfg, procs, device, run_dir, console, data, objective, model, optimizer, is_sharded(objective), step,
-              counters, trained, peak, batch, lr_factor, flops)
+              counters, trained, peak, batch, lr_factor, flops, lock)
     _banner(run)
     return run
 
 
-def _prepare_data(cfg: RunConfig, run_dir: Path, procs: dist.Processes, device: torch.device, log) -> RunData:
-    """The data cache is made once per machine: rank 0 first (it also trains a caption tokenizer into the run
-    directory), then the first process of every other machine, then everyone else, who find it made."""
+def _claim(cfg: RunConfig, run_dir: Path, procs: dist.Processes, allowed: set[str],
+           say) -> tuple[RunConfig, dict, RunLock | None]:
+    """Before anything is read or written: rank 0 locks the run directory and resolves `cfg` against the run it
+    holds (identity.resume_config: a resume may change only what it may). Every process gets rank 0's config and
+    the changes, or stops with rank 0."""
+    lock, changes, error = None, {}, None
+    if procs.main:
+        try:
+            lock = claim(run_dir, say)
+            cfg, changes = identity.resume_config(cfg, run_dir, allowed)
+        except Exception as e:  # the others must not wait for a process that has given up
+            error = e
+    if procs.world > 1:
+        tree = dist.gather_objects(cfg.model_dump(mode="json") if procs.main and error is None else None)[0]
+        if tree is None and error is None:
+            raise TrainingError("process 0 could not start the run; its error is in the log above")
+        if tree is not None:
+            cfg = config_mod.validate(tree)
+    if error is not None:
+        if lock is not None:
+            lock.release(remove_empty=True)
+        raise error
+    return cfg, changes, lock
+
+
+def _resolved(cfg: RunConfig, data: RunData) -> RunConfig:
+    """The config with the normalisation statistics measured on the data, where it leaves them unset."""
+    return cfg.with_measured(*data.norm) if data.norm is not None else cfg
+
+
+def _prepare_data(cfg: RunConfig, run_dir: Path, procs: dist.Processes, device: torch.device, log, admit) -> RunData:
+    """The data cache is made once per machine: rank 0 first, then the first process of every other machine, then
+    everyone else, who find it made. Rank 0 then `admit`s it (identity.admit: it is the run's data; the run
+    directory is written), before the others read a resumed pairs run's tokenizer from there."""
     data, error = None, None
     for turn in (procs.main, procs.local_main and not procs.main, not procs.local_main):
         if turn:
             try:
-                data = RunData(cfg, run_dir, log=log, write=procs.main)
+                data = RunData(cfg, run_dir, log=log)
+                if procs.main:
+                    admit(data)
             except Exception as e:  # the others must not wait for a process that has given up
                 error = e
         if dist.any_true(error is not None, device):  # also the barrier between turns

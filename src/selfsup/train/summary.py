@@ -12,8 +12,9 @@ from selfsup.train.monitor import read_metrics
 from selfsup.train.setup import Run
 
 
-def summarize(run: Run, status: str, val_loss: float | None) -> dict:
-    """The summary of `run` as it stands; rank 0 writes it to summary.json."""
+def summarize(run: Run, status: str, val_loss: float | None, signal: int | None = None) -> dict:
+    """The summary of `run` as it stands; rank 0 writes it to summary.json. signal: what stopped an interrupted run
+    (None: it stopped because another process received one), for the exit status."""
     cfg, unit, counters = run.cfg, run.unit, run.counters
     records = read_metrics(run.run_dir / "metrics.jsonl")
     rate_key = f"{unit}s_per_s"
@@ -24,7 +25,7 @@ def summarize(run: Run, status: str, val_loss: float | None) -> dict:
     flops = run.flops_per_unit
     perplexity = run.objective.token_nll and val_loss is not None
     summary = {
-        "status": status, "recipe": cfg.recipe, "objective": cfg.objective, "unit": unit, "steps": run.step,
+        "status": status, "signal": signal, "recipe": cfg.recipe, "objective": cfg.objective, "unit": unit, "steps": run.step,
         f"{unit}s_seen": counters[f"{unit}s_seen"], "wall_time_s": round(counters["elapsed_s"], 2), rate_key: rate,
         "mfu": rate * flops / (run.peak * run.batch["processes"]) if flops else None,
         "peak_tflops": run.peak / 1e12,

@@ -15,7 +15,8 @@ from selfsup.train import checkpoint
 from selfsup.train.monitor import Monitor
 from selfsup.train.record import Records
 from selfsup.train.schedule import lr_at
-from selfsup.train.setup import TrainingError, build_run
+from selfsup.train.errors import TrainingError
+from selfsup.train.setup import Run, build_run
 from selfsup.train.step import optimizer_step
 from selfsup.train.summary import summarize
 
@@ -44,8 +45,17 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(cfg: RunConfig, console: Console | None = None) -> dict:
-    run = build_run(cfg, console)
+def train(cfg: RunConfig, console: Console | None = None, allow_changes: list[str] = ()) -> dict:
+    """Train (or resume) the run `cfg` describes; its summary. allow_changes: `--allow-changes` (train/identity.py)."""
+    run = build_run(cfg, console, allow_changes)
+    try:
+        return _loop(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _loop(run: Run) -> dict:
     t, unit = run.cfg.train, run.unit
     monitor = Monitor(run.run_dir, t.max_steps, run.step, run.console, unit, write=run.procs.main)
     records = Records(run, monitor)
@@ -99,6 +109,6 @@ def train(cfg: RunConfig, console: Console | None = None) -> dict:
             val_loss = run.validate(run.data.val_loader)
         checkpoint.save_final(run.run_dir / "model.safetensors", run.objective, run.procs.main, run.sharded)
     run.data.close()
-    summary = summarize(run, status, val_loss)
+    summary = summarize(run, status, val_loss, stop.signal)
     dist.barrier()
     return summary

@@ -13,6 +13,8 @@ the caption tokenizer measured on a bounded head of the training shards; nothing
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +48,10 @@ class StreamSet:
     norm: tuple | None  # (mean, std) measured on that head, when the config leaves them unset
     window: tuple[str, int]
     summary: dict
+    fingerprint: str  # the shards' paths and sizes (hashing every shard's bytes at each start would cost too much)
 
 
-def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, write: bool, fits_on_data: bool,
-                   streams: bool) -> StreamSet:
+def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, fits_on_data: bool, streams: bool) -> StreamSet:
     """fits_on_data: keep the decoded head of the training shards for the objective to fit on; streams: whether
     the objective can train from shards at all (one that clusters every training row cannot)."""
     _check_objective(cfg, streams)
@@ -78,7 +80,7 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
             stats.add(sample, lengths)
             norm = stats.result()
             section = cfg.with_measured(*norm).normalisation
-    tokenizer = _tokenizer(cfg, train, run_dir, write) if pairs else None
+    tokenizer = _tokenizer(cfg, train, run_dir) if pairs else None
     text = (tokenizer, cfg.text.context) if pairs else None
     loader = StreamLoader(train, ShardOrder(train.counts, cfg.seed, d.shuffle_buffer), decoder, workers, text,
                           counted)
@@ -91,8 +93,10 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, w
                    "val": len(val.paths)}, skipped=loader.skipped_all,
                    notes=loader.notes, stats_samples=measured, mean=section.mean, std=section.std)
     summary["samples" if pairs else "images"] = {"train": n_train, "val": n_val}  # the keys the cache's summary uses
+    fingerprint = hashlib.sha256(json.dumps([[r, f.stat().st_size] for r, f in zip(rels, files)]).encode())
     return StreamSet(loader, val_loader, tokenizer, sample if fits_on_data else None, norm,
-                     (f"{n_train:,} training {what} streamed from {len(train.paths)} shard(s)", 1), summary)
+                     (f"{n_train:,} training {what} streamed from {len(train.paths)} shard(s)", 1), summary,
+                     fingerprint.hexdigest()[:24])
 
 
 def _check_objective(cfg: RunConfig, streams: bool) -> None:
@@ -156,7 +160,7 @@ def _head(table: ShardTable, decoder, workers: int) -> tuple[np.ndarray, np.ndar
     return np.stack(rows), np.array(lengths, dtype=np.int32), len(rows)
 
 
-def _tokenizer(cfg: RunConfig, train: ShardTable, run_dir: Path, write: bool) -> Tokenizer:
+def _tokenizer(cfg: RunConfig, train: ShardTable, run_dir: Path) -> Tokenizer:
     saved = run_dir / "tokenizer.json"  # a resumed run keeps the tokenizer it started with
     given = str(saved) if saved.is_file() else cfg.data.tokenizer
     captions = []
@@ -170,7 +174,4 @@ def _tokenizer(cfg: RunConfig, train: ShardTable, run_dir: Path, write: bool) ->
         if not captions:
             raise DataError(f"the first {len(shards)} training samples carry no .txt caption; {cfg.objective} trains "
                             "on pairs: expected .tar shards whose samples hold a .txt caption")
-    tokenizer = caption_tokenizer(captions, cfg.text.vocab_size, given)
-    if write:
-        tokenizer.save(str(saved))
-    return tokenizer
+    return caption_tokenizer(captions, cfg.text.vocab_size, given)
