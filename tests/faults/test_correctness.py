@@ -1,0 +1,86 @@
+"""Correctness found by review (issue 14, items 13-16): DeepCluster's classifier restarts its optimizer state with
+its weights; validation draws its masks and views from generators of its own; the chunked losses compute no
+gradients when none is wanted; LARS puts the learning rate inside its momentum, as SimCLR and BYOL do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+from selfsup.train import optim
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------ item 16: LARS
+
+
+class TwoParams(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)  # weight (2-D): decay and trust ratio; bias (1-D): neither
+
+
+def test_lars_follows_the_papers_form_under_a_changing_lr():
+    """v ← m·v + lr·trust·(g + λw); w ← w − v (SimCLR's LARSOptimizer), by hand for three warm-up steps."""
+    lrs, m, wd, eta = [0.1, 0.2, 0.3], 0.9, 0.01, 0.001
+    torch.manual_seed(0)
+    net = TwoParams()
+    opt = optim.build(net, OptimConfig(name="lars", lr=lrs[0], weight_decay=wd, momentum=m, trust_coefficient=eta),
+                      torch.device("cpu"))
+    w, b = net.lin.weight.detach().clone(), net.lin.bias.detach().clone()
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    for lr in lrs:
+        gw, gb = torch.randn_like(w), torch.randn_like(b)
+        net.lin.weight.grad, net.lin.bias.grad = gw.clone(), gb.clone()
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        u = gw + wd * w
+        vw = m * vw + lr * (eta * w.norm() / u.norm()) * u
+        vb = m * vb + lr * gb  # 1-D: no weight decay, no trust ratio
+        w, b = w - vw, b - vb
+        torch.testing.assert_close(net.lin.weight.detach(), w, rtol=0, atol=1e-7)
+        torch.testing.assert_close(net.lin.bias.detach(), b, rtol=0, atol=1e-7)
+
+
+def test_lars_state_resumes_exactly_and_reads_a_checkpoint_of_the_sgd_form():
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4) for _ in range(4)], [torch.randn(3) for _ in range(4)]
+
+    def run(steps, net, opt):
+        for i in steps:
+            net.lin.weight.grad, net.lin.bias.grad = grads[0][i].clone(), grads[1][i].clone()
+            for g in opt.param_groups:
+                g["lr"] = 0.1 * (i + 1)
+            opt.step()
+
+    cfg = OptimConfig(name="lars", lr=0.1, weight_decay=0.01)
+    torch.manual_seed(1)
+    a = TwoParams()
+    b = TwoParams()
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = optim.build(a, cfg, torch.device("cpu")), optim.build(b, cfg, torch.device("cpu"))
+    run(range(4), a, opt_a)
+    run(range(2), b, opt_b)
+    saved = opt_b.state_dict()
+    assert {k for s in saved["state"].values() for k in s} == {"velocity"}
+    opt_b = optim.build(b, cfg, torch.device("cpu"))
+    opt_b.load_state_dict(saved)
+    run(range(2, 4), b, opt_b)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+
+    # a checkpoint written by the SGD form holds `momentum_buffer` (the unscaled sum): its next step is the step that
+    # form would have taken, w − lr · (m · buf + u), and the run goes on in the paper's form
+    net = TwoParams()
+    opt = optim.build(net, OptimConfig(name="lars", lr=0.3, momentum=0.9), torch.device("cpu"))
+    buf = torch.randn(3)
+    opt.state[net.lin.bias]["momentum_buffer"] = buf.clone()
+    before, g = net.lin.bias.detach().clone(), torch.randn(3)
+    net.lin.bias.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(net.lin.bias.detach(), before - 0.3 * (0.9 * buf + g), rtol=0, atol=1e-7)
+    assert set(opt.state[net.lin.bias]) == {"velocity"}
