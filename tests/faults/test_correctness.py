@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from selfsup.config import OptimConfig
+from selfsup.objectives.losses import linear_cross_entropy
+from selfsup.objectives.pair_losses import siglip_loss
 from selfsup.train import optim
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,3 +88,34 @@ def test_lars_state_resumes_exactly_and_reads_a_checkpoint_of_the_sgd_form():
     opt.step()
     torch.testing.assert_close(net.lin.bias.detach(), before - 0.3 * (0.9 * buf + g), rtol=0, atol=1e-7)
     assert set(opt.state[net.lin.bias]) == {"velocity"}
+
+
+# ------------------------------------------------------------------------------------ item 15: chunked losses
+
+
+def _chunked(name):
+    """A chunked loss over 3 chunks, of inputs that require grad."""
+    g = torch.Generator().manual_seed(0)
+    if name == "linear_cross_entropy":
+        h = torch.randn(40, 8, generator=g, requires_grad=True)
+        w = torch.randn(50, 8, generator=g, requires_grad=True)
+        y = torch.randint(0, 50, (40,), generator=g)
+        return lambda: linear_cross_entropy(h, w, y, chunk=16)[0]
+    m = F.normalize(torch.randn(12, 8, generator=g), dim=1).requires_grad_()
+    t = F.normalize(torch.randn(12, 8, generator=g), dim=1).requires_grad_()
+    scale, bias = torch.tensor(2.3, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+    return lambda: siglip_loss(m, t, scale, bias, chunk=5)[0]
+
+
+@pytest.mark.parametrize("name", ["linear_cross_entropy", "siglip_loss"])
+def test_chunked_losses_compute_no_gradients_under_no_grad(name):
+    """Evaluation and perplexity run the chunked losses under torch.no_grad: the product that makes each chunk's
+    logits, not the two of the same size that only the gradients need; the loss is the same to the bit."""
+    loss = _chunked(name)
+    with FlopCounterMode(display=False) as training:
+        with_grad = loss()
+    with torch.no_grad(), FlopCounterMode(display=False) as evaluating:
+        without = loss()
+    assert evaluating.get_total_flops() * 3 == training.get_total_flops() > 0
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.equal(with_grad.detach(), without)
