@@ -7,13 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from selfsup import config
 from selfsup.config import OptimConfig
+from selfsup.objectives.deepcluster import DeepCluster
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.pair_losses import siglip_loss
-from selfsup.train import optim
+from selfsup.train import optim, trainer
+from selfsup.train.step import optimizer_step
+from tests.test_train import Killed, crash_after_step, losses, quiet
+from tests.test_vision import TINY_VISION, batch_of, built, digits_dir, fake_images  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,3 +125,54 @@ def test_chunked_losses_compute_no_gradients_under_no_grad(name):
     assert evaluating.get_total_flops() * 3 == training.get_total_flops() > 0
     assert with_grad.requires_grad and not without.requires_grad
     assert torch.equal(with_grad.detach(), without)
+
+
+# ------------------------------------------------------------------------------------ item 13: DeepCluster
+
+
+def test_deepcluster_classifier_restarts_its_optimizer_state_with_its_weights():
+    """After a re-clustering the classifier's next AdamW step is a fresh optimizer's first one, lr · g / (|g| + ε)
+    plus decay (the paper builds a new optimizer for it), while the trunk keeps its moments."""
+    images = fake_images(40).numpy()
+    cfg, obj = built("deepcluster", "deepcluster.recluster_every=2", images=images)
+    obj.train()
+    opt = optim.build(obj, cfg.optim, torch.device("cpu"))
+    trained = [p for p in obj.parameters() if p.requires_grad]
+    lr = 0.01
+
+    def step(n):
+        batch = batch_of(torch.from_numpy(images[8 * n:8 * n + 8]))
+        result = optimizer_step(obj, obj, opt, trained, [batch], n, lr, torch.device("cpu"), "fp32", None)
+        assert result.applied
+
+    step(1)
+    step(2)  # re-clusters: new labels, new classifier, its moments and step count back to zero
+    w, b = obj.classifier.weight.detach().clone(), obj.classifier.bias.detach().clone()
+    for p in obj.classifier.parameters():
+        assert all(not v.any() for v in opt.state[p].values())
+    assert int(opt.state[obj.projector[0].weight]["step"]) == 2
+    opt.zero_grad(set_to_none=True)
+    step(3)
+    eps, wd = cfg.optim.eps, cfg.optim.weight_decay
+    gw, gb = obj.classifier.weight.grad, obj.classifier.bias.grad
+    torch.testing.assert_close(obj.classifier.weight.detach(), w * (1 - lr * wd) - lr * gw / (gw.abs() + eps))
+    torch.testing.assert_close(obj.classifier.bias.detach(), b - lr * gb / (gb.abs() + eps))
+    assert int(opt.state[obj.classifier.weight]["step"]) == 1 and int(opt.state[obj.projector[0].weight]["step"]) == 3
+
+
+def test_deepcluster_resumed_across_a_reclustering_matches_an_uninterrupted_run(digits_dir, tmp_path, monkeypatch):
+    """Killed after step 4 (a re-clustering, the classifier's state restarted), resumed from the checkpoint at 3:
+    the restart happens again at step 4 and every loss and weight is the uninterrupted run's."""
+    args = [f"data.path={digits_dir / 'train'}", *TINY_VISION, "train.max_steps=6", "train.log_every=1",
+            "train.checkpoint_every=3", "deepcluster.recluster_every=2", "train.batch_size=8"]
+    trainer.train(config.load("deepcluster", [*args, f"out_dir={tmp_path / 'full'}"]), quiet())
+    undo = crash_after_step(monkeypatch, DeepCluster, 4)
+    out = tmp_path / "crashed"
+    with pytest.raises(Killed):
+        trainer.train(config.load("deepcluster", [*args, f"out_dir={out}"]), quiet())
+    undo()
+    trainer.train(config.load("deepcluster", [*args, f"out_dir={out}"]), quiet())
+    assert losses(out) == losses(tmp_path / "full")
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

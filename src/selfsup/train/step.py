@@ -67,7 +67,8 @@ def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer
     """Optimizer step `step` (counted from 1) at `lr` on `batches`; `trained`: the parameters whose gradient norm is
     clipped (those the optimizer updates); count: measure its FLOPs with FlopCounterMode.
     The objective's hooks run around the update: before_step after the backward (gradients it holds back),
-    after_step after it (EMA teachers, centres, logit-scale clamps)."""
+    after_step after it (EMA teachers, centres, logit-scale clamps, re-initialised heads, whose optimizer state
+    restarts)."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     flops = None
@@ -82,7 +83,19 @@ def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer
         objective.before_step(step)
         optimizer.step()
         objective.after_step(step)
+        restart_state(optimizer, objective.reinitialised(step))
     return StepResult(loss, grad_norm, units, out, flops, applied)
+
+
+def restart_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    """The optimizer state of `params` as a fresh optimizer has it: every tensor zeroed (moments, momentum, the step
+    count of Adam's bias correction). Zeroed in place rather than dropped, so a checkpoint holds the same entries
+    either way: FSDP's sharded resume loads into every entry a fresh run's optimizer has. The state is keyed by the
+    parameters the optimizer holds, which are the objective's own (FSDP's sharded ones once wrapped)."""
+    for p in params:
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value):
+                value.zero_()
 
 
 @torch.no_grad()
