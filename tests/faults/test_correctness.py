@@ -4,6 +4,10 @@ gradients when none is wanted; LARS puts the learning rate inside its momentum, 
 
 from __future__ import annotations
 
+import json
+import random
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,13 +15,16 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from selfsup import config
+from selfsup import batch_random, config
 from selfsup.config import OptimConfig
+from selfsup.data.load.rows import RowLoader
 from selfsup.objectives.deepcluster import DeepCluster
 from selfsup.objectives.losses import linear_cross_entropy
 from selfsup.objectives.pair_losses import siglip_loss
+from selfsup.seed import seed_everything
 from selfsup.train import optim, trainer
-from selfsup.train.step import optimizer_step
+from selfsup.train.step import evaluate, optimizer_step
+from tests.conftest import TINY
 from tests.test_train import Killed, crash_after_step, losses, quiet
 from tests.test_vision import TINY_VISION, batch_of, built, digits_dir, fake_images  # noqa: F401 (a fixture)
 
@@ -176,3 +183,44 @@ def test_deepcluster_resumed_across_a_reclustering_matches_an_uninterrupted_run(
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# ------------------------------------------------------------------------------------ item 14: validation's draws
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("recipe", ["bert-mlm", "gpt-clm"])
+def test_how_often_a_run_validates_does_not_change_what_it_trains(recipe, corpus, tmp_path):
+    """Validation draws its masks from generators seeded for it and puts the training ones back: a run validated
+    every 2 steps logs the training losses of one validated at the end alone, and the same validation loss there."""
+    runs = {}
+    for every in (2, 6):
+        out = tmp_path / f"every-{every}"
+        trainer.train(config.load(recipe, [f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=6",
+                                           "train.log_every=1", f"train.eval_every={every}"]), quiet())
+        runs[every] = _records(out)
+    often, once = runs[2], runs[6]
+    assert [r["step"] for r in often if "val_loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in once if "val_loss" in r] == [6]
+    assert [r["loss"] for r in often] == [r["loss"] for r in once]
+    assert often[-1]["val_loss"] == once[-1]["val_loss"]
+
+
+def test_validation_scores_the_same_masks_every_time_and_leaves_every_generator_alone():
+    images = fake_images(16).numpy()
+    cfg, obj = built("mae", images=images)
+    rows = RowLoader({"images": images}, shuffle=False)
+    seed_everything(3)
+    before = _generators()
+    first = evaluate(obj, rows, 8, 2, torch.device("cpu"), "fp32", seed=cfg.seed)
+    assert _generators() == before
+    torch.rand(5), batch_random.rand((4, 3)), random.random(), np.random.rand()  # training goes on drawing
+    assert evaluate(obj, rows, 8, 2, torch.device("cpu"), "fp32", seed=cfg.seed) == first
+
+
+def _generators():
+    return (torch.get_rng_state().tolist(), batch_random.get_state().tolist(), random.getstate(),
+            str(np.random.get_state()))

@@ -16,6 +16,7 @@ import torch
 from selfsup import dist
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
+from selfsup.seed import fixed_draws
 from selfsup.train.mfu import count_flops
 from selfsup.train.parallel import no_sync
 
@@ -99,21 +100,24 @@ def restart_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parame
 
 
 @torch.no_grad()
-def evaluate(objective: Objective, loader, batch_size: int, batches: int, device, precision: str) -> float:
+def evaluate(objective: Objective, loader, batch_size: int, batches: int, device, precision: str, seed: int) -> float:
     """Mean loss per unit over the first `batches` validation batches (the same ones every time), over all
-    processes."""
+    processes. Masks and views are drawn from generators seeded `seed` for the occasion (seed.fixed_draws): the same
+    at every evaluation, and the training generators are left where they were, so how often a run validates does
+    not change what it trains on."""
     world = dist.rank_and_world()[1]
     was_training = objective.training
     objective.eval()
     loader.load_state({"epoch": 0, "index": 0})
     total, count = 0.0, 0
     per = min(batch_size, max(len(loader) // world, 1))
-    for _ in range(min(batches, max(len(loader) // (per * world), 1))):
-        batch = {k: v.to(device) for k, v in loader.next_batch(per).items()}
-        with autocast(device, precision):
-            out = objective(batch)
-        total += out.loss.item()
-        count += int(out.count)
+    with fixed_draws(seed):
+        for _ in range(min(batches, max(len(loader) // (per * world), 1))):
+            batch = {k: v.to(device) for k, v in loader.next_batch(per).items()}
+            with autocast(device, precision):
+                out = objective(batch)
+            total += out.loss.item()
+            count += int(out.count)
     objective.train(was_training)
     total, count = dist.all_sum(total, count, device=device)
     return total / max(count, 1)
