@@ -40,3 +40,7 @@ def test_every_recipe_builds_an_objective_that_keeps_the_contract(recipe, tok):
     # the hooks exist on every objective, a no-op where it has nothing to do
     objective.before_step(1)
     objective.after_step(1)
+    # what it re-initialised are its own parameters: the optimizer's state is keyed by them
+    own = {id(p) for p in objective.parameters()}
+    for step in (1, cfg.deepcluster.recluster_every):
+        assert all(id(p) in own for p in objective.reinitialised(step))

@@ -9,6 +9,8 @@ batch, not the model's work. The unit is the global micro-batch (train.batch_siz
 DataLoader-style stream per process is what users expect of them).
 
 The generator lives on the CPU (a mask is a few kB per batch to move); its state is part of every checkpoint.
+Validation draws from it seeded for the occasion and puts its state back after (seed.fixed_draws), so the training
+stream does not depend on how often a run validates.
 """
 
 from __future__ import annotations

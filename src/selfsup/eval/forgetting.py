@@ -63,8 +63,8 @@ def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: i
         batches = max(min(max_rows, len(rows)) // per, 1)
         scores = {}
         for name, objective in (("parent", parent), ("continued", continued)):
-            torch.manual_seed(cfg.seed)  # the same masks / views for both models
-            scores[name] = {"loss": evaluate(objective, rows, per, batches, device, "fp32")}
+            # masks and views from the run's seed: the same for both models
+            scores[name] = {"loss": evaluate(objective, rows, per, batches, device, "fp32", cfg.seed)}
             if causal:
                 scores[name]["perplexity"] = math.exp(min(scores[name]["loss"], 50))
         before, after = scores["parent"]["loss"], scores["continued"]["loss"]

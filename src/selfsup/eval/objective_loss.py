@@ -17,7 +17,6 @@ def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: Objective,
                          device: torch.device) -> Callable[[nn.Module], float] | None:
     """loss(trunk) on the run's own validation split (the same batches, masks and views for every trunk), or None
     when the objective has no validation loss (DeepCluster) or the run no validation split."""
-    from selfsup.seed import seed_everything
     from selfsup.train.data import RunData
     from selfsup.train.step import evaluate
 
@@ -30,8 +29,9 @@ def objective_loss_probe(cfg: RunConfig, run_dir: Path, objective: Objective,
     def loss(trunk: nn.Module) -> float:
         kept = {k: v.clone() for k, v in objective.model.state_dict().items()}
         objective.model.load_state_dict(trunk.state_dict())
-        seed_everything(cfg.seed)  # the same masks and views for every trunk
-        value = evaluate(objective, data.val_loader, cfg.train.batch_size, cfg.train.eval_batches, device, "fp32")
+        # masks and views from the run's seed: the same for every trunk
+        value = evaluate(objective, data.val_loader, cfg.train.batch_size, cfg.train.eval_batches, device, "fp32",
+                         cfg.seed)
         objective.model.load_state_dict(kept)
         return value
 

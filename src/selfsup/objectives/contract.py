@@ -47,3 +47,9 @@ class Objective(Protocol):
 
     def after_step(self, step: int) -> None:
         """After optimizer step `step`: EMA teachers, centres, queues, logit-scale clamps, re-clustering."""
+
+    def reinitialised(self, step: int) -> list[nn.Parameter]:
+        """The parameters after_step(step) re-initialised (DeepCluster's classifier after a re-clustering), whose
+        optimizer state the trainer restarts with them. A function of `step` alone, so a resumed run restarts the
+        same state at the same steps."""
+        return []

@@ -6,8 +6,9 @@ The classifier sits on a projection MLP (AlexNet's fc6-fc7 in the paper, a proje
 the backbone's features, which evaluation reads, are not forced to be linearly separable into each clustering's
 arbitrary classes (measured on the digits demo: a linear classifier right on the backbone left its features
 worse than a random init's). As in the paper: re-clustered on a schedule (`recluster_every` steps; the paper
-does it every epoch), the classifier is re-initialised after each clustering (cluster indices are arbitrary),
-and clusters count equally (the paper samples images uniformly over clusters; here each image's loss is
+does it every epoch), the classifier is re-initialised after each clustering (cluster indices are arbitrary), its
+optimizer state with it (the paper builds a fresh optimizer for it: moments of the old clusters' indices would push
+the new ones), and clusters count equally (the paper samples images uniformly over clusters; here each image's loss is
 weighted by 1 / its cluster's size, which has the same expectation without a special sampler). The
 pseudo-labels are part of the checkpoint.
 """
@@ -100,3 +101,6 @@ class DeepCluster(nn.Module, Objective):
     def after_step(self, step: int) -> None:
         if step % self.recluster_every == 0:
             self.recluster(next(self.parameters()).device, step)
+
+    def reinitialised(self, step: int) -> list[nn.Parameter]:
+        return list(self.classifier.parameters()) if step % self.recluster_every == 0 else []

@@ -80,6 +80,9 @@ class Hybrid(nn.Module, Objective):
             term.after_step(step)
         self.step.fill_(step)
 
+    def reinitialised(self, step: int) -> list[nn.Parameter]:
+        return [p for term in self.terms.values() for p in term.reinitialised(step)]
+
     def flops_per_token(self) -> float:
         """Text: every term's forward passes (the trunk once per pass)."""
         return sum(term.flops_per_token() for term in self.terms.values())

@@ -26,15 +26,20 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, bias: T
     hidden: (N, D); weight: (V, D); bias: (V,) or None; labels: (N,). The logits are made a chunk of rows at a
     time, in fp32 for the softmax, and the gradients for hidden, weight and bias are computed right there, so the
     largest activation of a language model (N × V fp32, 135 MB at batch 32 × 128 and vocabulary 8192) never
-    exists whole.
+    exists whole. Without autograd (torch.no_grad, or no input that requires grad) only the loss is computed.
     """
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk, wants_grad(hidden, weight, bias))
+
+
+def wants_grad(*inputs: Tensor | None) -> bool:
+    """Whether autograd will ask for gradients of `inputs`: a custom Function's forward runs under no_grad and its
+    ctx.needs_input_grad reads requires_grad alone, so only its caller can tell an evaluation from training."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk):
-        want_grad = any(ctx.needs_input_grad[:3])
+    def forward(ctx, hidden, weight, bias, labels, chunk, want_grad):
         grad_hidden = torch.empty_like(hidden) if want_grad else None  # (N, D)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
         grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if want_grad else None
@@ -67,7 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_count):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         grad_bias = grad_bias.to(grad_hidden.dtype) * grad_loss if ctx.has_bias else None
-        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None
+        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None, None
 
 
 # ------------------------------------------------------------------------------------ losses on embeddings

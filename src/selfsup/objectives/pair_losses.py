@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.models.blocks import wide
+from selfsup.objectives.losses import wants_grad
 
 
 def clip_loss(media: Tensor, text: Tensor, log_scale: Tensor, all_media: Tensor | None = None,
@@ -42,10 +43,11 @@ def siglip_loss(media: Tensor, text: Tensor, log_scale: Tensor, bias: Tensor, of
 
     media: (B, E) this rank's rows; text: (N, E) all texts (N = B in one process; gathered across ranks, this is
     the paper's chunked multi-device form: each device scores its media against every text). chunk > 0 scores
-    `chunk` texts at a time and computes the gradients right there, so the (B, N) logits never exist whole.
-    Returns (Σ over the B × N pairs, B)."""
+    `chunk` texts at a time and computes the gradients right there (when autograd will want them), so the (B, N)
+    logits never exist whole. Returns (Σ over the B × N pairs, B)."""
     if chunk:
-        return _ChunkedSigmoid.apply(media, text, log_scale, bias, offset, chunk), media.shape[0]
+        want_grad = wants_grad(media, text, log_scale, bias)
+        return _ChunkedSigmoid.apply(media, text, log_scale, bias, offset, chunk, want_grad), media.shape[0]
     logits = wide(log_scale).exp() * wide(media) @ wide(text).t() + wide(bias)  # (B, N)
     signs = -torch.ones_like(logits)
     signs[torch.arange(media.shape[0]), torch.arange(media.shape[0]) + offset] = 1.0
@@ -57,12 +59,13 @@ class _ChunkedSigmoid(torch.autograd.Function):
     ∂/∂m_i = s Σ_j g_ij t_j, ∂/∂t_j = s Σ_i g_ij m_i, ∂/∂log_scale = s Σ g_ij m_i·t_j, ∂/∂bias = Σ g_ij."""
 
     @staticmethod
-    def forward(ctx, media, text, log_scale, bias, offset, chunk):
+    def forward(ctx, media, text, log_scale, bias, offset, chunk, want_grad):
         m, t = wide(media), wide(text)
         s, b = wide(log_scale).exp().reshape(()), wide(bias).reshape(())  # scalars, whatever the parameter shape
         B, dtype = m.shape[0], torch.promote_types(m.dtype, t.dtype)
-        grad_m, grad_t = torch.zeros_like(m), torch.empty_like(t)  # (B, E), (N, E)
-        grad_scale, grad_bias = (torch.zeros((), device=m.device, dtype=dtype) for _ in range(2))
+        if want_grad:
+            grad_m, grad_t = torch.zeros_like(m), torch.empty_like(t)  # (B, E), (N, E)
+            grad_scale, grad_bias = (torch.zeros((), device=m.device, dtype=dtype) for _ in range(2))
         loss = torch.zeros((), device=m.device, dtype=dtype)
         rows = torch.arange(B, device=m.device)
         for start in range(0, t.shape[0], chunk):
@@ -75,16 +78,18 @@ class _ChunkedSigmoid(torch.autograd.Function):
             signs[rows[hit], pos[hit]] = 1.0
             z = -signs * logits
             loss += F.softplus(z).sum()
-            g = -signs * torch.sigmoid(z)  # (B, c) ∂loss/∂logits
-            grad_m += s * g @ block
-            grad_t[start:start + chunk] = s * g.t() @ m
-            grad_scale += s * (g * dots).sum()
-            grad_bias += g.sum()
-        ctx.save_for_backward(grad_m, grad_t, grad_scale, grad_bias)
-        ctx.like = [(x.dtype, x.shape) for x in (media, text, log_scale, bias)]
+            if want_grad:
+                g = -signs * torch.sigmoid(z)  # (B, c) ∂loss/∂logits
+                grad_m += s * g @ block
+                grad_t[start:start + chunk] = s * g.t() @ m
+                grad_scale += s * (g * dots).sum()
+                grad_bias += g.sum()
+        if want_grad:
+            ctx.save_for_backward(grad_m, grad_t, grad_scale, grad_bias)
+            ctx.like = [(x.dtype, x.shape) for x in (media, text, log_scale, bias)]
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grads = [(g * grad_loss).to(dtype).reshape(shape) for g, (dtype, shape) in zip(ctx.saved_tensors, ctx.like)]
-        return *grads, None, None
+        return *grads, None, None, None

@@ -70,8 +70,15 @@ class Lamb(torch.optim.Optimizer):
 
 
 class Lars(torch.optim.Optimizer):
-    """LARS (You et al., 2017) as used by SimCLR/BYOL: SGD with momentum whose per-tensor step is scaled by
-    η · ‖p‖ / ‖g + λp‖."""
+    """LARS (You et al., 2017) as SimCLR and BYOL run it: momentum over steps that already hold the learning rate
+    and the per-tensor trust ratio η · ‖p‖ / ‖g + λp‖,
+
+        v ← m · v + lr · trust · (g + λp);    p ← p − v
+
+    (SimCLR's LARSOptimizer, `classic_momentum`). PyTorch's SGD form, v ← m · v + u; p ← p − lr · v, is the same
+    under a constant lr, but under warm-up it rescales the earlier steps' momentum by today's larger lr: at m = 0.9
+    its second step is 1.31× the paper's and its steps stay up to 1.57× larger through a 10-step warm-up.
+    """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, trust_coefficient: float = 0.001):
         super().__init__(params, dict(lr=lr, momentum=momentum, trust_coefficient=trust_coefficient,
@@ -84,11 +91,12 @@ class Lars(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 update = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
-                if group["adapt"]:
-                    update.mul_(_trust_ratio(p, update, group["trust_coefficient"]))
+                scale = group["lr"] * (_trust_ratio(p, update, group["trust_coefficient"]) if group["adapt"] else 1.0)
                 state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(update)
-                p.sub_(group["lr"] * buf)
+                if "momentum_buffer" in state:  # a checkpoint of the SGD form (w -= lr · buf): lr · buf continues it
+                    state["velocity"] = state.pop("momentum_buffer").mul_(group["lr"])  # exactly for this step
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                v = state["velocity"]
+                v.mul_(group["momentum"]).add_(update.mul_(scale))
+                p.sub_(v)

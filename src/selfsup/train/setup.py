@@ -89,11 +89,12 @@ class Run:
     def validate(self, rows) -> float | None:
         """Mean loss on the validation loader `rows` (None: no validation rows, None back). Batches of a whole
         step's rows (no gradients to keep): the same validation rows whenever the global batch is the same,
-        whatever the number of processes."""
+        whatever the number of processes; masks and views drawn from the run's seed, the training ones untouched."""
         if rows is None:
             return None
         t = self.cfg.train
-        return evaluate(self.objective, rows, t.batch_size * t.grad_accum, t.eval_batches, self.device, t.precision)
+        return evaluate(self.objective, rows, t.batch_size * t.grad_accum, t.eval_batches, self.device, t.precision,
+                        self.cfg.seed)
 
 
 def build_run(cfg: RunConfig, console: Console | None = None, allow_changes: list[str] = ()) -> Run:

@@ -16,6 +16,7 @@ import torch
 from selfsup import dist
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.output import LossOutput
+from selfsup.seed import fixed_draws
 from selfsup.train.mfu import count_flops
 from selfsup.train.parallel import no_sync
 
@@ -67,7 +68,8 @@ def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer
     """Optimizer step `step` (counted from 1) at `lr` on `batches`; `trained`: the parameters whose gradient norm is
     clipped (those the optimizer updates); count: measure its FLOPs with FlopCounterMode.
     The objective's hooks run around the update: before_step after the backward (gradients it holds back),
-    after_step after it (EMA teachers, centres, logit-scale clamps)."""
+    after_step after it (EMA teachers, centres, logit-scale clamps, re-initialised heads, whose optimizer state
+    restarts)."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     flops = None
@@ -82,25 +84,40 @@ def optimizer_step(objective: Objective, model, optimizer: torch.optim.Optimizer
         objective.before_step(step)
         optimizer.step()
         objective.after_step(step)
+        restart_state(optimizer, objective.reinitialised(step))
     return StepResult(loss, grad_norm, units, out, flops, applied)
 
 
+def restart_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    """The optimizer state of `params` as a fresh optimizer has it: every tensor zeroed (moments, momentum, the step
+    count of Adam's bias correction). Zeroed in place rather than dropped, so a checkpoint holds the same entries
+    either way: FSDP's sharded resume loads into every entry a fresh run's optimizer has. The state is keyed by the
+    parameters the optimizer holds, which are the objective's own (FSDP's sharded ones once wrapped)."""
+    for p in params:
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value):
+                value.zero_()
+
+
 @torch.no_grad()
-def evaluate(objective: Objective, loader, batch_size: int, batches: int, device, precision: str) -> float:
+def evaluate(objective: Objective, loader, batch_size: int, batches: int, device, precision: str, seed: int) -> float:
     """Mean loss per unit over the first `batches` validation batches (the same ones every time), over all
-    processes."""
+    processes. Masks and views are drawn from generators seeded `seed` for the occasion (seed.fixed_draws): the same
+    at every evaluation, and the training generators are left where they were, so how often a run validates does
+    not change what it trains on."""
     world = dist.rank_and_world()[1]
     was_training = objective.training
     objective.eval()
     loader.load_state({"epoch": 0, "index": 0})
     total, count = 0.0, 0
     per = min(batch_size, max(len(loader) // world, 1))
-    for _ in range(min(batches, max(len(loader) // (per * world), 1))):
-        batch = {k: v.to(device) for k, v in loader.next_batch(per).items()}
-        with autocast(device, precision):
-            out = objective(batch)
-        total += out.loss.item()
-        count += int(out.count)
+    with fixed_draws(seed):
+        for _ in range(min(batches, max(len(loader) // (per * world), 1))):
+            batch = {k: v.to(device) for k, v in loader.next_batch(per).items()}
+            with autocast(device, precision):
+                out = objective(batch)
+            total += out.loss.item()
+            count += int(out.count)
     objective.train(was_training)
     total, count = dist.all_sum(total, count, device=device)
     return total / max(count, 1)
