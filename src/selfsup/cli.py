@@ -117,7 +117,7 @@ def evaluate(
 
     baselines = baseline or []
     spec = check_options(task, dict(data=data, train=train, test=test), baselines)
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
         result = forgetting(run_dir, dev, batch_size, log=lambda text: err.print(f"[dim]{text}"))
@@ -185,7 +185,7 @@ def embed(
     from selfsup.dist import resolve_device
     from selfsup.eval.embed import embed as run_embed
 
-    r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device),
+    r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
                   progress=lambda it: track(it, description="embedding", console=err))
     console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {out}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
@@ -253,15 +253,15 @@ def filter_data(
 ):
     """Remove documents by length, symbol share, repetition and perplexity under a small trained LM; every removal
     is logged with the rule and the value measured."""
-    import torch
-
     from selfsup.data.errors import DataError
     from selfsup.data.quality.filters import filter_corpus
+    from selfsup.dist import resolve_device
     from selfsup.eval.perplexity import Perplexity
 
     if (ppl_model is None) != (max_ppl is None):  # before the model is opened
         raise DataError("--ppl-model and --max-ppl go together: a causal LM run and the highest perplexity kept")
-    scorer = (lambda: Perplexity(ppl_model, torch.device(device))) if ppl_model else None
+    dev = resolve_device(device, "--device")
+    scorer = (lambda: Perplexity(ppl_model, dev)) if ppl_model else None
     s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, scorer, max_ppl,
                       ppl_model)
     table = Table(title=f"filter of {input}")
@@ -353,7 +353,7 @@ def generate(
     from selfsup.generate import generate as sample
     from selfsup.rundir import open_run
 
-    cfg, objective, tok = open_run(run_dir, resolve_device(device))
+    cfg, objective, tok = open_run(run_dir, resolve_device(device, "--device"))
     if not cfg.causal:
         raise config_mod.ConfigError(f"'{run_dir}' trained objective '{cfg.objective}'; generate needs a causal LM")
     text = sample(objective.model, tok, prompt, max_new_tokens, temperature, top_k or None, seed)

@@ -32,9 +32,12 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     tok = toks.load(run_dir / "tokenizer.json") if has_text else None
     objective = build_objective(cfg, tok)
     weights = run_dir / "model.safetensors"
-    mode = quantize.mode_of(run_dir)
-    if mode is not None:  # an export with --quantize: inference on the CPU
-        return cfg, quantize.load_quantized(objective, weights, mode).eval(), tok
+    try:  # an export with --quantize: inference on the CPU
+        mode = quantize.mode_of(run_dir)
+        if mode is not None:
+            return cfg, quantize.load_quantized(objective, weights, mode).eval(), tok
+    except ValueError as e:  # quantize's one-line messages: a marker or weights that are not what it wrote
+        raise RunDirError(str(e)) from None
     if not weights.is_file():
         last = checkpoint.latest(run_dir)
         if last is None:

@@ -107,3 +107,127 @@ def test_a_hybrid_term_weight_of_true_is_refused():
     msg = _one_line_error("objective=hybrid", "hybrid.terms=[{objective: mlm, overrides: {mlm.p: .inf}}, "
                           "{objective: simcse}]")
     assert "hybrid.terms[0]" in msg and "mlm.p" in msg and "finite" in msg
+
+
+# ------------------------------------------------------------------------------------ devices, files of a run
+
+
+def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """`selfsup ARGS` through the real entry point: (exit code, stderr)."""
+    import sys
+
+    from selfsup.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["selfsup", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return exc.value.code, capsys.readouterr().err
+
+
+def _one_line(code: int, err: str) -> str:
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory):
+    """A text run directory as training leaves it (config.yaml, tokenizer.json, model.safetensors, a checkpoint
+    folder), made without training: a tiny GPT at its initial weights."""
+    from safetensors.torch import save_model
+
+    from selfsup.data.read.tokenizer import train_bpe
+    from selfsup.objectives.build import build_objective
+    from tests.conftest import TINY
+
+    run = tmp_path_factory.mktemp("made") / "run"
+    run.mkdir()
+    cfg = config.load("gpt-clm", [*TINY, f"out_dir={run}"])
+    tok = train_bpe([f"a line of text number {i} about runs and exports" for i in range(200)], 512)
+    tok.save(str(run / "tokenizer.json"))
+    (run / "config.yaml").write_text(config.dump(cfg))
+    save_model(build_objective(cfg, tok), str(run / "model.safetensors"))
+    (run / "checkpoints").mkdir()
+    return run
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _contents(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("device, gpus, expected", [
+    ("banana", 0, "train.device 'banana': expected auto, cpu, cuda, cuda:N or mps (this machine has: auto, cpu)"),
+    ("cuda", 0, "train.device 'cuda': this machine has no CUDA device; expected one of auto, cpu"),
+    ("cuda:7", 0, "train.device 'cuda:7': this machine has no CUDA device; expected one of auto, cpu"),
+    ("cuda:7", 2, "train.device 'cuda:7': this machine has 2 CUDA devices; expected one of auto, cpu, cuda, cuda:0 "
+                  "to cuda:1"),
+    ("mps", 0, "train.device 'mps': this machine has no MPS device; expected one of auto, cpu"),
+])
+def test_a_device_the_machine_lacks_is_one_line_saying_what_it_has(device, gpus, expected, monkeypatch):
+    import torch
+
+    from selfsup.dist import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        resolve_device(device)
+    assert str(e.value) == expected
+    if gpus:
+        assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_train_on_a_missing_device_stops_in_one_line_before_the_run_directory(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("banana", "cuda:7"):
+        out = tmp_path / device
+        err = _one_line(*_main(monkeypatch, capsys, "train", "gpt-clm", f"out_dir={out}", f"train.device={device}"))
+        assert f"train.device '{device}'" in err and not out.exists()
+
+
+def test_eval_device_option_is_named(made_run, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    err = _one_line(*_main(monkeypatch, capsys, "eval", made_run, "--data", tmp_path, "--device", "cuda:1"))
+    assert "--device 'cuda:1': this machine has no CUDA device" in err
+
+
+@pytest.mark.parametrize("text", ["not json at all", '{"version": "1.0"}', "[1, 2]"])
+def test_a_data_tokenizer_that_is_not_one_is_one_line_naming_the_key(text, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "tok.json"
+    bad.write_text(text)
+    (tmp_path / "c.txt").write_text("some text\n" * 20)
+    err = _one_line(*_main(monkeypatch, capsys, "train", "gpt-clm", f"data.path={tmp_path / 'c.txt'}",
+                           f"out_dir={tmp_path / 'run'}", f"data.tokenizer={bad}"))
+    assert f"data.tokenizer '{bad}' could not be read" in err and "expected a tokenizer.json" in err
+    err = _one_line(*_main(monkeypatch, capsys, "train", "gpt-clm", f"data.path={tmp_path / 'c.txt'}",
+                           f"out_dir={tmp_path / 'run'}", f"data.tokenizer={tmp_path / 'missing.json'}"))
+    assert "data.tokenizer" in err and "missing.json" in err
+
+
+@pytest.mark.parametrize("command", [["eval", "--data", "X"], ["export", "--out", "OUT"], ["embed", "X", "--out", "E"]])
+def test_a_run_whose_tokenizer_is_not_one_is_one_line(command, made_run, tmp_path, monkeypatch, capsys):
+    run = _copy(made_run, tmp_path)
+    (run / "tokenizer.json").write_text('{"model": "garbage"')
+    (tmp_path / "x.txt").write_text("text\n")
+    args = [{"X": tmp_path / "x.txt", "OUT": tmp_path / "out", "E": tmp_path / "e.npy"}.get(a, a) for a in command]
+    err = _one_line(*_main(monkeypatch, capsys, command[0], run, *args[1:]))
+    assert f"'{run / 'tokenizer.json'}' could not be read" in err and "expected a tokenizer.json" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e.npy").exists()
+
+
+@pytest.mark.parametrize("marker", ["not json", "[1]", '{"mode": "int4", "layers": 3}', '{"layers": 3}'])
+def test_a_quantize_json_that_is_not_ours_is_one_line(marker, made_run, tmp_path, monkeypatch, capsys):
+    run = _copy(made_run, tmp_path)
+    (run / "quantize.json").write_text(marker)
+    (tmp_path / "x.txt").write_text("text\n")
+    err = _one_line(*_main(monkeypatch, capsys, "eval", run, "--data", tmp_path / "x.txt"))
+    assert f"'{run / 'quantize.json'}' is not a quantized export's marker" in err and '"mode": "int8"' in err
