@@ -187,7 +187,7 @@ def embed(
 
     r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
                   progress=lambda it: track(it, description="embedding", console=err))
-    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {out}"
+    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
     console.print(f"skipped: {r.skipped or 'none'}")
@@ -332,7 +332,9 @@ def package_docstrings(
     """Docstrings of installed packages, read with ast (nothing imported), as a text corpus: a second real domain
     on every machine, e.g. to continue a run trained on the built-in stdlib docstrings (continual.data=OUT)."""
     from selfsup.data.builtin.package_docs import write_docstrings
+    from selfsup.rundir import refuse_run_file
 
+    refuse_run_file(out, "--out")
     counts = write_docstrings(packages, out, min_chars)
     console.print(f"written {sum(counts.values()):,} docstrings to {out} ("
                   + ", ".join(f"{k}: {v:,}" for k, v in counts.items()) + ")")
@@ -365,10 +367,13 @@ def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
                                "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json"),
-    out: Path = typer.Option(..., help="output directory"),
+    out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
+                             "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
                                            "trunk's linear layers, for CPU inference) or bf16 (every weight); "
                                            "`selfsup eval` and `embed` open the export like a run"),
+    force: bool = typer.Option(False, "--force", help="--out may hold files: the export replaces them, once it is "
+                               "written"),
 ):
     """Export the trained model for other tools."""
     import torch
@@ -377,7 +382,7 @@ def export_run(
     from selfsup.rundir import open_run
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
-    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize)}")
+    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize, force)}")
 
 
 @app.command()

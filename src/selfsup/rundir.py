@@ -1,4 +1,5 @@
-"""Opening a finished (or checkpointed) run directory: its config, tokenizer and trained objective."""
+"""Opening a finished (or checkpointed) run directory: its config, tokenizer and trained objective; and refusing an
+output file that would write over what selfsup reads there."""
 
 from __future__ import annotations
 
@@ -18,6 +19,26 @@ from selfsup.train import checkpoint
 
 class RunDirError(ValueError):
     """A run directory that cannot be used; the message is one line meant for the user."""
+
+
+# what selfsup reads in a run directory or an export (resuming, eval, embed, export, report, compare): an output
+# file written over one of them breaks the run
+READ = ("config.yaml", "model.safetensors", "tokenizer.json", quantize.MARKER, "checkpoints", "metrics.jsonl",
+        "summary.json")
+
+
+def refuse_run_file(path: str | Path, option: str) -> None:
+    """An output file `path` (`option`: --out, --jsonl) that would overwrite what selfsup reads in a run directory
+    (config.yaml beside model.safetensors or checkpoints/) is refused in one line; links are followed."""
+    target = Path(path).expanduser().resolve()
+    for folder in target.parents:
+        run = (folder / "config.yaml").is_file() and ((folder / "model.safetensors").is_file()
+                                                     or (folder / "checkpoints").is_dir())
+        top = target.relative_to(folder).parts[0]
+        if run and top in READ:
+            how = "over" if target == folder / top else "into"
+            raise RunDirError(f"{option} '{path}' would write {how} {folder / top}, which selfsup reads in the run "
+                              f"directory '{folder}'; expected a file elsewhere, or another name there")
 
 
 def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer | None]:

@@ -231,3 +231,114 @@ def test_a_quantize_json_that_is_not_ours_is_one_line(marker, made_run, tmp_path
     (tmp_path / "x.txt").write_text("text\n")
     err = _one_line(*_main(monkeypatch, capsys, "eval", run, "--data", tmp_path / "x.txt"))
     assert f"'{run / 'quantize.json'}' is not a quantized export's marker" in err and '"mode": "int8"' in err
+
+
+# ------------------------------------------------------------------------------------------------ exports
+
+
+@pytest.mark.parametrize("where", ["RUN", "RUN/sub", "RUN/..", "LINK"])
+def test_export_never_writes_over_into_or_around_the_run_even_with_force(where, made_run, tmp_path, monkeypatch,
+                                                                         capsys):
+    run = _copy(made_run, tmp_path)
+    (tmp_path / "link").symlink_to(run)
+    before = _contents(tmp_path)
+    out = {"RUN": run, "RUN/sub": run / "sub", "RUN/..": tmp_path, "LINK": tmp_path / "link"}[where]
+    for fmt in ("hf", "safetensors"):
+        for force in ([], ["--force"]):
+            err = _one_line(*_main(monkeypatch, capsys, "export", run, "--format", fmt, "--out", out, *force))
+            assert f"--out '{out}'" in err and "run directory" in err and "expected a folder outside it" in err
+    assert _contents(tmp_path) == before and not (run / "sub").exists()
+
+
+def test_export_into_a_folder_that_holds_files_needs_force_and_then_replaces_them(made_run, tmp_path, monkeypatch,
+                                                                                  capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    err = _one_line(*_main(monkeypatch, capsys, "export", made_run, "--out", out))
+    assert err == (f"error: --out '{out}' is not empty; expected a new or empty folder, or --force to replace what it "
+                   "holds")
+    assert _contents(out) == {"notes.txt": b"my notes"}
+    assert _main_ok(monkeypatch, "export", made_run, "--out", out, "--force")
+    assert sorted(_contents(out)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _one_line(*_main(monkeypatch, capsys, "export", made_run, "--out", tmp_path / "file"))
+
+
+def _main_ok(monkeypatch, *args) -> bool:
+    from typer.testing import CliRunner
+
+    from selfsup.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return True
+
+
+def test_export_into_an_empty_folder_and_a_new_nested_one(made_run, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    assert _main_ok(monkeypatch, "export", made_run, "--format", "safetensors", "--out", tmp_path / "empty")
+    assert sorted(_contents(tmp_path / "empty")) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+    assert _main_ok(monkeypatch, "export", made_run, "--format", "safetensors", "--quantize", "int8", "--out",
+                    tmp_path / "a" / "b")
+    assert "quantize.json" in _contents(tmp_path / "a" / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "empty"]  # no temporary folder left beside
+
+
+@pytest.mark.parametrize("exists", ["new", "empty", "forced"])
+def test_a_failed_export_leaves_nothing_and_keeps_what_was_there(exists, made_run, tmp_path, monkeypatch):
+    import torch
+
+    from selfsup import export as export_mod
+    from selfsup.rundir import open_run
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_mod, "save_file", broken)
+    out = tmp_path / "parent" / "out"
+    if exists != "new":
+        out.mkdir(parents=True)
+    if exists == "forced":
+        (out / "old.txt").write_text("kept until the export is whole")
+    before = _contents(tmp_path)
+    cfg, objective, _ = open_run(made_run, torch.device("cpu"))
+    with pytest.raises(OSError, match="disk full"):
+        export_mod.export(made_run, cfg, objective, "hf", out, force=exists == "forced")
+    assert _contents(tmp_path) == before
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == (
+        [] if exists == "new" else ["parent", "parent/out"] + (["parent/out/old.txt"] if exists == "forced" else []))
+
+
+# ------------------------------------------------------------------------------- other outputs over a run
+
+
+@pytest.mark.parametrize("option, name", [("--out", "config.yaml.npy"), ("--jsonl", "config.yaml"),
+                                          ("--jsonl", "tokenizer.json"), ("--out", "checkpoints/e.npy"),
+                                          ("--jsonl", "model.safetensors")])
+def test_embed_never_writes_over_a_run_file(option, name, made_run, tmp_path, monkeypatch, capsys):
+    run = _copy(made_run, tmp_path)
+    (tmp_path / "x.txt").write_text("a text\nanother text\n")
+    if name == "config.yaml.npy":  # np.save adds .npy: the file it writes is config.yaml.npy, not a run file
+        assert _main_ok(monkeypatch, "embed", run, tmp_path / "x.txt", "--out", run / "config.yaml")
+        assert (run / "config.yaml.npy").is_file()
+        return
+    before = _contents(run)
+    args = ["--out", tmp_path / "e.npy", "--jsonl", run / name] if option == "--jsonl" else ["--out", run / name]
+    err = _one_line(*_main(monkeypatch, capsys, "embed", run, tmp_path / "x.txt", *args))
+    assert f"{option} '{run / name}' would write" in err and "which selfsup reads in the run directory" in err
+    assert _contents(run) == before and not (tmp_path / "e.npy").exists()
+
+
+def test_embed_jsonl_over_its_input_is_refused(made_run, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "x.jsonl"
+    data.write_text('{"text": "a text"}\n')
+    err = _one_line(*_main(monkeypatch, capsys, "embed", made_run, data, "--out", tmp_path / "e.npy", "--jsonl", data))
+    assert f"--jsonl '{data}' is the input" in err and data.read_text() == '{"text": "a text"}\n'
+
+
+def test_docstrings_out_over_a_run_file_is_refused(made_run, tmp_path, monkeypatch, capsys):
+    run = _copy(made_run, tmp_path)
+    before = _contents(run)
+    err = _one_line(*_main(monkeypatch, capsys, "data", "docstrings", "json", "--out", run / "config.yaml"))
+    assert "--out" in err and "config.yaml" in err and _contents(run) == before
