@@ -40,8 +40,7 @@ class ExportError(ValueError):
 
 def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path,
            quantize: str | None = None, force: bool = False) -> Path:
-    """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all: into a hidden
-    folder beside it, renamed into place at the end."""
+    """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all (`_staged`)."""
     if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
         raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
     if fmt not in ("hf", "safetensors"):

@@ -79,10 +79,9 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
 
 
 def _check_output(path: Path, option: str, input: str) -> None:
-    """Neither a file of a run directory nor the input (which would be lost) or a file inside it (read back as data
-    next time), in one line, before anything is read."""
+    """Neither a file selfsup reads in a run directory nor the input (read whole, then lost), in one line, before
+    anything is read."""
     refuse_run_file(path, option)
-    target, source = path.expanduser().resolve(), Path(input).expanduser().resolve()
-    if Path(input).expanduser().exists() and (target == source or source in target.parents):
-        where = "is the input" if target == source else "is inside the input"
-        raise DataError(f"{option} '{path}' {where} '{input}'; expected a file elsewhere")
+    if Path(input).expanduser().exists() and path.expanduser().resolve() == Path(input).expanduser().resolve():
+        raise DataError(f"{option} '{path}' is the input '{input}', which it would overwrite; expected a file "
+                        "elsewhere")
