@@ -129,7 +129,7 @@ def evaluate(
 
     baselines = baseline or []
     spec = check_options(task, dict(data=data, train=train, test=test), baselines)
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
         result = forgetting(run_dir, dev, batch_size, log=lambda text: err.print(f"[dim]{text}"))
@@ -197,9 +197,9 @@ def embed(
     from selfsup.dist import resolve_device
     from selfsup.eval.embed import embed as run_embed
 
-    r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device),
+    r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
                   progress=lambda it: track(it, description="embedding", console=err))
-    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {out}"
+    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
     console.print(f"skipped: {r.skipped or 'none'}")
@@ -265,15 +265,15 @@ def filter_data(
 ):
     """Remove documents by length, symbol share, repetition and perplexity under a small trained LM; every removal
     is logged with the rule and the value measured."""
-    import torch
-
     from selfsup.data.errors import DataError
     from selfsup.data.quality.filters import filter_corpus
+    from selfsup.dist import resolve_device
     from selfsup.eval.perplexity import Perplexity
 
     if (ppl_model is None) != (max_ppl is None):  # before the model is opened
         raise DataError("--ppl-model and --max-ppl go together: a causal LM run and the highest perplexity kept")
-    scorer = (lambda: Perplexity(ppl_model, torch.device(device))) if ppl_model else None
+    dev = resolve_device(device, "--device")
+    scorer = (lambda: Perplexity(ppl_model, dev)) if ppl_model else None
     s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, scorer, max_ppl,
                       ppl_model)
     table = Table(title=f"filter of {input}")
@@ -344,7 +344,9 @@ def package_docstrings(
     """Docstrings of installed packages, read with ast (nothing imported), as a text corpus: a second real domain
     on every machine, e.g. to continue a run trained on the built-in stdlib docstrings (continual.data=OUT)."""
     from selfsup.data.builtin.package_docs import write_docstrings
+    from selfsup.rundir import refuse_run_file
 
+    refuse_run_file(out, "--out")
     counts = write_docstrings(packages, out, min_chars)
     console.print(f"written {sum(counts.values()):,} docstrings to {out} ("
                   + ", ".join(f"{k}: {v:,}" for k, v in counts.items()) + ")")
@@ -365,7 +367,7 @@ def generate(
     from selfsup.generate import generate as sample
     from selfsup.rundir import open_run
 
-    cfg, objective, tok = open_run(run_dir, resolve_device(device))
+    cfg, objective, tok = open_run(run_dir, resolve_device(device, "--device"))
     if not cfg.causal:
         raise config_mod.ConfigError(f"'{run_dir}' trained objective '{cfg.objective}'; generate needs a causal LM")
     text = sample(objective.model, tok, prompt, max_new_tokens, temperature, top_k or None, seed)
@@ -377,10 +379,13 @@ def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
                                "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json"),
-    out: Path = typer.Option(..., help="output directory"),
+    out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
+                             "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
                                            "trunk's linear layers, for CPU inference) or bf16 (every weight); "
                                            "`selfsup eval` and `embed` open the export like a run"),
+    force: bool = typer.Option(False, "--force", help="--out may hold files: the export replaces them, once it is "
+                               "written"),
 ):
     """Export the trained model for other tools."""
     import torch
@@ -389,7 +394,7 @@ def export_run(
     from selfsup.rundir import open_run
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
-    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize)}")
+    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize, force)}")
 
 
 @app.command()

@@ -8,10 +8,11 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 BUILTIN_CORPUS = "builtin:python-docstrings"
 TEXT_OBJECTIVES = ("clm", "mlm", "plm")
@@ -39,8 +40,34 @@ class ConfigError(ValueError):
     """A config the user got wrong; the message is one line meant for them."""
 
 
+# the ranges of floats inside tuples and lists (a scalar key says its own with Field)
+Probability = Annotated[float, Field(ge=0, le=1)]
+Area = Annotated[float, Field(gt=0, le=1)]  # a crop's share of the image's area
+Decay = Annotated[float, Field(ge=0, lt=1)]  # an EMA's decay rate
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+def _numeric(annotation: Any) -> bool:
+    """int or float, alone or inside a tuple, a list, an optional or a Literal of numbers."""
+    if annotation in (int, float) or type(annotation) in (int, float):
+        return True
+    return any(_numeric(a) for a in get_args(annotation))
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused in every float, however deep (an lr of .inf "trains" to the end, on nan weights)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads true and false as booleans, and pydantic's lax mode would take them for 1 and 0
+        (train.max_steps=true: one step)."""
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("bool_number", "a number, not true or false")
+        return value
 
 
 class DataConfig(Section):
@@ -67,7 +94,7 @@ class ImageConfig(Section):
     channels: Literal[1, 3] = Field(3, description="1 (grayscale) or 3 (RGB); images are converted on decoding")
     mean: list[float] | None = Field(None, description="per-channel normalisation mean in [0, 1] units (default: "
                                      "measured on the training images)")
-    std: list[float] | None = Field(None, description="per-channel normalisation std (default: measured)")
+    std: list[Positive] | None = Field(None, description="per-channel normalisation std (default: measured)")
 
 
 class AudioConfig(Section):
@@ -81,7 +108,7 @@ class AudioConfig(Section):
     stride: int = Field(2, ge=1, description="the convolutional front end emits a token every `stride` frames")
     mean: float | None = Field(None, description="log-mel normalisation mean (default: measured on the training "
                                "clips)")
-    std: float | None = Field(None, description="log-mel normalisation std (default: measured)")
+    std: float | None = Field(None, gt=0, description="log-mel normalisation std (default: measured)")
 
 
 class VideoConfig(Section):
@@ -151,7 +178,8 @@ class OptimConfig(Section):
     name: Literal["adamw", "lamb", "lars"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0, description="never applied to 1-D parameters (biases, norms)")
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Decay, Decay] = Field(
+        (0.9, 0.95), description="AdamW and LAMB: decay rates of the gradient's first and second moments")
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")
     trust_coefficient: float = Field(0.001, gt=0, description="LARS trust coefficient")
@@ -181,19 +209,20 @@ class SimCSEConfig(Section):
 
 
 class ViewsConfig(Section):
-    crop_scale: tuple[float, float] = Field((0.2, 1.0), description="global crops: area range of RandomResizedCrop")
+    crop_scale: tuple[Area, Area] = Field((0.2, 1.0), description="global crops: area range of RandomResizedCrop")
     flip_p: float = Field(0.5, ge=0, le=1)
-    jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.4, 0.1), description="color jitter strengths: "
-                                                      "brightness, contrast, saturation, hue")
+    jitter: tuple[NonNegative, NonNegative, NonNegative, Annotated[float, Field(ge=0, le=0.5)]] = Field(
+        (0.4, 0.4, 0.4, 0.1), description="color jitter strengths: brightness, contrast, saturation, hue (at most "
+        "0.5)")
     jitter_p: float = Field(0.8, ge=0, le=1)
     grayscale_p: float = Field(0.2, ge=0, le=1)
-    blur_p: tuple[float, float] = Field((0.5, 0.5), description="Gaussian blur probability of global view 1, 2 "
-                                        "(BYOL: 1.0, 0.1)")
-    solarize_p: tuple[float, float] = Field((0.0, 0.0), description="solarize probability of global view 1, 2 "
-                                            "(BYOL: 0.0, 0.2)")
+    blur_p: tuple[Probability, Probability] = Field((0.5, 0.5), description="Gaussian blur probability of global "
+                                                    "view 1, 2 (BYOL: 1.0, 0.1)")
+    solarize_p: tuple[Probability, Probability] = Field((0.0, 0.0), description="solarize probability of global "
+                                                        "view 1, 2 (BYOL: 0.0, 0.2)")
     local_crops: int = Field(0, ge=0, description="multi-crop (DINO, SwAV): number of small local crops")
     local_size: int = Field(0, ge=0, description="side of local crops (0: 3/7 of image.size, as 96/224)")
-    local_scale: tuple[float, float] = Field((0.05, 0.4), description="local crops: area range")
+    local_scale: tuple[Area, Area] = Field((0.05, 0.4), description="local crops: area range")
 
 
 class SSLConfig(Section):

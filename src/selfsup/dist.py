@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from selfsup.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -45,13 +47,26 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto': the GPU where there is one, else the CPU; any other name as torch reads it."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """'auto': the GPU where there is one, else the CPU; cpu, cuda, cuda:N or mps where this machine has it. Any
+    other name, or a device this machine lacks, is a ConfigError naming `key` (its option) and what there is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpus, mps = torch.cuda.device_count(), torch.backends.mps.is_available()
+    here = ("auto, cpu" + (f", cuda, cuda:0 to cuda:{gpus - 1}" if gpus > 1 else ", cuda, cuda:0" if gpus else "")
+            + (", mps" if mps else ""))
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # not a device string at all
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{key} '{name}': expected auto, cpu, cuda, cuda:N or mps (this machine has: {here})")
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        has = f"{gpus} CUDA device{'s' if gpus > 1 else ''}" if gpus else "no CUDA device"
+        raise ConfigError(f"{key} '{name}': this machine has {has}; expected one of {here}")
+    if device.type == "mps" and not mps:
+        raise ConfigError(f"{key} '{name}': this machine has no MPS device; expected one of {here}")
+    return device
 
 
 def setup(device: torch.device, backend: str = "auto") -> tuple[Processes, torch.device]:

@@ -18,7 +18,9 @@ int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,45 +39,108 @@ class ExportError(ValueError):
 
 
 def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path,
-           quantize: str | None = None) -> Path:
+           quantize: str | None = None, force: bool = False) -> Path:
+    """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all (`_staged`)."""
+    if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
+        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
+    if fmt not in ("hf", "safetensors"):
+        raise ExportError(f"--format '{fmt}': expected 'hf' or 'safetensors'")
+    target = check_out(run_dir, out, force)
+    hf = _hf_model(run_dir, cfg, objective) if fmt == "hf" else None  # an unmappable model fails before any write
+    with _staged(target) as tmp:
+        if hf is None:
+            _write_safetensors(run_dir, objective, quantize, tmp)
+        else:
+            _write_hf(run_dir, cfg, *hf, tmp)
+    return out
+
+
+def check_out(run_dir: Path, out: Path, force: bool) -> Path:
+    """`out` resolved (links followed), where an export may go: a new folder, an empty one, or with `force` one whose
+    contents it replaces; never the run directory, a folder inside it or one holding it (--force or not)."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents:
+        where = "is the run directory" if target == run else "is inside the run directory"
+        raise ExportError(f"--out '{out}' {where} '{run_dir}', which the export reads; expected a folder outside it")
+    if target in run.parents:
+        raise ExportError(f"--out '{out}' holds the run directory '{run_dir}'; expected a folder outside it")
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"--out '{out}' is a file; expected a folder")
+    if not force and target.is_dir() and any(target.iterdir()):
+        raise ExportError(f"--out '{out}' is not empty; expected a new or empty folder, or --force to replace what it "
+                          "holds")
+    return target
+
+
+@contextmanager
+def _staged(target: Path):
+    """A hidden folder on `target`'s file system to write into: beside a new `target`, renamed to it at the end;
+    inside an existing one (a mount point or the working directory cannot be renamed), whose entries it replaces
+    only once the export is whole. On an error it is removed, with any parent folders made for it."""
+    new = not target.exists()
+    made = next((p for p in reversed(target.parents) if not p.exists()), None)  # the first parent to be made
+    tmp = target.with_name(f".{target.name}.export-{os.getpid()}") if new else target / f".export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed export of this process id
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    if new:
+        os.replace(tmp, target)
+        return
+    for entry in target.iterdir():  # what --force let it replace (links are removed, never followed)
+        if entry == tmp:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in tmp.iterdir():
+        os.replace(entry, target / entry.name)
+    tmp.rmdir()
+
+
+def _write_safetensors(run_dir: Path, objective: nn.Module, quantize: str | None, out: Path) -> None:
+    if quantize is None:
+        save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
+    else:  # selfsup opens it (eval, embed) as it opens a run directory
+        state = quantized_state(objective, quantize)
+        save_file(state, out / "model.safetensors")
+        layers = sum(k.endswith(".weight_int8") for k in state)
+        (out / MARKER).write_text(json.dumps({"mode": quantize, "layers": layers}))
+    shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
+    if (run_dir / "tokenizer.json").is_file():  # text runs, and the text tower of clip / siglip runs
+        shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
+
+
+def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, config.json) of the transformers model this run maps onto."""
     model, head = objective.model, getattr(objective, "head", None)
     if "mlm" in cfg.parts and cfg.objective == "hybrid":  # its MLM head makes it a ModernBERT masked LM
         head = objective.terms["mlm"].head
-    if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
-        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
-    out.mkdir(parents=True, exist_ok=True)
-    if fmt == "safetensors":
-        if quantize is None:
-            save_model(objective, str(out / "model.safetensors"))  # backbone and heads, keyed as in selfsup
-        else:  # selfsup opens it (eval, embed) as it opens a run directory
-            state = quantized_state(objective, quantize)
-            save_file(state, out / "model.safetensors")
-            layers = sum(k.endswith(".weight_int8") for k in state)
-            (out / MARKER).write_text(json.dumps({"mode": quantize, "layers": layers}))
-        shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
-        if (run_dir / "tokenizer.json").is_file():  # text runs, and the text tower of clip / siglip runs
-            shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
-        return out
-    if fmt != "hf":
-        raise ExportError(f"--format '{fmt}': expected 'hf' or 'safetensors'")
     m = cfg.model
     if cfg.objective == "clm" and (m.mlp, m.norm) == ("swiglu", "rmsnorm"):
-        weights, config = llama_state_dict(model), llama_config(cfg, model, run_dir)
-    elif "mlm" in cfg.parts and (m.mlp, m.norm) == ("geglu", "layernorm"):
-        weights, config = modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
-    else:
-        raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
-                          "masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm onto "
-                          "ModernBERT (image backbones: use "
-                          "--format safetensors); this run has "
-                          f"objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}")
+        return llama_state_dict(model), llama_config(cfg, model, run_dir)
+    if "mlm" in cfg.parts and (m.mlp, m.norm) == ("geglu", "layernorm"):
+        return modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
+    raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
+                      "masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm onto "
+                      "ModernBERT (image backbones: use "
+                      "--format safetensors); this run has "
+                      f"objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}")
+
+
+def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
         "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
-    return out
 
 
 def llama_state_dict(model: Transformer) -> dict[str, torch.Tensor]:

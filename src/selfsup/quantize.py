@@ -70,5 +70,15 @@ def load_quantized(objective: nn.Module, path: Path, mode: str) -> nn.Module:
 
 
 def mode_of(run_dir: Path) -> str | None:
+    """The mode of a quantized export (None: not one); a marker that is not ours is a ValueError of one line."""
     marker = Path(run_dir) / MARKER
-    return json.loads(marker.read_text())["mode"] if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    try:
+        mode = json.loads(marker.read_text()).get("mode")
+    except (ValueError, AttributeError):  # not JSON (or not UTF-8), or JSON but not an object
+        mode = None
+    if mode not in MODES:
+        raise ValueError(f"'{marker}' is not a quantized export's marker: expected {{\"mode\": \"int8\" or \"bf16\", "
+                         "\"layers\": N}, as `selfsup export --quantize` writes it")
+    return mode

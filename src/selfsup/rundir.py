@@ -1,4 +1,5 @@
-"""Opening a finished (or checkpointed) run directory: its config, tokenizer and trained objective."""
+"""Opening a finished (or checkpointed) run directory: its config, tokenizer and trained objective; and refusing an
+output file that would write over what selfsup reads there."""
 
 from __future__ import annotations
 
@@ -20,6 +21,26 @@ class RunDirError(ValueError):
     """A run directory that cannot be used; the message is one line meant for the user."""
 
 
+# what selfsup reads in a run directory or an export (resuming, eval, embed, export, report, compare): an output
+# file written over one of them breaks the run
+READ = ("config.yaml", "model.safetensors", "tokenizer.json", quantize.MARKER, "checkpoints", "metrics.jsonl",
+        "summary.json")
+
+
+def refuse_run_file(path: str | Path, option: str) -> None:
+    """An output file `path` (`option`: --out, --jsonl) that would overwrite what selfsup reads in a run directory
+    (config.yaml beside model.safetensors or checkpoints/) is refused in one line; links are followed."""
+    target = Path(path).expanduser().resolve()
+    for folder in target.parents:
+        run = (folder / "config.yaml").is_file() and ((folder / "model.safetensors").is_file()
+                                                     or (folder / "checkpoints").is_dir())
+        top = target.relative_to(folder).parts[0]
+        if run and top in READ:
+            how = "over" if target == folder / top else "into"
+            raise RunDirError(f"{option} '{path}' would write {how} {folder / top}, which selfsup reads in the run "
+                              f"directory '{folder}'; expected a file elsewhere, or another name there")
+
+
 def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.Module, Tokenizer | None]:
     """The run's objective (backbone and heads) in eval mode with its final weights, or its latest checkpoint's;
     the tokenizer for text and media-text runs, None otherwise."""
@@ -32,9 +53,12 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     tok = toks.load(run_dir / "tokenizer.json") if has_text else None
     objective = build_objective(cfg, tok)
     weights = run_dir / "model.safetensors"
-    mode = quantize.mode_of(run_dir)
-    if mode is not None:  # an export with --quantize: inference on the CPU
-        return cfg, quantize.load_quantized(objective, weights, mode).eval(), tok
+    try:  # an export with --quantize: inference on the CPU
+        mode = quantize.mode_of(run_dir)
+        if mode is not None:
+            return cfg, quantize.load_quantized(objective, weights, mode).eval(), tok
+    except ValueError as e:  # quantize's one-line messages: a marker or weights that are not what it wrote
+        raise RunDirError(str(e)) from None
     if not weights.is_file():
         last = checkpoint.latest(run_dir)
         if last is None:

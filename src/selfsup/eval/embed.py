@@ -16,7 +16,7 @@ from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_documents, source_files
 from selfsup.eval.inputs import Clips, encode, run_inputs
 from selfsup.eval.joint import JointMedia
-from selfsup.rundir import open_run
+from selfsup.rundir import open_run, refuse_run_file
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Embedded:
     items: int
     what: str  # 'texts', 'images', 'audio clips', 'video clips'
     shape: tuple[int, ...]
+    out: Path  # the .npy written (np.save adds the suffix a name lacks)
     jsonl: Path | None  # the .jsonl written, if any
     protocol: str
     skipped: dict
@@ -33,6 +34,10 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
           device: torch.device, progress=None) -> Embedded:
     """Embed `input` with the run's trunk (`joint`: its unit vectors in the joint media-text space) and write `out`
     (and `jsonl` for a text run); `progress` wraps the iterable of batches."""
+    out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")  # the name np.save writes
+    for path, option in ((out, "--out"), (jsonl, "--jsonl")):
+        if path is not None:
+            _check_output(path, option, input)
     cfg, objective, tok = open_run(run_dir, device)
     if joint and not cfg.pairs:
         raise ConfigError(f"--joint needs a joint media-text space (clip or siglip runs); '{run_dir}' "
@@ -70,4 +75,13 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
     else:
         jsonl = None
     protocol = inputs.describe(objective.model) + ("; projected into the joint space, L2-normalised" if joint else "")
-    return Embedded(len(items), what, tuple(emb.shape), jsonl, protocol, skipped)
+    return Embedded(len(items), what, tuple(emb.shape), out, jsonl, protocol, skipped)
+
+
+def _check_output(path: Path, option: str, input: str) -> None:
+    """Neither a file selfsup reads in a run directory nor the input (read whole, then lost), in one line, before
+    anything is read."""
+    refuse_run_file(path, option)
+    if Path(input).expanduser().exists() and path.expanduser().resolve() == Path(input).expanduser().resolve():
+        raise DataError(f"{option} '{path}' is the input '{input}', which it would overwrite; expected a file "
+                        "elsewhere")

@@ -68,6 +68,7 @@ def launch(cfg: RunConfig, argv: list[str]) -> None:
     (what torchrun runs); returns when they finish, raises when one fails."""
     from torch.distributed.run import get_args_parser, run
 
+    dist.resolve_device(cfg.train.device)  # a device this machine lacks fails here in one line, not in every worker
     d = cfg.dist
     args = ["--nproc-per-node", str(d.nproc_per_node), "--nnodes", str(d.nnodes), "--node-rank", str(d.node_rank),
             "--rdzv-endpoint", d.rdzv_endpoint, "--max-restarts", "0"]

@@ -49,6 +49,10 @@ def default_cache() -> Path:
 
 
 def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
+    given = toks.load(cfg.tokenizer, "data.tokenizer") if cfg.tokenizer else None  # a bad one fails before any work
+    if given is not None and given.get_vocab_size() > vocab_size:
+        raise DataError(f"data.tokenizer has {given.get_vocab_size()} tokens but model.vocab_size is {vocab_size}; "
+                        f"expected model.vocab_size >= {given.get_vocab_size()}")
     files = source_files(cfg.path)
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
     key = _cache_key(cfg, vocab_size, files)
@@ -61,7 +65,7 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _build(cfg, vocab_size, files, tmp, log)
+        _build(cfg, vocab_size, files, tmp, log, given)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
     finally:
@@ -90,13 +94,9 @@ def _documents(cfg: DataConfig, files: list[Path], skipped: Counter):
     return read_documents(files, skipped, cfg.max_doc_chars, builtin=cfg.path == BUILTIN_CORPUS)
 
 
-def _build(cfg: DataConfig, vocab_size: int, files: list[Path], out: Path, log) -> None:
-    if cfg.tokenizer:
-        tok = toks.load(Path(cfg.tokenizer).expanduser())
-        if tok.get_vocab_size() > vocab_size:
-            raise DataError(f"data.tokenizer has {tok.get_vocab_size()} tokens but model.vocab_size is {vocab_size}; "
-                            f"expected model.vocab_size >= {tok.get_vocab_size()}")
-    else:
+def _build(cfg: DataConfig, vocab_size: int, files: list[Path], out: Path, log, tok: Tokenizer | None) -> None:
+    """Token shards of `files` in `out`, with `tok` (data.tokenizer) or a tokenizer trained on the training split."""
+    if tok is None:
         log(f"training a byte-level BPE tokenizer ({vocab_size} tokens)")
         train_docs = (d for d in _documents(cfg, files, Counter()) if not is_val(d, cfg.val_fraction))
         tok = toks.train_bpe(train_docs, vocab_size)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from selfsup.data.errors import DataError
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 MASK = "<|mask|>"
@@ -25,13 +27,19 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def load(path: str | Path) -> Tokenizer:
+def load(path: str | Path, key: str = "tokenizer") -> Tokenizer:
+    """A tokenizer.json; a missing file or one that is not a tokenizer is a DataError naming `key` (what named the
+    file: data.tokenizer, a run's tokenizer) and the file."""
+    path = Path(path).expanduser()
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on a bad file
-        raise ValueError(f"tokenizer '{path}' could not be read as a tokenizer.json: {e}") from None
+    except Exception as e:  # tokenizers raises a bare Exception on a missing or malformed file
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{key} '{path}' could not be read ({why}); expected a tokenizer.json saved by Hugging Face "
+                        "tokenizers, e.g. a run directory's") from None
     if tok.token_to_id(EOS) is None:
-        raise ValueError(f"tokenizer '{path}' has no '{EOS}' token, which separates packed documents")
+        raise DataError(f"{key} '{path}' has no '{EOS}' token, which separates packed documents; expected a "
+                        "tokenizer.json with selfsup's special tokens, e.g. a run directory's")
     return tok
 
 
