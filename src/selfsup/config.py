@@ -87,6 +87,9 @@ class DataConfig(Section):
                             "shards are held out for validation by a hash of their name, statistics are measured on "
                             "the first 1000 samples (see docs/distributed.md)")
     shuffle_buffer: int = Field(1000, gt=0, description="streaming: samples permuted together within a process")
+    allow_outside: bool = Field(False, description="pairs .jsonl: read media paths that lead outside the data folder "
+                                "(absolute, '..', or through links); by default such lines are skipped and counted "
+                                "as 'outside the data folder'")
 
 
 class ImageConfig(Section):

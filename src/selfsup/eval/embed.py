@@ -53,7 +53,7 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
         from selfsup.data.cache.media import prepare_media, settings
 
         data = prepare_media(input, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
-                             log=lambda s: None)
+                             log=lambda s: None, allow_outside=cfg.data.allow_outside)
         items = Clips(data.train.rows, data.train.lengths)
         skipped, what = data.meta["skipped"], f"{cfg.modality} clips"
     else:

@@ -9,14 +9,14 @@ Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with 
 with `.cls`/`.label`, decoded as for training (data/cache/media.py).
 
 Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
-line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON, no `text` string, an
-empty or too long text, no usable `label`, and, in a test set, a label the training set does not have.
+line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
+too deep nesting and lone surrogates), no `text` string, an empty or too long text, no usable `label`, and, in a
+test set, a label the training set does not have.
 Class ids follow the sorted training labels (numerically when every label is an integer).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from selfsup.data.errors import DataError
+from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.text import read_lines
 from selfsup.eval.inputs import Clips, run_inputs
 
@@ -81,9 +82,8 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
     texts, labels = [], []
     for f in files:
         for _, line in read_lines(f, skipped):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+            record = json_line(line)
+            if record is None:
                 skipped["bad_json"] += 1
                 continue
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
@@ -136,11 +136,13 @@ def read_labeled_images(path: str, size: int, channels: int, classes: list[str] 
 
 
 def read_labeled_media(path: str, modality: str, decode: dict, classes: list[str] | None = None,
-                       cache_dir: str | None = None, log=None) -> LabeledSet:
-    """Decode a labeled audio or video set (cached like training data), classes as read_labeled_images."""
+                       cache_dir: str | None = None, log=None, allow_outside: bool = False) -> LabeledSet:
+    """Decode a labeled audio or video set (cached like training data), classes as read_labeled_images;
+    `allow_outside` as data.allow_outside."""
     from selfsup.data.cache.media import prepare_media
 
-    data = prepare_media(path, modality, decode, 0.0, cache_dir, log=log or (lambda s: None))
+    data = prepare_media(path, modality, decode, 0.0, cache_dir, log=log or (lambda s: None),
+                         allow_outside=allow_outside)
     clips = Clips(data.train.rows, data.train.lengths)
     example = "dog/1.wav" if modality == "audio" else "running/1.mp4"
     return _labeled(path, clips, data.train.labels, data.classes, data.meta["skipped"], classes, modality, example)
@@ -171,7 +173,8 @@ def labeled_set(cfg, objective, tok, path: str, classes: list[str] | None = None
     if cfg.modality == "image":
         items = read_labeled_images(path, cfg.image.size, cfg.image.channels, classes, cfg.data.cache_dir)
     elif cfg.modality in ("audio", "video"):
-        items = read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir)
+        items = read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir,
+                                   allow_outside=cfg.data.allow_outside)
     else:
         items = read_labeled(path, classes, cfg.data.max_doc_chars)
     return items, run_inputs(cfg, objective, tok)

@@ -107,7 +107,7 @@ class RunData:
         d, modality = cfg.data, cfg.modality
         pairs = cfg.pairs
         media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log,
-                              captions=pairs)
+                              captions=pairs, allow_outside=d.allow_outside)
         self.norm = (media.meta["mean"], media.meta["std"])
         self.fingerprint = media.dir.name
         train, val = media.train, media.val

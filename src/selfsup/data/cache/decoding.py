@@ -55,11 +55,13 @@ def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int) 
             yield chunk, future.result()
 
 
-def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter) -> Iterator[tuple[str, dict[str, bytes]]]:
+def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter,
+                max_bytes: int) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per webdataset sample of a .tar: as in webdataset, a sample is a run of
     consecutive members sharing a key (the member path up to the first dot of its basename); only members whose
-    extension (lower case, no dot) is in `wanted` are read. A damaged archive counts as 'corrupt tar'."""
-    key, sample = None, {}
+    extension (lower case, no dot) is in `wanted` are read. A damaged archive counts as 'corrupt tar'; a sample
+    with a wanted member over `max_bytes` is skipped unread as 'file too large' (members are read into memory)."""
+    key, sample, too_large = None, {}, False
     try:
         with tarfile.open(f) as tar:
             for member in tar:
@@ -69,15 +71,19 @@ def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter) -> Iterator[
                 stem, _, ext = base.partition(".")
                 k = f"{folder}/{stem}" if folder else stem
                 if k != key:
-                    if key is not None:
+                    if key is not None and not too_large:
                         yield key, sample
-                    key, sample = k, {}
-                if ext.lower() in wanted:
-                    sample[ext.lower()] = tar.extractfile(member).read()
+                    key, sample, too_large = k, {}, False
+                if ext.lower() in wanted and not too_large:
+                    if member.size > max_bytes:
+                        skipped["file too large"] += 1
+                        too_large, sample = True, {}
+                    else:
+                        sample[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError):
         skipped["corrupt tar"] += 1
         return
-    if key is not None:
+    if key is not None and not too_large:
         yield key, sample
 
 

@@ -32,7 +32,7 @@ from selfsup.data.cache.tokens import default_cache
 from selfsup.data.errors import DataError
 from selfsup.data.read.image import IMAGE_SUFFIXES, ArrayImage, ImageRows, array_peak
 
-FORMAT = 1  # bump when the cache layout or the decoding changes
+FORMAT = 2  # bump when the cache layout or the decoding changes
 SOURCE_SUFFIXES = IMAGE_SUFFIXES + (".tar", ".npz")
 LABEL_EXTS = ("cls", "label", "txt")  # tar members that carry a sample's label
 
@@ -127,7 +127,7 @@ def _items(root: Path, files: list[Path], skipped: Counter) -> Iterator[Item]:
 
 def _tar_items(f: Path, rel: str, skipped: Counter) -> Iterator[Item]:
     wanted = tuple(suffix[1:] for suffix in IMAGE_SUFFIXES) + LABEL_EXTS  # other members (json, ...) are not read
-    for key, sample in tar_samples(f, wanted, skipped):
+    for key, sample in tar_samples(f, wanted, skipped, ImageRows.max_bytes):
         yield from _tar_sample(rel, key, sample, skipped)
 
 

@@ -3,7 +3,11 @@ data/cache/rows.py builds the cache, for images alone too (a folder, shards or .
 
 Sources under a data path:
   - `.jsonl` pair files: one object per line with the media path under the modality's key (`image`, `audio` or
-    `video`; or `path`), relative to the .jsonl file, and its caption under `text`, optionally a `label`;
+    `video`; or `path`), relative to the .jsonl file, and its caption under `text`, optionally a `label`. A path
+    is read only when it names a regular file (not a device, a FIFO or a folder) of at most the modality's
+    MAX_BYTES, inside the data folder (the data path, or the folder of a .jsonl data path) after following links,
+    unless data.allow_outside=true; other lines are skipped and counted as 'not a regular file', 'file too large'
+    or 'outside the data folder';
   - webdataset `.tar` shards: a sample is the members sharing a key, the media member by its extension, the
     caption in `.txt`, a label in `.cls` (int) or `.label` (name);
   - media files (a file, or a folder read recursively), labeled by their first-level sub-folder: for the audio
@@ -22,6 +26,7 @@ by a hash of their identity, as images do.
 from __future__ import annotations
 
 import json
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,16 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.cache.decoding import build_cache, tar_samples
+from selfsup.data.cache.decoding import Skip, build_cache, tar_samples
 from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
 from selfsup.data.cache.tokens import default_cache
 from selfsup.data.errors import DataError
 from selfsup.data.read.audio import AUDIO_SUFFIXES, AudioRows
 from selfsup.data.read.image import IMAGE_SUFFIXES, ImageRows
+from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.video import VIDEO_SUFFIXES, VideoRows
 
-FORMAT = 1  # bump when the cache layout or the decoding changes
+FORMAT = 2  # bump when the cache layout or the decoding changes
 SUFFIXES = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES, "video": VIDEO_SUFFIXES}
+MAX_BYTES = {"image": ImageRows.max_bytes, "audio": AudioRows.max_bytes, "video": VideoRows.max_bytes}
+OUTSIDE = "outside the data folder"
 
 
 @dataclass
@@ -101,43 +109,91 @@ def source_files(path: str, modality: str) -> list[Path]:
 
 
 def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, cache_dir: str | None = None,
-                  workers: int | None = None, log=print, captions: bool = False) -> MediaSet:
+                  workers: int | None = None, log=print, captions: bool = False,
+                  allow_outside: bool = False) -> MediaSet:
     """Decode every sample under `path` once into `cache_dir/media/<key>` and open it memory-mapped. With
-    `captions` (pairs for alignment) a .jsonl line without a caption is skipped and counted; without, it is kept."""
+    `captions` (pairs for alignment) a .jsonl line without a caption is skipped and counted; without, it is kept.
+    `allow_outside`: read media a .jsonl names outside the data folder (data.allow_outside)."""
     files = source_files(path, modality)
     root = Path(path).expanduser()
+    links = Links(root if root.is_dir() else root.parent, allow_outside, MAX_BYTES[modality])
     key = cache_key(dict(format=FORMAT, modality=modality, decode=dict(decode, captions=captions),
-                         val_fraction=val_fraction), root, files, lambda f: _linked(f, modality))
+                         val_fraction=val_fraction, allow_outside=allow_outside), root, files,
+                    lambda f: _linked(f, modality, links))
     out = (Path(cache_dir).expanduser() if cache_dir else default_cache()) / "media" / key
     build_cache(out, modality, len(files), workers,
-                lambda tmp, n: _build(path, root, files, tmp, modality, decode, val_fraction, n, log, captions), log)
+                lambda tmp, n: _build(path, root, files, tmp, modality, decode, val_fraction, n, log, captions,
+                                      links), log)
     return _open(out)
 
 
-def _linked(f: Path, modality: str) -> Iterator[tuple[str, Path]]:
-    """The media a pair file points at, (as written, path): part of the data too, for the cache key."""
+@dataclass(frozen=True)
+class Links:
+    """Which media files a pair .jsonl may name (see the module docstring)."""
+    folder: Path  # the data folder
+    allow_outside: bool
+    max_bytes: int
+
+    def target(self, jsonl: Path, member: str) -> Path:
+        """The file `member` names, relative to `jsonl` (or absolute); Skip when it may not be read. A missing
+        file is returned: decoding counts it as 'unreadable file'."""
+        path = jsonl.parent / member
+        try:
+            if not self.allow_outside and not path.resolve().is_relative_to(self.folder.resolve()):
+                raise Skip(OUTSIDE)
+            st = path.stat()
+        except FileNotFoundError:
+            return path
+        except (OSError, ValueError, RuntimeError):  # ValueError: a NUL in the path; RuntimeError: a link loop
+            raise Skip("unreadable file") from None
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero would be hashed, and read, forever
+            raise Skip("not a regular file")
+        if st.st_size > self.max_bytes:
+            raise Skip("file too large")
+        return path
+
+
+def _pair_lines(f: Path) -> Iterator[tuple[int, object]]:
+    """(line number, its JSON value or None when unusable) of the non-blank lines of a pair file."""
+    for number, raw in enumerate(f.read_bytes().splitlines(), 1):
+        if raw.strip():
+            yield number, json_line(raw)
+
+
+def _member(record: object, modality: str) -> str | None:
+    """The media path a pair line names, or None."""
+    member = record.get(modality, record.get("path")) if isinstance(record, dict) else None
+    return member if isinstance(member, str) and member else None
+
+
+def _linked(f: Path, modality: str, links: Links) -> Iterator[tuple[str, Path]]:
+    """The media a pair file points at and may read, (as written, path): part of the data too, for the cache key."""
     if f.suffix.lower() != ".jsonl":
         return
-    for line in f.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-            member = record.get(modality, record.get("path"))  # as _jsonl_items reads it
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(member, str):
-            yield member, f.parent / member
+    try:
+        lines = list(_pair_lines(f))
+    except OSError:  # counted when the items are read
+        return
+    for _, record in lines:
+        member = _member(record, modality)
+        if member is not None:
+            try:
+                yield member, links.target(f, member)
+            except Skip:  # counted when the items are read
+                continue
 
 
 def _build(path: str, root: Path, files: list[Path], out: Path, modality: str, decode: dict, val_fraction: float,
-           workers: int, log, captions: bool) -> None:
+           workers: int, log, captions: bool, links: Links) -> None:
     skipped = Counter()
-    built = build_rows(out, _items(root, files, modality, skipped, captions), row_decoder(modality, decode),
+    built = build_rows(out, _items(root, files, modality, skipped, captions, links), row_decoder(modality, decode),
                        val_fraction, workers, skipped)
     n = built.rows
     if n["train"] == 0:
+        outside = " (data.allow_outside=true reads media outside the data folder)" if skipped[OUTSIDE] else ""
         raise DataError(f"data.path '{path}': no {modality} sample decoded into the training split ({n['val']} in "
-                        f"validation, {sum(skipped.values())} skipped: {built.why}); expected readable {modality} "
-                        "files")
+                        f"validation, {sum(skipped.values())} skipped: {built.why}){outside}; expected readable "
+                        f"{modality} files")
     mean, std = built.stats.result()
     meta = dict(format=FORMAT, path=path, modality=modality, files=len(files), decode=decode,
                 val_fraction=val_fraction, samples=n, skipped=dict(sorted(skipped.items())),
@@ -148,50 +204,50 @@ def _build(path: str, root: Path, files: list[Path], out: Path, modality: str, d
         f"({(n['train'] + n['val']) / built.seconds:.0f}/s); skipped {built.why}; kept with notes: {noted}")
 
 
-def _items(root: Path, files: list[Path], modality: str, skipped: Counter, captions: bool) -> Iterator[Item]:
+def _items(root: Path, files: list[Path], modality: str, skipped: Counter, captions: bool,
+           links: Links) -> Iterator[Item]:
     for f in files:
         rel = relative(root, f)
         suffix = f.suffix.lower()
         if suffix == ".jsonl":
-            yield from _jsonl_items(f, rel, modality, skipped, captions)
+            yield from _jsonl_items(f, rel, modality, skipped, captions, links)
         elif suffix == ".tar":
             yield from _tar_items(f, rel, modality, skipped, captions)
         else:
             yield Item(rel, None, folder_label(rel), f)
 
 
-def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[Item]:
+def _jsonl_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool,
+                 links: Links) -> Iterator[Item]:
     try:
-        lines = f.read_bytes().splitlines()
+        lines = list(_pair_lines(f))
     except OSError:
         skipped["unreadable file"] += 1
         return
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError:  # UnicodeDecodeError included
+    for number, record in lines:
+        if not isinstance(record, dict):  # None: not JSON, nested too deeply, or a lone surrogate
             skipped["bad json line"] += 1
             continue
-        if not isinstance(record, dict):
-            skipped["bad json line"] += 1
-            continue
-        member, caption = record.get(modality, record.get("path")), record.get("text")
-        if not isinstance(member, str) or not member:
+        member, caption = _member(record, modality), record.get("text")
+        if member is None:
             skipped[f"no '{modality}' in pair"] += 1
             continue
         caption = caption.strip() if isinstance(caption, str) and caption.strip() else None
         if captions and caption is None:
             skipped["no caption"] += 1
             continue
+        try:
+            target = links.target(f, member)
+        except Skip as e:
+            skipped[e.reason] += 1
+            continue
         label = record.get("label")
         label = label if isinstance(label, (int, str)) and not isinstance(label, bool) else None
-        yield Item(f"{rel}#{number}", caption, label, f.parent / member)
+        yield Item(f"{rel}#{number}", caption, label, target)
 
 
 def _tar_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[Item]:
-    for key, sample in tar_samples(f, tar_members(modality), skipped):
+    for key, sample in tar_samples(f, tar_members(modality), skipped, MAX_BYTES[modality]):
         item = tar_item(rel, key, sample, modality, skipped, captions)
         if item is not None:
             yield item

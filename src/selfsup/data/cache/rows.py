@@ -11,14 +11,21 @@ kept one is counted as notes. Samples go to train or validation by a hash of the
 reordering. The folder gets, per split: `<split>.npy` rows, `<split>_lengths.npy`, `<split>_labels.npy` and
 `<split>_captions.json` (null when a sample has none); the caller writes meta.json.
 
-Labels are for evaluation only. Names become indices into the sorted class names; integer labels keep their
-value (classes '0'..'max'), unless names are present too, when they are read as names ('3'). Missing labels are -1.
+A file payload reaches the decoder as its path, after a look at what it is: only a regular file is read ('not a
+regular file': a device such as /dev/zero, a FIFO), and only up to the decoder's `max_bytes` ('file too large');
+the decoder reads of it only what it needs (data/read/image.py, audio.py, video.py).
+
+Labels are for evaluation only. The classes are the labels seen, sorted: integers numerically (as names: '2',
+'10'), names alphabetically; when both are present integers are read as names ('3'). An integer outside
+[0, MAX_CLASS_ID] is no class (a corrupt .cls of 10^20 would otherwise be one): the sample keeps no label and is
+counted as 'bad label'. Missing labels are -1.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -33,13 +40,14 @@ from selfsup.data.cache.stats import LogMelStats, PixelStats
 from selfsup.data.cache.tokens import is_val
 
 SPLITS = ("train", "val")
+MAX_CLASS_ID = 2**31 - 1  # an integer label above this is a corrupt one, not a class
 
 
 class Item(NamedTuple):
     ident: str  # what the split hashes: the relative path, plus '#key' (tar), '#line' (jsonl) or '#index' (npz)
     caption: str | None
     label: int | str | None
-    payload: object  # what a worker decodes: a Path to read, a tar member's bytes, or an in-memory image (npz)
+    payload: object  # what a worker decodes: a Path (the decoder opens it), a tar member's bytes, or an npz image
 
 
 @dataclass
@@ -82,7 +90,7 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
         for w in writers.values():
             w.close()
     n = {split: w.rows for split, w in writers.items()}
-    classes, ids = class_ids([item.label for split in SPLITS for item in kept[split]])
+    classes, ids = class_ids([item.label for split in SPLITS for item in kept[split]], skipped)
     for split in SPLITS:
         np.save(out / f"{split}_lengths.npy", np.array(lengths[split], dtype=np.int32))
         np.save(out / f"{split}_labels.npy", ids[:n["train"]] if split == "train" else ids[n["train"]:])
@@ -97,7 +105,8 @@ def _decode_chunk(items: list[Item], decoder):
     rows, lengths, reasons, notes = [], [], [], []
     for item in items:
         try:
-            row, length, note = decoder(_read(item.payload) if isinstance(item.payload, Path) else item.payload)
+            payload = item.payload
+            row, length, note = decoder(_checked(payload, decoder.max_bytes) if isinstance(payload, Path) else payload)
             rows.append(row)
             lengths.append(length)
             reasons.append(None)
@@ -110,23 +119,36 @@ def _decode_chunk(items: list[Item], decoder):
     return stacked, np.array(lengths, dtype=np.int32), reasons, notes
 
 
-def _read(f: Path) -> bytes:
+def _checked(f: Path, max_bytes: int) -> Path:
+    """`f`, when it is a regular, non-empty file of at most `max_bytes`; else Skip with the reason."""
     try:
-        return f.read_bytes()
-    except OSError:
+        st = f.stat()
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         raise Skip("unreadable file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Skip("not a regular file")
+    if st.st_size > max_bytes:
+        raise Skip("file too large")
+    if not st.st_size:
+        raise Skip("empty file")
+    return f
 
 
-def class_ids(labels: list[int | str | None]) -> tuple[list[str], np.ndarray]:
-    """Class names and each sample's index into them, -1 for none (see the module docstring)."""
+def class_ids(labels: list[int | str | None], skipped: Counter) -> tuple[list[str], np.ndarray]:
+    """Class names and each sample's index into them, -1 for none (see the module docstring); integers out of range
+    are counted in `skipped` as 'bad label'."""
     if any(isinstance(label, str) for label in labels):
         labels = [str(label) if isinstance(label, int) else label for label in labels]
         classes = sorted({label for label in labels if label is not None})
-        index = {name: i for i, name in enumerate(classes)}
-        return classes, np.array([index.get(label, -1) for label in labels], dtype=np.int64)
-    top = max((label for label in labels if label is not None), default=-1)
-    return [str(i) for i in range(top + 1)], np.array([-1 if label is None else label for label in labels],
-                                                      dtype=np.int64)
+    else:
+        bad = [label is not None and not 0 <= label <= MAX_CLASS_ID for label in labels]
+        if any(bad):
+            skipped["bad label"] += sum(bad)
+        labels = [None if b else label for label, b in zip(labels, bad)]
+        classes = [str(i) for i in sorted({label for label in labels if label is not None})]
+        labels = [None if label is None else str(label) for label in labels]
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, np.array([index.get(label, -1) for label in labels], dtype=np.int64)
 
 
 def cache_key(settings: dict, root: Path, files: list[Path],

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progres
 from rich.progress import TransferSpeedColumn
 
 from selfsup.data.errors import DataError
+from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.text import read_lines
 
 Doc = tuple[str, str, int]  # text, file relative to the input, line number
@@ -138,9 +139,6 @@ class _Outputs:
 
 
 def _json_text(line: str) -> str | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
+    record = json_line(line)
     text = record.get("text") if isinstance(record, dict) else None
     return text if isinstance(text, str) else None

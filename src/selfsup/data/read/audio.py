@@ -1,11 +1,13 @@
-"""Decoding one audio file's bytes into a fixed-length log-mel spectrogram, for the audio cache.
+"""Decoding one audio file (its bytes, or its path) into a fixed-length log-mel spectrogram, for the audio cache.
 
     mel, valid, notes = decode_audio(data, sample_rate=16000, seconds=10.0, n_mels=80, n_fft=400, hop=160,
                                      min_seconds=0.5)   # mel: float16 (80, 1001)
 
 The pipeline, in order:
 
-1. soundfile reads WAV, FLAC and OGG as float32 in [-1, 1], always (samples, channels).
+1. soundfile reads WAV, FLAC and OGG as float32 in [-1, 1], always (samples, channels), and only the frames the
+   clip needs: a long file (a file's bytes, or the file itself) is read from its header's length around its
+   centre, so an hour-long recording costs what its one-second clip costs. 'clipped' is judged on what is read.
 2. Channels are averaged to mono; a file at another rate is resampled with soxr (HQ: flat to ~0.9 Nyquist,
    no audible aliasing, several times faster than a polyphase filter in numpy).
 3. The clip is exactly `seconds` long: a longer file keeps its centre (its start and end are often silence or
@@ -27,6 +29,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
+from math import gcd
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -40,6 +44,8 @@ SILENCE_RMS = 1e-4  # about −80 dBFS: below the noise floor of 16-bit audio, s
 CLIP_LEVEL = 0.999  # a sample this close to full scale was almost certainly clipped
 CLIP_FRACTION = 1e-3  # ... and more than 0.1% of them is audible distortion, not a stray peak
 LOG_FLOOR = 1e-10
+MARGIN = 0.1  # seconds read past a long file's clip on each side when resampling: far wider than soxr's filter
+MAX_BYTES = 4 << 30  # a file or tar member above 4 GiB (WAV's own limit) is not read (data/cache/rows.py, media.py)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class AudioRows:
     min_seconds: float
 
     dtype = np.dtype(np.float16)
+    max_bytes = MAX_BYTES
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -61,7 +68,7 @@ class AudioRows:
     def stats(self) -> LogMelStats:
         return LogMelStats()
 
-    def __call__(self, data: bytes) -> tuple[np.ndarray, int, list[str]]:
+    def __call__(self, data: bytes | Path) -> tuple[np.ndarray, int, list[str]]:
         """(row, frames holding real audio, notes)."""
         return decode_audio(data, self.sample_rate, self.seconds, self.n_mels, self.n_fft, self.hop, self.min_seconds)
 
@@ -71,13 +78,19 @@ def clip_frames(sample_rate: int, seconds: float, hop: int) -> int:
     return 1 + round(seconds * sample_rate) // hop
 
 
-def decode_audio(data: bytes, sample_rate: int, seconds: float, n_mels: int, n_fft: int, hop: int,
+def decode_audio(data: bytes | Path, sample_rate: int, seconds: float, n_mels: int, n_fft: int, hop: int,
                  min_seconds: float) -> tuple[np.ndarray, int, list[str]]:
-    """(log-mel float16 (n_mels, clip_frames), frames covering real audio, notes); raises Skip for unusable files."""
+    """(log-mel float16 (n_mels, clip_frames), frames covering real audio, notes) of a file's bytes or of the file
+    itself (only the frames the clip needs are read); raises Skip for unusable files."""
     if not data:
         raise Skip("empty file")
+    n = round(seconds * sample_rate)
     try:
-        x, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (T, C)
+        with soundfile.SoundFile(io.BytesIO(data) if isinstance(data, bytes) else data) as f:
+            rate = f.samplerate
+            start, count, first = _window(f.frames, rate, sample_rate, n, max(n, round(min_seconds * sample_rate)))
+            f.seek(start)
+            x = f.read(count, dtype="float32", always_2d=True)  # (T, C): the clip and a margin, or the whole file
     except Exception:  # libsndfile reports malformed data as several kinds of error
         raise Skip("corrupt audio") from None
     if x.shape[0] == 0 or not np.isfinite(x).all():
@@ -91,13 +104,13 @@ def decode_audio(data: bytes, sample_rate: int, seconds: float, n_mels: int, n_f
     if rate != sample_rate:
         x = soxr.resample(x, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
         notes.append("resampled")
-    if len(x) < round(min_seconds * sample_rate):
-        raise Skip("too short")
-
-    n = round(seconds * sample_rate)
-    if len(x) > n:
-        start = (len(x) - n) // 2
-        x = x[start:start + n]
+    cropped = first is not None or len(x) > n
+    if first is None:  # the whole file was read
+        if len(x) < round(min_seconds * sample_rate):
+            raise Skip("too short")
+        first = max(0, (len(x) - n) // 2)
+    x = x[first:first + n]
+    if cropped:
         notes.append("cropped")
     real = len(x)
     if np.sqrt(np.mean(np.square(x, dtype=np.float64))) < SILENCE_RMS:  # the kept part only, before padding
@@ -109,6 +122,25 @@ def decode_audio(data: bytes, sample_rate: int, seconds: float, n_mels: int, n_f
     frames = clip_frames(sample_rate, seconds, hop)
     valid = min(frames, 1 + real // hop)
     return log_mel(x, sample_rate, n_mels, n_fft, hop).astype(np.float16), valid, notes
+
+
+def _window(total: int, rate: int, sample_rate: int, n: int, whole: int) -> tuple[int, int, int | None]:
+    """What to read of a file of `total` frames at `rate` to keep the centre `n` samples at `sample_rate`:
+    (first frame, frame count, where the clip starts in what was read, once resampled). A file no longer than
+    `whole` samples at `sample_rate` is read whole ((0, -1, None)). Otherwise the read starts on a frame both rates
+    share (a multiple of `step`), so the resampled window lines up sample for sample with the whole file
+    resampled, and reaches MARGIN seconds past the clip on each side, beyond the resampler's filter."""
+    length = total if rate == sample_rate else round(total * sample_rate / rate)  # at sample_rate, as soxr makes it
+    if length <= whole:
+        return 0, -1, None
+    first = (length - n) // 2  # the clip's first sample at sample_rate: the centre of the file
+    if rate == sample_rate:
+        return first, n, 0
+    common = gcd(rate, sample_rate)
+    step, margin = rate // common, round(MARGIN * rate)
+    start = max(0, first * rate // sample_rate - margin) // step * step
+    stop = min(total, -(-(first + n) * rate // sample_rate) + margin)
+    return start, stop - start, first - start // step * (sample_rate // common)
 
 
 def log_mel(x: np.ndarray, sample_rate: int, n_mels: int, n_fft: int, hop: int) -> np.ndarray:

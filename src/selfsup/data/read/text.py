@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from selfsup.config import BUILTIN_CORPUS
 from selfsup.data.builtin import stdlib_docs
 from selfsup.data.errors import DataError
+from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.listing import data_files
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -72,9 +72,8 @@ def read_lines(f: Path, skipped: Counter) -> Iterator[tuple[int, str]]:
 
 
 def _json_text(line: str, field: str, skipped: Counter) -> str | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
+    record = json_line(line)
+    if record is None:
         skipped["bad_json"] += 1
         return None
     text = record.get(field) if isinstance(record, dict) else None

@@ -17,22 +17,26 @@ frames are always the true segment centres. Decoding is single-threaded: the cac
 per core.
 
 An input that cannot be used raises `Skip` with one of: "empty file", "corrupt video" (FFmpeg cannot open or
-decode it, or it has no decodable frame), "no video stream" (audio or subtitles only).
+decode it, or it has no decodable frame), "no video stream" (audio or subtitles only), "frame too large" (a frame
+of more than data/read/image.py's MAX_PIXELS: FFmpeg decodes every frame whole, before it is resized).
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
 
 from selfsup.data.cache.decoding import Skip
 from selfsup.data.cache.stats import PixelStats
+from selfsup.data.read import image
 from selfsup.data.read.image import decode_array
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+MAX_BYTES = 16 << 30  # a file or tar member above 16 GiB is not read (data/cache/rows.py, media.py)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class VideoRows:
     frames: int
 
     dtype = np.dtype(np.uint8)
+    max_bytes = MAX_BYTES
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,14 +56,15 @@ class VideoRows:
     def stats(self) -> PixelStats:
         return PixelStats(self.channels)
 
-    def __call__(self, data: bytes) -> tuple[np.ndarray, int, list[str]]:
+    def __call__(self, data: bytes | Path) -> tuple[np.ndarray, int, list[str]]:
         """(row, length `frames`, notes)."""
         frames, notes = decode_video(data, self.size, self.channels, self.frames)
         return frames, self.frames, notes
 
 
-def decode_video(data: bytes, size: int, channels: int, frames: int) -> tuple[np.ndarray, list[str]]:
-    """One clip as uint8 (frames, channels, size, size) and notes on it (e.g. "repeated frames")."""
+def decode_video(data: bytes | Path, size: int, channels: int, frames: int) -> tuple[np.ndarray, list[str]]:
+    """One clip, a file's bytes or its path, as uint8 (frames, channels, size, size) and notes on it (e.g. "repeated
+    frames")."""
     if not data:
         raise Skip("empty file")
     count = _frame_count(data)
@@ -74,7 +80,7 @@ def sample_indices(count: int, frames: int) -> list[int]:
     return [int((i + 0.5) * count / frames) for i in range(frames)]
 
 
-def _frame_count(data: bytes) -> int:
+def _frame_count(data: bytes | Path) -> int:
     """Frames in the first video stream: the container's figure, or else its packets counted (no decoding)."""
     with _open(data) as container:
         stream = _video_stream(container)
@@ -86,7 +92,7 @@ def _frame_count(data: bytes) -> int:
             raise Skip("corrupt video") from None
 
 
-def _pick(data: bytes, count: int, size: int, channels: int, frames: int) -> tuple[dict[int, np.ndarray], int]:
+def _pick(data: bytes | Path, count: int, size: int, channels: int, frames: int) -> tuple[dict[int, np.ndarray], int]:
     """The wanted frames of a `count`-frame clip, each already (channels, size, size), and how many frames decoded."""
     wanted = set(sample_indices(count, frames)) if count > 0 else set()
     picked, decoded = {}, 0
@@ -105,9 +111,9 @@ def _pick(data: bytes, count: int, size: int, channels: int, frames: int) -> tup
     return picked, decoded
 
 
-def _open(data: bytes):
-    try:
-        return av.open(io.BytesIO(data), metadata_errors="replace")  # a damaged tag is not worth a skip
+def _open(data: bytes | Path):
+    try:  # a file by its path: FFmpeg reads what it demuxes, never the whole file; a damaged tag is not worth a skip
+        return av.open(io.BytesIO(data) if isinstance(data, bytes) else str(data), metadata_errors="replace")
     except av.FFmpegError:  # InvalidDataError for garbage; other FFmpeg errors for truncated headers
         raise Skip("corrupt video") from None
 
@@ -119,4 +125,6 @@ def _video_stream(container):
     stream = container.streams.video[0]
     if stream.codec_context is None:  # no decoder for its codec, or a header too damaged to name one
         raise Skip("corrupt video")
+    if stream.codec_context.width * stream.codec_context.height > image.MAX_PIXELS:  # a frame decodes whole
+        raise Skip("frame too large")
     return stream

@@ -19,6 +19,8 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
+from selfsup.data.cache.decoding import Skip
+
 FORMAT = 1  # bump when the index layout changes
 
 Members = dict[str, tuple[int, int]]  # extension (lower case, no dot) -> (byte offset of the data, size)
@@ -76,9 +78,12 @@ def _read_headers(f: Path) -> tuple[list[tuple[str, Members]], bool]:
     return samples, False
 
 
-def read_sample(fh: BinaryIO, members: Members, wanted: tuple[str, ...]) -> dict[str, bytes]:
+def read_sample(fh: BinaryIO, members: Members, wanted: tuple[str, ...], max_bytes: int) -> dict[str, bytes]:
     """{ext: bytes} of the wanted members of one sample; a member cut short by a truncated file is dropped (the
-    decoder then counts the sample under its own reason)."""
+    decoder then counts the sample under its own reason); a wanted member over `max_bytes` raises Skip('file too
+    large') before anything is read."""
+    if any(ext in wanted and size > max_bytes for ext, (_, size) in members.items()):
+        raise Skip("file too large")
     sample = {}
     for ext, (offset, size) in members.items():
         if ext in wanted:

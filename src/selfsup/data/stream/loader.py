@@ -32,7 +32,7 @@ from selfsup.data.cache import media as media_data
 from selfsup.data.cache.decoding import CHUNK, Skip
 from selfsup.data.errors import DataError
 from selfsup.data.read.captions import caption_arrays
-from selfsup.data.read.image import IMAGE_SUFFIXES, decode_image
+from selfsup.data.read.image import IMAGE_SUFFIXES, MAX_BYTES, decode_image
 from selfsup.data.stream.index import read_sample, shard_index
 from selfsup.data.stream.order import ShardOrder, StridedOrder
 
@@ -63,6 +63,8 @@ class ImageDecoder:
     size: int
     channels: int
 
+    max_bytes = MAX_BYTES
+
     @property
     def wanted(self) -> tuple[str, ...]:
         return tuple(suffix[1:] for suffix in IMAGE_SUFFIXES)  # labels are not read: training needs none
@@ -84,6 +86,10 @@ class PairDecoder:
     def wanted(self) -> tuple[str, ...]:
         return media_data.tar_members(self.modality)
 
+    @property
+    def max_bytes(self) -> int:
+        return media_data.MAX_BYTES[self.modality]
+
     def __call__(self, rel: str, key: str, sample: dict[str, bytes], skipped: Counter, notes: Counter) -> dict | None:
         item = media_data.tar_item(rel, key, sample, self.modality, skipped, captions=True)
         if item is None:
@@ -100,7 +106,8 @@ class Reader:
         self.table, self.decoder = table, decoder
         self._open: dict[int, tuple] = {}  # shard -> (file, samples), in least recently used order
 
-    def raw(self, shard: int, index: int, wanted: tuple[str, ...]) -> tuple[str, dict[str, bytes]]:
+    def raw(self, shard: int, index: int, wanted: tuple[str, ...], max_bytes: int) -> tuple[str, dict[str, bytes]]:
+        """(key, {ext: bytes}) of a sample's wanted members; Skip('file too large') for one over `max_bytes`."""
         if shard not in self._open:
             if len(self._open) >= OPEN_FILES:
                 old = next(iter(self._open))
@@ -109,7 +116,7 @@ class Reader:
             self._open[shard] = (open(self.table.paths[shard], "rb"), samples)
         fh, samples = self._open[shard] = self._open.pop(shard)  # now the most recently used
         key, members = samples[index]
-        return key, read_sample(fh, members, wanted)
+        return key, read_sample(fh, members, wanted, max_bytes)
 
     def decode(self, ids: list[int]) -> list[tuple[dict | None, Counter, Counter]]:
         """Per id: (its fields, or None when skipped; why it was skipped; notes on what decoding did)."""
@@ -118,7 +125,7 @@ class Reader:
         for shard, index in zip(shards.tolist(), within.tolist()):
             skipped, notes, fields = Counter(), Counter(), None
             try:
-                key, sample = self.raw(shard, index, self.decoder.wanted)
+                key, sample = self.raw(shard, index, self.decoder.wanted, self.decoder.max_bytes)
                 fields = self.decoder(self.table.rels[shard], key, sample, skipped, notes)
             except OSError:
                 skipped["unreadable shard"] += 1

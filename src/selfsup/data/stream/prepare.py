@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from selfsup.config import RunConfig
 from selfsup.data.cache import images as image_data
 from selfsup.data.cache import media as media_data
-from selfsup.data.cache.decoding import CHUNK, decoded, default_workers
+from selfsup.data.cache.decoding import CHUNK, Skip, decoded, default_workers
 from selfsup.data.cache.stats import LogMelStats, PixelStats
 from selfsup.data.cache.tokens import is_val
 from selfsup.data.errors import DataError
@@ -36,6 +36,7 @@ from selfsup.data.stream.order import ShardOrder, StridedOrder
 
 STATS_SAMPLES = 1000  # decoded once at start for normalisation statistics
 CAPTION_SAMPLES = 20_000  # captions the pair tokenizer is trained on
+CAPTION_BYTES = 1 << 20  # a larger .txt member is no caption to train the tokenizer on
 OTHER_SOURCES = image_data.SOURCE_SUFFIXES + media_data.SUFFIXES["audio"] + media_data.SUFFIXES["video"] + (".jsonl",)
 
 
@@ -168,7 +169,11 @@ def _tokenizer(cfg: RunConfig, train: ShardTable, run_dir: Path) -> Tokenizer:
         reader = Reader(train, None)
         shards, within = train.locate(np.arange(min(CAPTION_SAMPLES, int(train.counts.sum()))))
         for shard, index in zip(shards.tolist(), within.tolist()):
-            text = reader.raw(shard, index, ("txt",))[1].get("txt", b"").decode(errors="replace").strip()
+            try:
+                sample = reader.raw(shard, index, ("txt",), CAPTION_BYTES)[1]
+            except Skip:  # a caption too large to be one; decoding counts the sample
+                continue
+            text = sample.get("txt", b"").decode(errors="replace").strip()
             if text:
                 captions.append(text)
         if not captions:
