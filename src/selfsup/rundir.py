@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +37,10 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     if mode is not None:  # an export with --quantize: inference on the CPU
         return cfg, quantize.load_quantized(objective, weights, mode).eval(), tok
     if not weights.is_file():
-        last = checkpoint.latest(run_dir)
+        try:  # the newest checkpoint that verifies; a damaged newer one is named on stderr
+            last = checkpoint.latest(run_dir, say=lambda line: print(line, file=sys.stderr))
+        except checkpoint.CheckpointError as e:
+            raise RunDirError(str(e)) from None
         if last is None:
             raise RunDirError(f"'{run_dir}' has neither model.safetensors nor a checkpoint yet")
         weights = last / "model.safetensors"
