@@ -127,12 +127,13 @@ def _flip(path, name="model.safetensors"):
 
 
 DAMAGE = {
-    "a flipped byte": (_flip, "model.safetensors is not what was written (its sha256 differs)"),
+    "a flipped byte": (_flip, "model.safetensors is not what was written: its sha256 differs"),
     "a truncated file": (lambda p: (p / "optim.safetensors").write_bytes((p / "optim.safetensors").read_bytes()[:99]),
                          "optim.safetensors has 99 bytes"),
     "an empty file": (lambda p: (p / "rng.safetensors").write_bytes(b""), "rng.safetensors has 0 bytes"),
     "a missing file": (lambda p: (p / "model.safetensors").unlink(), "model.safetensors is missing"),
-    "state.json not JSON": (lambda p: (p / "state.json").write_text("{not json"), "not JSON"),
+    "state.json not JSON": (lambda p: (p / "state.json").write_text("{not json"), "state.json is not JSON"),
+    "manifest.json not JSON": (lambda p: (p / "manifest.json").write_bytes(b"\xff"), "manifest.json is not JSON"),
     "no manifest": (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
 }
 
@@ -198,7 +199,7 @@ def test_a_flipped_byte_resumes_from_the_previous_checkpoint_with_the_uninterrup
     trainer.train(config.load(str(run)), Console(file=None, force_terminal=False, width=400))
     printed = capsys.readouterr().out
     assert (f"checkpoint {run / 'checkpoints' / 'step-00000004'} is damaged (model.safetensors is not what was "
-            "written (its sha256 differs)): using step-00000002, the newest intact checkpoint") in printed
+            "written: its sha256 differs): using step-00000002, the newest intact checkpoint") in printed
     assert f"resuming from {run / 'checkpoints' / 'step-00000002'} (step 2)" in printed
     after = losses(run)
     assert sorted(after) == list(range(1, 7))

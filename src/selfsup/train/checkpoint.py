@@ -201,28 +201,40 @@ def verify(path: Path) -> str | None:
     """None when the checkpoint folder `path` is whole; else what is wrong with it, in a few words. Checkpoints
     of older versions (state.json without `checksums`) have no manifest: a readable state.json is all they show."""
     try:
-        state = json.loads((path / "state.json").read_text())
+        state = _json(path / "state.json")
         if not (path / MANIFEST).is_file():
             return f"{MANIFEST} is missing" if state.get("checksums") else None
-        files = json.loads((path / MANIFEST).read_text())["files"]
-        listed = {n: (int(f["bytes"]), f["sha256"]) for n, f in files.items()}
-    except FileNotFoundError:
-        return "state.json is missing"
-    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return "state.json or manifest.json is not what a checkpoint writes (not JSON, or keys missing)"
-    except OSError as e:
-        return f"unreadable ({e})"
-    for name, (size, _) in listed.items():
-        if not (path / name).is_file():
-            return f"{name} is missing"
-        if (path / name).stat().st_size != size:
-            return f"{name} has {(path / name).stat().st_size:,} bytes, {size:,} were written"
-    try:
+        listed = {n: (int(f["bytes"]), f["sha256"]) for n, f in _json(path / MANIFEST)["files"].items()}
+        for name, (size, _) in listed.items():
+            if not (path / name).is_file():
+                return f"{name} is missing"
+            if (path / name).stat().st_size != size:
+                return f"{name} has {(path / name).stat().st_size:,} bytes, {size:,} were written"
         found = _describe(path, list(listed))
+    except _Unreadable as e:
+        return str(e)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"{MANIFEST} does not list files as a checkpoint writes them"
     except OSError as e:
-        return f"unreadable ({e})"
+        return f"unreadable: {e}"
     changed = [n for n, (_, digest) in listed.items() if found[n]["sha256"] != digest]
-    return f"{changed[0]} is not what was written (its sha256 differs)" if changed else None
+    return f"{changed[0]} is not what was written: its sha256 differs" if changed else None
+
+
+class _Unreadable(Exception):
+    """A checkpoint's JSON file that is missing or not a JSON object; the message says which."""
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _Unreadable(f"{path.name} is missing") from None
+    except ValueError:  # not UTF-8 or not JSON
+        raise _Unreadable(f"{path.name} is not JSON") from None
+    if not isinstance(value, dict):
+        raise _Unreadable(f"{path.name} is not a JSON object")
+    return value
 
 
 def latest(run_dir: Path, say=None) -> Path | None:
