@@ -42,9 +42,11 @@ def test_round_trip_restores_model_optimizer_and_rng(tmp_path):
 def test_only_safetensors_and_json_are_written(tmp_path):
     model, opt = _trained("adamw")
     path = checkpoint.save(tmp_path, 5, model, opt, {}, keep=1)
-    assert sorted(f.name for f in path.iterdir()) == ["model.safetensors", "optim.safetensors", "rng.safetensors",
-                                                      "state.json"]
+    assert sorted(f.name for f in path.iterdir()) == ["manifest.json", "model.safetensors", "optim.safetensors",
+                                                      "rng.safetensors", "state.json"]
     json.loads((path / "state.json").read_text())
+    assert sorted(json.loads((path / "manifest.json").read_text())["files"]) == [
+        "model.safetensors", "optim.safetensors", "rng.safetensors", "state.json"]  # every other file, checksummed
     assert load_file(path / "optim.safetensors")  # plain tensors, nothing to unpickle
 
 

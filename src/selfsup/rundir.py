@@ -3,6 +3,7 @@ output file that would write over what selfsup reads there."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -60,7 +61,10 @@ def open_run(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, nn.M
     except ValueError as e:  # quantize's one-line messages: a marker or weights that are not what it wrote
         raise RunDirError(str(e)) from None
     if not weights.is_file():
-        last = checkpoint.latest(run_dir)
+        try:  # the newest checkpoint that verifies; a damaged newer one is named on stderr
+            last = checkpoint.latest(run_dir, say=lambda line: print(line, file=sys.stderr))
+        except checkpoint.CheckpointError as e:
+            raise RunDirError(str(e)) from None
         if last is None:
             raise RunDirError(f"'{run_dir}' has neither model.safetensors nor a checkpoint yet")
         weights = last / "model.safetensors"

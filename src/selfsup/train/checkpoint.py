@@ -7,48 +7,79 @@ loading a checkpoint never runs code from it.
         rng.safetensors     torch (and CUDA) generator states, of every process ('rank<r>/...' beyond rank 0), and
                             the masks' generator (batch_random.py)
         state.json          step, data position, optimizer hyper-parameters, Python/NumPy RNG, counters
+        manifest.json       the size and sha256 of every other file, written last
 
 With FSDP the model and optimizer are instead sharded/ (torch.distributed.checkpoint: each process writes its own
 shards, which reload onto any number of processes), and the final model.safetensors is gathered from them.
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a run killed while saving
-leaves the previous checkpoint intact; only the newest `keep` are kept.
+leaves the previous checkpoint intact (the next start removes the temporary folder); only the newest `keep` are
+kept. A write that fails (disk full, quota, I/O error) removes its temporary folder and raises CheckpointError,
+on every process at once.
+
+Resuming takes the newest checkpoint whose files match their manifest (`latest`): a damaged one (a file missing,
+truncated or changed, state.json unreadable) is named with the reason and the one before it is used. Checkpoints
+of older versions have no manifest and are taken as they are.
+
+Only a healthy state is checkpointed (the trainer's rule, `finite` here): the last step's loss and gradient were
+finite, and so is every weight, buffer and optimizer tensor. A checkpoint that falls due inside a streak of
+skipped (non-finite) steps waits for the first finite step after it, so rotation never deletes the last good
+checkpoint of a run that is diverging, and a run stopped for diverging can resume from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from selfsup import batch_random
-from selfsup.dist import barrier
+from selfsup.dist import gather_objects
 from selfsup.train.parallel import is_sharded
 
 PREFIX = "step-"
+MANIFEST = "manifest.json"
+_PUBLISHED = re.compile(r"step-\d{8}")
+_TEMPORARY = re.compile(r"\.tmp-step-\d{8}-(\d+|sharded)")  # as save() and save_sharded() name them
+# a write that failed: the OS's error, safetensors' (its I/O errors are not OSError), torch.distributed.checkpoint's
+_WRITE_ERRORS = (OSError, SafetensorError, CheckpointException)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written, or none intact to read; one line, which the caller raises again as its
+    own one-line error (TrainingError, RunDirError)."""
 
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
-         keep: int, rng: list[dict] | None = None) -> Path:
-    """rng: every process's rng_state(), rank order (default: this process's alone)."""
+         keep: int, rng: list[dict] | None = None, main: bool = True) -> Path:
+    """Rank 0 (`main`) writes; every process calls it and returns once the checkpoint is on disk, or raises
+    CheckpointError with the others. rng: every process's rng_state(), rank order (default: this process's alone)."""
     rng = rng or [rng_state()]
     root = run_dir / "checkpoints"
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # stores a tensor shared by two modules once
-    tensors, optim_json = _split_optimizer(optimizer.state_dict())
-    optim_json["names"] = _param_names(model, optimizer)  # lets a sharded run of another world size read it
-    save_file(tensors, tmp / "optim.safetensors")
-    _publish(tmp, final, root, keep, rng, dict(step=step, **extra), {"optimizer": optim_json})
+
+    def write():
+        _fresh(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # stores a tensor shared by two modules once
+        tensors, optim_json = _split_optimizer(optimizer.state_dict())
+        optim_json["names"] = _param_names(model, optimizer)  # lets a sharded run of another world size read it
+        save_file(tensors, tmp / "optim.safetensors")
+        _publish(tmp, final, keep, rng, dict(step=step, **extra), {"optimizer": optim_json})
+
+    _together(write if main else None, tmp, final, model, optimizer, main)
     return final
 
 
@@ -63,16 +94,13 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
     root = run_dir / "checkpoints"
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-sharded"  # one name every process agrees on
-    if procs.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
+    main = procs.main
+    _together((lambda: _fresh(tmp)) if main else None, tmp, final, model, optimizer, main)
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "sharded"))
-    barrier()
-    if procs.main:
-        _publish(tmp, final, root, keep, rng, dict(step=step, sharded=True, **extra), {})
-    barrier()
+    _together(lambda: dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "sharded")),
+              tmp, final, model, optimizer, main)
+    publish = lambda: _publish(tmp, final, keep, rng, dict(step=step, sharded=True, **extra), {})  # noqa: E731
+    _together(publish if main else None, tmp, final, model, optimizer, main)
     return final
 
 
@@ -90,27 +118,171 @@ def save_final(path: Path, model: nn.Module, main: bool, sharded: bool) -> None:
         save_file({k: v.contiguous().clone() for k, v in full.items()}, str(path))  # tied weights: one copy each
 
 
-def _publish(tmp: Path, final: Path, root: Path, keep: int, rng: list[dict], state: dict, optim_json: dict) -> None:
+def _fresh(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+
+def _publish(tmp: Path, final: Path, keep: int, rng: list[dict], state: dict, optim_json: dict) -> None:
     tensors = dict(rng[0]["torch"])
     for r, other in enumerate(rng[1:], 1):
         tensors.update({f"rank{r}/{k}": v for k, v in other["torch"].items()})
     save_file(tensors, tmp / "rng.safetensors")
-    state = dict(state, python_rng=rng[0]["python"], numpy_rng=rng[0]["numpy"],
+    state = dict(state, python_rng=rng[0]["python"], numpy_rng=rng[0]["numpy"], checksums=MANIFEST,
                  ranks_rng=[{"python": o["python"], "numpy": o["numpy"]} for o in rng[1:]], **optim_json)
     (tmp / "state.json").write_text(json.dumps(state))
-    for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+    names = [f.relative_to(tmp).as_posix() for f in sorted(tmp.rglob("*")) if f.is_file()]
+    (tmp / MANIFEST).write_text(json.dumps({"files": _describe(tmp, names)}))
+    for name in (*names, MANIFEST):  # make the bytes durable before the rename publishes them
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+    for old in checkpoints(final.parent.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest(run_dir: Path) -> Path | None:
-    done = sorted(p for p in (run_dir / "checkpoints").glob(f"{PREFIX}*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+def _together(write, tmp: Path, final: Path, model: nn.Module, optimizer: torch.optim.Optimizer, main: bool) -> None:
+    """Run `write` where this process has one (None: it only takes part), then learn from every process whether
+    theirs failed; this is also the barrier after it. On a failure rank 0 removes the temporary folder and every
+    process raises the same CheckpointError, so none waits for one that has given up."""
+    error = None
+    if write is not None:
+        try:
+            write()
+        except _WRITE_ERRORS as e:
+            error = str(next(iter(e.failures.values()))[0]) if isinstance(e, CheckpointException) else str(e)
+    failed = [e for e in gather_objects(error) if e]
+    if failed:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_write_failed(final, failed[0], model, optimizer))
+
+
+def _write_failed(final: Path, reason: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
+    """What failed, about how much room a checkpoint takes, and what is left to resume from."""
+    run_dir = final.parent.parent
+    before = checkpoints(run_dir)
+    if before:
+        size = sum(f.stat().st_size for f in before[-1].rglob("*") if f.is_file())
+        room, left = (f"{_megabytes(size)} free (the size of the previous checkpoint)",
+                      f"the previous checkpoint {before[-1]} is intact: make room, then resume from it with "
+                      f"`selfsup train {run_dir}`")
+    else:
+        tensors = [*model.state_dict().values(), *(v for s in optimizer.state.values() for v in s.values())]
+        size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))  # DTensor: whole
+        room, left = (f"{_megabytes(size)} free (the model and optimizer state)",
+                      f"there is no earlier checkpoint: make room, then start again with `selfsup train {run_dir}`")
+    return f"could not write checkpoint {final} ({reason}); a checkpoint needs about {room}; {left}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def _describe(folder: Path, names: list[str]) -> dict:
+    """Size and sha256 of each file `names` in `folder`, hashed in threads (hashlib lets go of the GIL)."""
+    def sha256(name: str) -> str:
+        with open(folder / name, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(sha256, names))
+    return {n: {"bytes": (folder / n).stat().st_size, "sha256": d} for n, d in zip(names, digests)}
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The published checkpoint folders of a run, oldest first, intact or not (`verify` tells)."""
+    root = run_dir / "checkpoints"
+    return sorted(p for p in root.glob(f"{PREFIX}*") if _PUBLISHED.fullmatch(p.name) and p.is_dir())
+
+
+def verify(path: Path) -> str | None:
+    """None when the checkpoint folder `path` is whole; else what is wrong with it, in a few words. Checkpoints
+    of older versions (state.json without `checksums`) have no manifest: a readable state.json is all they show."""
+    try:
+        state = _json(path / "state.json")
+        if not (path / MANIFEST).is_file():
+            return f"{MANIFEST} is missing" if state.get("checksums") else None
+        listed = {n: (int(f["bytes"]), f["sha256"]) for n, f in _json(path / MANIFEST)["files"].items()}
+        for name, (size, _) in listed.items():
+            if not (path / name).is_file():
+                return f"{name} is missing"
+            if (path / name).stat().st_size != size:
+                return f"{name} has {(path / name).stat().st_size:,} bytes, {size:,} were written"
+        found = _describe(path, list(listed))
+    except _Unreadable as e:
+        return str(e)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"{MANIFEST} does not list files as a checkpoint writes them"
+    except OSError as e:
+        return f"unreadable: {e}"
+    changed = [n for n, (_, digest) in listed.items() if found[n]["sha256"] != digest]
+    return f"{changed[0]} is not what was written: its sha256 differs" if changed else None
+
+
+class _Unreadable(Exception):
+    """A checkpoint's JSON file that is missing or not a JSON object; the message says which."""
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _Unreadable(f"{path.name} is missing") from None
+    except ValueError:  # not UTF-8 or not JSON
+        raise _Unreadable(f"{path.name} is not JSON") from None
+    if not isinstance(value, dict):
+        raise _Unreadable(f"{path.name} is not a JSON object")
+    return value
+
+
+def latest(run_dir: Path, say=None) -> Path | None:
+    """The newest checkpoint that verifies (None: no checkpoint yet). The newer ones that do not are named with
+    why, and the one used instead, in one line through `say`; CheckpointError when none of them verifies."""
+    bad = []
+    for path in reversed(checkpoints(run_dir)):
+        why = verify(path)
+        if why is None:
+            if bad and say is not None:
+                say(f"{'; '.join(bad)}: using {path.name}, the newest intact checkpoint")
+            return path
+        bad.append(f"checkpoint {path} is damaged ({why})")
+    if bad:
+        raise CheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'}: {'; '.join(bad)}. Move that folder "
+                              "aside to train the run again from step 0, or put an intact checkpoint back into it")
+    return None
+
+
+def agreed_latest(run_dir: Path, main: bool, say=None) -> Path | None:
+    """`latest`, chosen by rank 0 (one reading of the files, one choice) and given to every process; the same
+    CheckpointError on every process when none is intact."""
+    choice = None
+    if main:
+        try:
+            choice = latest(run_dir, say)
+        except CheckpointError as e:
+            choice = e
+    choice = gather_objects(choice)[0]
+    if isinstance(choice, CheckpointError):
+        raise choice
+    return choice
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    """Remove what saves killed half-way left (rank 0, before training): only the temporary folders save() and
+    save_sharded() make inside RUN/checkpoints."""
+    for path in (run_dir / "checkpoints").glob(".tmp-*"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every weight, buffer and optimizer tensor of this process (its shards, under FSDP) is finite: the
+    state a checkpoint may be written from."""
+    tensors = [*model.state_dict().values(), *(v for s in optimizer.state.values() for v in s.values())]
+    local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors if isinstance(t, torch.Tensor))
+    return all(bool(torch.isfinite(t).all()) for t in local)
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0) -> dict:

@@ -72,19 +72,17 @@ class Run:
         """Training seconds over every session of this run, this one included."""
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def save(self) -> Path | None:
-        """A checkpoint of this step; returns once it is on disk for every process."""
+    def save(self) -> Path:
+        """A checkpoint of this step; returns once it is on disk for every process, or raises
+        checkpoint.CheckpointError on every process."""
         state = {"data": self.data.loader.state(), "counters": {**self.counters, "elapsed_s": self.elapsed()}}
         rng = dist.gather_objects(checkpoint.rng_state())
         keep = self.cfg.train.keep_checkpoints
         if self.sharded:  # every process writes its shards
             return checkpoint.save_sharded(self.run_dir, self.step, self.objective, self.optimizer, state, keep, rng,
                                            self.procs)
-        path = None
-        if self.procs.main:
-            path = checkpoint.save(self.run_dir, self.step, self.objective, self.optimizer, state, keep, rng)
-        dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
-        return path
+        return checkpoint.save(self.run_dir, self.step, self.objective, self.optimizer, state, keep, rng,
+                               main=self.procs.main)  # rank 0 writes; nobody runs ahead of it
 
     def validate(self, rows) -> float | None:
         """Mean loss on the validation loader `rows` (None: no validation rows, None back). Batches of a whole
@@ -140,7 +138,13 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
 
     unit = objective.unit
     step, counters = 0, {"nan_skipped_steps": 0, "elapsed_s": 0.0, f"{unit}s_seen": 0, "collapse_warnings": 0}
-    last = checkpoint.latest(run_dir)
+    if procs.main:
+        checkpoint.remove_unfinished(run_dir)  # what saves killed half-way left
+    try:  # the newest checkpoint that verifies, the same on every process
+        last = checkpoint.agreed_latest(run_dir, procs.main, lambda line: console.print(line, style="yellow",
+                                                                                        markup=False))
+    except checkpoint.CheckpointError as e:
+        raise TrainingError(str(e)) from None
     if last is not None:
         state = checkpoint.load(last, objective, optimizer, procs.rank)
         step, counters = state["step"], {**counters, **state["counters"]}

@@ -60,7 +60,7 @@ def _loop(run: Run) -> dict:
     monitor = Monitor(run.run_dir, t.max_steps, run.step, run.console, unit, write=run.procs.main)
     records = Records(run, monitor)
     run.started = time.perf_counter()  # training time: from here, as metrics.jsonl's `time` and elapsed_s count it
-    status, bad_in_a_row, steps_here = "finished", 0, 0
+    status, bad_in_a_row, steps_here, due = "finished", 0, 0, False
     run.objective.train()
     with _StopFlag() as stop:
         while run.step < t.max_steps:
@@ -81,24 +81,26 @@ def _loop(run: Run) -> dict:
                 monitor.say(f"[yellow]step {run.step}: non-finite loss or gradient, step skipped ({bad_in_a_row} "
                             "in a row)")
                 if bad_in_a_row >= t.max_bad_steps:
-                    run.optimizer.zero_grad(set_to_none=True)
-                    run.save()
                     monitor.close()
-                    raise TrainingError(
-                        f"the loss was not finite for {bad_in_a_row} steps in a row (up to step {run.step}); a "
-                        f"checkpoint was saved in {run.run_dir}/checkpoints. Try a lower optim.lr, more "
-                        "sched.warmup_steps, train.clip_grad=1.0 or train.precision=fp32")
+                    raise TrainingError(_diverged(run, bad_in_a_row))
             run.optimizer.zero_grad(set_to_none=True)
             records.add(run.step, lr, result)
 
             last_step = run.step == t.max_steps
             stopping = dist.any_true(stop.signal is not None, run.device)  # all processes stop together
-            if run.step % t.checkpoint_every == 0 or last_step or stopping:
-                run.save()
+            scheduled = run.step % t.checkpoint_every == 0 or last_step or stopping
+            due, saved = due or scheduled, False
+            if due and _healthy(run, bad_in_a_row):
+                _save(run, monitor)
+                due, saved = False, True
+            elif scheduled:
+                monitor.say(f"[yellow]step {run.step}: not checkpointed, the run is not finite; the last good "
+                            "checkpoint is kept (a checkpoint is written at the next finite step)")
             if stopping and not last_step:
                 status = "interrupted"
                 monitor.say(f"[yellow]stopped by signal {stop.signal or 'on another process'} at step {run.step}; "
-                            f"checkpoint saved. Resume with: selfsup train {run.run_dir}")
+                            f"{'checkpoint saved' if saved else 'the last good checkpoint is kept'}. Resume with: "
+                            f"selfsup train {run.run_dir}")
                 break
     monitor.close()
     run.counters["elapsed_s"] = run.elapsed()
@@ -112,3 +114,32 @@ def _loop(run: Run) -> dict:
     summary = summarize(run, status, val_loss, stop.signal)
     dist.barrier()
     return summary
+
+
+def _healthy(run: Run, bad_in_a_row: int) -> bool:
+    """A checkpoint is written only from a finite state (checkpoint.py): not inside a streak of skipped steps, and
+    every weight, buffer and optimizer tensor finite on every process."""
+    if bad_in_a_row:  # the same on every process: the loss and gradient norm are global
+        return False
+    return not dist.any_true(not checkpoint.finite(run.objective, run.optimizer), run.device)
+
+
+def _save(run: Run, monitor: Monitor) -> None:
+    try:
+        run.save()
+    except checkpoint.CheckpointError as e:  # disk full, quota, I/O error: on every process at once
+        monitor.close()
+        raise TrainingError(str(e)) from None
+
+
+def _diverged(run: Run, bad: int) -> str:
+    """The stop after train.max_bad_steps non-finite steps: nothing was checkpointed since they began."""
+    first, good = run.step - bad + 1, checkpoint.checkpoints(run.run_dir)
+    if good:
+        where = (f"the last good checkpoint is {good[-1]}, written before them: resume from it with `selfsup train "
+                 f"{run.run_dir}` and")
+    else:
+        where = f"no checkpoint was written before them: start again with `selfsup train {run.run_dir}` and"
+    return (f"the loss was not finite for {bad} steps in a row (steps {first}-{run.step}); {where} a lower "
+            f"optim.lr (now {run.cfg.optim.lr:g}), more sched.warmup_steps, train.clip_grad=1.0 or "
+            "train.precision=fp32, naming what you change in --allow-changes (e.g. --allow-changes optim.lr)")
