@@ -107,8 +107,8 @@ test: setup
 
 # tests/faults/ with many more trials than `make test` runs (1): kill -9 at seeded random moments, mid-step and
 # mid-checkpoint-write, then resume; ends with a line of trials, kills, kills during checkpoint writes and identical
-# resumes. A trial starts selfsup 2-4 times, 15-50 s on 2 busy cores: FAULT_TRIALS=5 took 12 minutes, the default
-# 30 (90 trials) takes about 0.5-1.25 hours.
+# resumes. A trial starts selfsup 2-4 times: FAULT_TRIALS=5 (15 trials) took 3.5 minutes on 2 quiet cores and 12 on
+# busy ones, so the default 30 (90 trials) takes about 20-75 minutes.
 FAULT_TRIALS ?= 30
 faults: setup
 	SELFSUP_FAULT_TRIALS=$(FAULT_TRIALS) $(BIN)/pytest tests/faults/
