@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-vision demo-multimodal demo-hybrid test bench clean
+.PHONY: setup demo demo-vision demo-multimodal demo-hybrid test faults bench clean
 
 setup: $(VENV)/.installed
 
@@ -104,6 +104,14 @@ demo-hybrid: setup
 
 test: setup
 	$(BIN)/pytest
+
+# tests/faults/ with many more trials than `make test` runs (1): kill -9 at seeded random moments, mid-step and
+# mid-checkpoint-write, then resume; ends with a line of trials, kills, kills during checkpoint writes and identical
+# resumes. A trial starts selfsup 2-4 times: FAULT_TRIALS=5 (15 trials) took 3.5 minutes on 2 quiet cores and 12 on
+# busy ones, so the default 30 (90 trials) takes about 20-75 minutes.
+FAULT_TRIALS ?= 30
+faults: setup
+	SELFSUP_FAULT_TRIALS=$(FAULT_TRIALS) $(BIN)/pytest tests/faults/
 
 # Side-by-side benchmarks against Hugging Face transformers (optional extra) and open_clip's losses. open_clip
 # without its dependencies: they include torchvision, which this CPU torch cannot run; the benchmark loads only
