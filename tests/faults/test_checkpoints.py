@@ -257,10 +257,12 @@ def test_a_full_disk_stops_in_one_line_removes_the_partial_folder_and_keeps_the_
 
 def test_a_killed_saves_temporary_folders_are_removed_on_the_next_start(corpus, tmp_path):
     root = tmp_path / "run" / "checkpoints"
+    trainer.train(cfg_for(corpus, tmp_path / "run", "train.max_steps=1"), quiet())
     left = [root / ".tmp-step-00000004-4242", root / ".tmp-step-00000004-sharded" / "sharded"]
     others = [root / ".tmp-notes", root / "mine", root / ".tmp-step-4"]
     for folder in left + others:
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"partial")
-    trainer.train(cfg_for(corpus, tmp_path / "run", "train.max_steps=1"), quiet())
-    assert sorted(p.name for p in root.iterdir()) == [".tmp-notes", ".tmp-step-4", "mine", "step-00000001"]
+    trainer.train(cfg_for(corpus, tmp_path / "run", "train.max_steps=2"), quiet())
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-notes", ".tmp-step-4", "mine", "step-00000001",
+                                                      "step-00000002"]

@@ -50,7 +50,7 @@ class RunData:
         """Windows of model.context tokens (+ the objective's overlap: CLM needs one more for the shift)."""
         c = prepare(cfg.data, cfg.model.vocab_size, log=log)
         self.tokenizer = c.tokenizer
-        self.fingerprint = c.dir.name  # the cache key: every file's bytes and the settings they are read with
+        self.fingerprint = c.content  # what the files hold: a run's identity (train/identity.py)
         self.unigram_ppl = c.meta["unigram_ppl"]
         self.summary = dict(path=cfg.data.path, files=c.meta["files"], documents=c.meta["documents"],
                             skipped=c.meta["skipped"], tokens=c.meta["tokens"], cache=str(c.dir))
@@ -68,7 +68,7 @@ class RunData:
         d, im = cfg.data, cfg.image
         images = prepare_images(path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
         self.norm = (images.mean, images.std)
-        self.fingerprint = images.dir.name
+        self.fingerprint = images.content
         im = cfg.with_measured(*self.norm).image  # the statistics the summary reports: the config's, else measured
         self.train_images = images.train
         self.loader = RowLoader({"images": images.train}, seed=cfg.seed)
@@ -109,7 +109,7 @@ class RunData:
         media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log,
                               captions=pairs, allow_outside=d.allow_outside)
         self.norm = (media.meta["mean"], media.meta["std"])
-        self.fingerprint = media.dir.name
+        self.fingerprint = media.content
         train, val = media.train, media.val
         if pairs:
             if train.captions is None:

@@ -46,6 +46,7 @@ class ImageSet:
     val_labels: np.ndarray  # (M,) int64
     classes: list[str]
     meta: dict  # files, images per split, skipped by reason, classes, mean, std, size, channels
+    content: str  # a digest of the source files alone (cache_key), without the settings they are decoded with
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -90,11 +91,12 @@ def prepare_images(path: str, size: int, channels: int, val_fraction: float, cac
     files = image_files(path)
     root = Path(path).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache()
-    key = cache_key(dict(format=FORMAT, size=size, channels=channels, val_fraction=val_fraction), root, files)
+    key, content = cache_key(dict(format=FORMAT, size=size, channels=channels, val_fraction=val_fraction), root,
+                             files)
     out = cache / "images" / key
     build_cache(out, "image", len(files), workers,
                 lambda tmp, n: _build(path, root, files, tmp, size, channels, val_fraction, n, log), log)
-    return _open(out)
+    return _open(out, content)
 
 
 def _build(path: str, root: Path, files: list[Path], out: Path, size: int, channels: int, val_fraction: float,
@@ -185,7 +187,8 @@ def _hwc(a: np.ndarray) -> np.ndarray | None:
     return a if a.shape[1] and a.shape[2] else None
 
 
-def _open(out: Path) -> ImageSet:
+def _open(out: Path, content: str) -> ImageSet:
     meta = json.loads((out / "meta.json").read_text())
     return ImageSet(out, np.load(out / "train.npy", mmap_mode="r"), np.load(out / "val.npy", mmap_mode="r"),
-                    np.load(out / "train_labels.npy"), np.load(out / "val_labels.npy"), meta["classes"], meta)
+                    np.load(out / "train_labels.npy"), np.load(out / "val_labels.npy"), meta["classes"], meta,
+                    content)

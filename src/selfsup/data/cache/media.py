@@ -65,6 +65,7 @@ class MediaSet:
     val: Split
     classes: list[str]
     meta: dict  # files, samples per split, skipped and notes by reason, mean, std, settings
+    content: str  # a digest of the source files and the media they name (cache_key), without the settings
 
 
 def settings(modality: str, cfg) -> dict:
@@ -117,14 +118,14 @@ def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, c
     files = source_files(path, modality)
     root = Path(path).expanduser()
     links = Links(root if root.is_dir() else root.parent, allow_outside, MAX_BYTES[modality])
-    key = cache_key(dict(format=FORMAT, modality=modality, decode=dict(decode, captions=captions),
-                         val_fraction=val_fraction, allow_outside=allow_outside), root, files,
-                    lambda f: _linked(f, modality, links))
+    keyed = dict(format=FORMAT, modality=modality, decode=dict(decode, captions=captions), val_fraction=val_fraction,
+                 allow_outside=allow_outside)
+    key, content = cache_key(keyed, root, files, lambda f: _linked(f, modality, links))
     out = (Path(cache_dir).expanduser() if cache_dir else default_cache()) / "media" / key
     build_cache(out, modality, len(files), workers,
                 lambda tmp, n: _build(path, root, files, tmp, modality, decode, val_fraction, n, log, captions,
                                       links), log)
-    return _open(out)
+    return _open(out, content)
 
 
 @dataclass(frozen=True)
@@ -279,11 +280,11 @@ def tar_item(rel: str, key: str, sample: dict[str, bytes], modality: str, skippe
     return Item(f"{rel}#{key}", caption or None, label, sample[ext])
 
 
-def _open(out: Path) -> MediaSet:
+def _open(out: Path, content: str) -> MediaSet:
     meta = json.loads((out / "meta.json").read_text())
 
     def split(name: str) -> Split:
         return Split(np.load(out / f"{name}.npy", mmap_mode="r"), np.load(out / f"{name}_lengths.npy"),
                      json.loads((out / f"{name}_captions.json").read_text()), np.load(out / f"{name}_labels.npy"))
 
-    return MediaSet(out, meta["modality"], split("train"), split("val"), meta["classes"], meta)
+    return MediaSet(out, meta["modality"], split("train"), split("val"), meta["classes"], meta, content)

@@ -152,15 +152,17 @@ def class_ids(labels: list[int | str | None], skipped: Counter) -> tuple[list[st
 
 
 def cache_key(settings: dict, root: Path, files: list[Path],
-              linked: Callable[[Path], Iterable[tuple[str, Path]]] = lambda f: ()) -> str:
-    """A digest of the settings and of every file's relative path and bytes, and of the files each one links to
-    ((name, path) pairs: the media a .jsonl of pairs points at), so a changed file is never served stale."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+              linked: Callable[[Path], Iterable[tuple[str, Path]]] = lambda f: ()) -> tuple[str, str]:
+    """(key, content). content: a digest of every file's relative path and bytes, and of the files each one links
+    to ((name, path) pairs: the media a .jsonl of pairs points at); what a run's identity compares. key: of the
+    settings and the content, so a changed file is never served stale."""
+    h = hashlib.sha256()
     for f in files:
         h.update(relative(root, f).encode() + b"\0" + digest(f))
         for name, target in linked(f):
             h.update(name.encode() + b"\0" + digest(target))
-    return h.hexdigest()[:24]
+    content = h.hexdigest()[:24]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + content.encode()).hexdigest()[:24], content
 
 
 def relative(root: Path, f: Path) -> str:

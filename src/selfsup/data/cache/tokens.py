@@ -38,6 +38,7 @@ class Corpus:
     train: list[Path]
     val: list[Path]
     meta: dict  # documents, skipped, tokens per split, unigram baseline, dtype
+    content: str  # a digest of the files' names and bytes alone (_cache_key), as a run's identity compares them
 
     @property
     def dtype(self) -> np.dtype:
@@ -55,11 +56,11 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
                         f"expected model.vocab_size >= {given.get_vocab_size()}")
     files = source_files(cfg.path)
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
-    key = _cache_key(cfg, vocab_size, files)
+    key, content = _cache_key(cfg, vocab_size, files)
     out = root / "tokens" / key
     if (out / "meta.json").is_file():
         log(f"token cache hit: {out}")
-        return _open(out)
+        return _open(out, content)
     log(f"tokenizing {len(files)} file(s) into {out}")
     tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -70,24 +71,28 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
         os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _open(out)
+    return _open(out, content)
 
 
 def is_val(text: str, fraction: float) -> bool:
     return zlib.crc32(text.encode("utf-8")) % 1_000_000 < fraction * 1_000_000
 
 
-def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> str:
-    h = hashlib.sha256()
+def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> tuple[str, str]:
+    """(key, content): the key covers the settings, the tokenizer and every file's name and bytes; the content the
+    files alone, as a run's identity compares them."""
+    h, content = hashlib.sha256(), hashlib.sha256()
     settings = dict(format=FORMAT, builtin=cfg.path == BUILTIN_CORPUS, val_fraction=cfg.val_fraction,
                     max_doc_chars=cfg.max_doc_chars, vocab_size=vocab_size)
     h.update(json.dumps(settings, sort_keys=True).encode())
     if cfg.tokenizer:
         h.update(Path(cfg.tokenizer).expanduser().read_bytes())
     for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:24]
+        name, data = f.name.encode(), f.read_bytes()
+        for hasher in (h, content):
+            hasher.update(name)
+            hasher.update(data)
+    return h.hexdigest()[:24], content.hexdigest()[:24]
 
 
 def _documents(cfg: DataConfig, files: list[Path], skipped: Counter):
@@ -185,7 +190,8 @@ class _ShardWriter:
             self._file = None
 
 
-def _open(out: Path) -> Corpus:
+def _open(out: Path, content: str) -> Corpus:
     meta = json.loads((out / "meta.json").read_text())
     tok = toks.load(out / "tokenizer.json")
-    return Corpus(out, tok, [out / n for n in meta["shards"]["train"]], [out / n for n in meta["shards"]["val"]], meta)
+    return Corpus(out, tok, [out / n for n in meta["shards"]["train"]], [out / n for n in meta["shards"]["val"]], meta,
+                  content)
