@@ -164,3 +164,19 @@ def test_an_interrupted_run_exits_as_its_signal_would(corpus_copy, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert not (out / lock.LOCK).exists()
+
+
+def test_a_kill_while_metrics_are_rewritten_on_resume_loses_no_logged_step(run, corpus_copy, monkeypatch):
+    from selfsup.train import monitor
+
+    logged = (run / "metrics.jsonl").read_text()
+
+    def killed_while_writing(self, data, *args, **kwargs):
+        open(self, "w").close()  # opened for writing (truncated), then the process dies before writing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(run / "x"), "write_text", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        monitor._truncate_after(run / "metrics.jsonl", 1)
+    monkeypatch.undo()
+    assert (run / "metrics.jsonl").read_text() == logged

@@ -106,16 +106,20 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
 
 def save_final(path: Path, model: nn.Module, main: bool, sharded: bool) -> None:
     """The trained objective as one safetensors file, written by rank 0; FSDP's shards are gathered into it
-    (consolidated, every process taking part)."""
+    (consolidated, every process taking part). Written beside and renamed into place: a run killed meanwhile leaves
+    no half-written model for eval or export to open."""
+    tmp = path.with_name(f".{path.name}.tmp")
     if not sharded:
         if main:
-            save_model(model, str(path))  # stores a tensor shared by two modules once
+            save_model(model, str(tmp))  # stores a tensor shared by two modules once
+            os.replace(tmp, path)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if main:
-        save_file({k: v.contiguous().clone() for k, v in full.items()}, str(path))  # tied weights: one copy each
+        save_file({k: v.contiguous().clone() for k, v in full.items()}, str(tmp))  # tied weights: one copy each
+        os.replace(tmp, path)
 
 
 def _fresh(tmp: Path) -> None:

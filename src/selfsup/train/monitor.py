@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -47,9 +48,12 @@ class Monitor:
 
 
 def _truncate_after(path: Path, step: int) -> None:
+    """Keep the steps up to `step`, replacing the file at once: a run killed meanwhile loses none of them."""
     if path.is_file():
         kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
-        path.write_text("".join(kept))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict]:
