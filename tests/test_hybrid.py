@@ -19,9 +19,8 @@ from selfsup.objectives.hybrid import Hybrid, weight_at
 from selfsup.objectives.simcse import SimCSE, longest_segment
 from selfsup.report import write_report
 from selfsup.seed import seed_everything
-from selfsup.train import trainer
 from tests.conftest import TINY
-from tests.test_train import Killed, crash_after_step, losses, quiet
+from tests.test_train import crash_and_resume, losses
 from tests.test_vision import NORM, TINY_VISION, digits_dir, fake_images  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,27 +164,21 @@ def test_text_hybrid_logs_each_term_and_resumes_exactly(corpus, tmp_path, monkey
     args = [f"data.path={corpus}", *TINY, "train.max_steps=8", "train.log_every=1", "train.checkpoint_every=4",
             "train.eval_every=4", "hybrid.terms=[{objective: mlm, weight: 1.0}, {objective: simcse, weight: 0.2, "
             "final_weight: 1.0}]", "hybrid.schedule=linear"]
-    trainer.train(config.load("hybrid-mlm-contrastive", [*args, f"out_dir={tmp_path / 'full'}"]), quiet())
-    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    full_dir, out = crash_and_resume(monkeypatch, Hybrid, 6, "hybrid-mlm-contrastive", args, tmp_path)
+    records = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["simcse_weight"] for r in records] == pytest.approx([0.2 + 0.8 * s / 8 for s in range(8)])
     for r in records:  # the logged loss is the weighted sum of the logged term means (one micro-batch per step)
         assert r["loss"] == pytest.approx(r["mlm_loss"] * r["mlm_weight"] + r["simcse_loss"] * r["simcse_weight"],
                                           rel=1e-5)
-    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    summary = json.loads((full_dir / "summary.json").read_text())
     assert summary["val_ppl"] is None and summary["unit"] == "token"  # a hybrid's loss is no perplexity
-    assert "Hybrid terms" in write_report(tmp_path / "full").read_text()
+    assert "Hybrid terms" in write_report(full_dir).read_text()
 
-    undo = crash_after_step(monkeypatch, Hybrid, 6)
-    out = tmp_path / "crashed"
-    with pytest.raises(Killed):
-        trainer.train(config.load("hybrid-mlm-contrastive", [*args, f"out_dir={out}"]), quiet())
-    undo()
-    trainer.train(config.load("hybrid-mlm-contrastive", [*args, f"out_dir={out}"]), quiet())
-    full, resumed = losses(tmp_path / "full"), losses(out)
+    full, resumed = losses(full_dir), losses(out)
     assert sorted(resumed) == list(range(1, 9))
     for step, loss in full.items():
         assert resumed[step] == pytest.approx(loss, abs=1e-6), step
-    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    a, b = load_file(full_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert int(b["step"]) == 8
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)

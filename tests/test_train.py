@@ -47,6 +47,19 @@ def crash_after_step(monkeypatch, objective_class, step: int):
     return lambda: monkeypatch.setattr(objective_class, "after_step", real)
 
 
+def crash_and_resume(monkeypatch, objective_class, step: int, recipe: str, args: list[str], tmp_path):
+    """Run directories of `recipe` with `args`: tmp_path/full trained without a break, and tmp_path/crashed killed
+    right after step `step` (crash_after_step), then resumed to the end."""
+    full, out = tmp_path / "full", tmp_path / "crashed"
+    trainer.train(config.load(recipe, [*args, f"out_dir={full}"]), quiet())
+    undo = crash_after_step(monkeypatch, objective_class, step)
+    with pytest.raises(Killed):
+        trainer.train(config.load(recipe, [*args, f"out_dir={out}"]), quiet())
+    undo()
+    trainer.train(config.load(recipe, [*args, f"out_dir={out}"]), quiet())
+    return full, out
+
+
 def test_train_writes_the_run_directory(corpus, tmp_path):
     out = tmp_path / "run"
     summary = trainer.train(cfg_for(corpus, out, "train.max_steps=12", "train.eval_every=6", "train.log_every=3",

@@ -25,7 +25,7 @@ from selfsup.seed import seed_everything
 from selfsup.train import optim, trainer
 from selfsup.train.step import evaluate, optimizer_step
 from tests.conftest import TINY
-from tests.test_train import Killed, crash_after_step, losses, quiet
+from tests.test_train import crash_and_resume, losses, quiet
 from tests.test_vision import TINY_VISION, batch_of, built, digits_dir, fake_images  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,15 +172,9 @@ def test_deepcluster_resumed_across_a_reclustering_matches_an_uninterrupted_run(
     the restart happens again at step 4 and every loss and weight is the uninterrupted run's."""
     args = [f"data.path={digits_dir / 'train'}", *TINY_VISION, "train.max_steps=6", "train.log_every=1",
             "train.checkpoint_every=3", "deepcluster.recluster_every=2", "train.batch_size=8"]
-    trainer.train(config.load("deepcluster", [*args, f"out_dir={tmp_path / 'full'}"]), quiet())
-    undo = crash_after_step(monkeypatch, DeepCluster, 4)
-    out = tmp_path / "crashed"
-    with pytest.raises(Killed):
-        trainer.train(config.load("deepcluster", [*args, f"out_dir={out}"]), quiet())
-    undo()
-    trainer.train(config.load("deepcluster", [*args, f"out_dir={out}"]), quiet())
-    assert losses(out) == losses(tmp_path / "full")
-    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    full, out = crash_and_resume(monkeypatch, DeepCluster, 4, "deepcluster", args, tmp_path)
+    assert losses(out) == losses(full)
+    a, b = load_file(full / "model.safetensors"), load_file(out / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
