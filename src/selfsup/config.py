@@ -31,7 +31,7 @@ MAY_CHANGE_ON_RESUME = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.peak_tflops",
     "train.device_watts", "train.device", "train.compile", "train.activation_checkpointing", "data.workers",
     "data.cache_dir", "dist.strategy", "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint",
-    "dist.backend",
+    "dist.backend", "log.to",
 )
 TERM_SECTIONS = ("views", "ssl", "dino", "mae", "beit", "swav", "deepcluster", "mlm", "plm", "simcse")
 
@@ -357,6 +357,20 @@ class ContinualConfig(Section):
                                  "and the old domain of `selfsup eval RUN_DIR --task forgetting`")
 
 
+class LogConfig(Section):
+    to: list[Literal["tensorboard", "wandb", "mlflow", "csv"]] = Field(
+        [], description="where else each record of metrics.jsonl goes, e.g. [tensorboard,wandb]: tensorboard "
+        "(RUN/tensorboard), wandb (W&B; WANDB_MODE=offline writes under RUN/wandb for `wandb sync`), mlflow "
+        "(MLFLOW_TRACKING_URI, default the file store RUN/mlruns), csv (RUN/metrics.csv); needs `pip install "
+        "'selfsup[log]'`. A logger that fails warns once and the run goes on without it")
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_name(cls, value: Any) -> Any:
+        """log.to=wandb: a single name is a list of one."""
+        return [value] if isinstance(value, str) else value
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
     objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet), simcse; images: "
@@ -390,6 +404,7 @@ class RunConfig(Section):
     hybrid: HybridConfig = HybridConfig()
     dist: DistConfig = DistConfig()
     continual: ContinualConfig = ContinualConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:

@@ -25,7 +25,7 @@ class RunDirError(ValueError):
 # what selfsup reads in a run directory or an export (resuming, eval, embed, export, report, compare): an output
 # file written over one of them breaks the run
 READ = ("config.yaml", "model.safetensors", "tokenizer.json", quantize.MARKER, "checkpoints", "metrics.jsonl",
-        "summary.json")
+        "summary.json", "loggers.json", "metrics.csv")
 
 
 def refuse_run_file(path: str | Path, option: str) -> None:

@@ -51,6 +51,7 @@ class Records:
         if evaluate_now:
             self._validate(step, record)
         self.monitor.log(record)
+        run.loggers.log(record)  # log.to: the same record to TensorBoard, W&B, MLflow, CSV
         self._reset()  # throughput counts training time only
 
     def _collapse(self, step: int, record: dict, out) -> None:

@@ -28,6 +28,7 @@ from selfsup.train import checkpoint, continual, identity, optim
 from selfsup.train.data import RunData
 from selfsup.train.errors import TrainingError
 from selfsup.train.lock import RunLock, claim
+from selfsup.train.loggers import Loggers
 from selfsup.train.mfu import peak_flops
 from selfsup.train.parallel import is_sharded, parallelize
 from selfsup.train.schedule import lr_scale
@@ -54,6 +55,7 @@ class Run:
     lr_factor: float  # what dist.lr_scaling multiplies optim.lr by
     flops_per_unit: float | None  # text: the PaLM formula; others: counted on this session's second step
     lock: RunLock | None  # rank 0's hold on the run directory, released when the run ends
+    loggers: Loggers  # log.to: rank 0's other writers of each record (none on the other processes); closed at the end
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self):
@@ -164,8 +166,10 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
     peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(device, dtype)
     flops = objective.flops_per_token() if unit == "token" else counters.get(f"flops_per_{unit}")
+    loggers = Loggers(cfg.log.to if procs.main else [], run_dir, cfg, step,
+                      lambda line: console.print(line, style="yellow", markup=False))
     run = Run(cfg, procs, device, run_dir, console, data, objective, model, optimizer, is_sharded(objective), step,
-              counters, trained, peak, batch, lr_factor, flops, lock)
+              counters, trained, peak, batch, lr_factor, flops, lock, loggers)
     _banner(run)
     return run
 

@@ -51,6 +51,7 @@ def train(cfg: RunConfig, console: Console | None = None, allow_changes: list[st
     try:
         return _loop(run)
     finally:
+        run.loggers.close()
         if run.lock is not None:
             run.lock.release()
 
