@@ -51,7 +51,8 @@ def tensorboard(run_dir: Path) -> tuple[dict[int, dict[str, float]], dict]:
         for event in acc.Scalars(tag):
             assert tag not in steps.setdefault(event.step, {}), f"{tag} twice at step {event.step}"
             steps[event.step][tag] = event.value
-    data = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
     hparams = {k: v.number_value or v.string_value for k, v in data.session_start_info.hparams.items()}
     return steps, hparams
 

@@ -40,7 +40,8 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter  # raises ImportError without the tensorboard package
         from torch.utils.tensorboard.summary import hparams
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        # also a new run (start_step 0): a session killed before its first checkpoint may have left steps behind
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
         for summary in hparams(flat_config(cfg), {}):  # experiment, session start and end: the HParams tab
             self.writer.file_writer.add_summary(summary)
 
