@@ -43,6 +43,10 @@ def _images(page):
     return re.findall(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
 
 
+def _titles(page):
+    return re.findall(r'<img alt="([^"]*)"', page)
+
+
 def test_full_run(tmp_path):
     run = tmp_path / "run-1"
     (run / "eval").mkdir(parents=True)
@@ -57,7 +61,8 @@ def test_full_run(tmp_path):
     page = out.read_text(encoding="utf-8")
 
     images = _images(page)
-    assert len(images) == 3  # loss, lr, throughput
+    assert _titles(page) == ["Loss", "Validation perplexity", "Learning rate", "Throughput (tokens/s)", "MFU",
+                             "Gradient norm"]  # MFU apart from throughput: one line never hides the other
     assert all(base64.b64decode(b).startswith(b"\x89PNG") for b in images)
     assert "<title>run-1 \u2014 gpt-clm</title>" in page
     # self-contained: nothing fetched from elsewhere
@@ -77,7 +82,7 @@ def test_truncated_metrics_and_no_summary(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(_metrics(n=5) + '{"step": 6, "loss": 4.')
     page = write_report(tmp_path).read_text(encoding="utf-8")
     assert "5 logged steps" in page
-    assert len(_images(page)) == 3  # no val points: the loss plot is still drawn
+    assert _titles(page)[0] == "Loss" and len(_images(page)) == 5  # no val points: the loss plot is still drawn
     assert "No summary.json yet" in page
 
 
@@ -92,7 +97,7 @@ def test_mfu_absent_and_empty_metrics_file(tmp_path):
     assert "No metrics yet" in write_report(tmp_path).read_text(encoding="utf-8")
     rows = [json.loads(r) | {"mfu": None} for r in _metrics(n=3).splitlines()]
     (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
-    assert len(_images(write_report(tmp_path).read_text(encoding="utf-8"))) == 3
+    assert "MFU" not in _titles(write_report(tmp_path).read_text(encoding="utf-8"))
 
 
 def test_config_html_is_escaped(tmp_path):
@@ -110,5 +115,31 @@ def test_rewrite_overwrites(tmp_path):
     write_report(tmp_path)
     (tmp_path / "metrics.jsonl").write_text(_metrics(n=3))
     page = write_report(tmp_path).read_text(encoding="utf-8")
-    assert "No metrics yet" not in page and len(_images(page)) == 3
+    assert "No metrics yet" not in page and len(_images(page)) == 5
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_every_logged_number_gets_a_plot(tmp_path):
+    """A hybrid CLIP-like run logging everything at once: each numeric key in exactly one panel, each throughput
+    unit in its own, collapse readings one per panel, the online probe's accuracies together."""
+    rows = []
+    for step in range(1, 31):
+        row = {"step": step, "time": step * 0.1, "loss": 2.0, "lr": 1e-3, "pairs_per_s": 300.0 + step,
+               "clips_per_s": 20.0, "mfu": 0.05, "grad_norm": 0.5, "logit_scale": 14.3, "pair_acc": 0.5,
+               "mlm_loss": 3.0, "mlm_weight": 1.0, "contrast_loss": 1.0, "contrast_weight": 0.5, "flag": True}
+        if step % 10 == 0:
+            row |= {"collapse_rankme": 9.0, "collapse_std": 0.1, "collapse_alignment": 0.4,
+                    "collapse_uniformity": -3.0, "probe_knn_acc": 0.4, "probe_linear_acc": 0.5, "val_loss": 2.1}
+        if step == 20:
+            row |= {"collapse_warning": "collapsing", "loss": float("nan")}
+        rows.append(json.dumps(row))
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    titles = _titles(page)
+    assert titles == [
+        "Loss", "Hybrid terms: loss of each", "Hybrid terms: weight of each", "Learning rate",
+        "Throughput (pairs/s)", "Throughput (clips/s)", "MFU", "Gradient norm", "Online probe accuracy",
+        "Collapse monitor: effective rank (RankMe)", "Collapse monitor: std of normalised embeddings",
+        "Collapse monitor: alignment of two views", "Collapse monitor: uniformity", "logit_scale", "pair_acc"]
+    assert all(base64.b64decode(b).startswith(b"\x89PNG") for b in _images(page))
+    assert '<div class="plots">' in page and "Collapse warnings at 1 reading(s)" in page

@@ -420,7 +420,7 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")):
-    """(Re)write RUN_DIR/report.html: loss, learning-rate and throughput plots, config and summary."""
+    """(Re)write RUN_DIR/report.html: a plot of every metric the run logged, config and summary."""
     from selfsup.report import write_report
 
     console.print(f"report: {write_report(run_dir)}")
