@@ -33,11 +33,12 @@ from selfsup.train.monitor import read_metrics
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 72em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-.meta, .note { color: #666; } img { max-width: 100%; display: block; }
+h1, .meta, .note { overflow-wrap: anywhere; } .meta, .note { color: #666; } img { max-width: 100%; display: block; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 26em), 1fr)); gap: .6em 1em; }
 figure { margin: 0; min-width: 0; }
 table { border-collapse: collapse; margin: .4em 0; max-width: 100%; }
-td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; vertical-align: top; }
+th { white-space: nowrap; } td { overflow-wrap: anywhere; }  /* a long path breaks rather than widen the page */
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12px; }
 """
