@@ -3,7 +3,11 @@
 import base64
 import json
 import re
+import sys
 
+import pytest
+
+from selfsup.cli import main
 from selfsup.report import write_report
 
 CONFIG = """\
@@ -143,3 +147,55 @@ def test_every_logged_number_gets_a_plot(tmp_path):
         "Collapse monitor: alignment of two views", "Collapse monitor: uniformity", "logit_scale", "pair_acc"]
     assert all(base64.b64decode(b).startswith(b"\x89PNG") for b in _images(page))
     assert '<div class="plots">' in page and "Collapse warnings at 1 reading(s)" in page
+
+
+def _finished(root, name, objective, val_ppl=None, evals=(), probe=None):
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"objective": objective, "steps": 300, "wall_time_s": 61.2,
+                                                  "val_loss": 3.25, "val_ppl": val_ppl}))
+    rows = [{"step": 100, "loss": 3.0}, {"step": 200, "loss": 2.0} | (probe or {}), {"step": 300, "loss": 1.0}]
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    for task, result in evals:
+        (run / "eval" / f"{task}.json").write_text(json.dumps(result))
+    return run
+
+
+def _compare(monkeypatch, capsys, runs):
+    """`selfsup compare RUNS` through the real entry point: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["selfsup", "compare", *map(str, runs)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def _row(table: str, name: str) -> str:
+    return next(line for line in table.splitlines() if f"│ {name} " in line)
+
+
+def test_compare_shows_perplexity_and_probe_for_every_run_kind(tmp_path, monkeypatch, capsys):
+    """A language run's perplexity (its validation split's, and an evaluation's), an image run's kNN accuracy beside
+    its baselines, a CLIP run's retrieval recall: every kind of run has figures in the table, none only dashes."""
+    runs = [_finished(tmp_path, "gpt", "clm", val_ppl=25.79, probe={"probe_knn_acc": 0.412, "probe_linear_acc": 0.5},
+                      evals=[("perplexity", {"task": "perplexity", "loss": 3.5, "perplexity": 33.115})]),
+            _finished(tmp_path, "dino", "dino", probe={"probe_knn_acc": 0.873}, evals=[(
+                "knn", {"task": "knn", "pretrained": {"accuracy": 0.9}, "random": {"accuracy": 0.3},
+                        "pixels": {"accuracy": 0.5}})]),
+            _finished(tmp_path, "clip", "clip", evals=[(
+                "retrieval", {"task": "retrieval", "pretrained": {"mean_recall": 0.625}})])]
+    code, out, _ = _compare(monkeypatch, capsys, runs)
+    assert code in (0, None), out
+    runs_table, evals_table = out.split("evaluations (RUN_DIR/eval/*.json)")
+    # val loss, val ppl, probe kNN, probe linear: a language run's perplexity and probe too (it was all "-")
+    assert re.search(r"gpt \(clm\) .*300, 61 s .*3\.2500 .*25\.79 .*41\.2% .*50\.0% ", _row(runs_table, "gpt"))
+    assert re.search(r"dino .*3\.2500 .* - .*87\.3% .* - ", _row(runs_table, "dino"))
+    assert re.search(r"clip .*3\.2500 .* - .* - .* - ", _row(runs_table, "clip"))
+    assert re.search(r"gpt \(clm\) .*perplexity .*ppl 33\.12 .* - .* - ", _row(evals_table, "gpt"))
+    assert re.search(r"dino .*knn .*90\.0% .*30\.0% .*50\.0% ", _row(evals_table, "dino"))
+    assert re.search(r"clip .*retrieval .*R 62\.5% ", _row(evals_table, "clip"))
+
+    (runs[2] / "eval" / "retrieval.json").write_text('{"task": "retr')  # a torn file: one line, no traceback
+    code, out, err = _compare(monkeypatch, capsys, runs)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "retrieval.json' is not readable JSON" in err, err

@@ -69,8 +69,8 @@ def make_run(root, kind: str):
     (run / "eval").mkdir(parents=True)
     rows = []
     for step in range(1, 201):
-        row = {"step": step, "loss": 5 / step ** 0.3, "lr": 1e-3 * min(1, step / 20), f"{unit}s_per_s": 900.0 + step % 7,
-               "mfu": 0.31 + step % 5 / 1000, "grad_norm": 1 / step ** 0.5, "time": step * 0.1} | own
+        row = {"step": step, "loss": 5 / step ** 0.3, "lr": 1e-3 * min(1, step / 20), "mfu": 0.31 + step % 5 / 1000,
+               f"{unit}s_per_s": 900.0 + step % 7, "grad_norm": 1 / step ** 0.5, "time": step * 0.1} | own
         if step % 25 == 0:
             row |= {"val_loss": 5.1 / step ** 0.3, "probe_knn_acc": step / 400, "probe_linear_acc": step / 300}
             row |= {"val_ppl": 2.7 ** row["val_loss"]} if kind == "text" else {}
