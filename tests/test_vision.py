@@ -592,6 +592,6 @@ def test_eval_baseline_misuse_is_a_one_line_error(image_run, digits_dir, monkeyp
 
 def test_compare_puts_runs_side_by_side_and_refuses_a_non_run(image_run, tmp_path, monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "compare", image_run)
-    assert code in (0, None) and "pretrained" in out and image_run.name in out
+    assert code in (0, None) and "probe kNN" in out and image_run.name in out
     code, _, err = run_main(monkeypatch, capsys, "compare", tmp_path)
     assert code == 2 and "has no summary.json" in err and len(err.strip().splitlines()) == 1

@@ -399,28 +399,43 @@ def export_run(
 
 @app.command()
 def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to put side by side")):
-    """One table of several runs: training steps and time, and every evaluation they hold (RUN_DIR/eval/*.json:
-    accuracy of the pretrained model and of each baseline evaluated beside it)."""
-    from selfsup.eval.compare import read_runs
+    """One table of several runs: training steps and time, validation loss and perplexity, the online probe's last
+    accuracies, and every evaluation they hold (RUN_DIR/eval/*.json: accuracy, retrieval's mean recall R or
+    perplexity, of the pretrained model and of each baseline evaluated beside it)."""
+    from selfsup.eval.compare import headline, read_runs
 
     rows, tasks = read_runs(run_dirs)
-    table = Table(title="runs compared: accuracy of each evaluation")
-    for col, justify in (("run", "left"), ("steps, time", "right"), ("task", "left"), ("pretrained", "right"),
-                         ("random init", "right"), ("raw pixels", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)
-    for run, s, evals in rows:
-        for i, task in enumerate(tasks or ["-"]):
-            r = evals.get(task, {})
-            cells = [f"{100 * r[m]['accuracy']:.1f}%" if m in r else "-" for m in ("pretrained", "random", "pixels")]
-            name = run.name if run.name == s["objective"] else f"{run.name} ({s['objective']})"
-            head = (name, f"{s['steps']:,}, {s['wall_time_s']:.0f} s") if i == 0 else ("", "")
-            table.add_row(*head, task, *cells, end_section=i == len(tasks or ["-"]) - 1)
+    own = ("val loss", "val ppl", "probe kNN", "probe linear")  # every run kind has these columns
+    table = Table(title="runs compared")
+    for col in ("run", "steps, time", *own):
+        table.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+    for run, s, figures, _ in rows:
+        table.add_row(_run_name(run, s), f"{s['steps']:,}, {s['wall_time_s']:.0f} s", *(figures[c] for c in own))
     console.print(table)
+    if not tasks:
+        console.print("no evaluations in these runs yet: `selfsup eval RUN_DIR --task ...` writes RUN_DIR/eval/")
+        return
+    models = [m for m in ("pretrained", "random", "pixels")  # baselines only where some run was measured beside one
+              if m == "pretrained" or any(headline(r, m) for *_, evals in rows for r in evals.values())]
+    table = Table(title="evaluations (RUN_DIR/eval/*.json)")
+    for col in ("run", "task", *({"pretrained": "pretrained", "random": "random init", "pixels": "raw pixels"}[m]
+                                 for m in models)):
+        table.add_column(col, justify="left" if col in ("run", "task") else "right", no_wrap=True)
+    for run, s, _, evals in rows:
+        held = [t for t in tasks if t in evals] or ["-"]
+        for i, task in enumerate(held):
+            cells = [headline(evals.get(task, {}), m) or "-" for m in models]
+            table.add_row(_run_name(run, s) if i == 0 else "", task, *cells, end_section=i == len(held) - 1)
+    console.print(table)
+
+
+def _run_name(run: Path, s: dict) -> str:
+    return run.name if run.name == s["objective"] else f"{run.name} ({s['objective']})"
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")):
-    """(Re)write RUN_DIR/report.html: loss, learning-rate and throughput plots, config and summary."""
+    """(Re)write RUN_DIR/report.html: a plot of every metric the run logged, config and summary."""
     from selfsup.report import write_report
 
     console.print(f"report: {write_report(run_dir)}")

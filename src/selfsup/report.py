@@ -2,8 +2,9 @@
 
 `write_report(run_dir)` reads what a training run leaves behind -- `metrics.jsonl`,
 `summary.json`, `config.yaml` and `eval/*.json`, any of which may be missing -- and
-(re)writes `run_dir/report.html`: plots of loss (and a hybrid's terms), learning rate and throughput as
-inline base64 PNGs, the summary and eval figures as tables, and the config verbatim.
+(re)writes `run_dir/report.html`: a plot of every number metrics.jsonl holds (loss beside validation loss;
+throughput per unit, MFU, collapse readings, probe accuracies each on an axis of their own) as inline base64 PNGs
+in a grid, the summary and eval figures as tables, and the config verbatim.
 The page needs no network (no external CSS, JS or fonts), so it can be opened from
 a copied run directory anywhere. `summary_table(summary)` is the short form printed when training ends.
 """
@@ -30,11 +31,14 @@ from selfsup.config import TEXT_OBJECTIVES
 from selfsup.train.monitor import read_metrics
 
 _CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 72em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-.meta, .note { color: #666; } img { max-width: 100%; display: block; margin: .6em 0; }
-table { border-collapse: collapse; margin: .4em 0; }
+h1, .meta, .note { overflow-wrap: anywhere; } .meta, .note { color: #666; } img { max-width: 100%; display: block; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 26em), 1fr)); gap: .6em 1em; }
+figure { margin: 0; min-width: 0; }
+table { border-collapse: collapse; margin: .4em 0; max-width: 100%; }
 td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; vertical-align: top; }
+th { white-space: nowrap; } td { overflow-wrap: anywhere; }  /* a long path breaks rather than widen the page */
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12px; }
 """
@@ -85,10 +89,52 @@ def _table(d: dict) -> str:
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    """(steps, values) for the rows where `key` holds a number."""
-    pts = [(r["step"], r[key]) for r in rows
-           if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    """(steps, values) for the rows where `key` holds a finite number."""
+    pts = [(r["step"], r[key]) for r in rows if _number(r.get(key))]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Known keys' titles and legend labels; any other key is plotted under its own name.
+_COLLAPSE = {"collapse_rankme": ("Collapse monitor: effective rank (RankMe)", "effective rank"),
+             "collapse_std": ("Collapse monitor: std of normalised embeddings", "per-dimension std"),
+             "collapse_alignment": ("Collapse monitor: alignment of two views", "mean squared distance"),
+             "collapse_uniformity": ("Collapse monitor: uniformity", "log mean Gaussian potential")}
+_LABELS = {"loss": "train", "val_loss": "validation", "val_loss_old": "validation, old domain",
+           "probe_knn_acc": "kNN", "probe_linear_acc": "linear probe"}
+
+
+def _panels(rows: list[dict]) -> list[tuple[str, str, list[str]]]:
+    """(title, y label, keys) of each plot: every numeric key the run logged (but step and time, the axes) lands in
+    exactly one, each plot on its own axis so no curve hides another of another unit; same-unit curves share one."""
+    left = list(dict.fromkeys(k for r in rows for k, v in r.items() if _number(v) and k not in ("step", "time")))
+    panels = []
+
+    def take(title: str, ylabel: str, keys: list[str]) -> None:
+        keys = [k for k in keys if k in left]
+        if keys:
+            panels.append((title, ylabel, keys))
+            left[:] = [k for k in left if k not in keys]
+
+    take("Loss", "loss", ["loss", "val_loss", "val_loss_old"])
+    take("Validation perplexity", "perplexity", ["val_ppl"])
+    terms = [k[:-len("_weight")] for k in left if k.endswith("_weight")]  # a hybrid: each term's loss and weight
+    take("Hybrid terms: loss of each", "term loss (per its own unit)", [f"{t}_loss" for t in terms])
+    take("Hybrid terms: weight of each", "weight", [f"{t}_weight" for t in terms])
+    take("Learning rate", "lr", ["lr"])
+    for k in [k for k in left if k.endswith("s_per_s")]:  # tokens, images, pairs, clips: one plot per unit
+        take(f"Throughput ({k[:-len('_per_s')]}/s)", f"{k[:-len('_per_s')]}/s", [k])
+    take("MFU", "MFU (%)", ["mfu"])
+    take("Gradient norm", "grad norm", ["grad_norm"])
+    take("Online probe accuracy", "accuracy", [k for k in left if k.startswith("probe_") and k.endswith("_acc")])
+    for k in [k for k in left if k.startswith("collapse_")]:
+        take(*_COLLAPSE.get(k, (f"Collapse monitor: {k[len('collapse_'):]}", k)), [k])
+    for k in list(left):  # an objective's own readings (logit scale, teacher temperature, ...), anything new
+        take(k, k, [k])
+    return panels
 
 
 def _png(fig: Figure) -> str:
@@ -96,72 +142,33 @@ def _png(fig: Figure) -> str:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     alt = html.escape(fig.axes[0].get_title())
-    return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
-
-
-def _new_axes(title: str, ylabel: str):
-    fig = Figure(figsize=(6.4, 3.2))
-    ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    return fig, ax
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"></figure>'
 
 
 def _plots(rows: list[dict]) -> list[str]:
-    """The plots as <img> tags, each only when its data was logged."""
+    """The plots as <figure><img> tags, one per panel."""
+    warned = [r["step"] for r in rows if r.get("collapse_warning")]
     out = []
-    (s, loss), (vs, vloss) = _series(rows, "loss"), _series(rows, "val_loss")
-    old_steps, oloss = _series(rows, "val_loss_old")
-    if loss or vloss:
-        fig, ax = _new_axes("Loss", "loss")
-        if loss:
-            ax.plot(s, loss, lw=1, label="train")
-        if vloss:
-            ax.plot(vs, vloss, "o-", ms=4, label="validation")
-        if oloss:  # continual pretraining: the parent's data
-            ax.plot(old_steps, oloss, "s-", ms=4, label="validation, old domain")
-        ax.legend()
-        out.append(_png(fig))
-    terms = sorted({k[:-len("_weight")] for r in rows for k in r if k.endswith("_weight")})
-    if terms:  # a hybrid: each term's own mean loss, and its weight on the right
-        fig, ax = _new_axes("Hybrid terms", "term loss (per its own unit)")
-        twin = ax.twinx()
-        twin.set_ylabel("weight")
-        for i, name in enumerate(terms):
-            color = f"C{i}"
-            ax.plot(*_series(rows, f"{name}_loss"), lw=1, color=color, label=f"{name} loss")
-            twin.plot(*_series(rows, f"{name}_weight"), lw=1, ls="--", color=color, label=f"{name} weight")
-        ax.legend(loc="upper right")
-        out.append(_png(fig))
-    s, lr = _series(rows, "lr")
-    if lr:
-        fig, ax = _new_axes("Learning rate", "lr")
-        ax.plot(s, lr, lw=1)
-        out.append(_png(fig))
-    unit = "images" if any("images_per_s" in r for r in rows) else "tokens"
-    (s, tps), (ms, mfu) = _series(rows, f"{unit}_per_s"), _series(rows, "mfu")
-    if tps:
-        fig, ax = _new_axes("Throughput", f"{unit}/s")
-        lines = ax.plot(s, tps, lw=1, label=f"{unit}/s")
-        if mfu:
-            twin = ax.twinx()
-            twin.set_ylabel("MFU (%)")
-            lines += twin.plot(ms, [100 * m for m in mfu], lw=1, color="tab:orange", label="MFU %")
-        ax.legend(lines, [ln.get_label() for ln in lines])
-        out.append(_png(fig))
-    (s, rank), (ss, std) = _series(rows, "collapse_rankme"), _series(rows, "collapse_std")
-    if rank:
-        fig, ax = _new_axes("Collapse monitor", "effective rank (RankMe)")
-        lines = ax.plot(s, rank, "o-", ms=3, lw=1, label="effective rank of features")
-        twin = ax.twinx()
-        twin.set_ylabel("std of normalised embeddings")
-        lines += twin.plot(ss, std, "o-", ms=3, lw=1, color="tab:orange", label="per-dimension std")
-        for r in rows:
-            if r.get("collapse_warning"):
-                ax.axvline(r["step"], color="tab:red", alpha=0.3)
-        ax.legend(lines, [ln.get_label() for ln in lines])
+    for title, ylabel, keys in _panels(rows):
+        fig = Figure(figsize=(5.2, 3.0))
+        ax = fig.add_subplot()
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        for k in keys:
+            steps, values = _series(rows, k)
+            if k == "mfu":  # logged as a fraction, read as a percentage
+                values = [100 * v for v in values]
+            sparse = len(steps) <= 60  # validation, collapse and probe readings: points worth marking
+            ax.plot(steps, values, "o-" if sparse else "-", ms=3, lw=1, label=_LABELS.get(k, k))
+        if keys == ["val_ppl"]:
+            ax.set_yscale("log")  # early perplexities are orders of magnitude above the final ones
+        if title.startswith("Collapse monitor"):
+            for step in warned:
+                ax.axvline(step, color="tab:red", alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
         out.append(_png(fig))
     return out
 
@@ -187,7 +194,7 @@ def _render(run_dir: Path) -> str:
         last = rows[-1]
         parts.append(f'<p class="meta">{len(rows):,} logged steps; latest step {e(_fmt("step", last["step"]))}'
                      + (f', loss {e(_fmt("loss", last["loss"]))}' if "loss" in last else "") + "</p>")
-        parts += _plots(rows)
+        parts.append('<div class="plots">' + "".join(_plots(rows)) + "</div>")
         warnings = [r for r in rows if r.get("collapse_warning")]
         if warnings:
             parts.append(f'<p class="note">Collapse warnings at {len(warnings)} reading(s) (red lines above); the '
