@@ -52,10 +52,12 @@ def train(
     with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
     (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again. An interrupted run
     (SIGINT, SIGTERM) saves a checkpoint and exits with 128 + the signal's number."""
-    from selfsup.report import summary_table, write_report
-    from selfsup.train import continual, launch
+    from selfsup.train import continual
 
     cfg = continual.load_config(source, overrides or [])  # a recipe, a YAML, a run to resume or to continue
+    from selfsup.report import summary_table, write_report  # torch: only once the config holds
+    from selfsup.train import launch
+
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,
                                      allow_changes or [])
@@ -426,14 +428,25 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     console.print(f"report: {write_report(run_dir)}")
 
 
-def main() -> None:
+def _one_line_errors() -> tuple[type, ...]:
+    """The error types the CLI prints as one line. export and rundir import torch, so theirs are looked up only
+    where the command imported them (a module never imported raised nothing): `--help` and a config error stay
+    quick."""
     from selfsup.data.errors import DataError
-    from selfsup.export import ExportError
-    from selfsup.rundir import RunDirError
-    from selfsup.train.trainer import TrainingError
+    from selfsup.train.errors import TrainingError
 
+    found = [config_mod.ConfigError, DataError, TrainingError]
+    for module, name in (("selfsup.export", "ExportError"), ("selfsup.rundir", "RunDirError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
+def main() -> None:
     try:
         app()
-    except (config_mod.ConfigError, DataError, ExportError, RunDirError, TrainingError) as e:
+    except Exception as e:
+        if not isinstance(e, _one_line_errors()):
+            raise
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
