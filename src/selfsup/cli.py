@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfsup import config as config_mod
+from selfsup.progress import track
 
 console = Console(soft_wrap=True)  # long lines stay whole in logs
 err = Console(stderr=True)
@@ -118,8 +119,6 @@ def evaluate(
     """Evaluate a trained run; prints a table and writes RUN_DIR/eval/<task>.json. Each transfer task states its
     protocol beside the numbers (kNN: cosine, k, temperature; linear: features, standardisation, L2 chosen on a
     validation split; finetune: optimiser, schedule, early stopping)."""
-    from rich.progress import track
-
     from selfsup.dist import resolve_device
     from selfsup.eval import tables
     from selfsup.eval.forgetting import forgetting, probe
@@ -145,7 +144,7 @@ def evaluate(
     check_run(spec, run_dir, cfg, baselines)
     if task == "perplexity":
         result = perplexity(objective, tok, data, cfg.model.context, cfg.data.max_doc_chars, dev, batch_size,
-                            progress=lambda it: track(it, description="perplexity", console=err))
+                            progress=lambda it: track(it, "perplexity", "batches", err))
         _save(out, result)
         _print(*tables.perplexity(data, result), f"written: {out}")
         return
@@ -175,9 +174,7 @@ def _print(*lines) -> None:
 
 
 def _progress(it, what):
-    from rich.progress import track
-
-    return track(it, description=what, console=err, transient=True)
+    return track(it, what, console=err)
 
 
 @app.command()
@@ -194,13 +191,11 @@ def embed(
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
     """Embed texts, images, audio or video with a trained trunk (pooled features; see the printed protocol)."""
-    from rich.progress import track
-
     from selfsup.dist import resolve_device
     from selfsup.eval.embed import embed as run_embed
 
     r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
-                  progress=lambda it: track(it, description="embedding", console=err))
+                  progress=lambda it: track(it, "embedding", "batches", err))
     console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
