@@ -13,7 +13,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 
 # lowest first; a name is a module or a package (every module under it)
 FLOORS = [
-    ("ground", ["selfsup", "selfsup.config", "selfsup.dist", "selfsup.batch_random", "selfsup.seed"]),
+    ("ground", ["selfsup", "selfsup.config", "selfsup.dist", "selfsup.batch_random", "selfsup.seed",
+                "selfsup.progress"]),
     ("data", ["selfsup.data"]),
     ("models · views", ["selfsup.models", "selfsup.views"]),
     ("objectives", ["selfsup.objectives"]),

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selfsup import config as config_mod
+from selfsup.progress import track
 
 console = Console(soft_wrap=True)  # long lines stay whole in logs
 err = Console(stderr=True)
@@ -52,10 +53,12 @@ def train(
     with continual.data=NEW (and continual.replay=SHARE) is continued on a new data stream in a new run directory
     (default RUN_DIR-continual), from its final weights, with the lr schedule warming up again. An interrupted run
     (SIGINT, SIGTERM) saves a checkpoint and exits with 128 + the signal's number."""
-    from selfsup.report import summary_table, write_report
-    from selfsup.train import continual, launch
+    from selfsup.train import continual
 
     cfg = continual.load_config(source, overrides or [])  # a recipe, a YAML, a run to resume or to continue
+    from selfsup.report import summary_table, write_report  # torch: only once the config holds
+    from selfsup.train import launch
+
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,
                                      allow_changes or [])
@@ -116,8 +119,6 @@ def evaluate(
     """Evaluate a trained run; prints a table and writes RUN_DIR/eval/<task>.json. Each transfer task states its
     protocol beside the numbers (kNN: cosine, k, temperature; linear: features, standardisation, L2 chosen on a
     validation split; finetune: optimiser, schedule, early stopping)."""
-    from rich.progress import track
-
     from selfsup.dist import resolve_device
     from selfsup.eval import tables
     from selfsup.eval.forgetting import forgetting, probe
@@ -143,7 +144,7 @@ def evaluate(
     check_run(spec, run_dir, cfg, baselines)
     if task == "perplexity":
         result = perplexity(objective, tok, data, cfg.model.context, cfg.data.max_doc_chars, dev, batch_size,
-                            progress=lambda it: track(it, description="perplexity", console=err))
+                            progress=lambda it: track(it, "perplexity", "batches", err))
         _save(out, result)
         _print(*tables.perplexity(data, result), f"written: {out}")
         return
@@ -173,9 +174,7 @@ def _print(*lines) -> None:
 
 
 def _progress(it, what):
-    from rich.progress import track
-
-    return track(it, description=what, console=err, transient=True)
+    return track(it, what, console=err)
 
 
 @app.command()
@@ -192,13 +191,11 @@ def embed(
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
     """Embed texts, images, audio or video with a trained trunk (pooled features; see the printed protocol)."""
-    from rich.progress import track
-
     from selfsup.dist import resolve_device
     from selfsup.eval.embed import embed as run_embed
 
     r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
-                  progress=lambda it: track(it, description="embedding", console=err))
+                  progress=lambda it: track(it, "embedding", "batches", err))
     console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
@@ -441,14 +438,25 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     console.print(f"report: {write_report(run_dir)}")
 
 
-def main() -> None:
+def _one_line_errors() -> tuple[type, ...]:
+    """The error types the CLI prints as one line. export and rundir import torch, so theirs are looked up only
+    where the command imported them (a module never imported raised nothing): `--help` and a config error stay
+    quick."""
     from selfsup.data.errors import DataError
-    from selfsup.export import ExportError
-    from selfsup.rundir import RunDirError
-    from selfsup.train.trainer import TrainingError
+    from selfsup.train.errors import TrainingError
 
+    found = [config_mod.ConfigError, DataError, TrainingError]
+    for module, name in (("selfsup.export", "ExportError"), ("selfsup.rundir", "RunDirError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
+def main() -> None:
     try:
         app()
-    except (config_mod.ConfigError, DataError, ExportError, RunDirError, TrainingError) as e:
+    except Exception as e:
+        if not isinstance(e, _one_line_errors()):
+            raise
         err.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

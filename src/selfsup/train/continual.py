@@ -16,14 +16,14 @@ resumes it exactly. What makes it a continuation is recorded in its config.yaml:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
-
-from safetensors.torch import load_model
-from torch import nn
+from typing import TYPE_CHECKING, get_args
 
 from selfsup import config as config_mod
 from selfsup.config import ConfigError, DataConfig, RunConfig
 from selfsup.data.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where weights are loaded: a config error answers at once
+    from torch import nn
 
 
 def load_config(source: str, overrides: list[str]) -> RunConfig:
@@ -111,6 +111,8 @@ def old_stream(cfg: RunConfig) -> DataConfig:
 def load_parent(cfg: RunConfig, objective: nn.Module) -> None:
     """Start from the parent's final weights (backbone, heads, teachers); a checkpoint of this run, when resuming,
     overwrites them afterwards."""
+    from safetensors.torch import load_model
+
     weights = Path(cfg.continual.parent) / "model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"continual.parent '{cfg.continual.parent}': expected its final model.safetensors; it was "

@@ -1,4 +1,5 @@
-"""What a person sees while a run trains: a progress bar with loss, throughput and ETA, and `metrics.jsonl`."""
+"""What a person sees while a run trains: a progress bar with loss, throughput and ETA (on a terminal; otherwise a
+plain line per record, as in `> train.log`), and `metrics.jsonl`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from selfsup.progress import Progress
 
 
 class Monitor:
@@ -21,28 +23,22 @@ class Monitor:
             _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
             self.file = open(self.path, "a")
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False, disable=not console.is_terminal,
-        )
-        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, loss="-", speed="")
-        self.progress.start()
+        # every_s=0: one plain line per record (every train.log_every steps, and at validation and the last step)
+        self.progress = Progress("step", total_steps, done=start_step, every_s=0, console=console, transient=False)
 
     def log(self, record: dict) -> None:
         if self.file is None:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        self.progress.update(self.task, completed=record["step"], loss=f"{record['loss']:.4f}",
+        self.progress.update(record["step"], loss=f"loss {record['loss']:.4f}",
                              speed=f"{record[self.unit + 's_per_s']:,.0f} {self.unit}s/s")
 
     def say(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.say(text)
 
     def close(self) -> None:
-        self.progress.stop()
+        self.progress.close()
         if self.file is not None:
             self.file.close()
 

@@ -1,11 +1,12 @@
 """Decoding media once, in worker processes, into arrays streamed to disk: what the image, audio, video and pair
 caches share.
 
-    for chunk, result in decoded(items, decode_chunk, args, workers): ...
+    for chunk, result in decoded(items, decode_chunk, args, workers, "decoding images"): ...
 
 `decode_chunk(items, *args)` runs in a worker on up to CHUNK items and returns anything picklable (typically the
 rows that decoded, stacked, and a skip reason or None per item). Results come back in input order; at most two
-chunks per worker are in flight, so memory stays bounded however large the set.
+chunks per worker are in flight, so memory stays bounded however large the set. Progress (items done, of how many
+when `items` has a length) goes to stderr under the name `what`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selfsup.progress import Progress
+
 CHUNK = 64  # items per worker task: amortises pickling, yet keeps the workers evenly loaded
 NPY_HEADER = 128  # bytes reserved for a .npy header, so rows stream to disk before their count is known
 
@@ -35,9 +38,16 @@ class Skip(Exception):
         self.reason = reason
 
 
-def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int) -> Iterator[tuple[list, object]]:
+def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int,
+            what: str) -> Iterator[tuple[list, object]]:
     """(chunk of items, decode_chunk(chunk, *args)) in input order; workers=0 decodes in this process."""
-    items = iter(items)
+    with Progress(what, len(items) if hasattr(items, "__len__") else None, "items") as progress:
+        for chunk, result in _decoded(iter(items), decode_chunk, args, workers):
+            yield chunk, result
+            progress.advance(len(chunk))
+
+
+def _decoded(items: Iterator, decode_chunk: Callable, args: tuple, workers: int) -> Iterator[tuple[list, object]]:
     chunks = iter(lambda: list(islice(items, CHUNK)), [])
     if workers == 0:
         for chunk in chunks:

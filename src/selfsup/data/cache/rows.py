@@ -76,7 +76,8 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
     lengths: dict[str, list[int]] = {"train": [], "val": []}
     stats = decoder.stats()
     try:
-        for chunk, (rows, lens, reasons, item_notes) in decoded(items, _decode_chunk, (decoder,), workers):
+        for chunk, (rows, lens, reasons, item_notes) in decoded(items, _decode_chunk, (decoder,), workers,
+                                                                "decoding"):
             skipped.update(r for r in reasons if r is not None)
             notes.update(n for ns in item_notes for n in ns)
             good = [item for item, r in zip(chunk, reasons) if r is None]

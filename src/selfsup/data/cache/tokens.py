@@ -25,6 +25,7 @@ from selfsup.config import BUILTIN_CORPUS, DataConfig
 from selfsup.data.errors import DataError
 from selfsup.data.read import tokenizer as toks
 from selfsup.data.read.text import read_documents, source_files
+from selfsup.progress import Progress
 
 FORMAT = 1  # bump when the shard layout changes
 SHARD_TOKENS = 1 << 27  # 128 Mi tokens a shard
@@ -129,11 +130,14 @@ def _build(cfg: DataConfig, vocab_size: int, files: list[Path], out: Path, log, 
                 counts[:] += np.bincount(ids, minlength=len(counts))
         batch.clear()
 
-    for text in _documents(cfg, files, skipped):
-        batch.append(text)
-        if len(batch) == ENCODE_CHUNK:
-            flush()
-    flush()
+    with Progress("tokenizing", unit="documents") as progress:
+        for text in _documents(cfg, files, skipped):
+            batch.append(text)
+            if len(batch) == ENCODE_CHUNK:
+                flush()
+                progress.advance(ENCODE_CHUNK)
+        progress.advance(len(batch))
+        flush()
     for w in writers.values():
         w.close()
     n_train, n_val = writers["train"].total, writers["val"].total

@@ -17,13 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.progress import TransferSpeedColumn
-
 from selfsup.data.errors import DataError
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.text import read_lines
+from selfsup.progress import Progress
 
 Doc = tuple[str, str, int]  # text, file relative to the input, line number
 
@@ -57,20 +54,12 @@ def check_log_names(files: list[Path], root: Path, path: str, tool: str) -> None
                         f"{' or '.join(LOGS)} there (rename the file)")
 
 
-def progress_bar(what: str, in_bytes: bool) -> Progress:
-    """A bar on stderr with throughput and time left, gone when the pass ends."""
-    amount = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(),)
-    return Progress(TextColumn(what), BarColumn(), *amount, TimeRemainingColumn(), console=Console(stderr=True),
-                    transient=True)
-
-
 def text_pass(files: list[Path], root: Path, dst: Path, judge: Callable[[list[Doc]], list], log, counts: Counter,
               what: str, batch_size: int = 1024) -> None:
     # (file, line number, line, text or None to keep unjudged); line number 0 only opens the file's output
     pending: list[tuple[str, int, str, str | None]] = []
     n_docs = 0
-    with progress_bar(what, in_bytes=True) as bar, _Outputs(dst) as out:
-        task = bar.add_task(what, total=sum(f.stat().st_size for f in files))
+    with Progress(what, total=sum(f.stat().st_size for f in files), unit="bytes") as bar, _Outputs(dst) as out:
         for f in files:
             rel = f.relative_to(root).as_posix()
             pending.append((rel, 0, "", None))
@@ -80,11 +69,11 @@ def text_pass(files: list[Path], root: Path, dst: Path, judge: Callable[[list[Do
                 pending.append((rel, number, line, text))
                 n_docs += text is not None
                 if n_docs == batch_size:
-                    bar.advance(task, _flush(pending, judge, out, log, counts))
+                    bar.advance(_flush(pending, judge, out, log, counts))
                     pending, n_docs = [], 0
             for reason, n in skipped.items():
                 counts[f"skipped_{reason}"] += n
-        _flush(pending, judge, out, log, counts)
+        bar.advance(_flush(pending, judge, out, log, counts))
 
 
 def _flush(pending: list, judge: Callable, out: _Outputs, log, counts: Counter) -> int:

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, progress_bar, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_pass
 from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
 from selfsup.data.read.image import IMAGE_SUFFIXES
 from selfsup.data.read.listing import data_files, mark_logs
 from selfsup.data.read.text import TEXT_SUFFIXES
+from selfsup.progress import track
 
 SHINGLE = 5  # words per shingle
 
@@ -150,26 +151,25 @@ def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, folder:
 
     distance = int((1 - near) * 64)
     index = ImageIndex(folder)
-    with progress_bar("dedup images", in_bytes=False) as bar:
-        for f in bar.track(files, description="dedup images"):
-            rel = f.relative_to(root).as_posix()
-            counts["images"] += 1
-            try:
-                with Image.open(f) as img:
-                    h = int(str(imagehash.phash(img)), 16)
-            except Exception:  # Pillow raises many kinds of exception on damaged files: kept, not judged
-                counts["kept_unreadable"] += 1
-                _copy(f, dst / rel)
-                continue
-            match = index.first_within(h, distance)
-            if match is not None:
-                log.write(json.dumps({"file": rel, "line": None, "reason": "near",
-                                      "duplicate_of": {"file": match, "line": None}}) + "\n")
-                counts["removed_near"] += 1
-                continue
-            index.add(h, rel)
+    for f in track(files, "dedup images", "images"):
+        rel = f.relative_to(root).as_posix()
+        counts["images"] += 1
+        try:
+            with Image.open(f) as img:
+                h = int(str(imagehash.phash(img)), 16)
+        except Exception:  # Pillow raises many kinds of exception on damaged files: kept, not judged
+            counts["kept_unreadable"] += 1
             _copy(f, dst / rel)
-            counts["kept"] += 1
+            continue
+        match = index.first_within(h, distance)
+        if match is not None:
+            log.write(json.dumps({"file": rel, "line": None, "reason": "near",
+                                  "duplicate_of": {"file": match, "line": None}}) + "\n")
+            counts["removed_near"] += 1
+            continue
+        index.add(h, rel)
+        _copy(f, dst / rel)
+        counts["kept"] += 1
     index.close()
 
 

@@ -60,7 +60,8 @@ def prepare_stream(cfg: RunConfig, path: str, cache: Path, run_dir: Path, log, f
     files, rels = shard_files(path)
     workers = default_workers(d.workers)
     counts, counted = np.zeros(len(files), np.int64), Counter()
-    for chunk, results in decoded(list(range(len(files))), _count_chunk, (files, cache), workers):
+    for chunk, results in decoded(list(range(len(files))), _count_chunk, (files, cache), workers,
+                                  "indexing shards"):
         for i, (count, corrupt) in zip(chunk, results):
             counts[i] = count
             counted["corrupt tar"] += corrupt
@@ -150,7 +151,8 @@ def _head(table: ShardTable, decoder, workers: int) -> tuple[np.ndarray, np.ndar
     """The first STATS_SAMPLES training samples that decode: (rows (n, ...), lengths (n,), n)."""
     ids = range(min(STATS_SAMPLES, int(table.counts.sum())))
     rows, lengths = [], []
-    for _, results in decoded(ids, _decode_ids, (table, decoder), min(workers, -(-len(ids) // CHUNK))):
+    for _, results in decoded(ids, _decode_ids, (table, decoder), min(workers, -(-len(ids) // CHUNK)),
+                              "decoding the statistics' samples"):
         for f, _, _ in results:
             if f is not None:
                 rows.append(f["images"] if "images" in f else f["media"])
