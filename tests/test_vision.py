@@ -26,7 +26,7 @@ from selfsup.config import ConfigError
 from selfsup.data.builtin.digits import write_digits
 from selfsup.data.cache.images import prepare_images
 from selfsup.data.errors import DataError
-from selfsup.eval.inputs import ImageInputs, encode
+from selfsup.probe.inputs import ImageInputs, encode
 from selfsup.models.resnet import ResNet
 from selfsup.objectives import dino as dino_mod
 from selfsup.objectives import mae as mae_mod

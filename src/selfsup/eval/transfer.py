@@ -9,7 +9,7 @@ import torch
 
 from selfsup.config import RunConfig
 from selfsup.eval.baseline import random_objective
-from selfsup.eval.inputs import Pixels
+from selfsup.probe.inputs import Pixels
 from selfsup.eval.labeled import evaluate as run_task, labeled_set
 
 
