@@ -51,15 +51,15 @@ def _eval(run_dir, task, data, train="train", test="test"):
 def test_image_run_probes_at_every_n_steps_and_at_the_end_as_eval_scores_them(digits_dir, small_digits,  # noqa: F811
                                                                                tmp_path):
     out = tmp_path / "simclr"
-    log = _train("simclr", out, f"data.path={digits_dir / 'train'}", *TINY_VISION, "train.max_steps=5",
+    log = _train("simclr", out, f"data.path={digits_dir / 'train'}", *TINY_VISION, "train.max_steps=3",
                  "train.log_every=100", "train.eval_every=100", "optim.lr=0.01", f"probe.train={small_digits / 'train'}",
                  f"probe.test={small_digits / 'test'}", "probe.every=2", "probe.linear=true", "probe.keep_best=true")
     rows = [r for r in records(out) if "probe_knn_acc" in r]
-    assert [r["step"] for r in rows] == [2, 4, 5]  # every 2 steps, and the last
+    assert [r["step"] for r in rows] == [2, 3]  # every 2 steps, and the last
     assert all(0 <= r["probe_knn_acc"] <= 1 and 0 <= r["probe_linear_acc"] <= 1 and r["probe_s"] > 0 for r in rows)
     lines = re.findall(r"probe at step (\d+): kNN ([\d.]+)% \(k=20, cosine, T=0.07; 120 train / 60 test\), "
                        r"linear ([\d.]+)%.* in [\d.]+ s", log)
-    assert [int(s) for s, _, _ in lines] == [2, 4, 5], log
+    assert [int(s) for s, _, _ in lines] == [2, 3], log
     assert [float(acc) for _, acc, _ in lines] == [round(100 * r["probe_knn_acc"], 1) for r in rows]
 
     # the last probe scored the final model as `selfsup eval` does
@@ -107,3 +107,24 @@ def test_a_best_left_mid_swap_is_put_back(tmp_path):
     assert _recover(tmp_path) == {"step": 4, "accuracy": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
     assert _recover(tmp_path / "nothing") is None
+
+
+def test_two_processes_probe_as_one(corpus, tmp_path):
+    """With 2 processes each encodes half of the probe sets and rank 0 gathers them: the one-process figures."""
+    from tests.test_distributed import CLM, _cli, _free_port
+    from tests.conftest import why_failed
+
+    data = tmp_path / "labeled"
+    build_docstrings(data, classes=3, per_class=20)
+    probe = [f"probe.train={data / 'train.jsonl'}", f"probe.test={data / 'test.jsonl'}", "probe.every=3",
+             "probe.linear=true"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={one}", *CLM, *probe, "train.batch_size=8")
+    assert r.returncode == 0, why_failed(r)
+    r = _cli("train", "gpt-clm", f"data.path={corpus}", f"out_dir={two}", *CLM, *probe, "train.batch_size=2",
+             "train.grad_accum=2", "dist.nproc_per_node=2", f"dist.rdzv_endpoint=127.0.0.1:{_free_port()}")
+    assert r.returncode == 0, why_failed(r)
+    figures = [{r["step"]: (r["probe_knn_acc"], r["probe_linear_acc"]) for r in records(d) if "probe_knn_acc" in r}
+               for d in (one, two)]
+    assert sorted(figures[0]) == [3, 6] and figures[1] == figures[0]
+    assert "probe at step 6: kNN" in r.stdout
