@@ -10,6 +10,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from rich.console import Console
 
 from selfsup import config
@@ -17,7 +18,8 @@ from selfsup.config import ConfigError
 from selfsup.data.builtin.labeled_docstrings import build as build_docstrings
 from selfsup.data.errors import DataError
 from selfsup.train import trainer
-from selfsup.train.probe import _recover
+from selfsup.dist import Processes
+from selfsup.train.probe import _recover, read_sets
 from tests.conftest import TINY
 from tests.test_cli import invoke
 from tests.test_vision import TINY_VISION, digits_dir, records  # noqa: F401 (digits_dir: a fixture)
@@ -98,6 +100,22 @@ def test_wrong_probe_settings_stop_in_one_line_before_the_run_is_written(digits_
         _train("simclr", out, f"data.path={digits_dir / 'train'}", *TINY_VISION, "train.max_steps=1",
                f"probe.train={small_digits / 'train'}", f"probe.test={tmp_path / 'missing'}")
     assert not (out / "config.yaml").exists()
+    sharded = config.load("simclr", [f"probe.train={small_digits / 'train'}", f"probe.test={small_digits / 'test'}",
+                                     "dist.strategy=fsdp"])
+    with pytest.raises(ConfigError, match="probe.train/probe.test run with dist.strategy=ddp"):
+        read_sets(sharded, Processes(world=2), torch.device("cpu"))
+
+
+def test_a_resumed_run_may_change_its_probe(digits_dir, small_digits, tmp_path):  # noqa: F811
+    out, probe = tmp_path / "run", [f"probe.train={small_digits / 'train'}", f"probe.test={small_digits / 'test'}"]
+    args = [f"data.path={digits_dir / 'train'}", *TINY_VISION, "train.log_every=100", "train.checkpoint_every=2"]
+    _train("simclr", out, *args, "train.max_steps=2", *probe, "probe.every=2", "probe.keep_best=true")
+    _train("simclr", out, *args, "train.max_steps=4", *probe, "probe.every=1", "probe.keep_best=true")
+    rows = [r for r in records(out) if "probe_knn_acc" in r]
+    assert [r["step"] for r in rows] == [2, 3, 4]
+    best = json.loads((out / "best" / "best.json").read_text())  # the best over both sessions
+    top = max(r["probe_knn_acc"] for r in rows)
+    assert best["accuracy"] == top and best["step"] == next(r["step"] for r in rows if r["probe_knn_acc"] == top)
 
 
 def test_a_best_left_mid_swap_is_put_back(tmp_path):

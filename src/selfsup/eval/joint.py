@@ -21,11 +21,11 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, RunConfig
+from selfsup.data.labeled import Clips
 from selfsup.data.read.captions import caption_arrays
 from selfsup.eval.baseline import random_objective
-from selfsup.data.labeled import Clips
-from selfsup.probe.inputs import encode, run_inputs
 from selfsup.eval.labeled import labeled_set
+from selfsup.probe.inputs import encode, run_inputs
 from selfsup.probe.metrics import accuracy, macro_f1
 
 TEMPLATES = {
