@@ -14,15 +14,15 @@ from selfsup.cli import app
 from selfsup.config import ModelConfig
 from selfsup.data.builtin.labeled_docstrings import build as build_docstrings
 from selfsup.data.errors import DataError
+from selfsup.data.labeled import read_labeled
 from selfsup.data.read.tokenizer import train_bpe
 from selfsup.eval.features import encode
 from selfsup.eval.finetune import Classifier, finetune, llrd_param_groups
-from selfsup.eval.inputs import TextInputs
-from selfsup.eval.knn import knn_eval, knn_predict
-from selfsup.eval.labeled import read_labeled
-from selfsup.eval.linear import GRID, linear_probe, stratified_split
-from selfsup.eval.metrics import accuracy, macro_f1
 from selfsup.models.transformer import Transformer
+from selfsup.probe.inputs import TextInputs
+from selfsup.probe.knn import knn_eval, knn_predict
+from selfsup.probe.linear import GRID, linear_probe, stratified_split
+from selfsup.probe.metrics import accuracy, macro_f1
 from selfsup.train import trainer
 from tests.conftest import TINY
 from tests.test_cli import invoke, runner

@@ -16,7 +16,7 @@ FLOORS = [
     ("ground", ["selfsup", "selfsup.config", "selfsup.dist", "selfsup.batch_random", "selfsup.seed",
                 "selfsup.progress"]),
     ("data", ["selfsup.data"]),
-    ("models · views", ["selfsup.models", "selfsup.views"]),
+    ("models · views · probe", ["selfsup.models", "selfsup.views", "selfsup.probe"]),
     ("objectives", ["selfsup.objectives"]),
     ("train", ["selfsup.train"]),
     ("eval · export · report", ["selfsup.eval", "selfsup.export", "selfsup.report", "selfsup.generate",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -120,18 +121,20 @@ def test_sizes_and_durations_read_as_a_person_writes_them():
 
 # --- the CLI with its output to a pipe (no terminal) ---
 
-def selfsup(*args, cwd=None) -> subprocess.CompletedProcess:
+def selfsup(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "selfsup", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+                          timeout=300, cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("progress") / "run"
+    root = tmp_path_factory.mktemp("progress")
+    out = root / "run"
     proc = selfsup("train", "gpt-clm", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=6",
-                   "train.log_every=2", "train.eval_every=6")
+                   "train.log_every=2", "train.eval_every=6",
+                   env=dict(os.environ, SELFSUP_CACHE=str(root / "cache")))  # its own cache: it tokenizes
     return out, proc
 
 

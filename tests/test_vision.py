@@ -26,7 +26,6 @@ from selfsup.config import ConfigError
 from selfsup.data.builtin.digits import write_digits
 from selfsup.data.cache.images import prepare_images
 from selfsup.data.errors import DataError
-from selfsup.eval.inputs import ImageInputs, encode
 from selfsup.models.resnet import ResNet
 from selfsup.objectives import dino as dino_mod
 from selfsup.objectives import mae as mae_mod
@@ -34,6 +33,7 @@ from selfsup.objectives import mocov2 as mocov2_mod
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.dino import DINO
 from selfsup.objectives.teacher import momentum_at
+from selfsup.probe.inputs import ImageInputs, encode
 from selfsup.rundir import open_run
 from selfsup.seed import seed_everything
 from selfsup.train import optim, trainer

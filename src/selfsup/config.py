@@ -32,6 +32,8 @@ MAY_CHANGE_ON_RESUME = (
     "train.device_watts", "train.device", "train.compile", "train.activation_checkpointing", "data.workers",
     "data.cache_dir", "dist.strategy", "dist.nproc_per_node", "dist.nnodes", "dist.node_rank", "dist.rdzv_endpoint",
     "dist.backend", "log.to",
+    "probe.train", "probe.test", "probe.every", "probe.linear", "probe.keep_best", "probe.k", "probe.temperature",
+    "probe.batch_size",
 )
 TERM_SECTIONS = ("views", "ssl", "dino", "mae", "beit", "swav", "deepcluster", "mlm", "plm", "simcse")
 
@@ -371,6 +373,31 @@ class LogConfig(Section):
         return [value] if isinstance(value, str) else value
 
 
+class ProbeConfig(Section):
+    train: str | None = Field(None, description="online probes: labeled training data in any form `selfsup eval --task "
+                              "knn` reads (a folder of class sub-folders for images, audio and video; a .jsonl with "
+                              "'text' and 'label' for text); with probe.test, every probe.every steps (and at the end) "
+                              "the frozen features of the model in training are scored by kNN, logged as probe_knn_acc")
+    test: str | None = Field(None, description="online probes: the labeled data scored (classes as in probe.train)")
+    every: int = Field(500, gt=0, description="probe every N steps (and at the end)")
+    linear: bool = Field(False, description="also a linear probe (logistic regression, eval's protocol) on the same "
+                         "features, logged as probe_linear_acc")
+    keep_best: bool = Field(False, description="keep the weights of the best probe (kNN accuracy, or the linear "
+                            "probe's with probe.linear) in RUN_DIR/best/ with best.json naming the step; apart from "
+                            "checkpoints/, so rotation never removes it; `selfsup eval RUN_DIR/best` opens it")
+    k: int = Field(20, gt=0, description="kNN: the nearest training examples that vote (eval's default)")
+    temperature: float = Field(0.07, gt=0, description="kNN: each neighbour votes exp(cos / T) (eval's default)")
+    batch_size: int = Field(16, gt=0, description="items per forward pass when encoding the probe sets")
+
+    @model_validator(mode="after")
+    def _both_sets(self) -> ProbeConfig:
+        if bool(self.train) != bool(self.test):
+            given, missing = ("train", "test") if self.train else ("test", "train")
+            raise ValueError(f"probe.{given} is set but probe.{missing} is not: an online probe needs both labeled "
+                             "sets (e.g. probe.train=labeled/train probe.test=labeled/test)")
+        return self
+
+
 class RunConfig(Section):
     recipe: str = Field("custom", description="the recipe this run started from (informative)")
     objective: Objective = Field("clm", description="text: clm (GPT), mlm (BERT), plm (XLNet), simcse; images: "
@@ -405,6 +432,7 @@ class RunConfig(Section):
     dist: DistConfig = DistConfig()
     continual: ContinualConfig = ContinualConfig()
     log: LogConfig = LogConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:

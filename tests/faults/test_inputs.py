@@ -29,7 +29,7 @@ from selfsup.data.read.audio import AudioRows
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.text import read_documents, source_files
 from selfsup.data.read.video import decode_video
-from selfsup.eval.labeled import read_labeled
+from selfsup.data.labeled import read_labeled
 
 IMAGE = dict(size=16, channels=1)
 NESTED = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot follow (RecursionError)

@@ -13,9 +13,10 @@ import torch
 
 from selfsup.config import BUILTIN_CORPUS, ConfigError
 from selfsup.data.errors import DataError
+from selfsup.data.labeled import Clips
 from selfsup.data.read.text import read_documents, source_files
-from selfsup.eval.inputs import Clips, encode, run_inputs
 from selfsup.eval.joint import JointMedia
+from selfsup.probe.inputs import encode, run_inputs
 from selfsup.rundir import open_run, refuse_run_file
 
 

@@ -1,5 +1,5 @@
 """Frozen features of a trained text trunk: one (D,) vector per text, through the evaluation path every modality
-shares (eval/inputs.py: TextInputs says how a text is tokenized, padded and pooled)."""
+shares (probe/inputs.py: TextInputs says how a text is tokenized, padded and pooled)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from selfsup.eval.inputs import TextInputs, encode as encode_items
+from selfsup.probe.inputs import TextInputs, encode as encode_items
 
 
 def encode(model: nn.Module, tok: Tokenizer, texts: list[str], batch_size: int, device: torch.device,

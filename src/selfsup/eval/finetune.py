@@ -11,7 +11,7 @@ restored before the test set is scored. The trunk passed in is copied, never cha
 Options that keep what pretraining learned (forgetting-aware fine-tuning): `freeze_blocks` freezes the
 embeddings and the first N blocks; `l2sp` adds L2-SP (Li et al. 2018), α/2 · ‖w − w₀‖² toward the pretrained
 weights w₀ of the trunk, in place of weight decay toward zero on those weights (the head keeps its decay). Inputs (texts or images)
-reach the trunk through an `inputs` object of eval/inputs.py, so one loop serves every modality.
+reach the trunk through an `inputs` object of probe/inputs.py, so one loop serves every modality.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.eval.linear import stratified_split
-from selfsup.eval.metrics import accuracy, macro_f1
+from selfsup.probe.linear import stratified_split
+from selfsup.probe.metrics import accuracy, macro_f1
 
 
 class Classifier(nn.Module):
@@ -93,7 +93,7 @@ def finetune(trunk: nn.Module, inputs, train_items, train_y: Tensor, test_items,
              max_epochs: int = 10, patience: int = 3, batch_size: int = 16, val_fraction: float = 0.15,
              seed: int = 0, freeze_blocks: int = 0, l2sp: float = 0.0, progress=None, measure=None) -> dict:
     """Fine-tune a copy of `trunk` with a linear head; returns test metrics and the protocol. `inputs` (see
-    eval/inputs.py) turns items (texts, images) into the trunk's inputs; `progress` wraps the iterable of epochs;
+    probe/inputs.py) turns items (texts, images) into the trunk's inputs; `progress` wraps the iterable of epochs;
     `measure(trunk) -> dict`, if given, adds its readings of the fine-tuned trunk to the result (e.g. the
     pretraining objective's loss, which shows what fine-tuning forgot)."""
     torch.manual_seed(seed)

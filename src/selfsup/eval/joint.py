@@ -1,5 +1,5 @@
 """Zero-shot classification and cross-modal retrieval in the joint embedding space of a CLIP/SigLIP run (image,
-audio or video with text). Media go through the same evaluation inputs as kNN and linear probes (eval/inputs.py);
+audio or video with text). Media go through the same evaluation inputs as kNN and linear probes (probe/inputs.py);
 texts through the run's tokenizer, as captions were in training.
 
 Zero-shot (CLIP §3.1.4): each class name fills every prompt template; the unit embeddings of a class's prompts
@@ -21,11 +21,12 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, RunConfig
+from selfsup.data.labeled import Clips
 from selfsup.data.read.captions import caption_arrays
 from selfsup.eval.baseline import random_objective
-from selfsup.eval.inputs import Clips, encode, run_inputs
 from selfsup.eval.labeled import labeled_set
-from selfsup.eval.metrics import accuracy, macro_f1
+from selfsup.probe.inputs import encode, run_inputs
+from selfsup.probe.metrics import accuracy, macro_f1
 
 TEMPLATES = {
     "image": ("a photo of a {label}.", "a picture of a {label}.", "an image of the {label}.", "a {label}."),

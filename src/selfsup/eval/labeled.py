@@ -1,183 +1,19 @@
-"""Labeled data for transfer evaluation (read in a run's modality, with the inputs that feed it to the trunk), and
-running one transfer task (linear, knn, finetune) on a trunk.
-
-Images: a folder whose first-level sub-folders name the classes (or webdataset shards with `.cls`, or an .npz
-with `labels`), decoded as for training; unlabeled images are skipped as 'no_label', and test images of a class
-the training set lacks as 'unknown_label' (classes are matched by name).
-
-Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with a `label`, or webdataset shards
-with `.cls`/`.label`, decoded as for training (data/cache/media.py).
-
-Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
-line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
-too deep nesting and lone surrogates), no `text` string, an empty or too long text, no usable `label`, and, in a
-test set, a label the training set does not have.
-Class ids follow the sorted training labels (numerically when every label is an integer).
+"""Labeled data for transfer evaluation with the inputs that feed it to the trunk, and running one transfer task
+(linear, knn, finetune) on a trunk. Reading a labeled set is data/labeled.py's (the trainer's online probes read
+them too); how items reach a trunk, and the kNN and linear classifiers, are probe/'s.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 import torch
-from torch import Tensor
 
-from selfsup.data.errors import DataError
-from selfsup.data.read.jsonl import json_line
-from selfsup.data.read.text import read_lines
-from selfsup.eval.inputs import Clips, run_inputs
-
-
-@dataclass
-class LabeledSet:
-    path: str
-    items: list[str] | np.ndarray | Clips  # texts, images (N, C, H, W) uint8, or audio/video clips
-    labels: Tensor  # (N,) long class ids
-    classes: list[str]  # class id -> label as written
-    skipped: dict = field(default_factory=dict)
-
-    def counts(self) -> dict:
-        per_class = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
-        return dict(path=self.path, examples=len(self.items), skipped=self.skipped,
-                    per_class=dict(zip(self.classes, per_class)))
-
-
-def _label(record: dict) -> str | None:
-    label = record.get("label")
-    if isinstance(label, bool):  # JSON true/false: almost always a mistake, not a class
-        return None
-    if isinstance(label, int):
-        return str(label)
-    if isinstance(label, str) and label.strip():
-        return label.strip()
-    return None
-
-
-def _sort_key(label: str):
-    try:
-        return (0, int(label), "")
-    except ValueError:
-        return (1, 0, label)
-
-
-def labeled_files(path: str | Path) -> list[Path]:
-    p = Path(path).expanduser()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*.jsonl") if f.is_file()) if p.is_dir() else []
-    if not files or any(f.suffix != ".jsonl" for f in files):
-        what = ("does not exist" if not p.exists() else "is a folder without .jsonl files" if p.is_dir()
-                else f"is a '{p.suffix or 'no suffix'}' file")
-        raise DataError(f"labeled data '{path}' {what}; expected a .jsonl file (or a folder of them) with a "
-                        "'text' and a 'label' per line")
-    return files
-
-
-def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 200_000) -> LabeledSet:
-    """Read a labeled set. Without `classes` (a training set) the sorted labels found become the classes and at
-    least two are required; with them (a test set) other labels are skipped as 'unknown_label'."""
-    files = labeled_files(path)
-    skipped: Counter = Counter()
-    texts, labels = [], []
-    for f in files:
-        for _, line in read_lines(f, skipped):
-            record = json_line(line)
-            if record is None:
-                skipped["bad_json"] += 1
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                skipped["no_text_field"] += 1
-                continue
-            text = record["text"].strip()
-            if not text:
-                skipped["empty"] += 1
-                continue
-            if len(text) > max_chars:
-                skipped["too_long"] += 1
-                continue
-            label = _label(record)
-            if label is None:
-                skipped["no_label"] += 1
-                continue
-            if classes is not None and label not in classes:
-                skipped["unknown_label"] += 1
-                continue
-            texts.append(text)
-            labels.append(label)
-    skipped = dict(sorted(skipped.items()))
-    if not texts:
-        raise DataError(f"labeled data '{path}' holds no usable examples with a 'text' and a 'label' "
-                        f"(skipped: {skipped or 'none'})")
-    classes = _check_classes(path, classes, labels)
-    ids = {c: i for i, c in enumerate(classes)}
-    return LabeledSet(str(path), texts, torch.tensor([ids[lab] for lab in labels], dtype=torch.long),
-                      list(classes), skipped)
-
-
-def _check_classes(path, classes: list[str] | None, labels: list[str]) -> list[str]:
-    if classes is None:
-        classes = sorted(set(labels), key=_sort_key)
-        if len(classes) < 2:
-            raise DataError(f"labeled data '{path}' has {len(classes)} class ({classes[0]!r}); "
-                            "classification needs at least 2")
-    return classes
-
-
-def read_labeled_images(path: str, size: int, channels: int, classes: list[str] | None = None,
-                        cache_dir: str | None = None, log=None) -> LabeledSet:
-    """Decode a labeled image set (cached like training data). Without `classes` (a training set) its class
-    names become the classes; with them (a test set) images are mapped to them by name."""
-    from selfsup.data.cache.images import prepare_images
-
-    data = prepare_images(path, size, channels, val_fraction=0.0, cache_dir=cache_dir, log=log or (lambda s: None))
-    return _labeled(path, data.train, data.train_labels, data.classes, data.meta["skipped"], classes,
-                    "images", "cat/1.png")
-
-
-def read_labeled_media(path: str, modality: str, decode: dict, classes: list[str] | None = None,
-                       cache_dir: str | None = None, log=None, allow_outside: bool = False) -> LabeledSet:
-    """Decode a labeled audio or video set (cached like training data), classes as read_labeled_images;
-    `allow_outside` as data.allow_outside."""
-    from selfsup.data.cache.media import prepare_media
-
-    data = prepare_media(path, modality, decode, 0.0, cache_dir, log=log or (lambda s: None),
-                         allow_outside=allow_outside)
-    clips = Clips(data.train.rows, data.train.lengths)
-    example = "dog/1.wav" if modality == "audio" else "running/1.mp4"
-    return _labeled(path, clips, data.train.labels, data.classes, data.meta["skipped"], classes, modality, example)
-
-
-def _labeled(path, items, label_ids: np.ndarray, names_of: list[str], skipped: dict, classes: list[str] | None,
-             what: str, example: str) -> LabeledSet:
-    skipped = Counter(skipped)
-    names = [names_of[i] if i >= 0 else None for i in label_ids.tolist()]
-    skipped["no_label"] += sum(n is None for n in names)
-    found = [n for n in names if n is not None]
-    if not found:
-        raise DataError(f"labeled {what} '{path}' carry no labels; expected class sub-folders (e.g. "
-                        f"{path}/{example}), `.cls` members in .tar shards, a `label` per .jsonl line or a "
-                        "`labels` array in an .npz")
-    classes = _check_classes(path, classes, found)
-    ids = {c: i for i, c in enumerate(classes)}
-    skipped["unknown_label"] += sum(n is not None and n not in ids for n in names)
-    keep = [i for i, n in enumerate(names) if n in ids]
-    labels = torch.tensor([ids[names[i]] for i in keep], dtype=torch.long)
-    return LabeledSet(str(path), items[keep], labels, list(classes), {k: v for k, v in sorted(skipped.items()) if v})
+from selfsup.data.labeled import LabeledSet, read_for_run
+from selfsup.probe.inputs import run_inputs
 
 
 def labeled_set(cfg, objective, tok, path: str, classes: list[str] | None = None):
     """A labeled evaluation set in the run's modality, and the inputs that feed it to the trunk."""
-    from selfsup.data.cache.media import settings
-
-    if cfg.modality == "image":
-        items = read_labeled_images(path, cfg.image.size, cfg.image.channels, classes, cfg.data.cache_dir)
-    elif cfg.modality in ("audio", "video"):
-        items = read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir,
-                                   allow_outside=cfg.data.allow_outside)
-    else:
-        items = read_labeled(path, classes, cfg.data.max_doc_chars)
-    return items, run_inputs(cfg, objective, tok)
+    return read_for_run(cfg, path, classes), run_inputs(cfg, objective, tok)
 
 
 TASKS = ("linear", "knn", "finetune")
@@ -188,8 +24,8 @@ def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, devi
              lr: float = 3e-4, layer_decay: float = 0.75, patience: int = 3, freeze_blocks: int = 0,
              l2sp: float = 0.0, progress=None, measure=None) -> dict:
     """One transfer task on one trunk: accuracy, macro_f1, protocol and the task's own figures. `inputs` (see
-    eval/inputs.py) says how items reach the trunk; `measure`: see finetune."""
-    from selfsup.eval.inputs import encode
+    probe/inputs.py) says how items reach the trunk; `measure`: see finetune."""
+    from selfsup.probe.inputs import encode
 
     n = len(train.classes)
     if task == "finetune":
@@ -206,10 +42,10 @@ def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, devi
     test_x = encode(trunk, inputs, test.items, batch_size, device, wrap("encoding test"))
     described = inputs.describe(trunk)
     if task == "linear":
-        from selfsup.eval.linear import linear_probe
+        from selfsup.probe.linear import linear_probe
 
         return linear_probe(train_x, train.labels, test_x, test.labels, n, features=described, seed=seed)
-    from selfsup.eval.knn import knn_eval
+    from selfsup.probe.knn import knn_eval
 
     return knn_eval(train_x, train.labels, test_x, test.labels, n, k=k, temperature=temperature,
                     features=described)

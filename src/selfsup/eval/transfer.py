@@ -9,8 +9,8 @@ import torch
 
 from selfsup.config import RunConfig
 from selfsup.eval.baseline import random_objective
-from selfsup.eval.inputs import Pixels
 from selfsup.eval.labeled import evaluate as run_task, labeled_set
+from selfsup.probe.inputs import Pixels
 
 
 def transfer(task: str, run_dir: Path, cfg: RunConfig, objective, tok, train_path: str, test_path: str,

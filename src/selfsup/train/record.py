@@ -2,8 +2,9 @@
 
 A record holds at least step, loss (the mean of the applied steps since the last record), lr, a throughput
 (`<unit>s_per_s`, training time only), MFU and the gradient norm; then the objective's own metrics, the collapse
-monitor's readings (every ssl.collapse_every steps, rank 0), and the validation loss (every train.eval_every steps,
-a perplexity beside it where the loss is one per token, and the old domain's loss under continual pretraining).
+monitor's readings (every ssl.collapse_every steps, rank 0), the validation loss (every train.eval_every steps,
+a perplexity beside it where the loss is one per token, and the old domain's loss under continual pretraining), and
+the online probe's accuracies and seconds (every probe.every steps: probe_knn_acc, probe_linear_acc, probe_s).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Records:
         # the same decision on every process (validation is collective); rank 0 alone reads the collapse monitor
         out = result.out
         collapse_now = bool(out.embeddings) and (step % run.cfg.ssl.collapse_every == 0 or last_step)
-        if not self.losses or not (step % t.log_every == 0 or evaluate_now or collapse_now):
+        probe_now = run.probe is not None and run.probe.due(step, last_step)  # collective: every process encodes
+        if not self.losses or not (step % t.log_every == 0 or evaluate_now or collapse_now or probe_now):
             return
         now = time.perf_counter()
         rate = self.units / (now - self.since)
@@ -50,6 +52,8 @@ class Records:
             self._collapse(step, record, out)
         if evaluate_now:
             self._validate(step, record)
+        if probe_now:
+            self._probe(step, record)
         self.monitor.log(record)
         run.loggers.log(record)  # log.to: the same record to TensorBoard, W&B, MLflow, CSV
         self._reset()  # throughput counts training time only
@@ -78,3 +82,9 @@ class Records:
             record["val_loss_old"] = old
             text += f"  val_loss_old {old:.4f}"
         self.monitor.say(text)
+
+    def _probe(self, step: int, record: dict) -> None:
+        scored = self.run.probe(step)
+        if scored is not None:  # rank 0
+            record.update(scored[0])
+            self.monitor.say(scored[1])

@@ -31,6 +31,7 @@ from selfsup.train.lock import RunLock, claim
 from selfsup.train.loggers import Loggers
 from selfsup.train.mfu import peak_flops
 from selfsup.train.parallel import is_sharded, parallelize
+from selfsup.train.probe import Probe, read_sets
 from selfsup.train.schedule import lr_scale
 from selfsup.train.step import evaluate
 
@@ -57,6 +58,7 @@ class Run:
     lock: RunLock | None  # rank 0's hold on the run directory, released when the run ends
     loggers: Loggers  # log.to: rank 0's other writers of each record (none on the other processes); closed at the end
     started: float = field(default_factory=time.perf_counter)
+    probe: Probe | None = None  # the online probe (probe.train, probe.test), if any
 
     def __post_init__(self):
         self.elapsed_before = self.counters["elapsed_s"]  # training seconds of the sessions before this one
@@ -121,6 +123,7 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    probe_sets = read_sets(cfg, procs, device)  # before the run directory is written: a wrong path stops here
     data = _prepare_data(cfg, run_dir, procs, device, say, admit=lambda d: identity.admit(
         _resolved(cfg, d), d.fingerprint, d.tokenizer, run_dir, allowed, changes))
     cfg = _resolved(cfg, data)
@@ -170,6 +173,8 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
                       lambda line: console.print(line, style="yellow", markup=False))
     run = Run(cfg, procs, device, run_dir, console, data, objective, model, optimizer, is_sharded(objective), step,
               counters, trained, peak, batch, lr_factor, flops, lock, loggers)
+    if probe_sets is not None:
+        run.probe = Probe(cfg, probe_sets, objective, data.tokenizer, device, procs, run_dir)
     _banner(run)
     return run
 

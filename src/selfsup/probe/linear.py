@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.eval.metrics import accuracy, macro_f1
+from selfsup.probe.metrics import accuracy, macro_f1
 
 GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 

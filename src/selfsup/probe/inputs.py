@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from selfsup.data.labeled import Clips
 from selfsup.data.read.tokenizer import PAD, eos_id
 from selfsup.models.transformer import pool
 from selfsup.models.vit import ViT
@@ -105,19 +106,6 @@ class ImageInputs:
             what = f"{type(trunk).__name__} globally average-pooled last stage (dim {trunk.out_dim})"
         return (f"{what}; centre view resized to {self.size}×{self.size}, normalised by the run's mean/std, "
                 "no augmentation")
-
-
-class Clips:
-    """Cached audio or video rows (N, ...) and their real lengths (N,): the items of MediaInputs."""
-
-    def __init__(self, rows: np.ndarray, lengths: np.ndarray):
-        self.rows, self.lengths = rows, lengths
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index) -> Clips:
-        return Clips(self.rows[index], self.lengths[index])
 
 
 class MediaInputs:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.eval.metrics import accuracy, macro_f1
+from selfsup.probe.metrics import accuracy, macro_f1
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: int, k: int = 20,
