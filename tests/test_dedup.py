@@ -157,7 +157,7 @@ def _reference(docs: list[tuple[str, int, str]], near: float) -> list[dict]:
     """The behaviour dedup must have, in memory with datasketch's own index: first occurrence wins; a document is a
     near duplicate of the first kept document of its kind, among its candidates, that is similar. Long (50+ words):
     candidates share a band of LSH for near; similar, estimated Jaccard similarity of word 5-grams ≥ near. Short
-    (5–49 words): candidates share a band of LSH for 0.75 near over character 5-grams, or the word sequence with at
+    (5–49 words): candidates share a band of LSH for near − 0.1 over character 5-grams, or the word sequence with at
     most one word left out; similar, _short_similar. Under 5 words, exact copies only."""
     from datasketch import MinHash, MinHashLSH
 
@@ -166,7 +166,7 @@ def _reference(docs: list[tuple[str, int, str]], near: float) -> list[dict]:
 
     exact, removed = {}, []
     kept = {"long": [], "short": []}  # (MinHash or normalised text, location, word sequences with a word left out)
-    lsh = {k: MinHashLSH(threshold=t, num_perm=128) for k, t in (("long", near), ("short", 0.75 * near))}
+    lsh = {k: MinHashLSH(threshold=t, num_perm=128) for k, t in (("long", near), ("short", near - 0.1))}
     rejected = Counter()  # documents whose candidates all failed the similarity check: the data must have some
     for rel, line, text in docs:
         norm = _normalise(text)

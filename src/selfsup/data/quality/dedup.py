@@ -84,7 +84,7 @@ class TextJudge:
         from datasketch import MinHash
 
         # short texts' bands are numbered after long ones', so the two kinds never share a key
-        (long_bands, long_rows), short = _banding(near, num_perm), _banding(0.75 * near, num_perm)
+        (long_bands, long_rows), short = _banding(near, num_perm), _banding(max(near - 0.1, near / 2), num_perm)
         self.bands = {"long": (long_bands, long_rows, 0), "short": (*short, long_bands)}
         self.permutations = MinHash(num_perm=num_perm).permutations  # (2, num_perm) uint32
         self.index = TextIndex(index_path)

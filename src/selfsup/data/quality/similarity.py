@@ -7,8 +7,8 @@ folded); words are runs of letters and digits.
     short, 5–49 words  the Jaccard similarity of character 5-grams is ≥ near, or the two are one word apart (a word
                        replaced, inserted or deleted, or two neighbours swapped) and one word is at most 1 − near of
                        the longer's words; judged exactly on the kept text, which is smaller than a signature;
-                       candidates share a band of LSH over character 5-grams chosen for 3/4 of near (a pair at near
-                       is one 98.6% of the time at 0.8), or a deletion key (one-word edits, all of them)
+                       candidates share a band of LSH over character 5-grams chosen for near − 0.1 (a pair at 0.8 is
+                       one 87% of the time, at 0.85 97.5%), or a deletion key (every one-word edit)
     under 5 words      exact copies only: a word or two apart is as often meaning as copying
 
 Why short texts differ: a word replaced in a line of ten changes a fifth to a half of its shingles whichever they
