@@ -4,6 +4,8 @@ removal logged with what it duplicates."""
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -134,51 +136,97 @@ def _mutated(doc: str, changes: int, seed: int) -> str:
     return " ".join(words)
 
 
+def _short_similar(a: str, b: str, near: float) -> bool:
+    """Short documents' rule, written out plainly: Jaccard similarity of the sets of character 5-grams ≥ near, or one
+    word edit apart (optimal string alignment over the words) when one word is at most 1 − near of the longer."""
+    ca, cb = ({t[i:i + 5] for i in range(len(t) - 4)} for t in (a, b))
+    if len(ca & cb) / len(ca | cb) >= near:
+        return True
+    wa, wb = re.findall(r"\w+", a), re.findall(r"\w+", b)
+    d = np.zeros((len(wa) + 1, len(wb) + 1), int)
+    d[:, 0], d[0, :] = range(len(wa) + 1), range(len(wb) + 1)
+    for i in range(1, len(wa) + 1):
+        for j in range(1, len(wb) + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (wa[i - 1] != wb[j - 1]))
+            if i > 1 and j > 1 and wa[i - 1] == wb[j - 2] and wa[i - 2] == wb[j - 1]:
+                d[i, j] = min(d[i, j], d[i - 2, j - 2] + 1)
+    return d[-1, -1] <= 1 and 1 / max(len(wa), len(wb)) <= 1 - near + 1e-9
+
+
 def _reference(docs: list[tuple[str, int, str]], near: float) -> list[dict]:
     """The behaviour dedup must have, in memory with datasketch's own index: first occurrence wins; a document is a
-    near duplicate of the first kept document that shares an LSH band with it and whose estimated Jaccard
-    similarity is ≥ near."""
+    near duplicate of the first kept document of its kind, among its candidates, that is similar. Long (50+ words):
+    candidates share a band of LSH for near; similar, estimated Jaccard similarity of word 5-grams ≥ near. Short
+    (5–49 words): candidates share a band of LSH for near − 0.1 over character 5-grams, or the word sequence with at
+    most one word left out; similar, _short_similar. Under 5 words, exact copies only."""
     from datasketch import MinHash, MinHashLSH
 
-    from selfsup.data.quality.dedup import _normalise, _shingles
+    from selfsup.data.quality.dedup import _normalise
+    from selfsup.data.quality.similarity import char_grams
 
-    exact, kept, removed = {}, [], []
-    lsh = MinHashLSH(threshold=near, num_perm=128)
-    rejected = 0  # documents whose LSH candidates all failed the similarity check: the data must have some
+    exact, removed = {}, []
+    kept = {"long": [], "short": []}  # (MinHash or normalised text, location, word sequences with a word left out)
+    lsh = {k: MinHashLSH(threshold=t, num_perm=128) for k, t in (("long", near), ("short", near - 0.1))}
+    rejected = Counter()  # documents whose candidates all failed the similarity check: the data must have some
     for rel, line, text in docs:
         norm = _normalise(text)
         if norm in exact:
             removed.append({"file": rel, "line": line, "reason": "exact", "duplicate_of": exact[norm]})
             continue
         exact[norm] = {"file": rel, "line": line}
-        shingles = _shingles(norm)
-        if not shingles:
+        words = re.findall(r"\w+", norm)
+        if len(words) < 5:
             continue
-        m = MinHash(num_perm=128)
-        m.update_batch(list(shingles))
-        candidates = sorted(lsh.query(m))
-        match = next((k for k in candidates if kept[k][0].jaccard(m) >= near), None)
+        kind = "long" if len(words) >= 50 else "short"
+        left_out = set()
+        if kind == "long":
+            m = MinHash(num_perm=128)
+            m.update_batch(list({" ".join(words[i:i + 5]).encode() for i in range(len(words) - 4)}))
+            held = m
+            similar = lambda other: other.jaccard(m) >= near  # noqa: E731
+        else:
+            m = MinHash(num_perm=128, hashfunc=int)  # the shingles' hashes are the values
+            m.update_batch(char_grams(norm).tolist())
+            held = norm
+            similar = lambda other: _short_similar(other, norm, near)  # noqa: E731
+            left_out = {tuple(words)} | {tuple(words[:i] + words[i + 1:]) for i in range(len(words))}
+        candidates = set(lsh[kind].query(m)) | {k for k, (_, _, o) in enumerate(kept[kind]) if o & left_out}
+        match = next((k for k in sorted(candidates) if similar(kept[kind][k][0])), None)
         if match is not None:
-            removed.append({"file": rel, "line": line, "reason": "near", "duplicate_of": kept[match][1]})
+            removed.append({"file": rel, "line": line, "reason": "near", "duplicate_of": kept[kind][match][1]})
             continue
-        rejected += bool(candidates)
-        lsh.insert(len(kept), m)
-        kept.append((m, {"file": rel, "line": line}))
-    assert rejected > 0
+        rejected[kind] += bool(candidates)
+        lsh[kind].insert(len(kept[kind]), m)
+        kept[kind].append((held, {"file": rel, "line": line}, left_out))
+    assert rejected["long"] > 0 and rejected["short"] > 0
     return removed
+
+
+def _variant(base: str, rng) -> str:
+    """A copy of base a few words away: replaced by 'changed', or one word inserted, deleted, or swapped with its
+    neighbour (the edits short documents' rule counts as one)."""
+    kind, words = rng.integers(4), base.split()
+    i = int(rng.integers(len(words) - 1))
+    if kind == 0:
+        return _mutated(base, int(rng.integers(1, 9)), int(rng.integers(1 << 30)))
+    if kind == 1:
+        return " ".join(words[:i] + ["inserted"] + words[i:])
+    if kind == 2:
+        return " ".join(words[:i] + words[i + 1:])
+    return " ".join(words[:i] + [words[i + 1], words[i]] + words[i + 2:])
 
 
 def test_text_dedup_equals_the_in_memory_reference_at_any_batch_size(tmp_path):
     from selfsup.data.quality.dedup import dedup
 
-    bases = [_doc(seed, 40) for seed in range(40)]
-    docs = []  # clusters of variants 1 to 8 words away: similarities either side of the threshold
+    bases = [_doc(seed, 60 if seed % 2 else 20) for seed in range(40)]  # long and short documents
+    docs = []  # clusters of variants a few words away: similarities either side of the threshold
     for seed in range(400):
         rng = np.random.default_rng(1000 + seed)
         kind = rng.integers(4)
         base = bases[rng.integers(len(bases))]
-        docs.append(base if kind == 0 else _mutated(base, int(rng.integers(1, 9)), seed) if kind < 3
-                    else " ".join(rng.choice(WORDS, int(rng.integers(1, 6)))))  # short: exact only
+        docs.append(base if kind == 0 else _variant(base, rng) if kind < 3
+                    else " ".join(rng.choice(WORDS, int(rng.integers(1, 6)))))  # under 5 words: exact only
     src = tmp_path / "corpus"
     src.mkdir()
     (src / "a.txt").write_text("\n".join(docs[:250]) + "\n")
@@ -192,6 +240,18 @@ def test_text_dedup_equals_the_in_memory_reference_at_any_batch_size(tmp_path):
         assert removed == expected
     assert {r["reason"] for r in expected} == {"exact", "near"}
     assert not list(tmp_path.glob("out*/.dedup-index-*"))  # the scratch index is gone
+
+
+def test_short_documents_signature_is_datasketchs_minhash():
+    """Short documents' signatures are computed without datasketch's per-document overhead: the same values."""
+    from datasketch import MinHash
+
+    from selfsup.data.quality.similarity import char_grams, char_signature
+
+    for text in ("return the number of items in the container.", "日本語のテキストも同じ – ünïcödé", "a b c d e"):
+        m = MinHash(num_perm=128, hashfunc=int)
+        m.update_batch(char_grams(text).tolist())
+        assert np.array_equal(char_signature(char_grams(text), MinHash(num_perm=128).permutations), m.hashvalues)
 
 
 def test_dedup_memory_does_not_grow_with_the_corpus(tmp_path):
@@ -286,7 +346,7 @@ def test_a_tool_never_reads_a_former_passs_logs_as_data(tmp_path, monkeypatch, c
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    lines = [f"document {i} says something different about item {i % 50} in its own words" for i in range(200)]
+    lines = [f"document {i} says {_doc(i, 10)}" for i in range(200)]  # lines one word apart would be near-duplicates
     (corpus / "a.txt").write_text("\n".join(lines + lines[:40]) + "\n")  # 40 exact duplicates
     clean, filtered = tmp_path / "clean", tmp_path / "filtered"
     code, _, err = run_main(monkeypatch, capsys, "data", "dedup", corpus, "--out", clean)

@@ -225,9 +225,12 @@ def dedup(
                                 "or a folder of them (recursive)"),
     out: Path = typer.Option(..., help="a new folder: the kept data (same relative paths), removed.jsonl, "
                              "summary.json; the input is never changed"),
-    near: float = typer.Option(0.8, help="near-duplicate threshold: text, estimated Jaccard similarity of word "
-                               "5-grams (MinHash LSH); images, 1 − Hamming distance / 64 of perceptual hashes"),
-    num_perm: int = typer.Option(128, help="MinHash permutations (more: a finer similarity estimate)"),
+    near: float = typer.Option(0.8, help="near-duplicate threshold. Text of 50+ words: estimated Jaccard similarity "
+                               "of word 5-grams (MinHash LSH); 5–49 words: Jaccard similarity of character 5-grams, "
+                               "or one word apart (replaced, inserted, deleted, two neighbours swapped) when one word "
+                               "is at most 1 − near of the text; under 5 words: exact copies only. Images: 1 − "
+                               "Hamming distance / 64 of perceptual hashes"),
+    num_perm: int = typer.Option(128, help="MinHash permutations, at least 8 (more: a finer similarity estimate)"),
 ):
     """Remove exact and near-duplicate documents (and near-duplicate images), keeping the first occurrence; every
     removal is logged with what it duplicates."""

@@ -2,10 +2,12 @@
 logged with its reason and what it duplicates, and a summary is printed and written.
 
 Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash of
-the text with whitespace collapsed and case folded; near-duplicates by MinHash (datasketch) of word 5-gram
-shingles: documents that share a band of datasketch's MinHashLSH banding for `near` (its (bands, rows) that
-minimise false positives + false negatives) are candidates, and a candidate is a duplicate when the estimated
-Jaccard similarity of the two signatures is ≥ `near` (texts under 5 words are compared exactly only).
+the text with whitespace collapsed and case folded; near-duplicates by a similarity ≥ `near` to an earlier kept
+document that depends on its length (data/quality/similarity.py): for 50 words and more, the estimated Jaccard
+similarity of word 5-grams (MinHash, datasketch); for 5 to 49 words, the Jaccard similarity of character 5-grams,
+or one word apart; under 5 words, exact copies only. Candidates come from MinHash LSH bands and, for short texts,
+keys of the word sequence with a word left out.
+
 Images: near-duplicates by perceptual hash (imagehash's pHash, 64 bits) within a Hamming distance of (1 − near) ·
 64 of a kept image's. The first occurrence wins: files in sorted order, lines in file order.
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -33,17 +34,19 @@ import numpy as np
 from selfsup.data.errors import DataError
 from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_pass
 from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
+from selfsup.data.quality.similarity import char_grams, char_signature, deletion_keys, kind, short_similar
+from selfsup.data.quality.similarity import word_shingles, words_of
 from selfsup.data.read.image import IMAGE_SUFFIXES
 from selfsup.data.read.listing import data_files, mark_logs
 from selfsup.data.read.text import TEXT_SUFFIXES
 from selfsup.progress import track
 
-SHINGLE = 5  # words per shingle
-
 
 def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_size: int = 1024) -> dict:
     if not 0 < near <= 1:
         raise DataError(f"--near {near}: expected a similarity in (0, 1]")
+    if num_perm < 8:
+        raise DataError(f"--num-perm {num_perm}: expected at least 8 (MinHash estimates the similarity from them)")
     src, dst = check_paths(path, out)
     files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
     texts = [f for f in files if f.suffix in TEXT_SUFFIXES]
@@ -73,41 +76,34 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _shingles(text: str) -> set[bytes]:
-    """Word 5-grams; none for a text of fewer than 5 words, whose near-duplicates are not told from chance (a
-    symbol or two): such texts are deduplicated exactly only."""
-    words = re.findall(r"\w+", text)
-    return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
-
-
 class TextJudge:
     """Judges a batch of documents against the index of all earlier batches, then against the batch's own earlier
-    documents, and adds what it keeps to the index."""
+    documents, and adds what it keeps to the index. A kept document is held as its signature (long) or its
+    normalised text (short)."""
 
     def __init__(self, index_path: Path, rels: list[str], near: float, num_perm: int):
-        from datasketch import MinHashLSH
+        from datasketch import MinHash
 
-        lsh = MinHashLSH(threshold=near, num_perm=num_perm)  # only for its choice of (bands, rows) for `near`
-        self.bands, self.rows = lsh.b, lsh.r
+        # short texts' bands are numbered after long ones', so the two kinds never share a key
+        (long_bands, long_rows), short = _banding(near, num_perm), _banding(max(near - 0.1, near / 2), num_perm)
+        self.bands = {"long": (long_bands, long_rows, 0), "short": (*short, long_bands)}
+        self.permutations = MinHash(num_perm=num_perm).permutations  # (2, num_perm) uint32
         self.index = TextIndex(index_path)
         self.rels, self.file_of = rels, {rel: i for i, rel in enumerate(rels)}
         self.near, self.num_perm = near, num_perm
 
     def __call__(self, docs: list[Doc]) -> list:
-        from datasketch import MinHash
-
+        self.grams: dict[str, np.ndarray] = {}  # char_grams of this batch's texts and candidates (they recur)
         norms = [_normalise(text) for text, _, _ in docs]
         digests = [hashlib.sha256(n.encode()).digest()[:16] for n in norms]
         first = self.index.exact(digests)  # digest -> (file, line) of its first occurrence before this batch
-        shingles = [_shingles(n) for n in norms]
-        hashed = [i for i, s in enumerate(shingles) if s]
-        minhashes = MinHash.generator((list(shingles[i]) for i in hashed), num_perm=self.num_perm)
-        sigs = np.stack([m.hashvalues for m in minhashes]) if hashed else np.zeros((0, self.num_perm), np.uint32)
-        keys = band_keys(sigs, self.bands, self.rows)  # (len(hashed), bands)
-        row_of = dict(zip(hashed, range(len(hashed))))
-        candidates = self.index.candidates(keys)  # band key -> earlier kept documents' ids
+        words = [words_of(n) for n in norms]
+        kinds = [kind(w) for w in words]
+        sigs = self._signatures(norms, words, kinds)  # i -> (num_perm,) uint32
+        keys = self._keys(sigs, words, kinds)  # i -> (keys,) int64
+        candidates = self.index.candidates(np.concatenate(list(keys.values())) if keys else np.zeros(0, np.int64))
         earlier = self.index.documents(sorted({d for ids in candidates.values() for d in ids}), self.num_perm)
-        batch_keys: dict[int, list[int]] = {}  # band key -> this batch's kept documents (positions in `kept`)
+        batch_keys: dict[int, list[int]] = {}  # key -> this batch's kept documents (positions in `kept`)
         new_exact, kept, kept_keys, verdicts = [], [], [], []
         for i, (_, rel, line) in enumerate(docs):
             where = (self.file_of[rel], line)
@@ -116,33 +112,80 @@ class TextJudge:
                 continue
             first[digests[i]] = where
             new_exact.append((digests[i], *where))
-            if i in row_of:
-                sig, doc_keys = sigs[row_of[i]], keys[row_of[i]].tolist()
-                match = self._first_similar(sig, sorted({d for k in doc_keys for d in candidates.get(k, ())}), earlier)
+            if kinds[i]:
+                held, doc_keys = sigs[i] if kinds[i] == "long" else norms[i], keys[i].tolist()
+                match = self._first_similar(held, sorted({d for k in doc_keys for d in candidates.get(k, ())}),
+                                            earlier)
                 if match is None:  # then this batch's kept documents, all later than the index's
-                    match = self._first_similar(sig, sorted({p for k in doc_keys for p in batch_keys.get(k, ())}), kept)
+                    match = self._first_similar(held, sorted({p for k in doc_keys for p in batch_keys.get(k, ())}),
+                                                kept)
                 if match is not None:
                     verdicts.append(("near", self._original(match)))
                     continue
                 for k in doc_keys:
                     batch_keys.setdefault(k, []).append(len(kept))
-                kept.append((sig, where))
-                kept_keys.append(keys[row_of[i]])
+                kept.append((held, where))
+                kept_keys.append(keys[i])
             verdicts.append(None)
         self.index.add(new_exact, kept, kept_keys)
         return verdicts
 
-    def _first_similar(self, sig: np.ndarray, ids: list[int], docs) -> tuple[int, int] | None:
-        """The location of the first of `ids` whose signature's estimated Jaccard similarity to `sig` is ≥ near;
-        docs[id] is (signature, location)."""
+    def _signatures(self, norms: list[str], words: list[list[str]], kinds: list) -> dict[int, np.ndarray]:
+        """i -> (num_perm,) uint32 MinHash signature of each long or short document: word 5-grams through
+        datasketch, character 5-grams hashed already."""
+        from datasketch import MinHash
+
+        longs = [i for i, k in enumerate(kinds) if k == "long"]
+        sigs = dict(zip(longs, (m.hashvalues for m in MinHash.generator((word_shingles(words[i]) for i in longs),
+                                                                        num_perm=self.num_perm))))
+        sigs.update((i, char_signature(self._grams(norms[i]), self.permutations))
+                    for i, k in enumerate(kinds) if k == "short")
+        return sigs
+
+    def _keys(self, sigs: dict[int, np.ndarray], words: list[list[str]], kinds: list) -> dict[int, np.ndarray]:
+        """i -> (keys,) int64: the LSH band keys of its kind, then a short text's deletion keys."""
+        keys = {}
+        for k, (bands, rows, start) in self.bands.items():
+            ids = [i for i in sigs if kinds[i] == k]
+            if ids:
+                keys.update(zip(ids, band_keys(np.stack([sigs[i] for i in ids]), bands, rows, start)))
+        return {i: np.concatenate([row, deletion_keys(words[i])]) if kinds[i] == "short" else row
+                for i, row in keys.items()}
+
+    def _first_similar(self, held, ids: list[int], docs) -> tuple[int, int] | None:
+        """The location of the first of `ids` that is a near-duplicate of `held` (a signature or a short text);
+        docs[id] is (signature or text, location)."""
         for d in ids:
             other, where = docs[d]
-            if np.count_nonzero(other == sig) / self.num_perm >= self.near:
+            if type(other) is not type(held):  # a spurious band-key collision between the kinds
+                continue
+            if isinstance(held, str):
+                if short_similar(held, other, self.near, self._grams):
+                    return where
+            elif np.count_nonzero(other == held) / self.num_perm >= self.near:
                 return where
         return None
 
+    def _grams(self, norm: str) -> np.ndarray:
+        if norm not in self.grams:
+            self.grams[norm] = char_grams(norm)
+        return self.grams[norm]
+
     def _original(self, where: tuple[int, int]) -> dict:
         return {"duplicate_of": {"file": self.rels[where[0]], "line": where[1]}}
+
+
+def _banding(threshold: float, num_perm: int) -> tuple[int, int]:
+    """datasketch's LSH (bands, rows) for a similarity threshold: those that minimise false positives + false
+    negatives. It finds no pair with two bands or more near 1 (0.99 at 128 permutations): then two bands, which make
+    every pair of equal signatures a candidate."""
+    from datasketch import MinHashLSH
+
+    try:
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    except ValueError:
+        return 2, num_perm // 2
+    return lsh.b, lsh.r
 
 
 def _dedup_images(files: list[Path], root: Path, dst: Path, near: float, folder: Path, log, counts: Counter) -> None:

@@ -3,8 +3,9 @@ index outgrows memory still deduplicates: memory holds sqlite's page cache (boun
 corpus size.
 
     TextIndex   exact: first location of each normalised-text hash
-                docs:  kept documents' MinHash signatures and locations, ids in reading order
-                bands: (LSH band key, doc) for every band of every kept document
+                docs:  kept documents' locations and MinHash signatures (long) or normalised texts (short), ids in
+                       reading order
+                bands: (key, doc) for every LSH band of every kept document, and a short one's deletion keys
     ImageIndex  kept images' perceptual hashes (a flat file, memory-mapped) and files (sqlite)
 
 The indexes are scratch files of one run: no journal, no fsync. Text queries and inserts go a batch at a time.
@@ -25,7 +26,9 @@ _PENDING = 4096  # image hashes held in memory before they are written
 
 
 def _connect(path: Path, schema: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path)
+    # a query's text has one ? per key, so each batch's is new, and one of 30,000 holds megabytes: the default cache of
+    # 128 statements held 400 MB at 100,000 short documents
+    db = sqlite3.connect(path, cached_statements=4)
     db.executescript(f"PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-{_CACHE_KIB};"
                      f"PRAGMA temp_store=FILE; {schema}")
     return db
@@ -40,13 +43,15 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+def band_keys(sigs: np.ndarray, bands: int, rows: int, start: int = 0) -> np.ndarray:
     """(N, num_perm) uint32 MinHash signatures -> (N, bands) int64 keys: a 64-bit hash of each band's `rows`
-    values and of the band's number. Two documents share a key when they share a band (as datasketch's
-    MinHashLSH buckets them); a spurious 64-bit collision only adds a candidate, which verification rejects."""
+    values and of the band's number (numbered from `start`). Two documents share a key when they share a band (as
+    datasketch's MinHashLSH buckets them); a spurious 64-bit collision only adds a candidate, which verification
+    rejects."""
     n = sigs.shape[0]
     x = sigs[:, :bands * rows].reshape(n, bands, rows).astype(np.uint64)  # (N, bands, rows)
-    h = np.broadcast_to(np.arange(bands, dtype=np.uint64) + np.uint64(0xCBF29CE484222325), (n, bands)).copy()
+    numbers = np.arange(start, start + bands, dtype=np.uint64)
+    h = np.broadcast_to(numbers + np.uint64(0xCBF29CE484222325), (n, bands)).copy()
     for r in range(rows):  # FNV-1a over 32-bit words, then splitmix64's finaliser
         h = (h ^ x[:, :, r]) * np.uint64(0x100000001B3)
     h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -58,7 +63,7 @@ class TextIndex:
     def __init__(self, path: Path):
         self.db = _connect(path, """
             CREATE TABLE exact (digest BLOB PRIMARY KEY, file INTEGER, line INTEGER) WITHOUT ROWID;
-            CREATE TABLE docs (id INTEGER PRIMARY KEY, file INTEGER, line INTEGER, sig BLOB);
+            CREATE TABLE docs (id INTEGER PRIMARY KEY, file INTEGER, line INTEGER, sig BLOB, text TEXT);
             CREATE TABLE bands (key INTEGER, doc INTEGER, PRIMARY KEY (key, doc)) WITHOUT ROWID;""")
         self.n_docs = 0
 
@@ -82,21 +87,25 @@ class TextIndex:
                 found.setdefault(key, []).append(doc)
         return found
 
-    def documents(self, ids: list[int], num_perm: int) -> dict[int, tuple[np.ndarray, tuple[int, int]]]:
-        """id -> (signature (num_perm,) uint32, (file, line))."""
+    def documents(self, ids: list[int], num_perm: int) -> dict[int, tuple[np.ndarray | str, tuple[int, int]]]:
+        """id -> (signature (num_perm,) uint32 or text, (file, line))."""
         found = {}
         for part in _chunks(ids):
-            rows = self.db.execute(f"SELECT id, sig, file, line FROM docs WHERE id IN ({_marks(len(part))})", part)
-            found.update((i, (np.frombuffer(sig, dtype=np.uint32, count=num_perm), (f, n))) for i, sig, f, n in rows)
+            rows = self.db.execute(f"SELECT id, sig, text, file, line FROM docs WHERE id IN ({_marks(len(part))})",
+                                   part)
+            found.update((i, (text if sig is None else np.frombuffer(sig, dtype=np.uint32, count=num_perm), (f, n)))
+                         for i, sig, text, f, n in rows)
         return found
 
-    def add(self, exact: list[tuple[bytes, int, int]], docs: list[tuple[np.ndarray, tuple[int, int]]],
+    def add(self, exact: list[tuple[bytes, int, int]], docs: list[tuple[np.ndarray | str, tuple[int, int]]],
             keys: list[np.ndarray]) -> None:
-        """Record first locations of new digests, and kept documents (ids from n_docs on) with their band keys."""
+        """Record first locations of new digests, and kept documents (a signature or a text; ids from n_docs on)
+        with their keys."""
         self.db.executemany("INSERT INTO exact VALUES (?, ?, ?)", exact)
         ids = range(self.n_docs, self.n_docs + len(docs))
-        self.db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?)",
-                            ((i, f, n, sig.tobytes()) for i, (sig, (f, n)) in zip(ids, docs)))
+        self.db.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?)",
+                            ((i, f, n, None, held) if isinstance(held, str) else (i, f, n, held.tobytes(), None)
+                             for i, (held, (f, n)) in zip(ids, docs)))
         self.db.executemany("INSERT OR IGNORE INTO bands VALUES (?, ?)",
                             ((key, i) for i, row in zip(ids, keys) for key in row.tolist()))
         self.db.commit()
