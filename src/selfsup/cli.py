@@ -42,7 +42,7 @@ def train(
                                             "to resume"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. train.max_steps=2000"),
     allow_changes: Optional[list[str]] = typer.Option(
-        None, "--allow-changes", help="resuming: let these config keys differ from the run's (comma-separated or "
+        None, "--allow-changes", metavar="KEY,...", help="resuming: let these config keys differ from the run's (comma-separated or "
         "repeated), e.g. --allow-changes optim.lr,data.path; recorded in RUN_DIR/history.jsonl. Without it a resume "
         "may change only " + ", ".join(config_mod.MAY_CHANGE_ON_RESUME) + "; other differences, or other data, are refused"),
 ):
