@@ -121,3 +121,19 @@ def test_bad_settings_are_one_line(notes):
         source_files(str(notes), [".rst"])
     with pytest.raises(DataError, match=r"or data.extensions=\.md to read it as plain text"):
         source_files(str(notes / "note00.md"))
+
+
+@pytest.mark.parametrize("tool", ["dedup", "filter"])
+def test_cleaning_tools_refuse_parquet_in_one_line_before_writing(tool, tmp_path):
+    from selfsup.data.quality.dedup import dedup
+    from selfsup.data.quality.filters import filter_corpus
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("one\ntwo\n")
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "in" / "b.parquet")
+    clean = {"dedup": dedup, "filter": filter_corpus}[tool]
+    with pytest.raises(DataError) as err:
+        clean(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert str(err.value) == (f"{tool} '{tmp_path / 'in'}': b.parquet is Parquet, which {tool} does not read; "
+                              f"expected .txt or .jsonl files (training reads .parquet as it is)")
+    assert not (tmp_path / "out").exists()
