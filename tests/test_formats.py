@@ -7,11 +7,13 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from selfsup import config
 from selfsup.data.cache import tokens
 from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_documents, source_files
+from selfsup.eval.embed import embed
 from selfsup.train import trainer
 from tests.conftest import TINY, docstrings
 from tests.test_train import quiet
@@ -51,6 +53,8 @@ def test_a_folder_of_notes_trains_a_document_per_file(notes, tmp_path):
     assert data["files"] == 24  # .py and .txt are not read
     assert sum(data["documents"].values()) == 24
     assert data["skipped"] == {}
+    embedded = embed(tmp_path / "run", str(notes), tmp_path / "e.npy", None, False, 8, torch.device("cpu"))
+    assert embedded.items == 24  # `selfsup embed` reads the notes as the run read them: a file each
 
 
 def test_paragraph_mode_counts_blocks_and_line_mode_lines(notes, docs):
