@@ -141,3 +141,22 @@ def test_cleaning_tools_refuse_parquet_in_one_line_before_writing(tool, tmp_path
     assert str(err.value) == (f"{tool} '{tmp_path / 'in'}': b.parquet is Parquet, which {tool} does not read; "
                               f"expected .txt or .jsonl files (training reads .parquet as it is)")
     assert not (tmp_path / "out").exists()
+
+
+def test_labeled_sets_read_parquet_text_and_label_columns(tmp_path):
+    from selfsup.data.labeled import read_labeled
+
+    pq.write_table(pa.table({"text": ["good film", "bad film", None, "fine", "meh"], "label": [1, 0, 1, None, 0]}),
+                   tmp_path / "train.parquet")
+    train = read_labeled(str(tmp_path / "train.parquet"))
+    assert train.items == ["good film", "bad film", "meh"] and train.classes == ["0", "1"]
+    assert train.labels.tolist() == [1, 0, 0]
+    assert train.skipped == {"no_label": 1, "no_text_field": 1}
+    pq.write_table(pa.table({"text": ["great", "awful"], "label": [1, 2]}), tmp_path / "test.parquet")
+    test = read_labeled(str(tmp_path / "test.parquet"), train.classes)
+    assert test.items == ["great"] and test.skipped == {"unknown_label": 1}
+    pq.write_table(pa.table({"id": [1], "text": ["x"]}), tmp_path / "nolabel.parquet")
+    with pytest.raises(DataError) as err:
+        read_labeled(str(tmp_path / "nolabel.parquet"))
+    assert str(err.value) == (f"labeled data '{tmp_path / 'nolabel.parquet'}': nolabel.parquet has columns id, text; "
+                              "expected a 'text' and a 'label' column")

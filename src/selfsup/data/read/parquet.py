@@ -1,10 +1,12 @@
-"""The texts of one column of a .parquet file, read a record batch at a time so a file larger than memory streams.
+"""Rows of a .parquet file, read a record batch at a time so a file larger than memory streams: the texts of one
+column for training, or the columns a labeled set needs.
 
     for text in parquet_texts(path, "text", skipped): ...
+    for row in parquet_rows(path, ["text", "label"], skipped, what, expected): ...    # dicts
 
-A row whose value is null or not a string is skipped and counted (`null_text`, `not_string_text`); a file that
+A row whose text is null or not a string is skipped and counted (`null_text`, `not_string_text`); a file that
 cannot be opened or read as Parquet is counted as `unreadable_file` (corrupt data is skipped, never a crash). A file
-without the column is the user's mistake, not corruption: one DataError line naming the file, the field and the
+without a column is the user's mistake, not corruption: one DataError line naming the file, the field and the
 columns it has.
 """
 
@@ -20,24 +22,31 @@ BATCH_ROWS = 1024  # rows held at once: documents are up to data.max_doc_chars e
 
 
 def parquet_texts(path: Path, field: str, skipped: Counter) -> Iterator[str]:
+    """The strings of column `field`; null and non-string values are counted as `null_<field>`, `not_string_<field>`."""
+    for row in parquet_rows(path, [field], skipped, f"data.text_field '{field}'", "one of them"):
+        value = row[field]
+        if isinstance(value, str):
+            yield value
+        else:
+            skipped[f"{'null' if value is None else 'not_string'}_{field}"] += 1
+
+
+def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
+    """Rows of `columns` as dicts, BATCH_ROWS at a time. A file lacking one of them is one line: "{what}: {file} has
+    columns ...; expected {expected}"."""
     import pyarrow as pa  # only a run that reads Parquet pays for importing Arrow
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
-        columns = parquet.schema_arrow.names
+        names = parquet.schema_arrow.names
     except (OSError, pa.ArrowException):
         skipped["unreadable_file"] += 1
         return
-    if field not in columns:
-        raise DataError(f"data.text_field '{field}': {path.name} has columns {', '.join(columns) or 'none'}; "
-                        f"expected one of them")
+    if any(c not in names for c in columns):
+        raise DataError(f"{what}: {path.name} has columns {', '.join(names) or 'none'}; expected {expected}")
     try:
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=[field]):
-            for value in batch.column(0).to_pylist():
-                if isinstance(value, str):
-                    yield value
-                else:
-                    skipped[f"{'null' if value is None else 'not_string'}_{field}"] += 1
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            yield from batch.to_pylist()
     except (OSError, pa.ArrowException):
         skipped["unreadable_file"] += 1  # a page that cannot be decoded ends the file, counted once
