@@ -16,6 +16,7 @@ from selfsup.data.read.text import read_documents, source_files
 from selfsup.eval.embed import embed
 from selfsup.train import trainer
 from tests.conftest import TINY, docstrings
+from tests.test_cli import invoke
 from tests.test_train import quiet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,6 +56,8 @@ def test_a_folder_of_notes_trains_a_document_per_file(notes, tmp_path):
     assert data["skipped"] == {}
     embedded = embed(tmp_path / "run", str(notes), tmp_path / "e.npy", None, False, 8, torch.device("cpu"))
     assert embedded.items == 24  # `selfsup embed` reads the notes as the run read them: a file each
+    invoke("eval", tmp_path / "run", "--task", "perplexity", "--data", notes)  # and so does eval's perplexity
+    assert json.loads((tmp_path / "run" / "eval" / "perplexity.json").read_text())["documents"] == 24
 
 
 def test_paragraph_mode_counts_blocks_and_line_mode_lines(notes, docs):

@@ -143,7 +143,7 @@ def evaluate(
     cfg, objective, tok = open_run(run_dir, dev)
     check_run(spec, run_dir, cfg, baselines)
     if task == "perplexity":
-        result = perplexity(objective, tok, data, cfg.model.context, cfg.data.max_doc_chars, dev, batch_size,
+        result = perplexity(objective, tok, data, cfg.model.context, cfg.data, dev, batch_size,
                             progress=lambda it: track(it, "perplexity", "batches", err))
         _save(out, result)
         _print(*tables.perplexity(data, result), f"written: {out}")
