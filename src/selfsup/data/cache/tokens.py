@@ -90,10 +90,12 @@ def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> tuple[str
     if cfg.tokenizer:
         h.update(Path(cfg.tokenizer).expanduser().read_bytes())
     for f in files:
-        name, data = f.name.encode(), f.read_bytes()
         for hasher in (h, content):
-            hasher.update(name)
-            hasher.update(data)
+            hasher.update(f.name.encode())
+        with open(f, "rb") as handle:  # a chunk at a time: a corpus file may be larger than memory
+            while chunk := handle.read(1 << 20):
+                h.update(chunk)
+                content.update(chunk)
     return h.hexdigest()[:24], content.hexdigest()[:24]
 
 
