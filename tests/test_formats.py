@@ -87,7 +87,7 @@ def test_parquet_trains_and_counts_skipped_rows(tmp_path, docs):
     column = [*texts, None, None, None]  # nulls: skipped and counted, never a crash
     table = pa.table({"id": list(range(len(column))), "body": column})
     pq.write_table(table, tmp_path / "corpus.parquet", row_group_size=16)
-    pq.write_table(pa.table({"body": [{"a": 1}, {"a": 2}]}), tmp_path / "structs.parquet")  # a column that holds no strings at all
+    pq.write_table(pa.table({"body": [{"a": 1}, {"a": 2}]}), tmp_path / "structs.parquet")  # no strings at all
     cfg = run_cfg(tmp_path, tmp_path / "run", "data.text_field=body")
     trainer.train(cfg, quiet())
     data = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]

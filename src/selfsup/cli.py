@@ -90,7 +90,8 @@ def evaluate(
                              "features), finetune (whole trunk + linear head); clip/siglip runs also: zeroshot "
                              "(classes named by prompts, --test only), retrieval (recall@1/5/10 both ways on "
                              "--test pairs)"),
-    data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl/.parquet file or folder, read as the run read its corpus (perplexity)"),
+    data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl/.parquet file or folder, read as the "
+                                                  "run read its corpus (perplexity)"),
     train: Optional[str] = typer.Option(None, help="labeled data to train on (linear, knn, finetune): text runs "
                                         "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image, "
                                         "audio and video runs a folder with one sub-folder per class (see `selfsup "

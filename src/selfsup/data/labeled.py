@@ -8,7 +8,8 @@ Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with 
 with `.cls`/`.label`, decoded as for training (data/cache/media.py).
 
 Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
-line, or `.parquet` files with `text` and `label` columns (data/read/parquet.py). Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
+line, or `.parquet` files with `text` and `label` columns (data/read/parquet.py). Bad lines are skipped and
+counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
 too deep nesting and lone surrogates), no `text` string, an empty or too long text, no usable `label`, and, in a
 test set, a label the training set does not have.
 Class ids follow the sorted training labels (numerically when every label is an integer).
