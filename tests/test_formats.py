@@ -163,3 +163,11 @@ def test_labeled_sets_read_parquet_text_and_label_columns(tmp_path):
         read_labeled(str(tmp_path / "nolabel.parquet"))
     assert str(err.value) == (f"labeled data '{tmp_path / 'nolabel.parquet'}': nolabel.parquet has columns id, text; "
                               "expected a 'text' and a 'label' column")
+
+
+def test_a_missing_column_in_a_later_file_stops_before_any_document(tmp_path):
+    pq.write_table(pa.table({"text": ["x"] * 3}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"body": ["y"]}), tmp_path / "b.parquet")
+    documents = read_documents(source_files(str(tmp_path)), Counter(), 100)
+    with pytest.raises(DataError, match="^data.text_field 'text': b.parquet has columns body; expected one of them$"):
+        next(documents)

@@ -32,6 +32,14 @@ def parquet_texts(path: Path, field: str, skipped: Counter) -> Iterator[str]:
             skipped[f"{'null' if value is None else 'not_string'}_{field}"] += 1
 
 
+def check_text_field(files: list[Path], field: str) -> None:
+    """Every readable .parquet file of `files` has column `field`: one line at once, from the footers alone, rather
+    than at the 50th file of a folder after reading 49."""
+    for f in files:
+        if f.suffix == ".parquet" and (names := _columns(f)) is not None and field not in names:
+            raise _missing(f, names, f"data.text_field '{field}'", "one of them")
+
+
 def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
     """Rows of `columns` as dicts, BATCH_ROWS at a time. A file lacking one of them is one line: "{what}: {file} has
     columns ...; expected {expected}"."""
@@ -47,9 +55,24 @@ def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, ex
         skipped["unreadable_file"] += 1
         return
     if any(c not in names for c in columns):
-        raise DataError(f"{what}: {path.name} has columns {', '.join(names) or 'none'}; expected {expected}")
+        raise _missing(path, names, what, expected)
     try:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
             yield from batch.to_pylist()
     except (OSError, pa.ArrowException):
         skipped["unreadable_file"] += 1  # a page that cannot be decoded ends the file, counted once
+
+
+def _columns(path: Path) -> list[str] | None:
+    """The column names in a file's footer; None when it cannot be read as Parquet (its rows count it later)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def _missing(path: Path, names: list[str], what: str, expected: str) -> DataError:
+    return DataError(f"{what}: {path.name} has columns {', '.join(names) or 'none'}; expected {expected}")

@@ -15,7 +15,7 @@ from selfsup.data.builtin import stdlib_docs
 from selfsup.data.errors import DataError
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.listing import data_files
-from selfsup.data.read.parquet import parquet_texts
+from selfsup.data.read.parquet import check_text_field, parquet_texts
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -48,6 +48,7 @@ def read_documents(files: list[Path], skipped: Counter, max_chars: int, builtin:
                    field: str = "text", document: str = "line") -> Iterator[str]:
     """Yield documents from `files`; count what was skipped in `skipped` by reason. `field` is the text of a .jsonl
     line or a .parquet row; `document` splits every other file: 'line', 'file' or 'paragraph'."""
+    check_text_field(files, field)
     for f in files:
         if builtin:
             yield from _keep(stdlib_docs.docstrings(f), skipped, max_chars)
