@@ -26,10 +26,10 @@ def test_missing_and_wrong_paths_say_what_is_expected(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         source_files(str(tmp_path / "nope"))
     (tmp_path / "x.csv").write_text("a")
-    with pytest.raises(DataError, match=r"expected a .txt or .jsonl file"):
+    with pytest.raises(DataError, match=r"expected a .txt/.jsonl/.parquet file"):
         source_files(str(tmp_path / "x.csv"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no .txt or .jsonl"):
+    with pytest.raises(DataError, match="holds no .txt/.jsonl/.parquet files"):
         source_files(str(tmp_path / "empty"))
 
 

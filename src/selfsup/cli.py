@@ -90,7 +90,8 @@ def evaluate(
                              "features), finetune (whole trunk + linear head); clip/siglip runs also: zeroshot "
                              "(classes named by prompts, --test only), retrieval (recall@1/5/10 both ways on "
                              "--test pairs)"),
-    data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl file or folder (perplexity)"),
+    data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl/.parquet file or folder, read as the "
+                                                  "run read its corpus (perplexity)"),
     train: Optional[str] = typer.Option(None, help="labeled data to train on (linear, knn, finetune): text runs "
                                         "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image, "
                                         "audio and video runs a folder with one sub-folder per class (see `selfsup "
@@ -143,7 +144,7 @@ def evaluate(
     cfg, objective, tok = open_run(run_dir, dev)
     check_run(spec, run_dir, cfg, baselines)
     if task == "perplexity":
-        result = perplexity(objective, tok, data, cfg.model.context, cfg.data.max_doc_chars, dev, batch_size,
+        result = perplexity(objective, tok, data, cfg.model.context, cfg.data, dev, batch_size,
                             progress=lambda it: track(it, "perplexity", "batches", err))
         _save(out, result)
         _print(*tables.perplexity(data, result), f"written: {out}")

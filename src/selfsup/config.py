@@ -73,10 +73,19 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl file or a folder of them; '{BUILTIN_CORPUS}' "
-                      "is the docstrings of Python's standard library, present on every machine. Images: a folder "
+    path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
+                      f"data.extensions); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
+                      "present on every machine. Images: a folder "
                       "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
                       "handwritten digits (training split)")
+    document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
+                                                          ".parquet: a document per line, per file, or per block of "
+                                                          "lines between blank lines")
+    extensions: list[str] | None = Field(None, description="text: which files of a data.path folder are read, e.g. "
+                                         "'.md,.py,.rst' (default .txt, .jsonl and .parquet); .jsonl and .parquet "
+                                         "keep their format, any other suffix is plain text split by data.document")
+    text_field: str = Field("text", min_length=1, description="the field of a .jsonl line, or the column of a "
+                            ".parquet file, that holds a document's text")
     tokenizer: str | None = Field(None, description="a tokenizer.json to reuse instead of training one")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out for validation")
     max_doc_chars: int = Field(200_000, gt=0, description="longer documents are skipped and counted")
@@ -92,6 +101,17 @@ class DataConfig(Section):
     allow_outside: bool = Field(False, description="pairs .jsonl: read media paths that lead outside the data folder "
                                 "(absolute, '..', or through links); by default such lines are skipped and counted "
                                 "as 'outside the data folder'")
+
+    @field_validator("extensions", mode="before")
+    @classmethod
+    def _suffixes(cls, value: Any) -> Any:
+        """data.extensions=.md,.py: a comma-separated string is a list; every suffix starts with a dot."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if isinstance(value, list):
+            if not value or any(not isinstance(v, str) or len(v) < 2 or not v.startswith(".") for v in value):
+                raise PydanticCustomError("suffixes", "file suffixes that start with a dot, e.g. '.md,.py'")
+        return value
 
 
 class ImageConfig(Section):

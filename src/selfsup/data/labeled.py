@@ -8,7 +8,8 @@ Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with 
 with `.cls`/`.label`, decoded as for training (data/cache/media.py).
 
 Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
-line. Bad lines are skipped and counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
+line, or `.parquet` files with `text` and `label` columns (data/read/parquet.py). Bad lines are skipped and
+counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
 too deep nesting and lone surrogates), no `text` string, an empty or too long text, no usable `label`, and, in a
 test set, a label the training set does not have.
 Class ids follow the sorted training labels (numerically when every label is an integer).
@@ -17,6 +18,7 @@ Class ids follow the sorted training labels (numerically when every label is an 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,11 @@ from torch import Tensor
 
 from selfsup.data.errors import DataError
 from selfsup.data.read.jsonl import json_line
+from selfsup.data.read.parquet import parquet_rows
 from selfsup.data.read.text import read_lines
+
+
+LABELED_SUFFIXES = (".jsonl", ".parquet")
 
 
 class Clips:
@@ -76,12 +82,13 @@ def _sort_key(label: str):
 
 def labeled_files(path: str | Path) -> list[Path]:
     p = Path(path).expanduser()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*.jsonl") if f.is_file()) if p.is_dir() else []
-    if not files or any(f.suffix != ".jsonl" for f in files):
-        what = ("does not exist" if not p.exists() else "is a folder without .jsonl files" if p.is_dir()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in LABELED_SUFFIXES) \
+        if p.is_dir() else []
+    if not files or any(f.suffix not in LABELED_SUFFIXES for f in files):
+        what = ("does not exist" if not p.exists() else "is a folder without .jsonl or .parquet files" if p.is_dir()
                 else f"is a '{p.suffix or 'no suffix'}' file")
         raise DataError(f"labeled data '{path}' {what}; expected a .jsonl file (or a folder of them) with a "
-                        "'text' and a 'label' per line")
+                        "'text' and a 'label' per line, or .parquet with 'text' and 'label' columns")
     return files
 
 
@@ -92,8 +99,7 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
     skipped: Counter = Counter()
     texts, labels = [], []
     for f in files:
-        for _, line in read_lines(f, skipped):
-            record = json_line(line)
+        for record in _records(f, path, skipped):
             if record is None:
                 skipped["bad_json"] += 1
                 continue
@@ -124,6 +130,15 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
     ids = {c: i for i, c in enumerate(classes)}
     return LabeledSet(str(path), texts, torch.tensor([ids[lab] for lab in labels], dtype=torch.long),
                       list(classes), skipped)
+
+
+def _records(f: Path, path, skipped: Counter) -> Iterator[dict | None]:
+    """A file's records: .parquet rows of `text` and `label`, or .jsonl lines parsed (None: bad JSON)."""
+    if f.suffix == ".parquet":
+        yield from parquet_rows(f, ["text", "label"], skipped, f"labeled data '{path}'",
+                                "a 'text' and a 'label' column")
+    else:
+        yield from (json_line(line) for _, line in read_lines(f, skipped))
 
 
 def _check_classes(path, classes: list[str] | None, labels: list[str]) -> list[str]:

@@ -59,8 +59,9 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
         skipped, what = data.meta["skipped"], f"{cfg.modality} clips"
     else:
         counts: Counter = Counter()
-        items = list(read_documents(source_files(input), counts, cfg.data.max_doc_chars,
-                                    builtin=input == BUILTIN_CORPUS))
+        d = cfg.data  # read as the run read its corpus: the same suffixes, field and document mode
+        items = list(read_documents(source_files(input, d.extensions), counts, d.max_doc_chars,
+                                    builtin=input == BUILTIN_CORPUS, field=d.text_field, document=d.document))
         if not items:
             raise DataError(f"'{input}' holds no usable texts (skipped: {dict(counts) or 'none'})")
         skipped, what = dict(sorted(counts.items())), "texts"

@@ -16,16 +16,19 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from selfsup.config import DataConfig
 from selfsup.data.errors import DataError
 from selfsup.data.read.text import read_documents, source_files
 from selfsup.data.read.tokenizer import IGNORE, eos_id
 
 
 @torch.no_grad()
-def perplexity(objective, tok: Tokenizer, path: str, context: int, max_doc_chars: int, device: torch.device,
+def perplexity(objective, tok: Tokenizer, path: str, context: int, data: DataConfig, device: torch.device,
                batch_size: int = 16, progress=None) -> dict:
+    """`data`: the run's data settings, so held-out text is read as its corpus was (suffixes, field, documents)."""
     skipped: Counter = Counter()
-    docs = list(read_documents(source_files(path), skipped, max_doc_chars))
+    docs = list(read_documents(source_files(path, data.extensions), skipped, data.max_doc_chars,
+                               field=data.text_field, document=data.document))
     if not docs:
         raise DataError(f"'{path}' holds no usable documents (skipped: {dict(skipped) or 'none'})")
     eos = eos_id(tok)

@@ -39,7 +39,7 @@ def _joint(name: str, what: str) -> Task:
 
 
 TASKS = {t.name: t for t in (
-    Task("perplexity", ("data",), "--data is required for --task perplexity (a held-out .txt/.jsonl file)", (),
+    Task("perplexity", ("data",), "--data is required for --task perplexity (a held-out .txt/.jsonl/.parquet file)", (),
          accepts=lambda cfg: cfg.causal, wrong_run="--task perplexity scores a causal LM; '{run_dir}' trained objective "
                                         "'{objective}' (use --task linear, knn or finetune)"),
     # a continued run and its parent; with --train/--test also a linear probe of both

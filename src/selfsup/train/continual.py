@@ -94,7 +94,7 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
 
     try:
         if cfg.modality == "text":
-            source_files(new)
+            source_files(new, cfg.data.extensions)
         else:
             cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache()
             image_files(builtin.resolve(new, cache))

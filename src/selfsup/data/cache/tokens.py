@@ -55,7 +55,7 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
     if given is not None and given.get_vocab_size() > vocab_size:
         raise DataError(f"data.tokenizer has {given.get_vocab_size()} tokens but model.vocab_size is {vocab_size}; "
                         f"expected model.vocab_size >= {given.get_vocab_size()}")
-    files = source_files(cfg.path)
+    files = source_files(cfg.path, cfg.extensions)
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
     key, content = _cache_key(cfg, vocab_size, files)
     out = root / "tokens" / key
@@ -84,20 +84,24 @@ def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> tuple[str
     files alone, as a run's identity compares them."""
     h, content = hashlib.sha256(), hashlib.sha256()
     settings = dict(format=FORMAT, builtin=cfg.path == BUILTIN_CORPUS, val_fraction=cfg.val_fraction,
-                    max_doc_chars=cfg.max_doc_chars, vocab_size=vocab_size)
+                    max_doc_chars=cfg.max_doc_chars, vocab_size=vocab_size, document=cfg.document,
+                    text_field=cfg.text_field)  # data.extensions changes which files are hashed
     h.update(json.dumps(settings, sort_keys=True).encode())
     if cfg.tokenizer:
         h.update(Path(cfg.tokenizer).expanduser().read_bytes())
     for f in files:
-        name, data = f.name.encode(), f.read_bytes()
         for hasher in (h, content):
-            hasher.update(name)
-            hasher.update(data)
+            hasher.update(f.name.encode())
+        with open(f, "rb") as handle:  # a chunk at a time: a corpus file may be larger than memory
+            while chunk := handle.read(1 << 20):
+                h.update(chunk)
+                content.update(chunk)
     return h.hexdigest()[:24], content.hexdigest()[:24]
 
 
 def _documents(cfg: DataConfig, files: list[Path], skipped: Counter):
-    return read_documents(files, skipped, cfg.max_doc_chars, builtin=cfg.path == BUILTIN_CORPUS)
+    return read_documents(files, skipped, cfg.max_doc_chars, builtin=cfg.path == BUILTIN_CORPUS,
+                          field=cfg.text_field, document=cfg.document)
 
 
 def _build(cfg: DataConfig, vocab_size: int, files: list[Path], out: Path, log, tok: Tokenizer | None) -> None:

@@ -23,6 +23,17 @@ from selfsup.data.read.text import read_lines
 from selfsup.progress import Progress
 
 Doc = tuple[str, str, int]  # text, file relative to the input, line number
+LINE_SUFFIXES = (".txt", ".jsonl")  # what a pass reads and copies a line at a time
+
+
+def line_files(files: list[Path], path: str, tool: str) -> list[Path]:
+    """The .txt and .jsonl files of `files`. A pass copies what it keeps line for line, which a Parquet file has
+    no lines for: one in the input is refused, as skipping it would leave it out of the cleaned corpus unsaid."""
+    parquet = [f for f in files if f.suffix == ".parquet"]
+    if parquet:
+        raise DataError(f"{tool} '{path}': {parquet[0].name} is Parquet, which {tool} does not read; expected .txt "
+                        f"or .jsonl files (training reads .parquet as it is)")
+    return [f for f in files if f.suffix in LINE_SUFFIXES]
 
 
 def check_paths(path: str, out: str) -> tuple[Path, Path]:

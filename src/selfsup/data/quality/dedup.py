@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, line_files, text_pass
 from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
 from selfsup.data.quality.similarity import char_grams, char_signature, deletion_keys, kind, short_similar
 from selfsup.data.quality.similarity import word_shingles, words_of
 from selfsup.data.read.image import IMAGE_SUFFIXES
 from selfsup.data.read.listing import data_files, mark_logs
-from selfsup.data.read.text import TEXT_SUFFIXES
 from selfsup.progress import track
 
 
@@ -49,7 +48,7 @@ def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_siz
         raise DataError(f"--num-perm {num_perm}: expected at least 8 (MinHash estimates the similarity from them)")
     src, dst = check_paths(path, out)
     files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
-    texts = [f for f in files if f.suffix in TEXT_SUFFIXES]
+    texts = line_files(files, path, "dedup")
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if not texts and not images:
         raise DataError(f"'{path}' holds no text (.txt, .jsonl) or image files")

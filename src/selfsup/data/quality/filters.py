@@ -20,9 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, line_files, text_pass
 from selfsup.data.read.listing import data_files, mark_logs
-from selfsup.data.read.text import TEXT_SUFFIXES
 
 
 def symbol_ratio(text: str) -> float:
@@ -48,7 +47,7 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
     the scorer's run in summary.json."""
     src, dst = check_paths(path, out)
     files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
-    files = [f for f in files if f.suffix in TEXT_SUFFIXES]
+    files = line_files(files, path, "filter")
     if not files:
         raise DataError(f"'{path}' holds no .txt or .jsonl files")
     root = src if src.is_dir() else src.parent
