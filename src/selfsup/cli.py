@@ -1,4 +1,4 @@
-"""The `selfsup` command line: train, recipes, eval, embed, generate, export, compare, report and data. Parsing
+"""The `selfsup` command line: train, recipes, eval, embed, generate, export, compare, report, inspect and data. Parsing
 arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
 
 from __future__ import annotations
@@ -432,6 +432,27 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories to 
 
 def _run_name(run: Path, s: dict) -> str:
     return run.name if run.name == s["objective"] else f"{run.name} ({s['objective']})"
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video) or a run "
+                               "directory"),
+    kind: Optional[str] = typer.Option(None, help="text, image, pairs, audio or video: how to read a data path "
+                                       "(default: guessed from the suffixes, and said)"),
+):
+    """What selfsup sees at PATH, read cheaply (no image decoded, no model loaded): for data, the files by suffix,
+    rows, fields, label classes and one sample; for a run directory, recipe, model, parameters, tokenizer, steps,
+    the latest verified checkpoint, the data's fingerprint, sessions and status."""
+    from selfsup.inspect import inspect_path
+
+    title, rows = inspect_path(path, kind)
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("")
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
 
 
 @app.command()

@@ -1,0 +1,270 @@
+"""What selfsup sees in a data path, read cheaply so a user can check it before a long run starts: the files (count,
+size, by suffix), the rows (lines counted without decoding, Parquet rows from the footers), the fields (.jsonl keys
+of the first lines, the Parquet schema), label classes, and one sample. No image is decoded (Pillow reads a
+header), and nothing here imports torch.
+
+    rows = inspect_data("corpus/", kind=None)      # [(name, value)], value a short string
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.data.cache import images, media
+from selfsup.data.cache.rows import folder_label
+from selfsup.data.errors import DataError
+from selfsup.data.read import text
+from selfsup.data.read.audio import AUDIO_SUFFIXES
+from selfsup.data.read.image import IMAGE_SUFFIXES
+from selfsup.data.read.jsonl import json_line
+from selfsup.data.read.listing import data_files
+from selfsup.data.read.video import VIDEO_SUFFIXES
+
+KINDS = ("text", "image", "pairs", "audio", "video")
+MEDIA_KEYS = ("image", "audio", "video")  # the key of a pair line's media, data/cache/media.py
+SAMPLE_CHARS = 200
+HEAD_LINES = 20  # .jsonl lines read for their keys
+COUNT_BYTES = 1 << 30  # rows are counted in the files that fit in the first GiB; the rest are said to be left out
+LABEL_LINES = 10_000  # .jsonl lines read for their labels
+
+
+def inspect_data(path: str, kind: str | None = None) -> list[tuple[str, str]]:
+    """(name, value) rows describing the data at `path` read as `kind` (None: guessed from the suffixes)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"'{path}' does not exist; expected a data file or folder, or a run directory")
+    if kind is not None and kind not in KINDS:
+        raise DataError(f"--kind '{kind}': expected one of {', '.join(KINDS)}")
+    found = [p] if p.is_file() else data_files(p)
+    if not found:
+        raise DataError(f"'{path}' is an empty folder; expected data files in it (or a run directory)")
+    how = f"{kind} (--kind)"
+    if kind is None:
+        kind = guess_kind(found)
+        how = f"{kind} (guessed from the suffixes; --kind chooses)"
+    files = _files(path, kind)
+    return [("path", str(path)), ("read as", how), *_file_rows(files), *READERS[kind](files, path)]
+
+
+def guess_kind(files: list[Path]) -> str:
+    """The kind most of `files` are: text unless images, audio or video outnumber text files; .jsonl files that
+    name media are pairs."""
+    by = Counter(f.suffix.lower() for f in files)
+    jsonl = [f for f in files if f.suffix.lower() == ".jsonl"]
+    if jsonl and any(k in _keys(jsonl[0]) for k in MEDIA_KEYS):
+        return "pairs"
+    counts = {"text": sum(by[s] for s in text.TEXT_SUFFIXES),
+              "image": sum(by[s] for s in images.SOURCE_SUFFIXES),
+              "audio": sum(by[s] for s in AUDIO_SUFFIXES), "video": sum(by[s] for s in VIDEO_SUFFIXES)}
+    return max(counts, key=lambda k: (counts[k], k == "text"))
+
+
+def _files(path: str, kind: str) -> list[Path]:
+    """The files a run of `kind` reads at `path`, as the training readers list them (their one-line errors)."""
+    if kind == "text":
+        return text.source_files(path)
+    if kind == "image":
+        return images.image_files(path)
+    if kind == "pairs":
+        files = [f for f in media.source_files(path, "image") if f.suffix.lower() in (".jsonl", ".tar")]
+        if not files:
+            raise DataError(f"'{path}' holds no .jsonl of pairs or .tar shards; expected pairs (or another --kind)")
+        return files
+    return media.source_files(path, kind)
+
+
+def _file_rows(files: list[Path]) -> list[tuple[str, str]]:
+    sizes = Counter()
+    counts = Counter()
+    for f in files:
+        counts[f.suffix.lower() or "(none)"] += 1
+        sizes[f.suffix.lower() or "(none)"] += f.stat().st_size
+    by = ", ".join(f"{n:,} {s} ({_size(sizes[s])})" for s, n in counts.most_common())
+    return [("files", f"{len(files):,}, {_size(sum(sizes.values()))}"), ("by suffix", by)]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _counted(files: list[Path]) -> tuple[list[Path], str]:
+    """The files whose rows are counted (those within the first COUNT_BYTES) and how to say so."""
+    kept, total = [], 0
+    for f in files:
+        total += f.stat().st_size
+        if kept and total > COUNT_BYTES:
+            break
+        kept.append(f)
+    return kept, "" if len(kept) == len(files) else f" in the first {len(kept):,} of {len(files):,} files"
+
+
+def _lines(f: Path) -> int:
+    """Non-blank lines, counted on the bytes (nothing decoded)."""
+    with f.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _head(f: Path, n: int = HEAD_LINES) -> list[object]:
+    """The JSON values of the first `n` non-blank lines (None for a line that is not JSON)."""
+    values = []
+    with f.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                values.append(json_line(raw))
+                if len(values) == n:
+                    break
+    return values
+
+
+def _keys(f: Path) -> list[str]:
+    seen = {}
+    for value in _head(f):
+        if isinstance(value, dict):
+            seen.update(dict.fromkeys(value))
+    return list(seen)
+
+
+def _labels(f: Path) -> Counter:
+    labels = Counter()
+    for value in _head(f, LABEL_LINES):
+        if isinstance(value, dict) and value.get("label") is not None:
+            labels[str(value["label"])] += 1
+    return labels
+
+
+def _classes(labels: Counter, where: str) -> list[tuple[str, str]]:
+    if not labels:
+        return []
+    shown = ", ".join(f"{k} ({n:,})" for k, n in labels.most_common(10))
+    more = f", … {len(labels) - 10:,} more" if len(labels) > 10 else ""
+    return [(f"classes{where}", f"{len(labels):,}: {shown}{more}")]
+
+
+def _short(s: str) -> str:
+    s = " ".join(s.split())
+    return repr(s if len(s) <= SAMPLE_CHARS else s[:SAMPLE_CHARS] + "…")
+
+
+def _text(files: list[Path], path: str) -> list[tuple[str, str]]:
+    counted, where = _counted(files)
+    parquet = [f for f in files if f.suffix.lower() == ".parquet"]
+    if parquet:
+        import pyarrow.parquet as pq  # only where a Parquet file is read
+    by = Counter()
+    for f in counted:
+        suffix = f.suffix.lower()
+        try:
+            by[suffix] += pq.ParquetFile(f).metadata.num_rows if suffix == ".parquet" else _lines(f)
+        except Exception:  # a file pyarrow cannot open: its rows are skipped and counted when a run reads them
+            by["unreadable"] += 1
+    noun = {".txt": "lines", ".jsonl": ".jsonl lines", ".parquet": "Parquet rows", "unreadable": "unreadable files"}
+    rows = [("rows" + where, ", ".join(f"{n:,} {noun.get(s, s + ' lines')}" for s, n in by.items()))]
+    jsonl = [f for f in files if f.suffix.lower() == ".jsonl"]
+    if jsonl:
+        rows.append((f"fields of {jsonl[0].name}", ", ".join(_keys(jsonl[0])) or "none (no JSON object)"))
+        rows += _classes(_labels(jsonl[0]), f" of {jsonl[0].name}")
+    if parquet:
+        try:
+            schema = pq.read_schema(parquet[0])
+            rows.append((f"schema of {parquet[0].name}", ", ".join(f"{n}: {t}" for n, t in zip(schema.names,
+                                                                                           schema.types))))
+        except Exception:
+            rows.append((f"schema of {parquet[0].name}", "unreadable as Parquet"))
+    try:
+        first = next(text.read_documents(files, Counter(), max_chars=10 * SAMPLE_CHARS), None)
+        rows.append(("first document", "none readable" if first is None else _short(first)))
+    except DataError as e:  # e.g. a Parquet file without a 'text' column: the run would stop there too
+        rows.append(("first document", f"not readable as a run reads it: {e}"))
+    return rows
+
+
+def _image(files: list[Path], path: str) -> list[tuple[str, str]]:
+    counted, where = _counted(files)
+    loose = [f for f in counted if f.suffix.lower() in IMAGE_SUFFIXES]
+    npz = sum(_npz_images(f) for f in counted if f.suffix.lower() == ".npz")
+    shards = sum(_tar_samples(f) for f in counted if f.suffix.lower() == ".tar")
+    parts = [f"{len(loose):,} image files" if loose else "", f"{npz:,} images in .npz" if npz else "",
+             f"{shards:,} samples in .tar shards" if shards else ""]
+    rows = [("images" + where, ", ".join(p for p in parts if p) or "none")]
+    root = Path(path).expanduser()
+    if root.is_dir():
+        rows += _classes(Counter(label for f in loose if (label := folder_label(f.relative_to(root).as_posix()))),
+                         " (sub-folders)")
+    rows.append(("first image", _image_sample(files[0])))
+    return rows
+
+
+def _npz_images(f: Path) -> int:
+    """The length of an .npz's `images` array, from its header (the array is not read)."""
+    try:
+        with zipfile.ZipFile(f) as z, z.open("images.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape = np.lib.format._read_array_header(fh, version)[0]
+            return int(shape[0]) if shape else 0
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return 0
+
+
+def _tar_samples(f: Path) -> int:
+    """Samples of a webdataset shard: member keys, from the tar headers."""
+    try:
+        with tarfile.open(f) as tar:
+            return len({m.name.split(".", 1)[0] for m in tar if m.isfile()})
+    except (OSError, tarfile.TarError):
+        return 0
+
+
+def _image_sample(f: Path) -> str:
+    if f.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"{f.name} (a {f.suffix} file: its images are read when the cache is built)"
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:  # reads the header only
+            return f"{f.name}: {im.width}×{im.height}, mode {im.mode}"
+    except Exception as e:  # a run skips and counts it
+        return f"{f.name}: not readable as an image ({type(e).__name__})"
+
+
+def _pairs(files: list[Path], path: str) -> list[tuple[str, str]]:
+    counted, where = _counted(files)
+    jsonl = [f for f in counted if f.suffix.lower() == ".jsonl"]
+    shards = [f for f in counted if f.suffix.lower() == ".tar"]
+    parts = [f"{sum(_lines(f) for f in jsonl):,} .jsonl lines" if jsonl else "",
+             f"{sum(_tar_samples(f) for f in shards):,} samples in .tar shards" if shards else ""]
+    rows = [("pairs" + where, ", ".join(p for p in parts if p))]
+    if jsonl:
+        first = jsonl[0]
+        rows.append((f"fields of {first.name}", ", ".join(_keys(first)) or "none (no JSON object)"))
+        rows += _classes(_labels(first), f" of {first.name}")
+        record = next((v for v in _head(first) if isinstance(v, dict)), {})
+        key = next((k for k in (*MEDIA_KEYS, "path") if isinstance(record.get(k), str)), None)
+        caption = record.get("text")
+        rows.append(("first pair", f"{key or 'media'}: {record.get(key) if key else 'none named'}"
+                                   + (f" ({'found' if (first.parent / record[key]).is_file() else 'missing'})"
+                                      if key else "")
+                                   + f"; caption: {_short(caption) if isinstance(caption, str) else 'none'}"))
+    return rows
+
+
+def _media(files: list[Path], path: str) -> list[tuple[str, str]]:
+    root = Path(path).expanduser()
+    loose = [f for f in files if f.suffix.lower() not in (".jsonl", ".tar")]
+    rows = [("clips", f"{len(loose):,} files" if loose else "in the .jsonl/.tar files above")]
+    if root.is_dir():
+        rows += _classes(Counter(label for f in loose if (label := folder_label(f.relative_to(root).as_posix()))),
+                         " (sub-folders)")
+    rows.append(("first clip", f"{files[0].name}, {_size(files[0].stat().st_size)}"))
+    return rows
+
+
+READERS = {"text": _text, "image": _image, "pairs": _pairs, "audio": _media, "video": _media}

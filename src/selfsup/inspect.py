@@ -1,0 +1,130 @@
+"""`selfsup inspect PATH`: what selfsup sees at a path, before a long run starts or after one. A data path is read
+cheaply by data/inspect.py; a run directory is read from the files it holds (config.yaml, tokenizer.json,
+identity.json, history.jsonl, summary.json, the checkpoints' manifests); nothing is loaded onto a device.
+
+    title, rows = inspect_path("runs/a")      # rows: [(name, value)], value a short string
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+from selfsup import config as config_mod
+from selfsup.data.errors import DataError
+from selfsup.data.inspect import inspect_data
+from selfsup.data.read.jsonl import json_line
+
+
+def inspect_path(path: str, kind: str | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """A title and (name, value) rows for a run directory or a data path (read as `kind`, or guessed)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / "config.yaml").is_file() and kind is None:
+        return f"run directory {path}", inspect_run(p)
+    if p.is_dir() and (p / "config.json").is_file() and kind is None:
+        raise DataError(f"{path} looks like a Hugging Face model folder (architectures: {_architectures(p)}); "
+                        "inspecting model folders comes with model.init")
+    return f"data {path}", inspect_data(path, kind)
+
+
+def _architectures(folder: Path) -> str:
+    try:
+        found = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    return ", ".join(map(str, found)) if isinstance(found, list) and found else "not named"
+
+
+def inspect_run(run: Path) -> list[tuple[str, str]]:
+    cfg = config_mod.validate(config_mod.load_yaml(run / "config.yaml"))
+    m = cfg.model
+    rows = [("recipe", cfg.recipe or "-"), ("objective", cfg.objective),
+            ("model", f"dim {m.dim}, depth {m.depth}, heads {m.heads}, context {m.context}")]
+    weights = _weights(run)
+    if weights is not None:
+        rows.append(("parameters", f"{_parameters(weights):,} (in {weights.relative_to(run)})"))
+    if (run / "tokenizer.json").is_file():
+        rows.append(("tokenizer", _tokenizer(run / "tokenizer.json")))
+    rows += [("data", f"{cfg.data.path}"), *_identity(run), *_checkpoint(run), *_history(run), *_summary(run)]
+    return rows
+
+
+def _weights(run: Path) -> Path | None:
+    """The final weights, else the newest checkpoint's."""
+    if (run / "model.safetensors").is_file():
+        return run / "model.safetensors"
+    found = sorted((run / "checkpoints").glob("*/model.safetensors"))
+    return found[-1] if found else None
+
+
+def _parameters(path: Path) -> int:
+    """Elements of every tensor, from the safetensors header (no tensor is read)."""
+    with path.open("rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def _json(path: Path):
+    """The JSON value of a run's file; None when it cannot be read (said in its row, never a crash)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _tokenizer(path: Path) -> str:
+    tok = _json(path)
+    if not isinstance(tok, dict):
+        return "tokenizer.json is not readable JSON"
+    special = [t["content"] for t in tok.get("added_tokens", []) if t.get("special")]
+    vocab = len(tok.get("model", {}).get("vocab", {})) + sum(1 for t in tok.get("added_tokens", [])
+                                                           if t["content"] not in tok.get("model", {}).get("vocab", {}))
+    return f"vocab {vocab:,}; special tokens {' '.join(special) or 'none'}"
+
+
+def _identity(run: Path) -> list[tuple[str, str]]:
+    if not (run / "identity.json").is_file():
+        return [("data fingerprint", "no identity.json yet")]
+    ident = _json(run / "identity.json")
+    if not isinstance(ident, dict):
+        return [("data fingerprint", "identity.json is not readable JSON")]
+    return [("data fingerprint", f"{ident.get('data', '-')} (of {ident.get('data_path', '-')})")]
+
+
+def _checkpoint(run: Path) -> list[tuple[str, str]]:
+    from selfsup.train import checkpoint  # torch: only for a run directory
+
+    notes = []
+    try:
+        latest = checkpoint.latest(run, notes.append)
+    except checkpoint.CheckpointError as e:
+        return [("latest checkpoint", str(e))]
+    if latest is None:
+        return [("latest checkpoint", "none yet")]
+    step = _json(latest / "state.json")["step"]  # verified: state.json is whole
+    return [("steps done", f"{step:,} (latest checkpoint)"),
+            ("latest checkpoint", f"{latest.relative_to(run)}, verified" + (f"; {notes[0]}" if notes else ""))]
+
+
+def _history(run: Path) -> list[tuple[str, str]]:
+    path = run / "history.jsonl"
+    if not path.is_file():
+        return []
+    sessions = [line for line in path.read_text().splitlines() if line.strip()]
+    last = json_line(sessions[-1]) if sessions else {}
+    last = last if isinstance(last, dict) else {}
+    return [("sessions", f"{len(sessions):,}; the last began {last.get('time', '-')} at step {last.get('step', '-')}")]
+
+
+def _summary(run: Path) -> list[tuple[str, str]]:
+    if not (run / "summary.json").is_file():
+        return [("status", "no summary.json: training, or stopped before it ended")]
+    s = _json(run / "summary.json")
+    if not isinstance(s, dict):
+        return [("status", "summary.json is not readable JSON")]
+    rows = [("status", f"{s.get('status', '-')} after {s.get('steps', 0):,} steps")]
+    if s.get("val_loss") is not None:
+        rows.append(("validation loss", f"{s['val_loss']:.4f}"))
+    return rows
