@@ -81,6 +81,8 @@ def test_a_pairs_jsonl(tmp_path):
     assert r["first pair"] == "image: a.png (found); caption: 'a black square'"
     forced = rows_of(tmp_path / "pairs.jsonl", "text")  # --kind reads it otherwise, and says so
     assert forced["read as"] == "text (--kind)" and forced["rows"] == "2 .jsonl lines"
+    out = CliRunner().invoke(cli.app, ["inspect", str(tmp_path / "pairs.jsonl"), "--kind", "text"]).output
+    assert "text (--kind)" in out and "'a black square'" in out
 
 
 def test_a_trained_run(tmp_path, one_thread):
@@ -123,3 +125,53 @@ def test_errors_are_one_line(tmp_path, make, expected):
                           timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "error: " + expected.format(p=tmp_path)
+
+
+def test_npz_tar_and_audio(tmp_path):
+    import io
+    import tarfile
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    np.savez(d / "a.npz", images=np.zeros((7, 8, 8, 3), np.uint8), labels=np.zeros(7, np.int64))
+    with tarfile.open(d / "b.tar", "w") as tar:
+        for key in ("s0", "s1", "s2"):
+            png = io.BytesIO()
+            Image.new("RGB", (4, 4)).save(png, "png")
+            for name, data in ((f"{key}.png", png.getvalue()), (f"{key}.cls", b"1")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    r = rows_of(d)
+    assert r["read as"].startswith("image (guessed") and r["images"] == "7 images in .npz, 3 samples in .tar shards"
+    assert r["first image"] == "a.npz (a .npz file: its images are read when the cache is built)"
+
+    for cls in ("hum", "beep"):
+        (tmp_path / "sounds" / cls).mkdir(parents=True)
+        with wave.open(str(tmp_path / "sounds" / cls / "0.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 800)
+    r = rows_of(tmp_path / "sounds")
+    assert r["read as"].startswith("audio (guessed") and r["clips"] == "2 files"
+    assert r["classes (sub-folders)"] == "2: beep (1), hum (1)" and r["first clip"].startswith("0.wav, 1.6 KB")
+
+
+def test_large_inputs_are_counted_in_their_first_files(tmp_path, monkeypatch):
+    from selfsup.data import inspect as data_inspect
+
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("a line\n" * 100)  # 700 bytes each
+    monkeypatch.setattr(data_inspect, "COUNT_BYTES", 1000)
+    assert rows_of(tmp_path)["rows in the first 1 of 3 files"] == "100 lines"
+
+
+def test_what_a_run_would_not_read_is_said(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"body": "x"}\nnot json\n')
+    (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
+    r = rows_of(tmp_path)
+    assert r["rows"] == "2 .jsonl lines, 1 unreadable files"
+    assert r["fields of a.jsonl"] == "body" and r["schema of b.parquet"] == "unreadable as Parquet"
+    assert r["first document"] == "none readable (skipped: 1 no text field, 1 bad json, 1 unreadable file)"

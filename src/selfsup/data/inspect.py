@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from selfsup.config import DataConfig
 from selfsup.data.cache import images, media
 from selfsup.data.cache.rows import folder_label
 from selfsup.data.errors import DataError
@@ -107,21 +108,27 @@ def _counted(files: list[Path]) -> tuple[list[Path], str]:
     return kept, "" if len(kept) == len(files) else f" in the first {len(kept):,} of {len(files):,} files"
 
 
-def _lines(f: Path) -> int:
-    """Non-blank lines, counted on the bytes (nothing decoded)."""
-    with f.open("rb") as fh:
-        return sum(1 for line in fh if line.strip())
+def _lines(f: Path) -> int | None:
+    """Non-blank lines, counted on the bytes (nothing decoded); None when the file cannot be read."""
+    try:
+        with f.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
 
 
 def _head(f: Path, n: int = HEAD_LINES) -> list[object]:
     """The JSON values of the first `n` non-blank lines (None for a line that is not JSON)."""
     values = []
-    with f.open("rb") as fh:
-        for raw in fh:
-            if raw.strip():
-                values.append(json_line(raw))
-                if len(values) == n:
-                    break
+    try:
+        with f.open("rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    values.append(json_line(raw))
+                    if len(values) == n:
+                        break
+    except OSError:  # an unreadable file shows no fields; a run skips and counts it
+        pass
     return values
 
 
@@ -156,35 +163,43 @@ def _short(s: str) -> str:
 
 def _text(files: list[Path], path: str) -> list[tuple[str, str]]:
     counted, where = _counted(files)
-    parquet = [f for f in files if f.suffix.lower() == ".parquet"]
-    if parquet:
-        import pyarrow.parquet as pq  # only where a Parquet file is read
     by = Counter()
     for f in counted:
-        suffix = f.suffix.lower()
-        try:
-            by[suffix] += pq.ParquetFile(f).metadata.num_rows if suffix == ".parquet" else _lines(f)
-        except Exception:  # a file pyarrow cannot open: its rows are skipped and counted when a run reads them
-            by["unreadable"] += 1
+        found = _parquet(f)[0] if f.suffix.lower() == ".parquet" else _lines(f)
+        by[f.suffix.lower() if found is not None else "unreadable"] += found if found is not None else 1
     noun = {".txt": "lines", ".jsonl": ".jsonl lines", ".parquet": "Parquet rows", "unreadable": "unreadable files"}
     rows = [("rows" + where, ", ".join(f"{n:,} {noun.get(s, s + ' lines')}" for s, n in by.items()))]
     jsonl = [f for f in files if f.suffix.lower() == ".jsonl"]
     if jsonl:
         rows.append((f"fields of {jsonl[0].name}", ", ".join(_keys(jsonl[0])) or "none (no JSON object)"))
         rows += _classes(_labels(jsonl[0]), f" of {jsonl[0].name}")
+    parquet = [f for f in files if f.suffix.lower() == ".parquet"]
     if parquet:
-        try:
-            schema = pq.read_schema(parquet[0])
-            rows.append((f"schema of {parquet[0].name}", ", ".join(f"{n}: {t}" for n, t in zip(schema.names,
-                                                                                           schema.types))))
-        except Exception:
-            rows.append((f"schema of {parquet[0].name}", "unreadable as Parquet"))
+        rows.append((f"schema of {parquet[0].name}", _parquet(parquet[0])[1] or "unreadable as Parquet"))
+    skipped = Counter()
     try:
-        first = next(text.read_documents(files, Counter(), max_chars=10 * SAMPLE_CHARS), None)
-        rows.append(("first document", "none readable" if first is None else _short(first)))
+        first = next(text.read_documents(counted, skipped, DataConfig().max_doc_chars), None)  # as a run reads
     except DataError as e:  # e.g. a Parquet file without a 'text' column: the run would stop there too
-        rows.append(("first document", f"not readable as a run reads it: {e}"))
+        return rows + [("first document", f"not readable as a run reads it: {e}")]
+    if first is None:
+        reasons = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in skipped.most_common())
+        rows.append(("first document", f"none readable (skipped: {reasons or 'nothing'})"))
+    else:
+        rows.append(("first document", _short(first)))
     return rows
+
+
+def _parquet(f: Path) -> tuple[int | None, str | None]:
+    """A Parquet file's rows and schema from its footer (None, None: unreadable, as a run counts it)."""
+    import pyarrow as pa  # only where a Parquet file is read
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(f).metadata
+    except (OSError, pa.ArrowException):
+        return None, None
+    schema = meta.schema.to_arrow_schema()
+    return meta.num_rows, ", ".join(f"{n}: {t}" for n, t in zip(schema.names, schema.types))
 
 
 def _image(files: list[Path], path: str) -> list[tuple[str, str]]:
@@ -207,8 +222,9 @@ def _npz_images(f: Path) -> int:
     """The length of an .npz's `images` array, from its header (the array is not read)."""
     try:
         with zipfile.ZipFile(f) as z, z.open("images.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            shape = np.lib.format._read_array_header(fh, version)[0]
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+            shape = read(fh)[0]
             return int(shape[0]) if shape else 0
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return 0
@@ -231,7 +247,7 @@ def _image_sample(f: Path) -> str:
     try:
         with Image.open(f) as im:  # reads the header only
             return f"{f.name}: {im.width}×{im.height}, mode {im.mode}"
-    except Exception as e:  # a run skips and counts it
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # a run skips and counts it
         return f"{f.name}: not readable as an image ({type(e).__name__})"
 
 
@@ -239,7 +255,7 @@ def _pairs(files: list[Path], path: str) -> list[tuple[str, str]]:
     counted, where = _counted(files)
     jsonl = [f for f in counted if f.suffix.lower() == ".jsonl"]
     shards = [f for f in counted if f.suffix.lower() == ".tar"]
-    parts = [f"{sum(_lines(f) for f in jsonl):,} .jsonl lines" if jsonl else "",
+    parts = [f"{sum(_lines(f) or 0 for f in jsonl):,} .jsonl lines" if jsonl else "",
              f"{sum(_tar_samples(f) for f in shards):,} samples in .tar shards" if shards else ""]
     rows = [("pairs" + where, ", ".join(p for p in parts if p))]
     if jsonl:
