@@ -137,8 +137,15 @@ class ModelConfig(Section):
     mlp: Literal["swiglu", "geglu", "gelu"] = Field("swiglu", description="swiglu (Llama), geglu (ModernBERT) "
                                                     "or a plain gelu MLP")
     mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (gated MLPs use 2/3 of it)")
+    mlp_hidden: int | None = Field(None, gt=0, description="text trunk: the MLP's hidden width F itself, instead of "
+                                   "mlp_ratio's (model.init sets it to a model's intermediate_size)")
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="rmsnorm (eps 1e-6, Llama) or layernorm "
                                                   "without bias (eps 1e-5, ModernBERT)")
+    norm_eps: float | None = Field(None, gt=0, description="text trunk: the norms' eps instead of the kind's default "
+                                   "(model.init sets it to a model's rms_norm_eps)")
+    init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
+                             "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
+                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -97,17 +97,20 @@ def mlp_hidden(dim: int, ratio: float, kind: str) -> int:
     return int(math.ceil(hidden / 64) * 64)
 
 
-def make_norm(kind: str, dim: int) -> nn.Module:
-    """RMSNorm as Llama (eps 1e-6) or LayerNorm without bias as ModernBERT (eps 1e-5)."""
-    return nn.RMSNorm(dim, eps=1e-6) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=1e-5, bias=False)
+def make_norm(kind: str, dim: int, eps: float | None = None) -> nn.Module:
+    """RMSNorm as Llama (eps 1e-6) or LayerNorm without bias as ModernBERT (eps 1e-5); `eps` replaces the default."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps or 1e-6)
+    return nn.LayerNorm(dim, eps=eps or 1e-5, bias=False)
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, norm: str, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, norm: str, dropout: float = 0.0,
+                 eps: float | None = None):
         super().__init__()
-        self.norm1 = make_norm(norm, dim)
+        self.norm1 = make_norm(norm, dim, eps)
         self.attn = Attention(dim, heads, dropout)
-        self.norm2 = make_norm(norm, dim)
+        self.norm2 = make_norm(norm, dim, eps)
         self.mlp = MLP(dim, hidden, mlp)
         self.drop = nn.Dropout(dropout)
 

@@ -29,14 +29,14 @@ class Transformer(nn.Module):
         self.causal = causal
         self.vocab = padded_vocab(cfg.vocab_size)
         self.embed = nn.Embedding(self.vocab, cfg.dim)
-        self.embed_norm = make_norm(cfg.norm, cfg.dim) if embed_norm else nn.Identity()
+        self.embed_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
-        hidden = mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, hidden, cfg.mlp, cfg.norm, cfg.dropout)
+        self.hidden = cfg.mlp_hidden or mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)  # F
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, self.hidden, cfg.mlp, cfg.norm, cfg.dropout, cfg.norm_eps)
                                     for _ in range(cfg.depth))
         if embed_norm:
             self.blocks[0].norm1 = nn.Identity()  # its input is the normalised embedding already (ModernBERT)
-        self.norm = make_norm(cfg.norm, cfg.dim)
+        self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps)
         self.rotary = Rotary(cfg.dim // cfg.heads, cfg.context, cfg.rope_theta)
         init_weights(self, cfg.depth)
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from selfsup import config as config_mod
 from selfsup import dist
 from selfsup.config import RunConfig
+from selfsup.models.llama import load_init
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.contract import Objective
@@ -131,6 +132,8 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
     if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
         continual.load_parent(cfg, objective)
+    if cfg.model.init:  # a Hugging Face Llama's weights (a checkpoint overrides); the lr warms up from step 0
+        say(f"model.init: {cfg.model.init} (weights sha256 {load_init(cfg, objective.model)})")
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
     model = parallelize(objective, cfg, procs, device)  # DDP, FSDP2 or HSDP; activation checkpointing

@@ -1,0 +1,182 @@
+"""Our GPT trunk and Hugging Face transformers' LlamaForCausalLM, tensor for tensor: one table (`llama_names`) that
+the export (export.py) reads one way and `model.init` (train/setup.py) the other.
+
+`model.init=FOLDER` names a local folder of a Llama causal LM: `init_config` reads its config.json into the run's
+config (shape keys, the tokenizer) before any data is read, refusing in one line what our trunk cannot express;
+`load_init` copies its safetensors into the built trunk. Only the layout our trunk has: multi-head attention
+(no grouped-query), no biases, SwiGLU, RMSNorm, plain RoPE and tied embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from selfsup.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
+    import torch
+
+TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+BLOCK = {  # ours -> Llama's; a tuple: our fused matrix is Llama's matrices stacked by rows, in that order
+    "norm1.weight": "input_layernorm.weight", "norm2.weight": "post_attention_layernorm.weight",
+    "attn.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "attn.out.weight": "self_attn.o_proj.weight",
+    "mlp.up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "mlp.down.weight": "mlp.down_proj.weight",
+}
+SHAPE = {"dim": "hidden_size", "depth": "num_hidden_layers", "heads": "num_attention_heads",
+         "vocab_size": "vocab_size", "mlp_hidden": "intermediate_size", "norm_eps": "rms_norm_eps"}
+
+
+def llama_names(depth: int) -> dict[str, str | tuple[str, ...]]:
+    """Every tensor of our trunk's state dict -> the Llama tensor (or stacked tensors) it is."""
+    names = dict(TOP)
+    for i in range(depth):
+        for ours, theirs in BLOCK.items():
+            names[f"blocks.{i}.{ours}"] = (tuple(f"model.layers.{i}.{t}" for t in theirs) if isinstance(theirs, tuple)
+                                           else f"model.layers.{i}.{theirs}")
+    return names
+
+
+def to_llama(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Our trunk's weights under Llama's names (the fused matrices split into equal row blocks)."""
+    ours = model.state_dict()
+    sd = {}
+    for name, theirs in llama_names(model.cfg.depth).items():
+        if isinstance(theirs, tuple):
+            sd.update(zip(theirs, ours[name].chunk(len(theirs))))  # (3D, D) -> 3 × (D, D); (2F, D) -> 2 × (F, D)
+        else:
+            sd[theirs] = ours[name]
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        hf = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.init '{folder}': no readable config.json ({type(e).__name__}); expected a local "
+                          "Hugging Face model folder") from None
+    return hf if isinstance(hf, dict) else {}
+
+
+def _rope_theta(hf: dict) -> float:
+    rope = hf.get("rope_parameters") or {}  # transformers 5 keeps rope_theta here
+    return float(hf.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+
+
+def _unsupported(hf: dict) -> str | None:
+    """Why our trunk cannot hold this model, or None."""
+    arch = hf.get("architectures") or []
+    if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in arch:
+        return f"architectures {arch} (model_type {hf.get('model_type')!r}): expected LlamaForCausalLM"
+    heads, kv = hf.get("num_attention_heads"), hf.get("num_key_value_heads", hf.get("num_attention_heads"))
+    if kv != heads:
+        return f"num_key_value_heads {kv} != num_attention_heads {heads} (grouped-query attention)"
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
+        return f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads ({hf['hidden_size'] // heads})"
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            return f"{key} true (our trunk has no biases)"
+    if hf.get("hidden_act", "silu") != "silu":
+        return f"hidden_act {hf['hidden_act']!r} (our SwiGLU is silu)"
+    if not hf.get("tie_word_embeddings", True):
+        return "tie_word_embeddings false (an untied lm_head)"
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        return f"rope type {rope.get('rope_type', rope.get('type'))!r} (only plain RoPE)"
+    return None
+
+
+def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
+    """The run's config with the shape and tokenizer of the model `model.init` names. explicit: the keys the
+    user set on the command line, which may not contradict the model."""
+    source = cfg.model.init
+    if source.startswith("hf:"):
+        raise ConfigError(f"model.init '{source}': only local folders are supported yet; expected a folder with "
+                          "config.json, model.safetensors and tokenizer.json (e.g. one save_pretrained wrote)")
+    if cfg.objective != "clm":
+        raise ConfigError(f"model.init loads a Llama causal LM for objective clm (the gpt-clm recipe); this run has "
+                          f"objective={cfg.objective}")
+    folder = Path(source).expanduser()
+    hf = _config(folder)
+    why = _unsupported(hf)
+    if why:
+        raise ConfigError(f"model.init '{source}': {why} is not supported yet")
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ConfigError(f"model.init '{source}' has no tokenizer.json; expected the model's fast tokenizer beside "
+                          "config.json")
+    values = {f"model.{k}": hf[v] for k, v in SHAPE.items()}
+    values |= {"model.rope_theta": _rope_theta(hf), "model.mlp": "swiglu", "model.norm": "rmsnorm",
+               "data.tokenizer": str(tokenizer)}
+    longest = hf.get("max_position_embeddings")
+    if longest and cfg.model.context > longest:
+        if "model.context" in explicit:
+            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has max_position_embeddings "
+                              f"{longest}; expected model.context <= {longest}")
+        values["model.context"] = longest
+    tree = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        section, name = key.split(".")
+        if key in explicit and tree[section][name] != value:
+            theirs = SHAPE.get(name, name)
+            raise ConfigError(f"{key}={tree[section][name]}: model.init '{source}' has {theirs} {value}; drop the "
+                              "override")
+        tree[section][name] = value
+    return type(cfg).model_validate(tree)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / s for s in shards]
+    return [folder / "model.safetensors"]
+
+
+def fingerprint(files: list[Path]) -> str:
+    """sha256 over the weight files' bytes, in order: which weights a run started from."""
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_init(cfg: RunConfig, model: torch.nn.Module) -> str:
+    """Copy the weights of the folder `model.init` names into our trunk `model`; returns their sha256. The
+    embedding's padding rows (the vocabulary padded to x64) are zero."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(cfg.model.init).expanduser()
+    files = weight_files(folder)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"model.init '{cfg.model.init}' has no {missing[0]}; expected model.safetensors or the "
+                          "shards model.safetensors.index.json names")
+    theirs = {}
+    for f in files:
+        theirs |= load_file(str(f))
+    ours = model.state_dict()
+    new = {}
+    for name, keys in llama_names(model.cfg.depth).items():
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        absent = [k for k in keys if k not in theirs]
+        if absent:
+            raise ConfigError(f"model.init '{cfg.model.init}': its weights have no '{absent[0]}'; expected a "
+                              "LlamaForCausalLM's tensors")
+        value = torch.cat([theirs[k] for k in keys]).float()
+        if name == "embed.weight":  # (V, D) into (V padded to x64, D)
+            value = torch.cat([value, value.new_zeros(ours[name].shape[0] - value.shape[0], value.shape[1])])
+        if value.shape != ours[name].shape:
+            raise ConfigError(f"model.init '{cfg.model.init}': {keys[0]} is {tuple(value.shape)}, expected "
+                              f"{tuple(ours[name].shape)} from its config.json")
+        new[name] = value.to(ours[name].dtype)
+    model.load_state_dict(new, strict=False)  # rotary buffers are not persistent: nothing else is left out
+    return fingerprint(files)

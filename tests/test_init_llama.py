@@ -1,0 +1,121 @@
+"""model.init: a Hugging Face Llama causal LM starts a gpt-clm run with its own logits, trains, and exports back to
+transformers with the logits of the trained run; what our trunk cannot hold is refused in one line."""
+
+import json
+
+import pytest
+import torch
+
+from selfsup.config import ConfigError
+from selfsup.data.read.tokenizer import train_bpe
+from selfsup.train.continual import load_config
+from tests.test_cli import invoke
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = ["train.batch_size=4", "train.eval_batches=2", "model.context=32", "sched.warmup_steps=2",
+         "train.max_steps=2", "train.eval_every=2", "train.log_every=1"]
+
+
+def llama_folder(root, corpus, **changes):
+    """A tiny random LlamaForCausalLM saved by transformers itself, with a byte-level BPE tokenizer.json. Its MLP
+    width (96) is not one our mlp_ratio gives, and its norm eps (1e-5) not our default."""
+    texts = (corpus / "a.txt").read_text().splitlines()
+    tok = train_bpe(texts, 320)
+    settings = dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=2, vocab_size=320, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                    max_position_embeddings=64, rope_theta=500.0)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**(settings | changes))).eval()
+    model.save_pretrained(root)
+    tok.save(str(root / "tokenizer.json"))
+    return root, model
+
+
+@pytest.fixture(scope="module")
+def llama(corpus, tmp_path_factory):
+    return llama_folder(tmp_path_factory.mktemp("llama"), corpus)
+
+
+def batch(folder):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return torch.tensor([tok.encode("Return the number of items in the container.").ids])  # (1, T)
+
+
+def test_the_config_comes_from_the_model(llama, corpus):
+    folder, _ = llama
+    cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
+    m = cfg.model
+    assert (m.dim, m.depth, m.heads, m.vocab_size, m.mlp_hidden, m.norm_eps) == (32, 2, 2, 320, 96, 1e-5)
+    assert m.rope_theta == 500.0 and m.context == 64  # the recipe's 128 is more than max_position_embeddings
+    assert cfg.data.tokenizer == str(folder / "tokenizer.json")
+
+
+def test_imported_logits_equal_transformers(llama, corpus):
+    from selfsup.models.gpt import GPT
+    from selfsup.models.llama import load_init
+
+    folder, hf = llama
+    cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
+    ours = GPT(cfg.model).eval()
+    load_init(cfg, ours)
+    x = batch(folder)
+    with torch.no_grad():
+        got = ours.logits(ours(x))[..., :320]
+        expected = hf(input_ids=x).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_train_from_the_model_and_export_back(llama, corpus, tmp_path):
+    from selfsup.rundir import open_run
+
+    folder, hf = llama
+    out = tmp_path / "run"
+    text = invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL,
+                  "optim.lr=1e-9")  # two steps that barely move: the run still is the model it started from
+    assert f"model.init: {folder} (weights sha256 " in text.replace("\n", "")
+    saved = (out / "config.yaml").read_text()
+    assert f"init: {folder}" in saved and "mlp_hidden: 96" in saved
+    invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["intermediate_size"] == 96
+    _, objective, _ = open_run(out, torch.device("cpu"))
+    x = batch(folder)
+    with torch.no_grad():
+        ours = objective.model.logits(objective.model(x))
+        assert torch.allclose(back(input_ids=x).logits, ours, atol=1e-4)  # the trained run, exported
+        assert torch.allclose(ours[..., :320], hf(input_ids=x).logits, atol=1e-4)  # started from the model
+
+
+def test_an_override_that_contradicts_the_model_is_one_line(llama, corpus):
+    folder, _ = llama
+    with pytest.raises(ConfigError) as e:
+        load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}", "model.dim=64"])
+    assert str(e.value) == f"model.dim=64: model.init '{folder}' has hidden_size 32; drop the override"
+    with pytest.raises(ConfigError, match="model.context=128: .* max_position_embeddings 64; expected model.context "
+                                          "<= 64"):
+        load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}", "model.context=128"])
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"num_key_value_heads": 1}, "num_key_value_heads 1 != num_attention_heads 2 (grouped-query attention)"),
+    ({"tie_word_embeddings": False}, "tie_word_embeddings false (an untied lm_head)"),
+    ({"attention_bias": True}, "attention_bias true (our trunk has no biases)"),
+])
+def test_what_our_trunk_cannot_hold_is_refused(corpus, tmp_path, changes, says):
+    folder, _ = llama_folder(tmp_path, corpus, **changes)
+    with pytest.raises(ConfigError) as e:
+        load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
+    assert str(e.value) == f"model.init '{folder}': {says} is not supported yet"
+
+
+def test_other_sources_and_objectives_are_refused(llama, corpus, tmp_path):
+    folder, _ = llama
+    with pytest.raises(ConfigError, match="only local folders are supported yet"):
+        load_config("gpt-clm", ["model.init=hf:meta-llama/Llama-3.2-1B", f"data.path={corpus}"])
+    with pytest.raises(ConfigError, match="for objective clm .* this run has objective=mlm"):
+        load_config("bert-mlm", [f"model.init={folder}", f"data.path={corpus}"])
+    with pytest.raises(ConfigError, match="no readable config.json"):
+        load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
