@@ -17,11 +17,26 @@ SMALL = ["train.batch_size=4", "train.eval_batches=2", "model.context=32", "sche
          "train.max_steps=2", "train.eval_every=2", "train.log_every=1"]
 
 
-def llama_folder(root, corpus, **changes):
-    """A tiny random LlamaForCausalLM saved by transformers itself, with a byte-level BPE tokenizer.json. Its MLP
-    width (96) is not one our mlp_ratio gives, and its norm eps (1e-5) not our default."""
+def llama_tokenizer(texts):
+    """A byte-level BPE with Llama 2's special tokens (<unk>, <s>, </s> = 0, 1, 2) and its BOS template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1), ("</s>", 2)])
+    return tok
+
+
+def llama_folder(root, corpus, llama_tokens=False, **changes):
+    """A tiny random LlamaForCausalLM saved by transformers itself, with a byte-level BPE tokenizer.json (selfsup's
+    or, llama_tokens, one with Llama's special tokens). Its MLP width (96) is not one our mlp_ratio gives, and its
+    norm eps (1e-5) not our default."""
     texts = (corpus / "a.txt").read_text().splitlines()
-    tok = train_bpe(texts, 320)
+    tok = llama_tokenizer(texts) if llama_tokens else train_bpe(texts, 320)
     settings = dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
                     num_key_value_heads=2, vocab_size=320, tie_word_embeddings=True, rms_norm_eps=1e-5,
                     max_position_embeddings=64, rope_theta=500.0)
@@ -35,6 +50,11 @@ def llama_folder(root, corpus, **changes):
 @pytest.fixture(scope="module")
 def llama(corpus, tmp_path_factory):
     return llama_folder(tmp_path_factory.mktemp("llama"), corpus)
+
+
+def squeeze(text):
+    """text without whitespace: the console wraps long lines wherever its width ends."""
+    return "".join(text.split())
 
 
 def batch(folder):
@@ -75,7 +95,7 @@ def test_train_from_the_model_and_export_back(llama, corpus, tmp_path):
     out = tmp_path / "run"
     text = invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL,
                   "optim.lr=1e-9")  # two steps that barely move: the run still is the model it started from
-    assert f"model.init: {folder} (weights sha256 " in text.replace("\n", "")
+    assert squeeze(f"model.init: {folder} (weights sha256 ") in squeeze(text)
     saved = (out / "config.yaml").read_text()
     assert f"init: {folder}" in saved and "mlp_hidden: 96" in saved
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
@@ -119,3 +139,20 @@ def test_other_sources_and_objectives_are_refused(llama, corpus, tmp_path):
         load_config("bert-mlm", [f"model.init={folder}", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match="no readable config.json"):
         load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
+
+
+def test_a_tokenizer_without_our_eos_has_its_own_renamed(corpus, tmp_path):
+    from tokenizers import Tokenizer
+
+    from selfsup.data.read.tokenizer import EOS, eos_id, load
+
+    folder, hf = llama_folder(tmp_path / "llama", corpus, llama_tokens=True, eos_token_id=2, bos_token_id=1)
+    cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
+    tok, theirs = load(cfg.data.tokenizer), Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert eos_id(tok) == 2 and tok.token_to_id("</s>") is None and tok.get_vocab_size() == theirs.get_vocab_size()
+    text = "Return the number of items in the container."
+    assert tok.encode(text).ids == theirs.encode(text).ids  # [<s>=1, ...]: only the name of token 2 changed
+    out = tmp_path / "run"
+    said = invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL)
+    assert squeeze(f"its end-of-text token '</s>' is renamed '{EOS}' in data.tokenizer") in squeeze(said)
+    assert eos_id(load(out / "tokenizer.json")) == 2

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig
+from selfsup.data.read.tokenizer import EOS
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
@@ -105,13 +107,9 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     why = _unsupported(hf)
     if why:
         raise ConfigError(f"model.init '{source}': {why} is not supported yet")
-    tokenizer = folder / "tokenizer.json"
-    if not tokenizer.is_file():
-        raise ConfigError(f"model.init '{source}' has no tokenizer.json; expected the model's fast tokenizer beside "
-                          "config.json")
     values = {f"model.{k}": hf[v] for k, v in SHAPE.items()}
     values |= {"model.rope_theta": _rope_theta(hf), "model.mlp": "swiglu", "model.norm": "rmsnorm",
-               "data.tokenizer": str(tokenizer)}
+               "data.tokenizer": str(_tokenizer(cfg, folder, hf))}
     longest = hf.get("max_position_embeddings")
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
@@ -127,6 +125,59 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
                               "override")
         tree[section][name] = value
     return type(cfg).model_validate(tree)
+
+
+def eos_token(hf: dict, tok: dict) -> str | None:
+    """The model's end-of-text token: config.json's eos_token_id (the first of a list) in its tokenizer.json."""
+    eos = hf.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    return {i: t for t, i in _names(tok).items()}.get(eos)
+
+
+def _names(tok: dict) -> dict[str, int]:
+    """A tokenizer.json's tokens (added ones and a BPE or WordPiece vocab) -> ids."""
+    vocab = (tok.get("model") or {}).get("vocab")
+    names = dict(vocab) if isinstance(vocab, dict) else {}
+    return names | {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
+
+
+def _tokenizer(cfg: RunConfig, folder: Path, hf: dict) -> Path:
+    """The model's tokenizer.json when it has selfsup's EOS (which separates packed documents); else a copy in the
+    cache whose end-of-text token is renamed EOS (same id: its embedding is the model's)."""
+    path = folder / "tokenizer.json"
+    try:
+        text = path.read_text()
+        tok = json.loads(text)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.init '{cfg.model.init}': no readable tokenizer.json ({type(e).__name__}); expected "
+                          "the model's fast tokenizer beside config.json") from None
+    old = eos_token(hf, tok)
+    if old == EOS or EOS in _names(tok):
+        return path
+    if old is None:
+        raise ConfigError(f"model.init '{cfg.model.init}': config.json's eos_token_id {hf.get('eos_token_id')} is no "
+                          f"token of its tokenizer.json, and it has no '{EOS}'; expected an end-of-text token, which "
+                          "separates packed documents")
+    from selfsup.data.cache.tokens import default_cache
+
+    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache()
+    out = root / "init" / hashlib.sha256(text.encode()).hexdigest()[:16] / "tokenizer.json"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".tokenizer.json.{os.getpid()}")
+        tmp.write_text(json.dumps(_renamed(tok, old, EOS)))
+        os.replace(tmp, out)  # whole or absent, for a concurrent run
+    return out
+
+
+def _renamed(tree, old: str, new: str):
+    """`tree` with every string and key equal to `old` (the token, its vocab key, the post-processor's template)
+    replaced by `new`."""
+    if isinstance(tree, dict):
+        return {(new if k == old else k): _renamed(v, old, new) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_renamed(v, old, new) for v in tree]
+    return new if tree == old else tree
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -149,8 +200,8 @@ def fingerprint(files: list[Path]) -> str:
 
 
 def load_init(cfg: RunConfig, model: torch.nn.Module) -> str:
-    """Copy the weights of the folder `model.init` names into our trunk `model`; returns their sha256. The
-    embedding's padding rows (the vocabulary padded to x64) are zero."""
+    """Copy the weights of the folder `model.init` names into our trunk `model`; returns the line that says which
+    (their sha256) and which tokenizer. The embedding's padding rows (the vocabulary padded to x64) are zero."""
     import torch
     from safetensors.torch import load_file
 
@@ -179,4 +230,8 @@ def load_init(cfg: RunConfig, model: torch.nn.Module) -> str:
                               f"{tuple(ours[name].shape)} from its config.json")
         new[name] = value.to(ours[name].dtype)
     model.load_state_dict(new, strict=False)  # rotary buffers are not persistent: nothing else is left out
-    return fingerprint(files)
+    line = f"model.init: {cfg.model.init} (weights sha256 {fingerprint(files)})"
+    if Path(cfg.data.tokenizer) != folder / "tokenizer.json":
+        old = eos_token(_config(folder), json.loads((folder / "tokenizer.json").read_text()))
+        line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
+    return line

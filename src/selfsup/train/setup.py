@@ -133,7 +133,7 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
         continual.load_parent(cfg, objective)
     if cfg.model.init:  # a Hugging Face Llama's weights (a checkpoint overrides); the lr warms up from step 0
-        say(f"model.init: {cfg.model.init} (weights sha256 {load_init(cfg, objective.model)})")
+        say(load_init(cfg, objective.model))
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
     model = parallelize(objective, cfg, procs, device)  # DDP, FSDP2 or HSDP; activation checkpointing
