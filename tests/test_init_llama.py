@@ -156,3 +156,21 @@ def test_a_tokenizer_without_our_eos_has_its_own_renamed(corpus, tmp_path):
     said = invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL)
     assert squeeze(f"its end-of-text token '</s>' is renamed '{EOS}' in data.tokenizer") in squeeze(said)
     assert eos_id(load(out / "tokenizer.json")) == 2
+
+
+def test_sharded_weights_load_as_one(llama, corpus, tmp_path):
+    import shutil
+
+    from selfsup.models.gpt import GPT
+    from selfsup.models.llama import load_init
+
+    folder, hf = llama
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    shutil.copyfile(folder / "tokenizer.json", tmp_path / "tokenizer.json")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    cfg = load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
+    ours = GPT(cfg.model).eval()
+    load_init(cfg, ours)
+    x = batch(folder)
+    with torch.no_grad():
+        assert torch.allclose(ours.logits(ours(x))[..., :320], hf(input_ids=x).logits, atol=1e-4)
