@@ -68,7 +68,8 @@ def test_the_config_comes_from_the_model(llama, corpus):
     folder, _ = llama
     cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
     m = cfg.model
-    assert (m.dim, m.depth, m.heads, m.vocab_size, m.mlp_hidden, m.norm_eps) == (32, 2, 2, 320, 96, 1e-5)
+    assert (m.dim, m.depth, m.heads, m.kv_heads, m.vocab_size, m.mlp_hidden, m.norm_eps) == (32, 2, 2, 2, 320, 96,
+                                                                                              1e-5)
     assert m.rope_theta == 500.0 and m.context == 64  # the recipe's 128 is more than max_position_embeddings
     assert cfg.data.tokenizer == str(folder / "tokenizer.json")
 
@@ -120,7 +121,7 @@ def test_an_override_that_contradicts_the_model_is_one_line(llama, corpus):
 
 
 @pytest.mark.parametrize("changes, says", [
-    ({"num_key_value_heads": 1}, "num_key_value_heads 1 != num_attention_heads 2 (grouped-query attention)"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu' (our SwiGLU is silu)"),
     ({"tie_word_embeddings": False}, "tie_word_embeddings false (an untied lm_head)"),
     ({"attention_bias": True}, "attention_bias true (our trunk has no biases)"),
 ])
@@ -137,6 +138,8 @@ def test_other_sources_and_objectives_are_refused(llama, corpus, tmp_path):
         load_config("gpt-clm", ["model.init=hf:meta-llama/Llama-3.2-1B", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match="for objective clm .* this run has objective=mlm"):
         load_config("bert-mlm", [f"model.init={folder}", f"data.path={corpus}"])
+    with pytest.raises(ConfigError, match=r"model.kv_heads \(3\) must divide model.heads \(4\)"):
+        load_config("gpt-clm", ["model.heads=4", "model.kv_heads=3", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match="no readable config.json"):
         load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
 
@@ -174,3 +177,27 @@ def test_sharded_weights_load_as_one(llama, corpus, tmp_path):
     x = batch(folder)
     with torch.no_grad():
         assert torch.allclose(ours.logits(ours(x))[..., :320], hf(input_ids=x).logits, atol=1e-4)
+
+
+def test_grouped_query_attention_imports_trains_and_exports(corpus, tmp_path):
+    from selfsup.models.gpt import GPT
+    from selfsup.models.llama import load_init
+    from selfsup.rundir import open_run
+
+    folder, hf = llama_folder(tmp_path / "llama", corpus, hidden_size=64, num_attention_heads=4,
+                              num_key_value_heads=2)  # each key/value head serves 2 query heads
+    cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
+    assert (cfg.model.heads, cfg.model.kv_heads) == (4, 2)
+    ours = GPT(cfg.model).eval()
+    load_init(cfg, ours)
+    x = batch(folder)
+    with torch.no_grad():
+        assert torch.allclose(ours.logits(ours(x))[..., :320], hf(input_ids=x).logits, atol=1e-4)
+    out = tmp_path / "run"
+    invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL)
+    invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert back.config.num_key_value_heads == 2
+    _, objective, _ = open_run(out, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(back(input_ids=x).logits, objective.model.logits(objective.model(x)), atol=1e-4)

@@ -131,6 +131,9 @@ class ModelConfig(Section):
     dim: int = Field(256, gt=0)
     depth: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
+    kv_heads: int | None = Field(None, gt=0, description="text trunk: key/value heads, each shared by heads/kv_heads "
+                                 "query heads (grouped-query attention, as Llama's num_key_value_heads); None: "
+                                 "model.heads. Not with xlnet-plm")
     context: int = Field(128, gt=1, description="sequence length in tokens")
     vocab_size: int = Field(8192, ge=260, description="tokenizer vocabulary (>= 256 bytes + 3 special tokens + "
                             "merges); the embedding is padded to x64")
@@ -160,6 +163,8 @@ class ModelConfig(Section):
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"model.dim ({self.dim}) must be a multiple of model.heads ({self.heads}) "
                              "with an even head size (RoPE rotates pairs)")
+        if self.kv_heads and self.heads % self.kv_heads:
+            raise ValueError(f"model.kv_heads ({self.kv_heads}) must divide model.heads ({self.heads})")
         return self
 
 

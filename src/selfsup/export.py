@@ -149,7 +149,7 @@ def llama_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": model.vocab,
         "hidden_size": m.dim, "intermediate_size": model.hidden,
-        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.heads,
+        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.kv_heads or m.heads,
         "head_dim": m.dim // m.heads, "hidden_act": "silu", "max_position_embeddings": m.context,
         "rms_norm_eps": m.norm_eps or 1e-6, "rope_theta": m.rope_theta, "attention_bias": False, "mlp_bias": False,
         "tie_word_embeddings": True, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),

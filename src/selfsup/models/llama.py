@@ -3,8 +3,8 @@ the export (export.py) reads one way and `model.init` (train/setup.py) the other
 
 `model.init=FOLDER` names a local folder of a Llama causal LM: `init_config` reads its config.json into the run's
 config (shape keys, the tokenizer) before any data is read, refusing in one line what our trunk cannot express;
-`load_init` copies its safetensors into the built trunk. Only the layout our trunk has: multi-head attention
-(no grouped-query), no biases, SwiGLU, RMSNorm, plain RoPE and tied embeddings.
+`load_init` copies its safetensors into the built trunk. Only the layout our trunk has: multi-head or
+grouped-query attention, no biases, SwiGLU, RMSNorm, plain RoPE and tied embeddings.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from selfsup.config import ConfigError, RunConfig
+from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
@@ -29,7 +29,8 @@ BLOCK = {  # ours -> Llama's; a tuple: our fused matrix is Llama's matrices stac
     "mlp.up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "mlp.down.weight": "mlp.down_proj.weight",
 }
 SHAPE = {"dim": "hidden_size", "depth": "num_hidden_layers", "heads": "num_attention_heads",
-         "vocab_size": "vocab_size", "mlp_hidden": "intermediate_size", "norm_eps": "rms_norm_eps"}
+         "kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "mlp_hidden": "intermediate_size",
+         "norm_eps": "rms_norm_eps"}  # model.KEY <- config.json's
 
 
 def llama_names(depth: int) -> dict[str, str | tuple[str, ...]]:
@@ -44,11 +45,13 @@ def llama_names(depth: int) -> dict[str, str | tuple[str, ...]]:
 
 def to_llama(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Our trunk's weights under Llama's names (the fused matrices split into equal row blocks)."""
-    ours = model.state_dict()
+    ours, c = model.state_dict(), model.cfg
+    KV = (c.kv_heads or c.heads) * (c.dim // c.heads)  # rows of k and of v: key/value heads × head size
+    rows = {"attn.qkv.weight": [c.dim, KV, KV], "mlp.up.weight": [model.hidden, model.hidden]}
     sd = {}
-    for name, theirs in llama_names(model.cfg.depth).items():
+    for name, theirs in llama_names(c.depth).items():
         if isinstance(theirs, tuple):
-            sd.update(zip(theirs, ours[name].chunk(len(theirs))))  # (3D, D) -> 3 × (D, D); (2F, D) -> 2 × (F, D)
+            sd.update(zip(theirs, ours[name].split(rows[name.split(".", 2)[2]])))  # qkv: (D + 2KV, D); up: (2F, D)
         else:
             sd[theirs] = ours[name]
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
@@ -74,9 +77,7 @@ def _unsupported(hf: dict) -> str | None:
     arch = hf.get("architectures") or []
     if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in arch:
         return f"architectures {arch} (model_type {hf.get('model_type')!r}): expected LlamaForCausalLM"
-    heads, kv = hf.get("num_attention_heads"), hf.get("num_key_value_heads", hf.get("num_attention_heads"))
-    if kv != heads:
-        return f"num_key_value_heads {kv} != num_attention_heads {heads} (grouped-query attention)"
+    heads = hf.get("num_attention_heads")
     if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
         return f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads ({hf['hidden_size'] // heads})"
     for key in ("attention_bias", "mlp_bias"):
@@ -104,6 +105,11 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
                           f"objective={cfg.objective}")
     folder = Path(source).expanduser()
     hf = _config(folder)
+    hf = {"num_key_value_heads": hf.get("num_attention_heads"), "rms_norm_eps": 1e-6} | hf  # LlamaConfig's defaults
+    absent = [k for k in SHAPE.values() if not isinstance(hf.get(k), (int, float))]
+    if absent:
+        raise ConfigError(f"model.init '{source}': config.json has no number '{absent[0]}'; expected a "
+                          "LlamaForCausalLM's config")
     why = _unsupported(hf)
     if why:
         raise ConfigError(f"model.init '{source}': {why} is not supported yet")
@@ -124,7 +130,7 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
             raise ConfigError(f"{key}={tree[section][name]}: model.init '{source}' has {theirs} {value}; drop the "
                               "override")
         tree[section][name] = value
-    return type(cfg).model_validate(tree)
+    return validate(tree)
 
 
 def eos_token(hf: dict, tok: dict) -> str | None:

@@ -32,8 +32,8 @@ class Transformer(nn.Module):
         self.embed_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.hidden = cfg.mlp_hidden or mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)  # F
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, self.hidden, cfg.mlp, cfg.norm, cfg.dropout, cfg.norm_eps)
-                                    for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, self.hidden, cfg.mlp, cfg.norm, cfg.dropout, cfg.norm_eps,
+                                          cfg.kv_heads) for _ in range(cfg.depth))
         if embed_norm:
             self.blocks[0].norm1 = nn.Identity()  # its input is the normalised embedding already (ModernBERT)
         self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps)
