@@ -122,7 +122,7 @@ def test_an_override_that_contradicts_the_model_is_one_line(llama, corpus):
 
 @pytest.mark.parametrize("changes, says", [
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' (our SwiGLU is silu)"),
-    ({"tie_word_embeddings": False}, "tie_word_embeddings false (an untied lm_head)"),
+    ({"mlp_bias": True}, "mlp_bias true (our trunk has no biases)"),
     ({"attention_bias": True}, "attention_bias true (our trunk has no biases)"),
 ])
 def test_what_our_trunk_cannot_hold_is_refused(corpus, tmp_path, changes, says):
@@ -179,15 +179,21 @@ def test_sharded_weights_load_as_one(llama, corpus, tmp_path):
         assert torch.allclose(ours.logits(ours(x))[..., :320], hf(input_ids=x).logits, atol=1e-4)
 
 
-def test_grouped_query_attention_imports_trains_and_exports(corpus, tmp_path):
+@pytest.mark.parametrize("changes", [
+    {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2},  # a key/value head for 2 query heads
+    {"tie_word_embeddings": False},  # an lm_head of its own
+])
+def test_gqa_and_an_untied_head_import_train_and_export(corpus, tmp_path, changes):
     from selfsup.models.gpt import GPT
     from selfsup.models.llama import load_init
     from selfsup.rundir import open_run
 
-    folder, hf = llama_folder(tmp_path / "llama", corpus, hidden_size=64, num_attention_heads=4,
-                              num_key_value_heads=2)  # each key/value head serves 2 query heads
+    folder, hf = llama_folder(tmp_path / "llama", corpus, **changes)
     cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
-    assert (cfg.model.heads, cfg.model.kv_heads) == (4, 2)
+    m = cfg.model
+    assert (m.heads, m.kv_heads, m.tied) == (changes.get("num_attention_heads", 2),
+                                             changes.get("num_key_value_heads", 2),
+                                             changes.get("tie_word_embeddings", True))
     ours = GPT(cfg.model).eval()
     load_init(cfg, ours)
     x = batch(folder)
@@ -197,7 +203,7 @@ def test_grouped_query_attention_imports_trains_and_exports(corpus, tmp_path):
     invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL)
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert back.config.num_key_value_heads == 2
+    assert (back.config.num_key_value_heads, back.config.tie_word_embeddings) == (m.kv_heads, m.tied)
     _, objective, _ = open_run(out, torch.device("cpu"))
     with torch.no_grad():
         assert torch.allclose(back(input_ids=x).logits, objective.model.logits(objective.model(x)), atol=1e-4)

@@ -142,6 +142,8 @@ class ModelConfig(Section):
     mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (gated MLPs use 2/3 of it)")
     mlp_hidden: int | None = Field(None, gt=0, description="text trunk: the MLP's hidden width F itself, instead of "
                                    "mlp_ratio's (model.init sets it to a model's intermediate_size)")
+    tied: bool = Field(True, description="GPT decoder: the output head is the token embedding (Llama's "
+                       "tie_word_embeddings); false: a head of its own")
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="rmsnorm (eps 1e-6, Llama) or layernorm "
                                                   "without bias (eps 1e-5, ModernBERT)")
     norm_eps: float | None = Field(None, gt=0, description="text trunk: the norms' eps instead of the kind's default "

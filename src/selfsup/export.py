@@ -3,8 +3,9 @@
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
 permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads):
 - the GPT decoder onto Llama (`AutoModelForCausalLM`): pre-norm RMSNorm (eps 1e-6 or model.norm_eps), rotary
-  embeddings in the "rotate half" layout, SwiGLU MLP, no biases, tied embeddings; our fused `qkv` and `up` (gate,
-  up) matrices are split into Llama's separate projections (models/llama.py: the table `model.init` reads back).
+  embeddings in the "rotate half" layout, SwiGLU MLP, no biases, tied embeddings (or an lm_head, model.tied=false);
+  our fused `qkv` and `up` (gate, up) matrices are split into Llama's separate projections (models/llama.py: the
+  table `model.init` reads back).
 - the masked-LM encoder onto ModernBERT (`AutoModelForMaskedLM`): normalised embedding, LayerNorm without bias
   (eps 1e-5), no norm before the first attention, fused Wqkv, GeGLU, RoPE, every layer global attention, the
   dense-GELU-norm head and a tied decoder with bias. Requires model.norm=layernorm and model.mlp=geglu (the
@@ -152,7 +153,7 @@ def llama_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
         "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.kv_heads or m.heads,
         "head_dim": m.dim // m.heads, "hidden_act": "silu", "max_position_embeddings": m.context,
         "rms_norm_eps": m.norm_eps or 1e-6, "rope_theta": m.rope_theta, "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": True, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),
+        "tie_word_embeddings": m.tied, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),
         "pad_token_id": specials.get(PAD), "torch_dtype": "float32", "initializer_range": 0.02,
     }
 

@@ -4,7 +4,7 @@ the export (export.py) reads one way and `model.init` (train/setup.py) the other
 `model.init=FOLDER` names a local folder of a Llama causal LM: `init_config` reads its config.json into the run's
 config (shape keys, the tokenizer) before any data is read, refusing in one line what our trunk cannot express;
 `load_init` copies its safetensors into the built trunk. Only the layout our trunk has: multi-head or
-grouped-query attention, no biases, SwiGLU, RMSNorm, plain RoPE and tied embeddings.
+grouped-query attention, no biases, SwiGLU, RMSNorm, plain RoPE, a tied or untied output head.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ SHAPE = {"dim": "hidden_size", "depth": "num_hidden_layers", "heads": "num_atten
          "norm_eps": "rms_norm_eps"}  # model.KEY <- config.json's
 
 
-def llama_names(depth: int) -> dict[str, str | tuple[str, ...]]:
+def llama_names(depth: int, tied: bool = True) -> dict[str, str | tuple[str, ...]]:
     """Every tensor of our trunk's state dict -> the Llama tensor (or stacked tensors) it is."""
-    names = dict(TOP)
+    names = dict(TOP) if tied else TOP | {"head.weight": "lm_head.weight"}
     for i in range(depth):
         for ours, theirs in BLOCK.items():
             names[f"blocks.{i}.{ours}"] = (tuple(f"model.layers.{i}.{t}" for t in theirs) if isinstance(theirs, tuple)
@@ -49,7 +49,7 @@ def to_llama(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     KV = (c.kv_heads or c.heads) * (c.dim // c.heads)  # rows of k and of v: key/value heads × head size
     rows = {"attn.qkv.weight": [c.dim, KV, KV], "mlp.up.weight": [model.hidden, model.hidden]}
     sd = {}
-    for name, theirs in llama_names(c.depth).items():
+    for name, theirs in llama_names(c.depth, c.tied).items():
         if isinstance(theirs, tuple):
             sd.update(zip(theirs, ours[name].split(rows[name.split(".", 2)[2]])))  # qkv: (D + 2KV, D); up: (2F, D)
         else:
@@ -85,8 +85,6 @@ def _unsupported(hf: dict) -> str | None:
             return f"{key} true (our trunk has no biases)"
     if hf.get("hidden_act", "silu") != "silu":
         return f"hidden_act {hf['hidden_act']!r} (our SwiGLU is silu)"
-    if not hf.get("tie_word_embeddings", True):
-        return "tie_word_embeddings false (an untied lm_head)"
     rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         return f"rope type {rope.get('rope_type', rope.get('type'))!r} (only plain RoPE)"
@@ -115,6 +113,7 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
         raise ConfigError(f"model.init '{source}': {why} is not supported yet")
     values = {f"model.{k}": hf[v] for k, v in SHAPE.items()}
     values |= {"model.rope_theta": _rope_theta(hf), "model.mlp": "swiglu", "model.norm": "rmsnorm",
+               "model.tied": bool(hf.get("tie_word_embeddings", True)),
                "data.tokenizer": str(_tokenizer(cfg, folder, hf))}
     longest = hf.get("max_position_embeddings")
     if longest and cfg.model.context > longest:
@@ -222,14 +221,14 @@ def load_init(cfg: RunConfig, model: torch.nn.Module) -> str:
         theirs |= load_file(str(f))
     ours = model.state_dict()
     new = {}
-    for name, keys in llama_names(model.cfg.depth).items():
+    for name, keys in llama_names(model.cfg.depth, model.cfg.tied).items():
         keys = keys if isinstance(keys, tuple) else (keys,)
         absent = [k for k in keys if k not in theirs]
         if absent:
             raise ConfigError(f"model.init '{cfg.model.init}': its weights have no '{absent[0]}'; expected a "
                               "LlamaForCausalLM's tensors")
         value = torch.cat([theirs[k] for k in keys]).float()
-        if name == "embed.weight":  # (V, D) into (V padded to x64, D)
+        if name in ("embed.weight", "head.weight"):  # (V, D) into (V padded to x64, D)
             value = torch.cat([value, value.new_zeros(ours[name].shape[0] - value.shape[0], value.shape[1])])
         if value.shape != ours[name].shape:
             raise ConfigError(f"model.init '{cfg.model.init}': {keys[0]} is {tuple(value.shape)}, expected "
