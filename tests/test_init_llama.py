@@ -1,6 +1,7 @@
 """model.init: a Hugging Face Llama causal LM starts a gpt-clm run with its own logits, trains, and exports back to
 transformers with the logits of the trained run; what our trunk cannot hold is refused in one line."""
 
+import hashlib
 import json
 
 import pytest
@@ -81,7 +82,7 @@ def test_imported_logits_equal_transformers(llama, corpus):
     folder, hf = llama
     cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
     ours = GPT(cfg.model).eval()
-    load_init(cfg, ours)
+    assert len(load_init(cfg, ours)[0]) == 64
     x = batch(folder)
     with torch.no_grad():
         got = ours.logits(ours(x))[..., :320]
@@ -99,6 +100,9 @@ def test_train_from_the_model_and_export_back(llama, corpus, tmp_path):
     assert squeeze(f"model.init: {folder} (weights sha256 ") in squeeze(text)
     saved = (out / "config.yaml").read_text()
     assert f"init: {folder}" in saved and "mlp_hidden: 96" in saved
+    first = json.loads((out / "history.jsonl").read_text().splitlines()[0])
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert first["started_from"] == {"path": str(folder), "sha256": sha} and sha in squeeze(text)
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["intermediate_size"] == 96
@@ -207,3 +211,13 @@ def test_gqa_and_an_untied_head_import_train_and_export(corpus, tmp_path, change
     _, objective, _ = open_run(out, torch.device("cpu"))
     with torch.no_grad():
         assert torch.allclose(back(input_ids=x).logits, objective.model.logits(objective.model(x)), atol=1e-4)
+
+
+def test_a_resumed_run_goes_on_from_its_checkpoint(llama, corpus, tmp_path):
+    folder, _ = llama
+    out = tmp_path / "run"
+    invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus}", f"out_dir={out}", *SMALL)
+    said = invoke("train", out, "train.max_steps=3")
+    assert squeeze(f"resuming from {out / 'checkpoints' / 'step-00000002'}") in squeeze(said)
+    again = json.loads((out / "history.jsonl").read_text().splitlines()[1])
+    assert again["step"] == 2 and "started_from" not in again  # its weights are the checkpoint's

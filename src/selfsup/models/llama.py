@@ -204,9 +204,9 @@ def fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def load_init(cfg: RunConfig, model: torch.nn.Module) -> str:
-    """Copy the weights of the folder `model.init` names into our trunk `model`; returns the line that says which
-    (their sha256) and which tokenizer. The embedding's padding rows (the vocabulary padded to x64) are zero."""
+def load_init(cfg: RunConfig, model: torch.nn.Module) -> tuple[str, str]:
+    """Copy the weights of the folder `model.init` names into our trunk `model`; returns their sha256 and the line
+    that says which and which tokenizer. The embedding's padding rows (the vocabulary padded to x64) are zero."""
     import torch
     from safetensors.torch import load_file
 
@@ -235,8 +235,9 @@ def load_init(cfg: RunConfig, model: torch.nn.Module) -> str:
                               f"{tuple(ours[name].shape)} from its config.json")
         new[name] = value.to(ours[name].dtype)
     model.load_state_dict(new, strict=False)  # rotary buffers are not persistent: nothing else is left out
-    line = f"model.init: {cfg.model.init} (weights sha256 {fingerprint(files)})"
+    sha = fingerprint(files)
+    line = f"model.init: {cfg.model.init} (weights sha256 {sha})"
     if Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         old = eos_token(_config(folder), json.loads((folder / "tokenizer.json").read_text()))
         line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
-    return line
+    return sha, line
