@@ -473,6 +473,22 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _text_trunk_options(self) -> RunConfig:
+        """The options model.init sets shape the text trunk alone: elsewhere they would be ignored without a word."""
+        m = self.model
+        given = [k for k in ("kv_heads", "mlp_hidden", "norm_eps") if getattr(m, k) is not None]
+        given += [] if m.tied else ["tied"]
+        if given and self.modality != "text":
+            raise ValueError(f"model.{given[0]} shapes the text trunk; this run's modality is {self.modality}")
+        if m.kv_heads not in (None, m.heads) and "plm" in self.parts:
+            raise ValueError(f"model.kv_heads={m.kv_heads}: xlnet-plm's two-stream attention needs model.kv_heads = "
+                             f"model.heads ({m.heads})")
+        if not m.tied and self.parts != ["clm"]:
+            raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
+                             f"objective {self.objective} ties its head to the embedding")
+        return self
+
+    @model_validator(mode="after")
     def _hybrid_terms(self) -> RunConfig:
         terms = self.hybrid.terms
         if self.objective != "hybrid":
