@@ -228,3 +228,20 @@ def test_a_resumed_run_goes_on_from_its_checkpoint(llama, corpus, tmp_path):
     assert squeeze(f"resuming from {out / 'checkpoints' / 'step-00000002'}") in squeeze(said)
     again = json.loads((out / "history.jsonl").read_text().splitlines()[1])
     assert again["step"] == 2 and "started_from" not in again  # its weights are the checkpoint's
+
+
+def test_broken_weights_are_one_line(llama, corpus, tmp_path):
+    import shutil
+
+    from selfsup.models.gpt import GPT
+    from selfsup.models.llama import load_init
+
+    folder, _ = llama
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(folder / name, tmp_path / name)
+    cfg = load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}", "data.cache_dir=" + str(tmp_path)])
+    with pytest.raises(ConfigError, match=f"model.init '{tmp_path}' has no {tmp_path / 'model.safetensors'}"):
+        load_init(cfg, GPT(cfg.model))
+    (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])  # truncated
+    with pytest.raises(ConfigError, match="model.safetensors could not be read .*; expected a safetensors file"):
+        load_init(cfg, GPT(cfg.model))

@@ -44,7 +44,7 @@ def llama_names(depth: int, tied: bool = True) -> dict[str, str | tuple[str, ...
 
 
 def to_llama(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our trunk's weights under Llama's names (the fused matrices split into equal row blocks)."""
+    """Our trunk's weights under Llama's names (the fused matrices split into Llama's row blocks)."""
     ours, c = model.state_dict(), model.cfg
     KV = (c.kv_heads or c.heads) * (c.dim // c.heads)  # rows of k and of v: key/value heads × head size
     rows = {"attn.qkv.weight": [c.dim, KV, KV], "mlp.up.weight": [model.hidden, model.hidden]}
@@ -104,9 +104,9 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     folder = Path(source).expanduser()
     hf = _config(folder)
     hf = {"num_key_value_heads": hf.get("num_attention_heads"), "rms_norm_eps": 1e-6} | hf  # LlamaConfig's defaults
-    absent = [k for k in SHAPE.values() if not isinstance(hf.get(k), (int, float))]
+    absent = [k for k in SHAPE.values() if not isinstance(hf.get(k), (int, float)) or hf[k] <= 0]
     if absent:
-        raise ConfigError(f"model.init '{source}': config.json has no number '{absent[0]}'; expected a "
+        raise ConfigError(f"model.init '{source}': config.json has no positive number '{absent[0]}'; expected a "
                           "LlamaForCausalLM's config")
     why = _unsupported(hf)
     if why:
@@ -125,7 +125,7 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     for key, value in values.items():
         section, name = key.split(".")
         if key in explicit and tree[section][name] != value:
-            theirs = SHAPE.get(name, name)
+            theirs = (SHAPE | {"tied": "tie_word_embeddings"}).get(name, name)
             raise ConfigError(f"{key}={tree[section][name]}: model.init '{source}' has {theirs} {value}; drop the "
                               "override")
         tree[section][name] = value
@@ -218,7 +218,12 @@ def load_init(cfg: RunConfig, model: torch.nn.Module) -> tuple[str, str]:
                           "shards model.safetensors.index.json names")
     theirs = {}
     for f in files:
-        theirs |= load_file(str(f))
+        try:
+            theirs |= load_file(str(f))
+        except Exception as e:  # safetensors raises its own error types on a truncated or foreign file
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"model.init '{cfg.model.init}': {f} could not be read ({why}); expected a "
+                              "safetensors file") from None
     ours = model.state_dict()
     new = {}
     for name, keys in llama_names(model.cfg.depth, model.cfg.tied).items():
@@ -228,13 +233,14 @@ def load_init(cfg: RunConfig, model: torch.nn.Module) -> tuple[str, str]:
             raise ConfigError(f"model.init '{cfg.model.init}': its weights have no '{absent[0]}'; expected a "
                               "LlamaForCausalLM's tensors")
         value = torch.cat([theirs[k] for k in keys]).float()
-        if name in ("embed.weight", "head.weight"):  # (V, D) into (V padded to x64, D)
-            value = torch.cat([value, value.new_zeros(ours[name].shape[0] - value.shape[0], value.shape[1])])
+        pad = ours[name].shape[0] - value.shape[0]
+        if name in ("embed.weight", "head.weight") and pad > 0:  # (V, D) into (V padded to x64, D)
+            value = torch.cat([value, value.new_zeros(pad, value.shape[1])])
         if value.shape != ours[name].shape:
             raise ConfigError(f"model.init '{cfg.model.init}': {keys[0]} is {tuple(value.shape)}, expected "
                               f"{tuple(ours[name].shape)} from its config.json")
         new[name] = value.to(ours[name].dtype)
-    model.load_state_dict(new, strict=False)  # rotary buffers are not persistent: nothing else is left out
+    model.load_state_dict(new)  # every tensor: the table covers the trunk (rotary buffers are not persistent)
     sha = fingerprint(files)
     line = f"model.init: {cfg.model.init} (weights sha256 {sha})"
     if Path(cfg.data.tokenizer) != folder / "tokenizer.json":
