@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
+from selfsup.cli import app
 from selfsup.config import ConfigError
 from selfsup.data.read.tokenizer import train_bpe
 from selfsup.train.continual import load_config
-from tests.test_cli import invoke
+from tests.test_cli import invoke, runner
 
 transformers = pytest.importorskip("transformers")
 
@@ -245,3 +246,14 @@ def test_broken_weights_are_one_line(llama, corpus, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])  # truncated
     with pytest.raises(ConfigError, match="model.safetensors could not be read .*; expected a safetensors file"):
         load_init(cfg, GPT(cfg.model))
+
+
+def test_a_grouped_query_encoder_is_not_exported_as_modernbert(corpus, tmp_path):
+    from tests.conftest import TINY
+
+    out = tmp_path / "run"
+    invoke("train", "bert-mlm", f"data.path={corpus}", f"out_dir={out}", *TINY, "model.kv_heads=1",
+           "train.max_steps=1")
+    result = runner.invoke(app, ["export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert str(result.exception) == ("--format hf: ModernBERT has no grouped-query attention, and this run has "
+                                     "model.kv_heads=1 < model.heads=2; use --format safetensors")

@@ -127,6 +127,9 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
     if cfg.objective == "clm" and (m.mlp, m.norm) == ("swiglu", "rmsnorm"):
         return to_llama(model), llama_config(cfg, model, run_dir)
     if "mlm" in cfg.parts and (m.mlp, m.norm) == ("geglu", "layernorm"):
+        if m.kv_heads not in (None, m.heads):
+            raise ExportError(f"--format hf: ModernBERT has no grouped-query attention, and this run has "
+                              f"model.kv_heads={m.kv_heads} < model.heads={m.heads}; use --format safetensors")
         return modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
     raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
                       "masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm onto "
