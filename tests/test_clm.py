@@ -33,7 +33,7 @@ def test_shift_happens_exactly_once():
     tokens = torch.arange(1, 18).repeat(2, 1)  # target t+1 = input t + 1
 
     class Oracle(torch.nn.Module):
-        embed = torch.nn.Embedding.from_pretrained(torch.eye(320))  # logits = hidden @ I
+        out_weight = torch.eye(320)  # logits = hidden @ I
 
         def forward(self, idx, doc_ids=None):
             return F.one_hot(idx + 1, 320).float() * 100

@@ -151,14 +151,26 @@ class ModelConfig(Section):
     dim: int = Field(256, gt=0)
     depth: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
+    kv_heads: int | None = Field(None, gt=0, description="text trunk: key/value heads, each shared by heads/kv_heads "
+                                 "query heads (grouped-query attention, as Llama's num_key_value_heads); None: "
+                                 "model.heads. Not with xlnet-plm")
     context: int = Field(128, gt=1, description="sequence length in tokens")
     vocab_size: int = Field(8192, ge=260, description="tokenizer vocabulary (>= 256 bytes + 3 special tokens + "
                             "merges); the embedding is padded to x64")
     mlp: Literal["swiglu", "geglu", "gelu"] = Field("swiglu", description="swiglu (Llama), geglu (ModernBERT) "
                                                     "or a plain gelu MLP")
     mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (gated MLPs use 2/3 of it)")
+    mlp_hidden: int | None = Field(None, gt=0, description="text trunk: the MLP's hidden width F itself, instead of "
+                                   "mlp_ratio's (model.init sets it to a model's intermediate_size)")
+    tied: bool = Field(True, description="GPT decoder: the output head is the token embedding (Llama's "
+                       "tie_word_embeddings); false: a head of its own")
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="rmsnorm (eps 1e-6, Llama) or layernorm "
                                                   "without bias (eps 1e-5, ModernBERT)")
+    norm_eps: float | None = Field(None, gt=0, description="text trunk: the norms' eps instead of the kind's default "
+                                   "(model.init sets it to a model's rms_norm_eps)")
+    init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
+                             "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
+                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -173,6 +185,8 @@ class ModelConfig(Section):
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"model.dim ({self.dim}) must be a multiple of model.heads ({self.heads}) "
                              "with an even head size (RoPE rotates pairs)")
+        if self.kv_heads and self.heads % self.kv_heads:
+            raise ValueError(f"model.kv_heads ({self.kv_heads}) must divide model.heads ({self.heads})")
         return self
 
 
@@ -476,6 +490,22 @@ class RunConfig(Section):
             if pixels and value is not None and len(value) != self.image.channels:
                 raise ValueError(f"image.{key} has {len(value)} values; expected one per channel "
                                  f"(image.channels={self.image.channels})")
+        return self
+
+    @model_validator(mode="after")
+    def _text_trunk_options(self) -> RunConfig:
+        """The options model.init sets shape the text trunk alone: elsewhere they would be ignored without a word."""
+        m = self.model
+        given = [k for k in ("kv_heads", "mlp_hidden", "norm_eps") if getattr(m, k) is not None]
+        given += [] if m.tied else ["tied"]
+        if given and self.modality != "text":
+            raise ValueError(f"model.{given[0]} shapes the text trunk; this run's modality is {self.modality}")
+        if m.kv_heads not in (None, m.heads) and "plm" in self.parts:
+            raise ValueError(f"model.kv_heads={m.kv_heads}: xlnet-plm's two-stream attention needs model.kv_heads = "
+                             f"model.heads ({m.heads})")
+        if not m.tied and self.parts != ["clm"]:
+            raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
+                             f"objective {self.objective} ties its head to the embedding")
         return self
 
     @model_validator(mode="after")

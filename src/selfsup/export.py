@@ -2,9 +2,10 @@
 
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
 permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads):
-- the GPT decoder onto Llama (`AutoModelForCausalLM`): pre-norm RMSNorm (eps 1e-6), rotary embeddings in the
-  "rotate half" layout, SwiGLU MLP, no biases, tied embeddings; our fused `qkv` and `up` (gate, up) matrices
-  are split into Llama's separate projections.
+- the GPT decoder onto Llama (`AutoModelForCausalLM`): pre-norm RMSNorm (eps 1e-6 or model.norm_eps), rotary
+  embeddings in the "rotate half" layout, SwiGLU MLP, no biases, tied embeddings (or an lm_head, model.tied=false);
+  our fused `qkv` and `up` (gate, up) matrices are split into Llama's separate projections (models/llama.py: the
+  table `model.init` reads back).
 - the masked-LM encoder onto ModernBERT (`AutoModelForMaskedLM`): normalised embedding, LayerNorm without bias
   (eps 1e-5), no norm before the first attention, fused Wqkv, GeGLU, RoPE, every layer global attention, the
   dense-GELU-norm head and a tied decoder with bias. Requires model.norm=layernorm and model.mlp=geglu (the
@@ -29,7 +30,7 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.blocks import mlp_hidden
+from selfsup.models.llama import to_llama
 from selfsup.models.transformer import Transformer
 from selfsup.quantize import MARKER, MODES, quantized_state
 
@@ -124,8 +125,11 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
         head = objective.terms["mlm"].head
     m = cfg.model
     if cfg.objective == "clm" and (m.mlp, m.norm) == ("swiglu", "rmsnorm"):
-        return llama_state_dict(model), llama_config(cfg, model, run_dir)
+        return to_llama(model), llama_config(cfg, model, run_dir)
     if "mlm" in cfg.parts and (m.mlp, m.norm) == ("geglu", "layernorm"):
+        if m.kv_heads not in (None, m.heads):
+            raise ExportError(f"--format hf: ModernBERT has no grouped-query attention, and this run has "
+                              f"model.kv_heads={m.kv_heads} < model.heads={m.heads}; use --format safetensors")
         return modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
     raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
                       "masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm onto "
@@ -143,33 +147,16 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
         "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
 
 
-def llama_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    D = model.cfg.dim
-    F = mlp_hidden(D, model.cfg.mlp_ratio, "swiglu")
-    sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    for i, block in enumerate(model.blocks):
-        p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv.weight.split(D)  # (D, D) each: rows are heads × head size, as in Llama
-        gate, up = block.mlp.up.weight.split(F)  # (F, D) each
-        sd.update({
-            p + "input_layernorm.weight": block.norm1.weight, p + "post_attention_layernorm.weight": block.norm2.weight,
-            p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
-            p + "self_attn.o_proj.weight": block.attn.out.weight,
-            p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up, p + "mlp.down_proj.weight": block.mlp.down.weight,
-        })
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
 def llama_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
     specials = _special_ids(run_dir)
     m = cfg.model
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": model.vocab,
-        "hidden_size": m.dim, "intermediate_size": mlp_hidden(m.dim, m.mlp_ratio, "swiglu"),
-        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.heads,
+        "hidden_size": m.dim, "intermediate_size": model.hidden,
+        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.kv_heads or m.heads,
         "head_dim": m.dim // m.heads, "hidden_act": "silu", "max_position_embeddings": m.context,
-        "rms_norm_eps": 1e-6, "rope_theta": m.rope_theta, "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": True, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),
+        "rms_norm_eps": m.norm_eps or 1e-6, "rope_theta": m.rope_theta, "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": m.tied, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),
         "pad_token_id": specials.get(PAD), "torch_dtype": "float32", "initializer_range": 0.02,
     }
 
@@ -195,10 +182,11 @@ def modernbert_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict
     rope = {"rope_type": "default", "rope_theta": m.rope_theta}
     return {
         "architectures": ["ModernBertForMaskedLM"], "model_type": "modernbert", "vocab_size": model.vocab,
-        "hidden_size": m.dim, "intermediate_size": mlp_hidden(m.dim, m.mlp_ratio, "geglu"),
+        "hidden_size": m.dim, "intermediate_size": model.hidden,
         "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "hidden_activation": "gelu",
-        "max_position_embeddings": m.context, "norm_eps": 1e-5, "norm_bias": False, "attention_bias": False,
-        "mlp_bias": False, "decoder_bias": True, "classifier_bias": False, "classifier_activation": "gelu",
+        "max_position_embeddings": m.context, "norm_eps": m.norm_eps or 1e-5, "norm_bias": False,
+        "attention_bias": False, "mlp_bias": False, "decoder_bias": True, "classifier_bias": False,
+        "classifier_activation": "gelu",
         "classifier_pooling": m.pooling, "layer_types": ["full_attention"] * m.depth,
         "rope_parameters": {"full_attention": rope, "sliding_attention": rope}, "local_attention": 2 * m.context,
         "tie_word_embeddings": True, "pad_token_id": specials.get(PAD), "eos_token_id": specials.get(EOS),

@@ -50,10 +50,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    """Multi-head attention; with kv_heads (G) < heads, grouped-query: each key/value head serves H/G query heads."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, kv_heads: int | None = None):
         super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.heads, self.kv_heads = heads, kv_heads or heads
+        self.qkv = nn.Linear(dim, dim + 2 * self.kv_heads * (dim // heads), bias=False)  # q, k, v stacked by rows
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
@@ -61,16 +63,30 @@ class Attention(nn.Module):
         # x: (B, T, D); rope: cos, sin from Rotary, or None (ViT: positions are added to the input);
         # mask: (B, 1, T, T) bool, True where a query may see a key
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)  # (B, T, 3, H, K)
-        qk = qkv[:, :, :2] if rope is None else apply_rotary(qkv[:, :, :2], *rope)  # (B, T, 2, H, K)
-        q, k = qk.permute(2, 0, 3, 1, 4)  # 2 × (B, H, T, K)
-        v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, K)
+        if self.kv_heads == self.heads:
+            qkv = self.qkv(x).view(B, T, 3, self.heads, D // self.heads)  # (B, T, 3, H, K)
+            qk = qkv[:, :, :2] if rope is None else apply_rotary(qkv[:, :, :2], *rope)  # (B, T, 2, H, K)
+            q, k = qk.permute(2, 0, 3, 1, 4)  # 2 × (B, H, T, K)
+            v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, K)
+        else:
+            q, k, v = self._grouped(x, rope)
         p = self.dropout if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, T, K)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # causality is in the mask
         return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+    def _grouped(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v as (B, H, T, K), k and v repeated so query head h reads key/value head h // (H/G), as Llama."""
+        B, T, D = x.shape
+        H, G, K = self.heads, self.kv_heads, D // self.heads
+        q, k, v = self.qkv(x).split([D, G * K, G * K], dim=-1)  # (B, T, D), (B, T, G·K) × 2
+        q, k, v = q.view(B, T, 1, H, K), k.view(B, T, 1, G, K), v.view(B, T, G, K)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        k, v = (t.view(B, T, G, K).transpose(1, 2).repeat_interleave(H // G, dim=1) for t in (k, v))  # (B, H, T, K)
+        return q.view(B, T, H, K).transpose(1, 2), k, v
 
 
 class MLP(nn.Module):
@@ -97,17 +113,20 @@ def mlp_hidden(dim: int, ratio: float, kind: str) -> int:
     return int(math.ceil(hidden / 64) * 64)
 
 
-def make_norm(kind: str, dim: int) -> nn.Module:
-    """RMSNorm as Llama (eps 1e-6) or LayerNorm without bias as ModernBERT (eps 1e-5)."""
-    return nn.RMSNorm(dim, eps=1e-6) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=1e-5, bias=False)
+def make_norm(kind: str, dim: int, eps: float | None = None) -> nn.Module:
+    """RMSNorm as Llama (eps 1e-6) or LayerNorm without bias as ModernBERT (eps 1e-5); `eps` replaces the default."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps or 1e-6)
+    return nn.LayerNorm(dim, eps=eps or 1e-5, bias=False)
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, norm: str, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, hidden: int, mlp: str, norm: str, dropout: float = 0.0,
+                 eps: float | None = None, kv_heads: int | None = None):
         super().__init__()
-        self.norm1 = make_norm(norm, dim)
-        self.attn = Attention(dim, heads, dropout)
-        self.norm2 = make_norm(norm, dim)
+        self.norm1 = make_norm(norm, dim, eps)
+        self.attn = Attention(dim, heads, dropout, kv_heads)
+        self.norm2 = make_norm(norm, dim, eps)
         self.mlp = MLP(dim, hidden, mlp)
         self.drop = nn.Dropout(dropout)
 

@@ -1,5 +1,5 @@
 """The transformer trunk shared by the GPT decoder and the text encoder: token embedding, pre-norm blocks, final
-norm, and a tied output head for token predictions.
+norm, and an output head for token predictions (tied to the embedding unless model.tied=false).
 
 The vocabulary is padded to a multiple of 64 for fast matmuls; padded rows are never targets and are masked out
 when sampling. Packed windows carry several documents; with `doc_ids` a token attends only to tokens of its own
@@ -29,14 +29,15 @@ class Transformer(nn.Module):
         self.causal = causal
         self.vocab = padded_vocab(cfg.vocab_size)
         self.embed = nn.Embedding(self.vocab, cfg.dim)
-        self.embed_norm = make_norm(cfg.norm, cfg.dim) if embed_norm else nn.Identity()
+        self.embed_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
-        hidden = mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, hidden, cfg.mlp, cfg.norm, cfg.dropout)
-                                    for _ in range(cfg.depth))
+        self.hidden = cfg.mlp_hidden or mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)  # F
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, self.hidden, cfg.mlp, cfg.norm, cfg.dropout, cfg.norm_eps,
+                                          cfg.kv_heads) for _ in range(cfg.depth))
         if embed_norm:
             self.blocks[0].norm1 = nn.Identity()  # its input is the normalised embedding already (ModernBERT)
-        self.norm = make_norm(cfg.norm, cfg.dim)
+        self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps)
+        self.head = None if cfg.tied else nn.Linear(cfg.dim, self.vocab, bias=False)  # the output head, untied
         self.rotary = Rotary(cfg.dim // cfg.heads, cfg.context, cfg.rope_theta)
         init_weights(self, cfg.depth)
 
@@ -63,9 +64,14 @@ class Transformer(nn.Module):
             x = block(x, rope, mask, causal=self.causal)
         return self.norm(x)
 
+    @property
+    def out_weight(self) -> Tensor:
+        """(V, D): the output head's weight, the token embedding's when tied."""
+        return self.embed.weight if self.head is None else self.head.weight
+
     def logits(self, hidden: Tensor) -> Tensor:
-        """(..., D) -> (..., V) through the tied output head."""
-        return hidden @ self.embed.weight.t()
+        """(..., D) -> (..., V) through the output head."""
+        return hidden @ self.out_weight.t()
 
     @property
     def out_dim(self) -> int:  # width of the pooled features, as every backbone states it

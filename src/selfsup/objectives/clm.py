@@ -35,7 +35,7 @@ class CausalLM(nn.Module, Objective):
             targets = batch["labels"][:, 1:]
         doc_ids = torch.cumsum(inputs == self.eos_id, dim=1) if self.doc_mask else None  # (B, T)
         hidden = self.model(inputs, doc_ids)  # (B, T, D)
-        loss, count = linear_cross_entropy(hidden.flatten(0, 1), self.model.embed.weight, targets.flatten())
+        loss, count = linear_cross_entropy(hidden.flatten(0, 1), self.model.out_weight, targets.flatten())
         return LossOutput(loss, count, units=inputs.numel())
 
     def flops_per_token(self) -> float:

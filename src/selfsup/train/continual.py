@@ -30,6 +30,10 @@ def load_config(source: str, overrides: list[str]) -> RunConfig:
     """config.load, and when `continual.data` names a new stream for the run directory `source`, the config of the
     run that continues it."""
     cfg = config_mod.load(source, overrides)
+    if cfg.model.init:  # the model's shape and tokenizer, before any data is read
+        from selfsup.models.llama import init_config
+
+        cfg = init_config(cfg, {o.partition("=")[0].strip() for o in overrides})
     new = cfg.continual.data
     if new is None:
         if cfg.continual.replay and not cfg.continual.parent:

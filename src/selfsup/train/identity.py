@@ -13,6 +13,7 @@ Rank 0 checks all this before it writes anything into the directory. What a run 
 
     RUN/identity.json   {"data": fingerprint, "data_path": ..., "tokenizer": sha256 of the tokenizer or null}
     RUN/history.jsonl   one line per session: when, from which step, the command, what changed and what was allowed
+                        (and the first: which model.init weights it started from)
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ def admit(cfg: RunConfig, fingerprint: str, tokenizer: Tokenizer | None, run_dir
     _write_json(ident_file, {"data": fingerprint, "data_path": cfg.data.path, "tokenizer": tok_hash})
 
 
-def record(run_dir: Path, step: int, changes: dict, allowed: set[str]) -> None:
-    """A line of RUN/history.jsonl for this session."""
+def record(run_dir: Path, step: int, changes: dict, allowed: set[str], started_from: dict | None = None) -> None:
+    """A line of RUN/history.jsonl for this session; started_from: the model.init weights its first step started
+    from (path, sha256)."""
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "command": shlex.join(["selfsup", *sys.argv[1:]]),
             "changed": changes, "allowed": sorted(allowed)}
+    if started_from is not None:
+        line["started_from"] = started_from
     with open(run_dir / "history.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from selfsup import config as config_mod
 from selfsup import dist
 from selfsup.config import RunConfig
+from selfsup.models.llama import load_init
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.contract import Objective
@@ -129,8 +130,13 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     cfg = _resolved(cfg, data)
     seed_everything(cfg.seed)  # every process builds the same initial weights (DDP checks them too)
     objective = build_objective(cfg, data.tokenizer, data.train_images, clips=data.train_clips).to(device)
+    started_from = None
     if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
         continual.load_parent(cfg, objective)
+    elif cfg.model.init:  # a Hugging Face Llama's weights (a checkpoint overrides); the lr warms up from step 0
+        sha, line = load_init(cfg, objective.model)
+        started_from = {"path": cfg.model.init, "sha256": sha}
+        say(line)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process
     model = parallelize(objective, cfg, procs, device)  # DDP, FSDP2 or HSDP; activation checkpointing
@@ -158,7 +164,7 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     if procs.rank and (last is None or not checkpoint.has_rng(last, procs.rank)):
         torch.manual_seed(cfg.seed + 1_000_003 * procs.rank + step)  # each process its own augmentations
     if procs.main:
-        identity.record(run_dir, step, changes, allowed)
+        identity.record(run_dir, step, changes, allowed, started_from if last is None else None)
 
     global_batch = t.batch_size * t.grad_accum * procs.world
     lr_factor = lr_scale(cfg, global_batch)
