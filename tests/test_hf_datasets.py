@@ -105,3 +105,24 @@ def test_the_cache_key_changes_with_the_dataset(tmp_path):
     state = tmp_path / "ds" / "state.json"  # state.json is hashed too
     state.write_text(state.read_text().replace('"_split": null', '"_split": "train"'))
     assert tokens._cache_key(cfg, 512, source_files(folder))[0] != second[0]
+
+
+def test_labeled_sets_read_a_saved_split(tmp_path):
+    from selfsup.data.labeled import read_labeled
+
+    train = datasets.Dataset.from_dict({"text": ["good film", "bad film", None, "meh"], "label": [1, 0, 1, 0]})
+    test = datasets.Dataset.from_dict({"text": ["great", "awful"], "label": [1, 2]})
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "dd"))
+    got = read_labeled(str(tmp_path / "dd" / "train"))
+    assert got.items == ["good film", "bad film", "meh"] and got.labels.tolist() == [1, 0, 0]
+    assert got.skipped == {"no_text_field": 1}
+    assert read_labeled(str(tmp_path / "dd" / "test"), got.classes).skipped == {"unknown_label": 1}
+    with pytest.raises(DataError) as err:
+        read_labeled(str(tmp_path / "dd"))
+    assert str(err.value) == (f"labeled data '{tmp_path / 'dd'}' is a datasets DatasetDict (splits test, train); "
+                              f"expected one split's folder, e.g. '{tmp_path / 'dd' / 'test'}'")
+    datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "nolabel"))
+    with pytest.raises(DataError) as err:
+        read_labeled(str(tmp_path / "nolabel"))
+    assert str(err.value) == (f"labeled data '{tmp_path / 'nolabel'}': nolabel has columns text; "
+                              "expected a 'text' and a 'label' column")

@@ -58,7 +58,7 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
                         f"expected model.vocab_size >= {given.get_vocab_size()}")
     files = source_files(cfg.path, cfg.extensions)
     if cfg.path != BUILTIN_CORPUS and is_datasets_folder(folder := Path(cfg.path).expanduser()):
-        split = dataset_files(folder, cfg.path)[0]
+        split = dataset_files(folder, f"data.path '{cfg.path}'")[0]
         log(f"data.path '{cfg.path}': a datasets folder, reading {f'its {split!r} split' if split else 'its rows'} "
             f"(column {cfg.text_field!r}, {len(files)} .arrow file(s))")
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()

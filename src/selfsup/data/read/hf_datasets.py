@@ -28,22 +28,22 @@ def is_datasets_folder(p: Path) -> bool:
     return p.is_dir() and ((p / STATE).is_file() or (p / SPLITS).is_file())
 
 
-def dataset_files(folder: Path, shown: str) -> tuple[str | None, list[Path]]:
-    """(split read, or None for a lone Dataset; its .arrow files). `shown` is the path as the user wrote it."""
+def dataset_files(folder: Path, what: str) -> tuple[str | None, list[Path]]:
+    """(split read, or None for a lone Dataset; its .arrow files). `what` starts an error line: "data.path '...'"."""
     split = None
     if (folder / SPLITS).is_file():
-        splits = _json(folder / SPLITS, shown).get("splits") or []
+        splits = _json(folder / SPLITS, what).get("splits") or []
         if TRAIN_SPLIT not in splits:
-            raise DataError(f"data.path '{shown}': a datasets DatasetDict with splits {', '.join(map(str, splits))}; "
+            raise DataError(f"{what}: a datasets DatasetDict with splits {', '.join(map(str, splits))}; "
                             f"expected a '{TRAIN_SPLIT}' split to train on")
         split, folder = TRAIN_SPLIT, folder / TRAIN_SPLIT
-    state = _json(folder / STATE, shown)
+    state = _json(folder / STATE, what)
     names = [d.get("filename") for d in state.get("_data_files") or [] if isinstance(d, dict)]
     files = [folder / n for n in names if isinstance(n, str)]
     if not files:
         files = sorted(folder.glob("*.arrow"))  # a state.json without its list: the shards by name
     if not files:
-        raise DataError(f"data.path '{shown}': the datasets folder {folder.name} holds no .arrow files; expected "
+        raise DataError(f"{what}: the datasets folder {folder.name} holds no .arrow files; expected "
                         f"the data-0000x-of-0000N.arrow files save_to_disk writes")
     return split, files
 
@@ -89,13 +89,13 @@ def _columns(path: Path) -> list[str] | None:
         return None
 
 
-def _json(path: Path, shown: str) -> dict:
+def _json(path: Path, what: str) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"data.path '{shown}': cannot read the datasets file {path.name} ({e}); expected the JSON "
+        raise DataError(f"{what}: cannot read the datasets file {path.name} ({e}); expected the JSON "
                         f"save_to_disk writes") from None
     if not isinstance(value, dict):
-        raise DataError(f"data.path '{shown}': the datasets file {path.name} is not a JSON object; expected the "
+        raise DataError(f"{what}: the datasets file {path.name} is not a JSON object; expected the "
                         f"one save_to_disk writes")
     return value

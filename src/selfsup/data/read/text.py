@@ -40,7 +40,7 @@ def source_files(path: str, extensions: Iterable[str] | None = None) -> list[Pat
                             f"got a '{p.suffix or 'no suffix'}' file")
         return [p]
     if is_datasets_folder(p):
-        return dataset_files(p, path)[1]
+        return dataset_files(p, f"data.path '{path}'")[1]
     if p.is_dir():
         files = [f for f in data_files(p) if f.suffix in suffixes]  # sorted; not a cleaning tool's logs
         if not files:
