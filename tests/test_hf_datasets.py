@@ -126,3 +126,14 @@ def test_labeled_sets_read_a_saved_split(tmp_path):
         read_labeled(str(tmp_path / "nolabel"))
     assert str(err.value) == (f"labeled data '{tmp_path / 'nolabel'}': nolabel has columns text; "
                               "expected a 'text' and a 'label' column")
+
+
+def test_inspect_counts_a_saved_datasets_rows(tmp_path):
+    from selfsup.inspect import inspect_path
+
+    datasets.DatasetDict({"train": dataset(["first doc", None, "third"]), "test": dataset(["x"])}).save_to_disk(
+        str(tmp_path / "dd"))
+    rows = dict(inspect_path(str(tmp_path / "dd"), None)[1])
+    assert rows["read as"].startswith("text (guessed") and rows["rows"] == "3 datasets rows"
+    assert rows["schema of data-00000-of-00001.arrow"] == "id: int64, body: string"
+    assert rows["first document"].startswith("not readable as a run reads it: data.text_field 'text': train has")
