@@ -209,11 +209,11 @@ def _parquet(f: Path) -> tuple[int | None, str | None]:
 
 def _arrow(f: Path) -> tuple[int | None, str | None]:
     """A datasets .arrow stream file's rows and schema (None, None: unreadable, as a run counts it); the rows are
-    counted a record batch at a time from the mapped file."""
+    counted a record batch at a time."""
     import pyarrow as pa
 
     try:
-        reader = pa.ipc.open_stream(pa.memory_map(str(f)))
+        reader = pa.ipc.open_stream(pa.OSFile(str(f)))
         rows = sum(batch.num_rows for batch in reader)
     except (OSError, pa.ArrowException):
         return None, None

@@ -61,7 +61,9 @@ def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expe
     import pyarrow as pa
 
     try:
-        reader = pa.ipc.open_stream(pa.memory_map(str(path)))  # mapped, not read: the OS pages it in and out
+        # read, not memory-mapped: a batch's buffers are freed once its rows are out (a 153 MB dataset peaked at
+        # 0.7 MB of Arrow memory and +4 MB RSS; mapped, the touched pages grew RSS by the file's size)
+        reader = pa.ipc.open_stream(pa.OSFile(str(path)))
         names = reader.schema.names
     except (OSError, pa.ArrowException):
         skipped["unreadable_file"] += 1
@@ -84,7 +86,7 @@ def _columns(path: Path) -> list[str] | None:
     import pyarrow as pa
 
     try:
-        return pa.ipc.open_stream(pa.memory_map(str(path))).schema.names
+        return pa.ipc.open_stream(pa.OSFile(str(path))).schema.names
     except (OSError, pa.ArrowException):
         return None
 
