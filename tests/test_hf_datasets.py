@@ -91,6 +91,12 @@ def test_a_corrupt_arrow_file_is_skipped_and_counted(tmp_path):
     skipped = Counter()
     assert list(read_documents([arrow], skipped, 100, field="body")) == []
     assert skipped == {"unreadable_file": 1}
+    dataset([f"document {i}" for i in range(3000)]).save_to_disk(str(tmp_path / "cut"))  # 1000-row batches
+    (arrow,) = source_files(str(tmp_path / "cut"))
+    arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 2])  # cut inside the second batch
+    skipped = Counter()
+    assert len(list(read_documents([arrow], skipped, 100, field="body"))) == 1000  # the first batch is kept
+    assert skipped == {"unreadable_file": 1}
 
 
 def test_the_cache_key_changes_with_the_dataset(tmp_path):
@@ -136,4 +142,4 @@ def test_inspect_counts_a_saved_datasets_rows(tmp_path):
     rows = dict(inspect_path(str(tmp_path / "dd"), None)[1])
     assert rows["read as"].startswith("text (guessed") and rows["rows"] == "3 datasets rows"
     assert rows["schema of data-00000-of-00001.arrow"] == "id: int64, body: string"
-    assert rows["first document"].startswith("not readable as a run reads it: data.text_field 'text': train has")
+    assert rows["first document"].startswith("not readable as a run reads it: data.text_field 'text': dd/train has")

@@ -52,7 +52,7 @@ def check_arrow_field(files: list[Path], field: str) -> None:
     """Every readable .arrow file has column `field`: one line naming the folder, from the stream headers alone."""
     for f in files:
         if f.suffix == ".arrow" and (names := _columns(f)) is not None and field not in names:
-            raise missing(f.parent, names, f"data.text_field '{field}'", "one of them")
+            raise missing(_shown(f), names, f"data.text_field '{field}'", "one of them")
 
 
 def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
@@ -69,7 +69,7 @@ def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expe
         skipped["unreadable_file"] += 1
         return
     if any(c not in names for c in columns):
-        raise missing(path.parent, names, what, expected)
+        raise missing(_shown(path), names, what, expected)
     yield from batch_rows(_slices(reader, columns), skipped)
 
 
@@ -80,6 +80,12 @@ def _slices(reader, columns: list[str]):
         batch = batch.select(columns)
         for start in range(0, batch.num_rows, BATCH_ROWS):
             yield batch.slice(start, BATCH_ROWS)
+
+
+def _shown(arrow: Path) -> str:
+    """The folder an .arrow file is in, as an error line names it: `ds`, or `dd/train` for a DatasetDict's split."""
+    folder = arrow.parent
+    return f"{folder.parent.name}/{folder.name}" if (folder.parent / SPLITS).is_file() else folder.name
 
 
 def _columns(path: Path) -> list[str] | None:

@@ -43,7 +43,7 @@ def check_text_field(files: list[Path], field: str) -> None:
     than at the 50th file of a folder after reading 49."""
     for f in files:
         if f.suffix == ".parquet" and (names := _columns(f)) is not None and field not in names:
-            raise missing(f, names, f"data.text_field '{field}'", "one of them")
+            raise missing(f.name, names, f"data.text_field '{field}'", "one of them")
 
 
 def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
@@ -61,7 +61,7 @@ def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, ex
         skipped["unreadable_file"] += 1
         return
     if any(c not in names for c in columns):
-        raise missing(path, names, what, expected)
+        raise missing(path.name, names, what, expected)
     yield from batch_rows(parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns), skipped)
 
 
@@ -88,5 +88,6 @@ def _columns(path: Path) -> list[str] | None:
         return None
 
 
-def missing(path: Path, names: list[str], what: str, expected: str) -> DataError:
-    return DataError(f"{what}: {path.name} has columns {', '.join(names) or 'none'}; expected {expected}")
+def missing(name: str, names: list[str], what: str, expected: str) -> DataError:
+    """`name`: the file, or a datasets folder, as the line shows it."""
+    return DataError(f"{what}: {name} has columns {', '.join(names) or 'none'}; expected {expected}")
