@@ -59,7 +59,7 @@ def guess_kind(files: list[Path]) -> str:
     jsonl = [f for f in files if f.suffix.lower() == ".jsonl"]
     if jsonl and any(k in _keys(jsonl[0]) for k in MEDIA_KEYS):
         return "pairs"
-    counts = {"text": sum(by[s] for s in text.TEXT_SUFFIXES),
+    counts = {"text": sum(by[s] for s in (*text.TEXT_SUFFIXES, ".arrow")),  # .arrow: a datasets folder's
               "image": sum(by[s] for s in images.SOURCE_SUFFIXES),
               "audio": sum(by[s] for s in AUDIO_SUFFIXES), "video": sum(by[s] for s in VIDEO_SUFFIXES)}
     return max(counts, key=lambda k: (counts[k], k == "text"))
@@ -165,9 +165,11 @@ def _text(files: list[Path], path: str) -> list[tuple[str, str]]:
     counted, where = _counted(files)
     by = Counter()
     for f in counted:
-        found = _parquet(f)[0] if f.suffix.lower() == ".parquet" else _lines(f)
+        tables = {".parquet": _parquet, ".arrow": _arrow}
+        found = tables[f.suffix.lower()](f)[0] if f.suffix.lower() in tables else _lines(f)
         by[f.suffix.lower() if found is not None else "unreadable"] += found if found is not None else 1
-    noun = {".txt": "lines", ".jsonl": ".jsonl lines", ".parquet": "Parquet rows", "unreadable": "unreadable files"}
+    noun = {".txt": "lines", ".jsonl": ".jsonl lines", ".parquet": "Parquet rows", ".arrow": "datasets rows",
+            "unreadable": "unreadable files"}
     rows = [("rows" + where, ", ".join(f"{n:,} {noun.get(s, s + ' lines')}" for s, n in by.items()))]
     jsonl = [f for f in files if f.suffix.lower() == ".jsonl"]
     if jsonl:
@@ -176,6 +178,9 @@ def _text(files: list[Path], path: str) -> list[tuple[str, str]]:
     parquet = [f for f in files if f.suffix.lower() == ".parquet"]
     if parquet:
         rows.append((f"schema of {parquet[0].name}", _parquet(parquet[0])[1] or "unreadable as Parquet"))
+    arrow = [f for f in files if f.suffix.lower() == ".arrow"]
+    if arrow:
+        rows.append((f"schema of {arrow[0].name}", _arrow(arrow[0])[1] or "unreadable as an Arrow stream"))
     skipped = Counter()
     try:
         first = next(text.read_documents(counted, skipped, DataConfig().max_doc_chars), None)  # as a run reads
@@ -200,6 +205,19 @@ def _parquet(f: Path) -> tuple[int | None, str | None]:
         return None, None
     schema = meta.schema.to_arrow_schema()
     return meta.num_rows, ", ".join(f"{n}: {t}" for n, t in zip(schema.names, schema.types))
+
+
+def _arrow(f: Path) -> tuple[int | None, str | None]:
+    """A datasets .arrow stream file's rows and schema (None, None: unreadable, as a run counts it); the rows are
+    counted a record batch at a time."""
+    import pyarrow as pa
+
+    try:
+        reader = pa.ipc.open_stream(pa.OSFile(str(f)))
+        rows = sum(batch.num_rows for batch in reader)
+    except (OSError, pa.ArrowException):
+        return None, None
+    return rows, ", ".join(f"{n}: {t}" for n, t in zip(reader.schema.names, reader.schema.types))
 
 
 def _image(files: list[Path], path: str) -> list[tuple[str, str]]:

@@ -8,7 +8,8 @@ Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with 
 with `.cls`/`.label`, decoded as for training (data/cache/media.py).
 
 Text: a `.jsonl` file (or a folder of them) with a `text` and a `label` (a string or an integer) per
-line, or `.parquet` files with `text` and `label` columns (data/read/parquet.py). Bad lines are skipped and
+line, or `.parquet` files or a `datasets` folder saved with save_to_disk (one split's) with `text` and `label`
+columns (data/read/parquet.py, data/read/hf_datasets.py). Bad lines are skipped and
 counted by reason, never a crash: invalid UTF-8 or JSON (with data/read/jsonl.py's
 too deep nesting and lone surrogates), no `text` string, an empty or too long text, no usable `label`, and, in a
 test set, a label the training set does not have.
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from selfsup.data.errors import DataError
 from selfsup.data.read.jsonl import json_line
+from selfsup.data.read.hf_datasets import SPLITS, arrow_rows, dataset_files, is_datasets_folder
 from selfsup.data.read.parquet import parquet_rows
 from selfsup.data.read.text import read_lines
 
@@ -82,6 +84,12 @@ def _sort_key(label: str):
 
 def labeled_files(path: str | Path) -> list[Path]:
     p = Path(path).expanduser()
+    if is_datasets_folder(p):  # a saved Dataset, or one split's folder of a saved DatasetDict
+        if (p / SPLITS).is_file():  # which split is the train or test set is the user's to say
+            splits = sorted(d.name for d in p.iterdir() if is_datasets_folder(d))
+            raise DataError(f"labeled data '{path}' is a datasets DatasetDict (splits {', '.join(splits)}); "
+                            f"expected one split's folder, e.g. '{p / (splits or ['train'])[0]}'")
+        return dataset_files(p, f"labeled data '{path}'")[1]
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in LABELED_SUFFIXES) \
         if p.is_dir() else []
     if not files or any(f.suffix not in LABELED_SUFFIXES for f in files):
@@ -133,10 +141,11 @@ def read_labeled(path: str, classes: list[str] | None = None, max_chars: int = 2
 
 
 def _records(f: Path, path, skipped: Counter) -> Iterator[dict | None]:
-    """A file's records: .parquet rows of `text` and `label`, or .jsonl lines parsed (None: bad JSON)."""
-    if f.suffix == ".parquet":
-        yield from parquet_rows(f, ["text", "label"], skipped, f"labeled data '{path}'",
-                                "a 'text' and a 'label' column")
+    """A file's records: .parquet or datasets .arrow rows of `text` and `label`, or .jsonl lines parsed (None: bad
+    JSON)."""
+    if f.suffix in (".parquet", ".arrow"):
+        rows = parquet_rows if f.suffix == ".parquet" else arrow_rows
+        yield from rows(f, ["text", "label"], skipped, f"labeled data '{path}'", "a 'text' and a 'label' column")
     else:
         yield from (json_line(line) for _, line in read_lines(f, skipped))
 

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from selfsup.config import BUILTIN_CORPUS, DataConfig
 from selfsup.data.errors import DataError
 from selfsup.data.read import tokenizer as toks
+from selfsup.data.read.hf_datasets import STATE, dataset_files, is_datasets_folder
 from selfsup.data.read.text import read_documents, source_files
 from selfsup.progress import Progress
 
@@ -56,6 +57,10 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
         raise DataError(f"data.tokenizer has {given.get_vocab_size()} tokens but model.vocab_size is {vocab_size}; "
                         f"expected model.vocab_size >= {given.get_vocab_size()}")
     files = source_files(cfg.path, cfg.extensions)
+    if cfg.path != BUILTIN_CORPUS and is_datasets_folder(folder := Path(cfg.path).expanduser()):
+        split = dataset_files(folder, f"data.path '{cfg.path}'")[0]
+        log(f"data.path '{cfg.path}': a datasets folder, reading {f'its {split!r} split' if split else 'its rows'} "
+            f"(column {cfg.text_field!r}, {len(files)} .arrow file(s))")
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
     key, content = _cache_key(cfg, vocab_size, files)
     out = root / "tokens" / key
@@ -89,7 +94,7 @@ def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> tuple[str
     h.update(json.dumps(settings, sort_keys=True).encode())
     if cfg.tokenizer:
         h.update(Path(cfg.tokenizer).expanduser().read_bytes())
-    for f in files:
+    for f in _hashed(files):
         for hasher in (h, content):
             hasher.update(f.name.encode())
         with open(f, "rb") as handle:  # a chunk at a time: a corpus file may be larger than memory
@@ -97,6 +102,12 @@ def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> tuple[str
                 h.update(chunk)
                 content.update(chunk)
     return h.hexdigest()[:24], content.hexdigest()[:24]
+
+
+def _hashed(files: list[Path]) -> list[Path]:
+    """`files` and, after a datasets folder's .arrow files, its state.json (which names them and their order)."""
+    states = dict.fromkeys(f.parent / STATE for f in files if f.suffix == ".arrow" and (f.parent / STATE).is_file())
+    return [*files, *states]
 
 
 def _documents(cfg: DataConfig, files: list[Path], skipped: Counter):

@@ -24,7 +24,13 @@ READ_BUFFER = 1 << 20  # bytes read from the file at a time
 
 def parquet_texts(path: Path, field: str, skipped: Counter) -> Iterator[str]:
     """The strings of column `field`; null and non-string values are counted as `null_<field>`, `not_string_<field>`."""
-    for row in parquet_rows(path, [field], skipped, f"data.text_field '{field}'", "one of them"):
+    yield from texts_of(parquet_rows(path, [field], skipped, f"data.text_field '{field}'", "one of them"), field,
+                        skipped)
+
+
+def texts_of(rows: Iterator[dict], field: str, skipped: Counter) -> Iterator[str]:
+    """The string values of `field` in `rows`; null and non-string ones counted (shared with datasets folders)."""
+    for row in rows:
         value = row[field]
         if isinstance(value, str):
             yield value
@@ -37,7 +43,7 @@ def check_text_field(files: list[Path], field: str) -> None:
     than at the 50th file of a folder after reading 49."""
     for f in files:
         if f.suffix == ".parquet" and (names := _columns(f)) is not None and field not in names:
-            raise _missing(f, names, f"data.text_field '{field}'", "one of them")
+            raise missing(f.name, names, f"data.text_field '{field}'", "one of them")
 
 
 def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
@@ -55,12 +61,20 @@ def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, ex
         skipped["unreadable_file"] += 1
         return
     if any(c not in names for c in columns):
-        raise _missing(path, names, what, expected)
+        raise missing(path.name, names, what, expected)
+    yield from batch_rows(parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns), skipped)
+
+
+def batch_rows(batches, skipped: Counter) -> Iterator[dict]:
+    """The rows of Arrow record batches as dicts, a batch at a time; a batch that cannot be decoded ends the file,
+    counted once as `unreadable_file`. The one reader of record batches, for Parquet and datasets' Arrow files."""
+    import pyarrow as pa
+
     try:
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        for batch in batches:
             yield from batch.to_pylist()
     except (OSError, pa.ArrowException):
-        skipped["unreadable_file"] += 1  # a page that cannot be decoded ends the file, counted once
+        skipped["unreadable_file"] += 1
 
 
 def _columns(path: Path) -> list[str] | None:
@@ -74,5 +88,6 @@ def _columns(path: Path) -> list[str] | None:
         return None
 
 
-def _missing(path: Path, names: list[str], what: str, expected: str) -> DataError:
-    return DataError(f"{what}: {path.name} has columns {', '.join(names) or 'none'}; expected {expected}")
+def missing(name: str, names: list[str], what: str, expected: str) -> DataError:
+    """`name`: the file, or a datasets folder, as the line shows it."""
+    return DataError(f"{what}: {name} has columns {', '.join(names) or 'none'}; expected {expected}")

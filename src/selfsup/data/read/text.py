@@ -1,6 +1,7 @@
 """Reading text documents: plain text files (`.txt`, or any suffix named in data.extensions) split into documents
 a line, a file or a paragraph at a time (data.document), `.jsonl` (a text field per line), `.parquet` (a text
-column, read a record batch at a time), folders of them (recursively), or the built-in corpus. Bad documents are
+column, read a record batch at a time), folders of them (recursively), a Hugging Face `datasets` folder written by
+save_to_disk (its text column; a DatasetDict's train split), or the built-in corpus. Bad documents are
 skipped and counted by reason in `skipped`, never a crash."""
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 from selfsup.config import BUILTIN_CORPUS
 from selfsup.data.builtin import stdlib_docs
 from selfsup.data.errors import DataError
+from selfsup.data.read.hf_datasets import arrow_rows, check_arrow_field, dataset_files, is_datasets_folder
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.listing import data_files
-from selfsup.data.read.parquet import check_text_field, parquet_texts
+from selfsup.data.read.parquet import check_text_field, parquet_texts, texts_of
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -25,6 +27,9 @@ def source_files(path: str, extensions: Iterable[str] | None = None) -> list[Pat
     reads them in the same order."""
     if path == BUILTIN_CORPUS:
         return stdlib_docs.source_files()
+    if path.startswith("hf:"):
+        raise DataError(f"data.path '{path}': hub datasets are not read yet; save it with datasets' save_to_disk "
+                        f"and give the folder")
     suffixes = tuple(extensions or TEXT_SUFFIXES)
     named = "/".join(suffixes)
     p = Path(path).expanduser()
@@ -34,6 +39,8 @@ def source_files(path: str, extensions: Iterable[str] | None = None) -> list[Pat
             raise DataError(f"data.path '{path}': expected a {named} file (or a folder of them){hint}, "
                             f"got a '{p.suffix or 'no suffix'}' file")
         return [p]
+    if is_datasets_folder(p):
+        return dataset_files(p, f"data.path '{path}'")[1]
     if p.is_dir():
         files = [f for f in data_files(p) if f.suffix in suffixes]  # sorted; not a cleaning tool's logs
         if not files:
@@ -47,13 +54,17 @@ def source_files(path: str, extensions: Iterable[str] | None = None) -> list[Pat
 def read_documents(files: list[Path], skipped: Counter, max_chars: int, builtin: bool = False,
                    field: str = "text", document: str = "line") -> Iterator[str]:
     """Yield documents from `files`; count what was skipped in `skipped` by reason. `field` is the text of a .jsonl
-    line or a .parquet row; `document` splits every other file: 'line', 'file' or 'paragraph'."""
+    line, a .parquet or datasets .arrow row; `document` splits every other file: 'line', 'file' or 'paragraph'."""
     check_text_field(files, field)
+    check_arrow_field(files, field)
     for f in files:
         if builtin:
             yield from _keep(stdlib_docs.docstrings(f), skipped, max_chars)
         elif f.suffix == ".parquet":
             yield from _keep(parquet_texts(f, field, skipped), skipped, max_chars)
+        elif f.suffix == ".arrow":  # only a datasets folder lists them (source_files)
+            rows = arrow_rows(f, [field], skipped, f"data.text_field '{field}'", "one of them")
+            yield from _keep(texts_of(rows, field, skipped), skipped, max_chars)
         elif f.suffix == ".jsonl":
             texts = (_json_text(line, field, skipped) for _, line in read_lines(f, skipped))
             yield from _keep((t for t in texts if t is not None), skipped, max_chars)
