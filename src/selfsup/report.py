@@ -16,7 +16,6 @@ import html
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from selfsup.config import TEXT_OBJECTIVES
+from selfsup.files import replace_text
 from selfsup.train.monitor import read_metrics
 
 _CSS = """
@@ -230,9 +230,7 @@ def write_report(run_dir: str | Path) -> Path:
     """(Re)write `run_dir/report.html` from whatever the run has produced so far."""
     run_dir = Path(run_dir)
     out = run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(_render(run_dir), encoding="utf-8")
-    os.replace(tmp, out)  # atomic: a browser reloading mid-run never sees half a page
+    replace_text(out, _render(run_dir))  # a browser reloading mid-run never sees half a page
     return out
 
 

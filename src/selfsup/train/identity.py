@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 from selfsup import config as config_mod
 from selfsup.config import MAY_CHANGE_ON_RESUME as MAY_CHANGE, ConfigError, RunConfig
 from selfsup.data.read import tokenizer as toks
+from selfsup.files import replace_text
 
 SHOWN = 6  # differences listed in a refusal; the rest are counted
 
@@ -98,7 +99,8 @@ def admit(cfg: RunConfig, fingerprint: str, tokenizer: Tokenizer | None, run_dir
     (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
     if tokenizer is not None and not tok_file.is_file():
         tokenizer.save(str(tok_file))
-    _write_json(ident_file, {"data": fingerprint, "data_path": cfg.data.path, "tokenizer": tok_hash})
+    replace_text(ident_file, json.dumps({"data": fingerprint, "data_path": cfg.data.path, "tokenizer": tok_hash},
+                                        indent=1))
 
 
 def record(run_dir: Path, step: int, changes: dict, allowed: set[str], started_from: dict | None = None) -> None:
@@ -133,8 +135,3 @@ def _read_json(path: Path) -> dict | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)

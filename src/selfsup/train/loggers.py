@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from selfsup.config import RunConfig
+from selfsup.files import replace_text
 
 INSTALL = "pip install 'selfsup[log]'"
 
@@ -217,10 +218,8 @@ class Loggers:
         kept = {name: state for name, state in self.state.items() if state}
         if not kept:
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(kept, indent=1) + "\n")
-            os.replace(tmp, self.path)
+            replace_text(self.path, json.dumps(kept, indent=1) + "\n")
         except OSError as e:
             for name in [n for n, logger in self.live.items() if not logger.rewinds]:
                 self._drop(name, f"cannot keep its run id and step in {self.path} ({_why(e)})")

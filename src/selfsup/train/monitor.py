@@ -4,11 +4,11 @@ plain line per record, as in `> train.log`), and `metrics.jsonl`."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rich.console import Console
 
+from selfsup.files import replace_text
 from selfsup.progress import Progress
 
 
@@ -46,10 +46,7 @@ class Monitor:
 def _truncate_after(path: Path, step: int) -> None:
     """Keep the steps up to `step`, replacing the file at once: a run killed meanwhile loses none of them."""
     if path.is_file():
-        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        replace_text(path, "".join(json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step))
 
 
 def read_metrics(path: Path) -> list[dict]:
