@@ -35,9 +35,9 @@ def validation_rows(cfg: RunConfig, data: DataConfig, overlap: int, log=lambda s
         return PackedWindows(corpus.val, corpus.dtype, cfg.model.context, overlap, shuffle=False)
     from selfsup.data import builtin
     from selfsup.data.cache.images import prepare_images
-    from selfsup.data.cache.tokens import default_cache
+    from selfsup.data.cache.tokens import cache_root
 
-    cache = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache()
+    cache = cache_root(data.cache_dir)
     im = cfg.image
     images = prepare_images(builtin.resolve(data.path, cache), im.size, im.channels, data.val_fraction,
                             data.cache_dir, data.workers, log=log)

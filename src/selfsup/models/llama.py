@@ -163,9 +163,9 @@ def _tokenizer(cfg: RunConfig, folder: Path, hf: dict) -> Path:
         raise ConfigError(f"model.init '{cfg.model.init}': config.json's eos_token_id {hf.get('eos_token_id')} is no "
                           f"token of its tokenizer.json, and it has no '{EOS}'; expected an end-of-text token, which "
                           "separates packed documents")
-    from selfsup.data.cache.tokens import default_cache
+    from selfsup.data.cache.tokens import cache_root
 
-    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache()
+    root = cache_root(cfg.data.cache_dir)
     out = root / "init" / hashlib.sha256(text.encode()).hexdigest()[:16] / "tokenizer.json"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)

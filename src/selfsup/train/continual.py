@@ -93,14 +93,14 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
     """The new stream must be data of the parent's modality: one line naming both, before any decoding."""
     from selfsup.data import builtin
     from selfsup.data.cache.images import image_files
-    from selfsup.data.cache.tokens import default_cache
+    from selfsup.data.cache.tokens import cache_root
     from selfsup.data.read.text import source_files
 
     try:
         if cfg.modality == "text":
             source_files(new, cfg.data.extensions)
         else:
-            cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache()
+            cache = cache_root(cfg.data.cache_dir)
             image_files(builtin.resolve(new, cache))
     except DataError as e:
         raise DataError(f"continual.data '{new}': '{run}' trained {cfg.objective} on {cfg.modality}, so the new "

@@ -12,7 +12,7 @@ from selfsup.config import RunConfig
 from selfsup.data import builtin
 from selfsup.data.cache.images import prepare_images
 from selfsup.data.cache.media import prepare_media, settings
-from selfsup.data.cache.tokens import default_cache, prepare
+from selfsup.data.cache.tokens import cache_root, prepare
 from selfsup.data.errors import DataError
 from selfsup.data.load.mixture import Mixture
 from selfsup.data.load.rows import RowLoader
@@ -32,7 +32,7 @@ class RunData:
         self.tokenizer = self.train_images = self.train_clips = self.unigram_ppl = self.norm = None
         self.old_val_loader = None  # continual pretraining: the parent's validation data, to watch forgetting
         d = cfg.data
-        cache = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache()
+        cache = cache_root(d.cache_dir)
         path = builtin.resolve(d.path, cache)
         self.cache = cache
         if d.streaming:

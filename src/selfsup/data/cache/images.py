@@ -28,7 +28,7 @@ import numpy as np
 
 from selfsup.data.cache.decoding import build_cache, tar_samples
 from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
-from selfsup.data.cache.tokens import default_cache
+from selfsup.data.cache.tokens import cache_root
 from selfsup.data.errors import DataError
 from selfsup.data.read.image import IMAGE_SUFFIXES, ArrayImage, ImageRows, array_peak
 
@@ -90,7 +90,7 @@ def prepare_images(path: str, size: int, channels: int, val_fraction: float, cac
         raise DataError(f"val_fraction={val_fraction}: expected a share in [0, 1)")
     files = image_files(path)
     root = Path(path).expanduser()
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache()
+    cache = cache_root(cache_dir)
     key, content = cache_key(dict(format=FORMAT, size=size, channels=channels, val_fraction=val_fraction), root,
                              files)
     out = cache / "images" / key

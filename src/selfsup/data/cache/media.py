@@ -36,7 +36,7 @@ import numpy as np
 
 from selfsup.data.cache.decoding import Skip, build_cache, tar_samples
 from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
-from selfsup.data.cache.tokens import default_cache
+from selfsup.data.cache.tokens import cache_root
 from selfsup.data.errors import DataError
 from selfsup.data.read.audio import AUDIO_SUFFIXES, AudioRows
 from selfsup.data.read.image import IMAGE_SUFFIXES, ImageRows
@@ -121,7 +121,7 @@ def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, c
     keyed = dict(format=FORMAT, modality=modality, decode=dict(decode, captions=captions), val_fraction=val_fraction,
                  allow_outside=allow_outside)
     key, content = cache_key(keyed, root, files, lambda f: _linked(f, modality, links))
-    out = (Path(cache_dir).expanduser() if cache_dir else default_cache()) / "media" / key
+    out = cache_root(cache_dir) / "media" / key
     build_cache(out, modality, len(files), workers,
                 lambda tmp, n: _build(path, root, files, tmp, modality, decode, val_fraction, n, log, captions,
                                       links), log)

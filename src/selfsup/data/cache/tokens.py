@@ -51,6 +51,11 @@ def default_cache() -> Path:
     return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
 
 
+def cache_root(cache_dir: str | None) -> Path:
+    """Where caches go: data.cache_dir when set, else SELFSUP_CACHE or ~/.cache/selfsup."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache()
+
+
 def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
     given = toks.load(cfg.tokenizer, "data.tokenizer") if cfg.tokenizer else None  # a bad one fails before any work
     if given is not None and given.get_vocab_size() > vocab_size:
@@ -61,7 +66,7 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
         split = dataset_files(folder, f"data.path '{cfg.path}'")[0]
         log(f"data.path '{cfg.path}': a datasets folder, reading {f'its {split!r} split' if split else 'its rows'} "
             f"(column {cfg.text_field!r}, {len(files)} .arrow file(s))")
-    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
+    root = cache_root(cfg.cache_dir)
     key, content = _cache_key(cfg, vocab_size, files)
     out = root / "tokens" / key
     if (out / "meta.json").is_file():
