@@ -54,6 +54,11 @@ def llama(corpus, tmp_path_factory):
     return llama_folder(tmp_path_factory.mktemp("llama"), corpus)
 
 
+def holding(model):
+    """`model` as an objective's backbone (load_init fills objective.model)."""
+    return torch.nn.ModuleDict({"model": model})
+
+
 def squeeze(text):
     """text without whitespace: the console wraps long lines wherever its width ends."""
     return "".join(text.split())
@@ -78,12 +83,12 @@ def test_the_config_comes_from_the_model(llama, corpus):
 
 def test_imported_logits_equal_transformers(llama, corpus):
     from selfsup.models.gpt import GPT
-    from selfsup.models.llama import load_init
+    from selfsup.models.hf.init import load_init
 
     folder, hf = llama
     cfg = load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"])
     ours = GPT(cfg.model).eval()
-    assert len(load_init(cfg, ours)[0]) == 64
+    assert len(load_init(cfg, holding(ours))[0]) == 64
     x = batch(folder)
     with torch.no_grad():
         got = ours.logits(ours(x))[..., :320]
@@ -141,7 +146,7 @@ def test_other_sources_and_objectives_are_refused(llama, corpus, tmp_path):
     folder, _ = llama
     with pytest.raises(ConfigError, match="only local folders are supported yet"):
         load_config("gpt-clm", ["model.init=hf:meta-llama/Llama-3.2-1B", f"data.path={corpus}"])
-    with pytest.raises(ConfigError, match="for objective clm .* this run has objective=mlm"):
+    with pytest.raises(ConfigError, match="is a LlamaForCausalLM, which starts objective clm; this run has objective=mlm"):
         load_config("bert-mlm", [f"model.init={folder}", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match=r"model.kv_heads \(3\) must divide model.heads \(4\)"):
         load_config("gpt-clm", ["model.heads=4", "model.kv_heads=3", f"data.path={corpus}"])
@@ -177,7 +182,7 @@ def test_sharded_weights_load_as_one(llama, corpus, tmp_path):
     import shutil
 
     from selfsup.models.gpt import GPT
-    from selfsup.models.llama import load_init
+    from selfsup.models.hf.init import load_init
 
     folder, hf = llama
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
@@ -185,7 +190,7 @@ def test_sharded_weights_load_as_one(llama, corpus, tmp_path):
     assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
     cfg = load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
     ours = GPT(cfg.model).eval()
-    load_init(cfg, ours)
+    load_init(cfg, holding(ours))
     x = batch(folder)
     with torch.no_grad():
         assert torch.allclose(ours.logits(ours(x))[..., :320], hf(input_ids=x).logits, atol=1e-4)
@@ -197,7 +202,7 @@ def test_sharded_weights_load_as_one(llama, corpus, tmp_path):
 ])
 def test_gqa_and_an_untied_head_import_train_and_export(corpus, tmp_path, changes):
     from selfsup.models.gpt import GPT
-    from selfsup.models.llama import load_init
+    from selfsup.models.hf.init import load_init
     from selfsup.rundir import open_run
 
     folder, hf = llama_folder(tmp_path / "llama", corpus, **changes)
@@ -207,7 +212,7 @@ def test_gqa_and_an_untied_head_import_train_and_export(corpus, tmp_path, change
                                              changes.get("num_key_value_heads", 2),
                                              changes.get("tie_word_embeddings", True))
     ours = GPT(cfg.model).eval()
-    load_init(cfg, ours)
+    load_init(cfg, holding(ours))
     x = batch(folder)
     with torch.no_grad():
         assert torch.allclose(ours.logits(ours(x))[..., :320], hf(input_ids=x).logits, atol=1e-4)
@@ -235,17 +240,17 @@ def test_broken_weights_are_one_line(llama, corpus, tmp_path):
     import shutil
 
     from selfsup.models.gpt import GPT
-    from selfsup.models.llama import load_init
+    from selfsup.models.hf.init import load_init
 
     folder, _ = llama
     for name in ("config.json", "tokenizer.json"):
         shutil.copyfile(folder / name, tmp_path / name)
     cfg = load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}", "data.cache_dir=" + str(tmp_path)])
     with pytest.raises(ConfigError, match=f"model.init '{tmp_path}' has no {tmp_path / 'model.safetensors'}"):
-        load_init(cfg, GPT(cfg.model))
+        load_init(cfg, holding(GPT(cfg.model)))
     (tmp_path / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])  # truncated
     with pytest.raises(ConfigError, match="model.safetensors could not be read .*; expected a safetensors file"):
-        load_init(cfg, GPT(cfg.model))
+        load_init(cfg, holding(GPT(cfg.model)))
 
 
 def test_a_grouped_query_encoder_is_not_exported_as_modernbert(corpus, tmp_path):
@@ -255,5 +260,5 @@ def test_a_grouped_query_encoder_is_not_exported_as_modernbert(corpus, tmp_path)
     invoke("train", "bert-mlm", f"data.path={corpus}", f"out_dir={out}", *TINY, "model.kv_heads=1",
            "train.max_steps=1")
     result = runner.invoke(app, ["export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")])
-    assert str(result.exception) == ("--format hf: ModernBERT has no grouped-query attention, and this run has "
-                                     "model.kv_heads=1 < model.heads=2; use --format safetensors")
+    assert "ModernBertForMaskedLM needs multi-head attention (ModernBERT has no grouped-query attention; " \
+           "model.kv_heads=1)" in str(result.exception)

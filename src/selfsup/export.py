@@ -1,15 +1,9 @@
 """Exporting a trained run for the rest of the ecosystem.
 
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
-permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads):
-- the GPT decoder onto Llama (`AutoModelForCausalLM`): pre-norm RMSNorm (eps 1e-6 or model.norm_eps), rotary
-  embeddings in the "rotate half" layout, SwiGLU MLP, no biases, tied embeddings (or an lm_head, model.tied=false);
-  our fused `qkv` and `up` (gate, up) matrices are split into Llama's separate projections (models/llama.py: the
-  table `model.init` reads back).
-- the masked-LM encoder onto ModernBERT (`AutoModelForMaskedLM`): normalised embedding, LayerNorm without bias
-  (eps 1e-5), no norm before the first attention, fused Wqkv, GeGLU, RoPE, every layer global attention, the
-  dense-GELU-norm head and a tied decoder with bias. Requires model.norm=layernorm and model.mlp=geglu (the
-  bert-mlm recipe's defaults).
+permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads). Each family's
+module in models/hf/ holds its name table, which `model.init` reads the other way: the GPT decoder as
+LlamaForCausalLM (models/hf/llama.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -30,9 +24,10 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.llama import to_llama
-from selfsup.models.transformer import Transformer
+from selfsup.models.hf import llama, modernbert
 from selfsup.quantize import MARKER, MODES, quantized_state
+
+HF_FAMILIES = (llama, modernbert)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
 
 
 class ExportError(ValueError):
@@ -119,23 +114,16 @@ def _write_safetensors(run_dir: Path, objective: nn.Module, quantize: str | None
 
 
 def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """(weights, config.json) of the transformers model this run maps onto."""
-    model, head = objective.model, getattr(objective, "head", None)
-    if "mlm" in cfg.parts and cfg.objective == "hybrid":  # its MLM head makes it a ModernBERT masked LM
-        head = objective.terms["mlm"].head
+    """(weights, config.json) of the transformers model this run maps onto: the first of HF_FAMILIES it fits."""
+    whys = []
+    for family in HF_FAMILIES:
+        why = family.unfit(cfg)
+        if why is None:
+            return family.to_hf(cfg, objective, _special_ids(run_dir))
+        whys.append(f"{family.ARCHITECTURE} needs {why}")
     m = cfg.model
-    if cfg.objective == "clm" and (m.mlp, m.norm) == ("swiglu", "rmsnorm"):
-        return to_llama(model), llama_config(cfg, model, run_dir)
-    if "mlm" in cfg.parts and (m.mlp, m.norm) == ("geglu", "layernorm"):
-        if m.kv_heads not in (None, m.heads):
-            raise ExportError(f"--format hf: ModernBERT has no grouped-query attention, and this run has "
-                              f"model.kv_heads={m.kv_heads} < model.heads={m.heads}; use --format safetensors")
-        return modernbert_state_dict(model, head), modernbert_config(cfg, model, run_dir)
-    raise ExportError("--format hf maps a causal LM with model.mlp=swiglu, model.norm=rmsnorm onto Llama and a "
-                      "masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm onto "
-                      "ModernBERT (image backbones: use "
-                      "--format safetensors); this run has "
-                      f"objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}")
+    raise ExportError(f"--format hf: this run (objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}) "
+                      f"maps onto none of: {'; '.join(whys)}; use --format safetensors")
 
 
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
@@ -145,54 +133,6 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
         "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
-
-
-def llama_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
-    specials = _special_ids(run_dir)
-    m = cfg.model
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": model.vocab,
-        "hidden_size": m.dim, "intermediate_size": model.hidden,
-        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.kv_heads or m.heads,
-        "head_dim": m.dim // m.heads, "hidden_act": "silu", "max_position_embeddings": m.context,
-        "rms_norm_eps": m.norm_eps or 1e-6, "rope_theta": m.rope_theta, "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": m.tied, "bos_token_id": specials.get(EOS), "eos_token_id": specials.get(EOS),
-        "pad_token_id": specials.get(PAD), "torch_dtype": "float32", "initializer_range": 0.02,
-    }
-
-
-def modernbert_state_dict(model: Transformer, head: nn.Module) -> dict[str, torch.Tensor]:
-    sd = {"model.embeddings.tok_embeddings.weight": model.embed.weight,
-          "model.embeddings.norm.weight": model.embed_norm.weight, "model.final_norm.weight": model.norm.weight,
-          "head.dense.weight": head.dense.weight, "head.norm.weight": head.norm.weight,
-          "decoder.bias": head.bias}
-    for i, block in enumerate(model.blocks):
-        p = f"model.layers.{i}."
-        if i > 0:  # layer 0 has no attention norm in either model
-            sd[p + "attn_norm.weight"] = block.norm1.weight
-        sd.update({p + "attn.Wqkv.weight": block.attn.qkv.weight, p + "attn.Wo.weight": block.attn.out.weight,
-                   p + "mlp_norm.weight": block.norm2.weight, p + "mlp.Wi.weight": block.mlp.up.weight,
-                   p + "mlp.Wo.weight": block.mlp.down.weight})
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
-def modernbert_config(cfg: RunConfig, model: Transformer, run_dir: Path) -> dict:
-    specials = _special_ids(run_dir)
-    m = cfg.model
-    rope = {"rope_type": "default", "rope_theta": m.rope_theta}
-    return {
-        "architectures": ["ModernBertForMaskedLM"], "model_type": "modernbert", "vocab_size": model.vocab,
-        "hidden_size": m.dim, "intermediate_size": model.hidden,
-        "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "hidden_activation": "gelu",
-        "max_position_embeddings": m.context, "norm_eps": m.norm_eps or 1e-5, "norm_bias": False,
-        "attention_bias": False, "mlp_bias": False, "decoder_bias": True, "classifier_bias": False,
-        "classifier_activation": "gelu",
-        "classifier_pooling": m.pooling, "layer_types": ["full_attention"] * m.depth,
-        "rope_parameters": {"full_attention": rope, "sliding_attention": rope}, "local_attention": 2 * m.context,
-        "tie_word_embeddings": True, "pad_token_id": specials.get(PAD), "eos_token_id": specials.get(EOS),
-        "bos_token_id": specials.get(EOS), "cls_token_id": specials.get(EOS), "sep_token_id": specials.get(EOS),
-        "torch_dtype": "float32", "initializer_range": 0.02,
-    }
 
 
 def _special_ids(run_dir: Path) -> dict[str, int]:

@@ -31,7 +31,7 @@ def load_config(source: str, overrides: list[str]) -> RunConfig:
     run that continues it."""
     cfg = config_mod.load(source, overrides)
     if cfg.model.init:  # the model's shape and tokenizer, before any data is read
-        from selfsup.models.llama import init_config
+        from selfsup.models.hf.init import init_config
 
         cfg = init_config(cfg, {o.partition("=")[0].strip() for o in overrides})
     new = cfg.continual.data

@@ -20,7 +20,7 @@ from rich.console import Console
 from selfsup import config as config_mod
 from selfsup import dist
 from selfsup.config import RunConfig
-from selfsup.models.llama import load_init
+from selfsup.models.hf.init import load_init
 from selfsup.models.sync_batchnorm import synchronize_batchnorm
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.contract import Objective
@@ -133,8 +133,8 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     started_from = None
     if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
         continual.load_parent(cfg, objective)
-    elif cfg.model.init:  # a Hugging Face Llama's weights (a checkpoint overrides); the lr warms up from step 0
-        sha, line = load_init(cfg, objective.model)
+    elif cfg.model.init:  # a Hugging Face model's weights (a checkpoint overrides); the lr warms up from step 0
+        sha, line = load_init(cfg, objective)
         started_from = {"path": cfg.model.init, "sha256": sha}
         say(line)
     if procs.world > 1:

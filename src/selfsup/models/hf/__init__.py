@@ -1,0 +1,20 @@
+"""Hugging Face transformers models, both ways: `model.init` reads a model folder into our modules (init.py), and
+`selfsup export --format hf` writes a run as one (export.py). One module per family holds the one name table that
+serves both directions, so an import and an export cannot disagree:
+
+    folder.py       a local model folder or hf: id: config.json, weights (sharded or not), tokenizer, fingerprint
+    init.py         model.init: which family a config.json is, its shape keys into the run's config, its weights
+                    into the built objective
+    llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
+    modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
+
+A family module has the same few plain functions, so init.py and export.py read alike for each:
+
+    ARCHITECTURE, MODEL_TYPES        its transformers class; the config.json model_types it reads
+    OBJECTIVES, TOKENIZER            objectives whose backbone it can start; whether its tokenizer comes along
+    KEYS                             our config keys -> its config.json's, for messages
+    config_values(hf) -> {key: v}    our config keys from its config.json (raises Unsupported: why it cannot map)
+    weights(theirs, objective)       its tensors under our objective's state-dict names (a missing one is one line)
+    unfit(cfg) -> str | None         export: why this run does not map onto it, or None
+    to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
+"""
