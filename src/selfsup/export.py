@@ -24,10 +24,10 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import llama, modernbert
+from selfsup.models.hf import gpt2, llama, modernbert
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, modernbert)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
+HF_FAMILIES = (llama, gpt2, modernbert)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
 
 
 class ExportError(ValueError):
