@@ -140,13 +140,25 @@ def test_a_sliding_window_caps_the_context(corpus, tmp_path, kind, changes):
 
 def test_a_sliding_window_no_layer_uses_is_ignored(corpus, tmp_path):
     """Qwen2's window applies from layer max_window_layers on: with 2 layers and max_window_layers 2, to none."""
-    from selfsup.models.hf.folder import sliding_window
-
     folder, _ = folder_of("qwen2", tmp_path, corpus, use_sliding_window=True, sliding_window=8, max_window_layers=2)
     assert load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus}"]).model.context == 64
-    real = {"model_type": "qwen2", "num_hidden_layers": 24, "use_sliding_window": False, "sliding_window": 32768,
-            "max_window_layers": 21}  # Qwen2.5-0.5B's config.json: no layer_types, the window switched off
-    assert sliding_window(real) is None and sliding_window(real | {"use_sliding_window": True}) == 32768
+
+
+def test_published_config_files_read_as_transformers_reads_them():
+    """Keys as the hub's config.json files write them (older transformers: no layer_types, keys left out)."""
+    from selfsup.models.hf import llama
+    from selfsup.models.hf.folder import context_limit
+
+    shape = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+             "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6}
+    qwen = shape | {"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 32768,
+                    "max_window_layers": 21, "max_position_embeddings": 32768}  # Qwen2.5-0.5B: the window is off
+    assert context_limit(qwen) == ("max_position_embeddings", 32768)
+    assert context_limit(qwen | {"use_sliding_window": True, "sliding_window": 4096}) == ("sliding_window", 4096)
+    mistral = shape | {"model_type": "mistral", "sliding_window": 4096, "max_position_embeddings": 32768}
+    assert context_limit(mistral) == ("sliding_window", 4096)  # Mistral-7B-v0.1: every layer
+    values = llama.config_values(mistral)  # no tie_word_embeddings: MistralConfig's False, as Llama's and Qwen2's
+    assert (values["model.tied"], values["model.bias"]) == (False, "none")
 
 
 def test_what_neither_exports_is_one_line(corpus):

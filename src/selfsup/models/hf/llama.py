@@ -116,8 +116,7 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
 
 def unfit(cfg: RunConfig) -> str | None:
     m = cfg.model
-    if (cfg.objective != "clm" or (m.mlp, m.norm, m.bias, m.norm_position) not in (
-            ("swiglu", "rmsnorm", "none", "pre"), ("swiglu", "rmsnorm", "qkv", "pre"))
+    if (cfg.objective != "clm" or (m.mlp, m.norm, m.norm_position) != ("swiglu", "rmsnorm", "pre") or m.bias == "all"
             or m.learned_positions or m.layer_scale is not None):
         return ("a causal LM with model.mlp=swiglu, model.norm=rmsnorm, model.bias=none (or qkv: Qwen2ForCausalLM), "
                 "rotary positions, pre-norm, no layer scale")
