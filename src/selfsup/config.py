@@ -182,9 +182,10 @@ class ModelConfig(Section):
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings")
-    init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
-                             "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
-                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
+    init: str | None = Field(None, description="start from a Hugging Face causal LM (Llama, Qwen2, Mistral, GPT-2): "
+                             "a local folder with config.json, model.safetensors (or a sharded index) and "
+                             "tokenizer.json; its config sets the model's shape and data.tokenizer (objective clm, "
+                             "the gpt-clm recipe)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -6,6 +6,7 @@ serves both directions, so an import and an export cannot disagree:
     init.py         model.init: which family a config.json is, its shape keys into the run's config, its weights
                     into the built objective
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
+    gpt2.py         GPT2LMHeadModel <-> the GPT decoder with learned positions, biases, LayerNorm, gelu_tanh
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:

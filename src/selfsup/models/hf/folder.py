@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch is imported where weights move: a config error answer
 
 
 class Unsupported(ValueError):
-    """What our modules cannot hold of a model, as a phrase ("attention_bias true (our trunk has no biases)")."""
+    """What our modules cannot hold of a model, as a phrase ("hidden_act 'gelu' (our SwiGLU is silu)")."""
 
 
 class Tensors(Mapping):
@@ -37,6 +37,9 @@ class Tensors(Mapping):
             raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a "
                               f"{self.architecture}'s tensors")
         return self._files[key].get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:  # by name, without reading the tensor
+        return key in self._files
 
     def get(self, key: str, default=None):
         return self[key] if key in self._files else default
@@ -56,6 +59,31 @@ def read_config(folder: Path) -> dict:
         raise ConfigError(f"model.init '{folder}': no readable config.json ({type(e).__name__}); expected a local "
                           "Hugging Face model folder") from None
     return hf if isinstance(hf, dict) else {}
+
+
+def context_limit(hf: dict) -> tuple[str, int] | None:
+    """The longest context our full attention reproduces the model in, and the config.json key that sets it: its
+    position table (max_position_embeddings; GPT-2's n_positions) or a sliding window, past which its layers no
+    longer see what ours would; None when it says neither."""
+    limits = [(k, hf[k]) for k in ("max_position_embeddings", "n_positions") if isinstance(hf.get(k), int)
+              and hf[k] > 0]
+    window = sliding_window(hf)
+    if window:
+        limits.append(("sliding_window", window))
+    return min(limits, key=lambda limit: limit[1], default=None)
+
+
+def sliding_window(hf: dict) -> int | None:
+    """W when some layer attends only to the last W tokens (Mistral's sliding_window; Qwen2's with
+    use_sliding_window, on the layers from max_window_layers, or those layer_types names); else None."""
+    window = hf.get("sliding_window")
+    if not isinstance(window, int) or window <= 0 or hf.get("use_sliding_window") is False:
+        return None
+    if isinstance(hf.get("layer_types"), list):
+        return window if "sliding_attention" in hf["layer_types"] else None
+    if isinstance(hf.get("max_window_layers"), int) and hf["max_window_layers"] >= hf.get("num_hidden_layers", 0):
+        return None
+    return window
 
 
 def weight_files(folder: Path) -> list[Path]:

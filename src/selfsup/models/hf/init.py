@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import llama
-from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, read_config, read_weights, tokenizer,
-                                      weight_files)
+from selfsup.models.hf import gpt2, llama
+from selfsup.models.hf.folder import (Unsupported, context_limit, eos_token, fingerprint, read_config, read_weights,
+                                      tokenizer, weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama,)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -55,11 +55,11 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
         from selfsup.data.cache.tokens import cache_root
 
         values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir)))
-    longest = hf.get("max_position_embeddings")
+    key, longest = context_limit(hf) or ("", 0)
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
-            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has max_position_embeddings "
-                              f"{longest}; expected model.context <= {longest}")
+            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has {key} {longest}; "
+                              f"expected model.context <= {longest}")
         values["model.context"] = longest
     tree = cfg.model_dump(mode="json")
     for key, value in values.items():
