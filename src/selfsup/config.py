@@ -76,8 +76,9 @@ class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
                       f"data.extensions); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
                       "present on every machine. Images: a folder "
-                      "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
-                      "handwritten digits (training split)")
+                      "(recursive), webdataset .tar shards, an .npz, .parquet files or a datasets folder (see "
+                      "data.image_field); 'builtin:digits' is scikit-learn's bundled handwritten digits (training "
+                      "split)")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
                                                           ".parquet: a document per line, per file, or per block of "
                                                           "lines between blank lines")
