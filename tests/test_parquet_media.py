@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -16,12 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from selfsup.data.cache.decoding import CHUNK
 from selfsup.data.cache.images import prepare_images
 from selfsup.data.cache.media import prepare_media
+from selfsup.data.cache.rows import Item, build_rows
 from selfsup.data.errors import DataError
 from selfsup.data.labeled import read_labeled_images
 from selfsup.data.read import table_media
-from selfsup.data.read.image import decode_image
+from selfsup.data.read.image import ImageRows, decode_image
 from selfsup.inspect import inspect_path
 from selfsup.train import trainer
 from tests.test_multimodal import IMAGE, _train
@@ -201,6 +204,36 @@ def test_rows_are_read_a_batch_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_datasets, "batch_rows", rows_of)
     assert len(list(table_media.table_items(arrow, "x", "image", None, Counter(), lambda f, p: f / p, 1 << 30))) == n
     assert sum(seen) == n and max(seen) == table_media.MEDIA_ROWS  # save_to_disk's batches of 100, cut smaller
+
+
+class Blob:
+    """An image's bytes in an object a weak reference can watch (bytes cannot be watched)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+class BlobRows(ImageRows):
+    def __call__(self, blob: Blob):
+        return super().__call__(blob.data)
+
+
+def test_decoding_does_not_hold_the_rows_it_has_read(tmp_path):
+    """A table's image bytes (or a shard's) are dropped once decoded: the cache keeps captions and labels only."""
+    refs, alive = [], []
+
+    def items():
+        for i in range(6 * CHUNK):
+            blob = Blob(png(i % 5))
+            refs.append(weakref.ref(blob))
+            yield Item(f"t#{i}", f"caption {i}", i % 3, blob)
+            del blob
+            alive.append(sum(r() is not None for r in refs))
+
+    built = build_rows(tmp_path, items(), BlobRows(16, 1), 0.0, 0, Counter())
+    assert built.rows["train"] == 6 * CHUNK and built.classes == ["0", "1", "2"]
+    assert max(alive) < 2 * CHUNK  # the chunk being gathered and the one just written, not every row read so far
+    assert json.loads((tmp_path / "train_captions.json").read_text())[-1] == f"caption {6 * CHUNK - 1}"
 
 
 def test_labeled_tables_serve_evaluation(tmp_path):
