@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from selfsup import config
 from selfsup.data.cache.decoding import CHUNK
 from selfsup.data.cache.images import prepare_images
 from selfsup.data.cache.media import prepare_media
@@ -27,6 +28,7 @@ from selfsup.data.read import table_media
 from selfsup.data.read.image import ImageRows, decode_image
 from selfsup.inspect import inspect_path
 from selfsup.train import trainer
+from selfsup.train.continual import load_config
 from tests.test_multimodal import IMAGE, _train
 from tests.test_train import quiet
 from tests.test_vision import image_cfg, run_main
@@ -141,6 +143,16 @@ def test_a_missing_or_unusable_column_is_one_line(tmp_path, monkeypatch, capsys)
                                  f"data.cache_dir={tmp_path / 'cache'}")
     assert code == 2 and out == "" and stderr.strip() == ("error: data.image_field 'picture': a.parquet has columns image, n; "
                                             "expected one of them")
+
+    vision = tmp_path / "vision"  # a finished image run continued on a table of text: one line
+    vision.mkdir()
+    (vision / "config.yaml").write_text(config.dump(config.load("simclr", [f"out_dir={vision}"])))
+    (vision / "model.safetensors").write_bytes(b"")
+    pq.write_table(pa.table({"text": ["a document"]}), tmp_path / "corpus.parquet")
+    with pytest.raises(DataError) as err:
+        load_config(str(vision), [f"continual.data={tmp_path / 'corpus.parquet'}"])
+    assert str(err.value).endswith("trained simclr on image, so the new stream must be image data too "
+                                   "(data.image_field 'image': corpus.parquet has columns text; expected one of them)")
 
     datasets.DatasetDict({"test": datasets.Dataset.from_dict({"image": [png(0)], "label": [1]})}).save_to_disk(
         str(tmp_path / "dd"))
