@@ -62,21 +62,23 @@ def test_bytes_and_paths_decode_as_image_files_do_and_bad_rows_are_counted(tmp_p
                              "label": [0, 1, 0, 1, 0, 1, 0, 1, 0]}), d / "a.parquet")
     pq.write_table(pa.table({"img": ["imgs/0.png", "imgs/1.png", "imgs/2.png", "../outside.png", "gone.png", None],
                              "label": ["cat", "dog", "cat", "cat", "dog", "cat"]}), d / "b.parquet")
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # as datasets.Image() stores an image
+    cells = [{"bytes": None, "path": "imgs/2.png"}, {"bytes": png(7), "path": "not read.png"},
+             {"bytes": None, "path": None}]
+    pq.write_table(pa.table({"img": pa.array(cells, struct)}), d / "c.parquet")  # and no label column
     data = prepare(d, tmp_path, image_field="img")
-    assert data.meta["files"] == 2  # the folder's tables alone: the images they name are not read twice
-    assert data.meta["skipped"] == {"no 'img' in row": 2, "corrupt image": 1, "empty file": 1,
+    assert data.meta["files"] == 3  # the folder's tables alone: the images they name are not read twice
+    assert data.meta["skipped"] == {"no 'img' in row": 3, "corrupt image": 1, "empty file": 1,
                                     "outside the data folder": 1, "unreadable file": 1}
-    assert len(data.train) == 9
-    # the same pixels as the image files' own decoding, in row order (a's six rows, then b's three)
-    expected = [decode_image(png(i), **PIXELS) for i in range(6)] + \
-               [decode_image(png(100 + i), **PIXELS) for i in range(3)]
-    assert np.array_equal(np.asarray(data.train), np.stack(expected))
-    # integer labels and names mixed: all read as names, sorted
+    # the same pixels as the image files' own decoding, in row order (a's six rows, b's three, c's two)
+    expected = [png(i) for i in range(6)] + [png(100 + i) for i in range(3)] + [png(102), png(7)]
+    assert np.array_equal(np.asarray(data.train), np.stack([decode_image(e, **PIXELS) for e in expected]))
+    # integer labels and names mixed: all read as names, sorted; c's rows have none (-1)
     assert data.classes == ["0", "1", "cat", "dog"]
-    assert [data.classes[i] for i in data.train_labels] == ["0", "1", "0", "1", "0", "1", "cat", "dog", "cat"]
+    assert data.train_labels.tolist() == [0, 1, 0, 1, 0, 1, 2, 3, 2, -1, -1]
 
     allowed = prepare(d, tmp_path, image_field="img", allow_outside=True)
-    assert len(allowed.train) == 10 and "outside the data folder" not in allowed.meta["skipped"]
+    assert len(allowed.train) == 12 and "outside the data folder" not in allowed.meta["skipped"]
 
 
 def test_a_datasets_folder_trains_simclr_and_its_labels_serve_the_probe(tmp_path):
