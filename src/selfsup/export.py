@@ -24,10 +24,10 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import llama, modernbert
+from selfsup.models.hf import llama, modernbert, resnet
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, modernbert)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
+HF_FAMILIES = (llama, modernbert, resnet)  # --format hf: each says why a run does not fit it (unfit), or writes it
 
 
 class ExportError(ValueError):
@@ -129,12 +129,29 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
+    if cfg.is_image:  # no tokenizer: AutoImageProcessor prepares a picture as our evaluation does
+        (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(cfg), indent=1))
+        return
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
         "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
 
 
+def _image_processor(cfg: RunConfig) -> dict:
+    """BitImageProcessor settings that give the input our evaluation gives (data/read/image.py decoding, then
+    views/augment.center_view): the shorter side resized to image.size by Pillow's bicubic, the centre square, / 255,
+    the run's mean and std. The same tensor for a square picture; a non-square one is cropped after the resize in
+    whole pixels there, before it in fractional ones here (the square can sit up to half a source pixel apart)."""
+    size = cfg.image.size
+    return {"image_processor_type": "BitImageProcessor", "do_convert_rgb": cfg.image.channels == 3,
+            "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,  # PIL.Image.Resampling.BICUBIC
+            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": cfg.image.mean, "image_std": cfg.image.std}
+
+
 def _special_ids(run_dir: Path) -> dict[str, int]:
+    if not (run_dir / "tokenizer.json").is_file():  # image runs
+        return {}
     tok = json.loads((run_dir / "tokenizer.json").read_text())
     return {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
