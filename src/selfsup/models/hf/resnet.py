@@ -9,6 +9,7 @@ too: its `resnet.` trunk, without the classifier. BatchNorm running statistics t
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
@@ -22,8 +23,8 @@ ARCHITECTURE = "ResNetModel"
 MODEL_TYPES = ("resnet",)
 OBJECTIVES = ("simclr", "mocov2", "mocov3", "byol", "dino", "swav", "deepcluster")  # image objectives on a ResNet
 TOKENIZER = False
-KEYS = {"model.backbone": "layer_type, depths and hidden_sizes of", "model.small_stem": "a 7×7 stem and max-pool: "
-        "small_stem", "image.channels": "num_channels"}  # ours -> theirs, for errors
+KEYS = {"model.backbone": "layer_type, depths and hidden_sizes of", "image.channels": "num_channels",
+        "model.small_stem": "a 7×7 stride-2 stem with max-pool, so small_stem"}  # ours -> theirs, for errors
 
 LAYOUTS = {  # our backbone -> (layer_type, depths, hidden_sizes), embedding_size 64
     "resnet18": ("basic", [2, 2, 2, 2], [64, 128, 256, 512]),
@@ -71,7 +72,7 @@ def config_values(hf: dict) -> dict[str, object]:
                           f"{hf['hidden_sizes']} (our ResNets are {ours})")
     for key in ("hidden_act", "embedding_size", "downsample_in_first_stage", "downsample_in_bottleneck"):
         if hf[key] != DEFAULTS[key]:
-            raise Unsupported(f"{key} {hf[key]} (ours: {DEFAULTS[key]})")
+            raise Unsupported(f"{key} {json.dumps(hf[key])} (ours: {json.dumps(DEFAULTS[key])})")
     if hf["num_channels"] not in (1, 3):
         raise Unsupported(f"num_channels {hf['num_channels']} (image.channels is 1 or 3)")
     return {"model.backbone": backbone, "model.small_stem": False, "image.channels": hf["num_channels"]}
