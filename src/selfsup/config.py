@@ -170,7 +170,9 @@ class ModelConfig(Section):
                                    "(model.init sets it to a model's rms_norm_eps)")
     init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
                              "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
-                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
+                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe); or from "
+                             "a ResNetModel of ResNet-18/50 layout (image objectives: it sets model.backbone, "
+                             "model.small_stem=false and image.channels; teachers start equal to it)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -1,9 +1,11 @@
 """Exporting a trained run for the rest of the ecosystem.
 
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
-permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads). Each family's
-module in models/hf/ holds its name table, which `model.init` reads the other way: the GPT decoder as
-LlamaForCausalLM (models/hf/llama.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py).
+permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads; an image run has a
+`preprocessor_config.json` instead, for AutoImageProcessor). Each family's module in models/hf/ holds its name
+table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM (models/hf/llama.py), the
+masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py), a ResNet-18/50 as ResNetModel
+(models/hf/resnet.py).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -141,8 +143,9 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
 def _image_processor(cfg: RunConfig) -> dict:
     """BitImageProcessor settings that give the input our evaluation gives (data/read/image.py decoding, then
     views/augment.center_view): the shorter side resized to image.size by Pillow's bicubic, the centre square, / 255,
-    the run's mean and std. The same tensor for a square picture; a non-square one is cropped after the resize in
-    whole pixels there, before it in fractional ones here (the square can sit up to half a source pixel apart)."""
+    the run's mean and std. The same tensor for a square picture, or wherever both crops fall on whole pixels; else
+    theirs resizes the whole picture (the long side rounded down) and crops whole pixels, ours resizes the exact
+    centre square, so the two squares can sit about a pixel apart. A large JPEG is decoded here at reduced scale."""
     size = cfg.image.size
     return {"image_processor_type": "BitImageProcessor", "do_convert_rgb": cfg.image.channels == 3,
             "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,  # PIL.Image.Resampling.BICUBIC

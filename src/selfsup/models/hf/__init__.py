@@ -7,6 +7,7 @@ serves both directions, so an import and an export cannot disagree:
                     into the built objective
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
+    resnet.py       ResNetModel (and a ResNetForImageClassification's trunk) <-> our ResNet-18/50, teachers included
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 
