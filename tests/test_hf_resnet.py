@@ -93,7 +93,8 @@ def test_an_image_classifier_imports_its_trunk(tmp_path):
     folder, trunk = resnet_folder(tmp_path, head=True)
     cfg = load_config("simclr", [f"model.init={folder}"])
     ours = ResNet(cfg.model.backbone).eval()
-    load_init(cfg, holding(ours))  # its classifier (5 labels) has no counterpart: dropped
+    _, line = load_init(cfg, holding(ours))
+    assert line.endswith("; not used: classifier.1.bias, classifier.1.weight")  # 5 labels: no counterpart of ours
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(features(ours, x), trunk(x).pooler_output.flatten(1), atol=1e-4)
 

@@ -24,11 +24,16 @@ class Unsupported(ValueError):
 
 
 class Tensors(dict):
-    """A model's tensors by name; asking for one it does not have is one line naming it."""
+    """A model's tensors by name; asking for one it does not have is one line naming it. `read`: the names asked
+    for, so what a family leaves unused (a classifier) can be said."""
 
     def __init__(self, tensors: dict, source: str, architecture: str):
         super().__init__(tensors)
-        self.source, self.architecture = source, architecture
+        self.source, self.architecture, self.read = source, architecture, set()
+
+    def __getitem__(self, key: str):
+        self.read.add(key)
+        return super().__getitem__(key)
 
     def __missing__(self, key: str):
         raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a {self.architecture}'s "

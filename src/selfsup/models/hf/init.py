@@ -91,6 +91,9 @@ def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
     assert not unexpected, f"{family.__name__}.weights names no tensor of the objective: {unexpected}"
     sha = fingerprint(weight_files(folder))
     line = f"model.init: {source} (weights sha256 {sha})"
+    unused = sorted(theirs.keys() - theirs.read)
+    if unused:  # e.g. a ResNetForImageClassification's classifier
+        line += f"; not used: {', '.join(unused[:4])}" + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
