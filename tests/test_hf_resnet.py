@@ -153,6 +153,24 @@ def test_train_from_the_model_and_export_back(resnet18, pictures, tmp_path):
         assert torch.allclose(theirs, eval_view(picture, cfg), atol=1e-5)
 
 
+def test_a_grayscale_run_exports_with_its_processor(tmp_path):
+    from selfsup.export import export
+    from selfsup.objectives.build import build_objective
+
+    cfg = load_config("simclr", ["model.backbone=resnet18", "model.small_stem=false", "image.channels=1",
+                                 "image.mean=[0.4]", "image.std=[0.3]", *SMALL])
+    objective = build_objective(cfg).eval()
+    export(tmp_path / "run", cfg, objective, "hf", tmp_path / "hf")  # a fresh model: only the mapping is at stake
+    back = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "hf", backend="pil")
+    picture = tmp_path / "gray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)).save(picture)
+    theirs = processor(images=Image.open(picture), return_tensors="pt").pixel_values  # (1, 1, 32, 32)
+    ours = eval_view(picture, cfg)
+    assert torch.allclose(theirs, ours, atol=1e-5)
+    assert torch.allclose(features(back, theirs).pooler_output.flatten(1), features(objective.model, ours), atol=1e-4)
+
+
 def test_an_override_that_contradicts_the_model_is_one_line(resnet18):
     folder, _ = resnet18
     with pytest.raises(ConfigError) as e:

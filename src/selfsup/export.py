@@ -145,7 +145,8 @@ def _image_processor(cfg: RunConfig) -> dict:
     views/augment.center_view): the shorter side resized to image.size by Pillow's bicubic, the centre square, / 255,
     the run's mean and std. The same tensor for a square picture, or wherever both crops fall on whole pixels; else
     theirs resizes the whole picture (the long side rounded down) and crops whole pixels, ours resizes the exact
-    centre square, so the two squares can sit about a pixel apart. A large JPEG is decoded here at reduced scale."""
+    centre square, so the two squares can sit about a pixel apart. A large JPEG is decoded here at reduced scale.
+    A grayscale run's processor takes grayscale (mode L) pictures: transformers' processors convert only to RGB."""
     size = cfg.image.size
     return {"image_processor_type": "BitImageProcessor", "do_convert_rgb": cfg.image.channels == 3,
             "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,  # PIL.Image.Resampling.BICUBIC
