@@ -58,14 +58,11 @@ def resnet_names(backbone: str) -> dict[str, str]:
     return names
 
 
-def _layout(hf: dict) -> tuple[str, list[int], list[int]]:
-    return hf["layer_type"], list(hf["depths"]), list(hf["hidden_sizes"])
-
-
 def config_values(hf: dict) -> dict[str, object]:
     """Our keys from a ResNet config.json (ResNetConfig's defaults where it is silent)."""
     hf = DEFAULTS | hf
-    backbone = next((name for name, layout in LAYOUTS.items() if _layout(hf) == layout), None)
+    layout = (hf["layer_type"], hf["depths"], hf["hidden_sizes"])
+    backbone = next((name for name, ours in LAYOUTS.items() if layout == ours), None)
     if backbone is None:
         ours = "; ".join(f"{name}: {t} {d} {h}" for name, (t, d, h) in LAYOUTS.items())
         raise Unsupported(f"layer_type {hf['layer_type']} with depths {hf['depths']} and hidden_sizes "
