@@ -379,7 +379,8 @@ def generate(
 def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
-                               "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json"),
+                               "(the GPT maps onto Llama, a ResNet onto ResNetModel); safetensors: weights + "
+                               "config.yaml + tokenizer.json"),
     out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
                              "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "

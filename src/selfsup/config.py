@@ -190,10 +190,11 @@ class ModelConfig(Section):
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings")
-    init: str | None = Field(None, description="start from a Hugging Face causal LM (Llama, Qwen2, Mistral, GPT-2): "
-                             "a local folder with config.json, model.safetensors (or a sharded index) and "
-                             "tokenizer.json; its config sets the model's shape and data.tokenizer (objective clm, "
-                             "the gpt-clm recipe)")
+    init: str | None = Field(None, description="start from a Hugging Face model: a local folder with config.json "
+                             "and model.safetensors (or a sharded index). Its config sets the model's shape: a causal "
+                             "LM (Llama, Qwen2, Mistral, GPT-2) for objective clm, with its tokenizer.json as "
+                             "data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
+                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to it)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -8,6 +8,7 @@ serves both directions, so an import and an export cannot disagree:
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
     gpt2.py         GPT2LMHeadModel <-> the GPT decoder with learned positions, biases, LayerNorm, gelu_tanh
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
+    resnet.py       ResNetModel (and a ResNetForImageClassification's trunk) <-> our ResNet-18/50, teachers included
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 

@@ -26,16 +26,18 @@ class Unsupported(ValueError):
 
 class Tensors(Mapping):
     """A model's tensors by name, each read from its safetensors file when asked for (so an import holds one of
-    them at a time beside the model); asking for one it does not have is one line naming it."""
+    them at a time beside the model); asking for one it does not have is one line naming it. `read`: the names
+    asked for, so what a family leaves unused (a classifier) can be said."""
 
     def __init__(self, files: dict[str, object], source: str, architecture: str):
         self._files = files  # name -> an open safetensors file (safe_open) that holds it
-        self.source, self.architecture = source, architecture
+        self.source, self.architecture, self.read = source, architecture, set()
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._files:
             raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a "
                               f"{self.architecture}'s tensors")
+        self.read.add(key)
         return self._files[key].get_tensor(key)
 
     def __contains__(self, key: object) -> bool:  # by name, without reading the tensor

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import gpt2, llama
+from selfsup.models.hf import gpt2, llama, resnet
 from selfsup.models.hf.folder import (Unsupported, context_limit, eos_token, fingerprint, read_config, read_weights,
                                       tokenizer, weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2, resnet)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -93,6 +93,9 @@ def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
             ours[name].copy_(value)
     sha = fingerprint(weight_files(folder))
     line = f"model.init: {source} (weights sha256 {sha})"
+    unused = sorted(theirs.keys() - theirs.read)
+    if unused:  # e.g. a ResNetForImageClassification's classifier
+        line += f"; not used: {', '.join(unused[:4])}" + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
