@@ -16,6 +16,7 @@ from selfsup import config as config_mod
 from selfsup.data.errors import DataError
 from selfsup.data.inspect import inspect_data
 from selfsup.data.read.jsonl import json_line
+from selfsup.models.hf.folder import described
 
 
 def inspect_path(path: str, kind: str | None = None) -> tuple[str, list[tuple[str, str]]]:
@@ -115,7 +116,11 @@ def _history(run: Path) -> list[tuple[str, str]]:
     sessions = [line for line in path.read_text().splitlines() if line.strip()]
     last = json_line(sessions[-1]) if sessions else {}
     last = last if isinstance(last, dict) else {}
-    return [("sessions", f"{len(sessions):,}; the last began {last.get('time', '-')} at step {last.get('step', '-')}")]
+    rows = [("sessions", f"{len(sessions):,}; the last began {last.get('time', '-')} at step {last.get('step', '-')}")]
+    first = json_line(sessions[0]) if sessions else None
+    if isinstance(first, dict) and isinstance(first.get("started_from"), dict):
+        rows.append(("started from", described(first["started_from"])))
+    return rows
 
 
 def _summary(run: Path) -> list[tuple[str, str]]:

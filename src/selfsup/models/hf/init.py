@@ -1,9 +1,9 @@
-"""`model.init=FOLDER`: start a run from a Hugging Face model. `init_config` reads its config.json into the run's
+"""`model.init=FOLDER` or `hf:ORG/NAME[@REVISION]`: start a run from a Hugging Face model. `init_config` reads its config.json into the run's
 config (the shape keys, the tokenizer) before any data is read, refusing in one line what our modules cannot hold;
 `load_init` copies its weights into the built objective.
 
     cfg = init_config(cfg, explicit={"data.path"})     # explicit: keys set on the command line
-    sha, line = load_init(cfg, objective)               # the weights' sha256 and a line for the console
+    started, line = load_init(cfg, objective)           # what it started from (folder.provenance), a console line
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
 from selfsup.models.hf import llama
-from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, read_config, read_weights, tokenizer,
-                                      weight_files)
+from selfsup.models.hf.folder import (Unsupported, described, eos_token, provenance, read_config, read_weights, resolve,
+                                      tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,10 +38,7 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     """The run's config with the shape and tokenizer of the model `model.init` names. explicit: the keys the
     user set on the command line, which may not contradict the model."""
     source = cfg.model.init
-    if source.startswith("hf:"):
-        raise ConfigError(f"model.init '{source}': only local folders are supported yet; expected a folder with "
-                          "config.json, model.safetensors and tokenizer.json (e.g. one save_pretrained wrote)")
-    folder = Path(source).expanduser()
+    folder = resolve(source)  # an hf: id is downloaded here, before any data is read
     hf = read_config(folder)
     family = family_of(source, hf)
     if cfg.objective not in family.OBJECTIVES:
@@ -72,11 +69,11 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     return validate(tree)
 
 
-def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
-    """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns their sha256 and the
-    line that says which weights and which tokenizer."""
+def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[dict, str]:
+    """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns what it started from
+    (folder.provenance) and the line that says which weights and which tokenizer."""
     source = cfg.model.init
-    folder = Path(source).expanduser()
+    folder = resolve(source)
     hf = read_config(folder)
     family = family_of(source, hf)
     theirs = read_weights(source, folder, family.ARCHITECTURE)
@@ -89,11 +86,11 @@ def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
         new[name] = value.to(ours[name].dtype)
     unexpected = objective.load_state_dict(new, strict=False).unexpected_keys
     assert not unexpected, f"{family.__name__}.weights names no tensor of the objective: {unexpected}"
-    sha = fingerprint(weight_files(folder))
-    line = f"model.init: {source} (weights sha256 {sha})"
+    started = provenance(source, folder)
+    line = f"model.init: {described(started)}"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
         old = eos_token(hf, json.loads((folder / "tokenizer.json").read_text()))
         line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
-    return sha, line
+    return started, line
