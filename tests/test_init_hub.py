@@ -141,3 +141,39 @@ def test_an_unreachable_hub_falls_back_to_the_cache(hub, models, monkeypatch):
     with pytest.raises(ConfigError, match="'hf:org/absent': the Hub could not be reached and not in the Hugging "
                                           "Face cache"):
         resolve("hf:org/absent")
+
+
+def test_a_cached_dataset_is_read_as_its_folder(hub, corpus, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selfsup.config import DataConfig
+    from selfsup.data.cache.tokens import prepare
+    from selfsup.data.errors import DataError
+    from selfsup.data.read.text import source_files
+
+    folder = tmp_path / "corpus"
+    lines = (corpus / "a.txt").read_text().splitlines()
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": lines[:40]}), folder / "data" / "train-00000.parquet")
+    (folder / "data" / "more.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[40:]))
+    (folder / "README.md").write_text("a dataset card: not data")
+    snap = cached(hub, "org/corpus", folder, MAIN, refs=["main"], kind="datasets")
+    assert huggingface_hub.snapshot_download("org/corpus", repo_type="dataset", local_files_only=True) == str(snap)
+    files = source_files("hf:datasets/org/corpus")
+    assert files == [snap / "data" / "more.jsonl", snap / "data" / "train-00000.parquet"]
+    assert source_files(f"hf:datasets/org/corpus@{MAIN}") == files
+    ours, theirs = (prepare(DataConfig(path=p), 512, log=lambda s: None) for p in (str(folder), "hf:datasets/org/corpus"))
+    assert theirs.content == ours.content and theirs.meta["documents"] == ours.meta["documents"]  # what the files hold
+    out = tmp_path / "run"
+    invoke("train", "gpt-clm", "data.path=hf:datasets/org/corpus", f"out_dir={out}", *SMALL, "model.dim=32",
+           "model.depth=1", "model.heads=2", "model.vocab_size=512")
+    assert json.loads((out / "identity.json").read_text())["data"] == ours.content
+    with pytest.raises(DataError) as e:
+        source_files("hf:datasets/org/absent")
+    assert str(e.value) == (f"data.path 'hf:datasets/org/absent': HF_HUB_OFFLINE=1 and not in the Hugging Face cache "
+                            f"({hub}); download it once online (the same command with the network), or point "
+                            "data.path at a local folder")
+    with pytest.raises(DataError, match=r"data.path 'hf:org/corpus': expected a dataset id, "
+                                        r"hf:datasets/ORG/NAME\[@REVISION\]"):
+        source_files("hf:org/corpus")
