@@ -442,14 +442,15 @@ def _run_name(run: Path, s: dict) -> str:
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video) or a run "
-                               "directory"),
+    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video), a run "
+                               "directory, or a Hugging Face model folder or hf:ORG/NAME id"),
     kind: Optional[str] = typer.Option(None, help="text, image, pairs, audio or video: how to read a data path "
                                        "(default: guessed from the suffixes, and said)"),
 ):
     """What selfsup sees at PATH, read cheaply (no image decoded, no model loaded): for data, the files by suffix,
     rows, fields, label classes and one sample; for a run directory, recipe, model, parameters, tokenizer, steps,
-    the latest verified checkpoint, the data's fingerprint, sessions and status."""
+    the latest verified checkpoint, the data's fingerprint, sessions, status and the model it started from; for a
+    Hugging Face model, what model.init would make of it (objective, shape, parameters, weight files, tokenizer)."""
     from selfsup.inspect import inspect_path
 
     title, rows = inspect_path(path, kind)
