@@ -74,7 +74,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
-                      f"data.extensions); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
+                      f"data.extensions), or hf:datasets/ORG/NAME[@REVISION] (those files of a Hugging Face Hub "
+                      f"dataset, fetched into huggingface_hub's cache); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
                       "present on every machine. Images: a folder "
                       "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
                       "handwritten digits (training split)")
@@ -169,8 +170,9 @@ class ModelConfig(Section):
     norm_eps: float | None = Field(None, gt=0, description="text trunk: the norms' eps instead of the kind's default "
                                    "(model.init sets it to a model's rms_norm_eps)")
     init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
-                             "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
-                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
+                             "config.json, model.safetensors (or a sharded index) and tokenizer.json, or "
+                             "hf:ORG/NAME[@REVISION] (fetched into huggingface_hub's cache; offline, read from it); "
+                             "its config sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)
