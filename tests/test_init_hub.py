@@ -177,3 +177,24 @@ def test_a_cached_dataset_is_read_as_its_folder(hub, corpus, tmp_path):
     with pytest.raises(DataError, match=r"data.path 'hf:org/corpus': expected a dataset id, "
                                         r"hf:datasets/ORG/NAME\[@REVISION\]"):
         source_files("hf:org/corpus")
+
+
+def test_only_the_files_selfsup_reads_are_asked_for(hub, models, tmp_path, monkeypatch):
+    """The shards the index names, at the commit the first call resolved; never the repository's other copies."""
+    import shutil
+
+    from selfsup.models.hf.folder import FILES, resolve
+
+    (folder, hf), _ = models
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="20KB")
+    shutil.copyfile(folder / "tokenizer.json", sharded / "tokenizer.json")
+    (sharded / "consolidated.safetensors").write_bytes((folder / "model.safetensors").read_bytes())  # a 2nd copy
+    shards = sorted(set(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(shards) > 1
+    cached(hub, "org/sharded", sharded, MAIN, refs=["main"])
+    asked, download = [], huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, **kw: asked.append((kw["revision"], kw["allow_patterns"])) or download(repo, **kw))
+    resolve("hf:org/sharded")
+    assert asked == [(None, FILES), (MAIN, shards)]
