@@ -163,7 +163,8 @@ def test_a_cached_dataset_is_read_as_its_folder(hub, corpus, tmp_path):
     files = source_files("hf:datasets/org/corpus")
     assert files == [snap / "data" / "more.jsonl", snap / "data" / "train-00000.parquet"]
     assert source_files(f"hf:datasets/org/corpus@{MAIN}") == files
-    ours, theirs = (prepare(DataConfig(path=p), 512, log=lambda s: None) for p in (str(folder), "hf:datasets/org/corpus"))
+    ours, theirs = (prepare(DataConfig(path=p), 512, log=lambda s: None)
+                    for p in (str(folder), "hf:datasets/org/corpus"))
     assert theirs.content == ours.content and theirs.meta["documents"] == ours.meta["documents"]  # what the files hold
     out = tmp_path / "run"
     invoke("train", "gpt-clm", "data.path=hf:datasets/org/corpus", f"out_dir={out}", *SMALL, "model.dim=32",

@@ -75,8 +75,8 @@ class Section(BaseModel):
 class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
                       f"data.extensions), or hf:datasets/ORG/NAME[@REVISION] (those files of a Hugging Face Hub "
-                      f"dataset, fetched into huggingface_hub's cache); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
-                      "present on every machine. Images: a folder "
+                      f"dataset, fetched into huggingface_hub's cache); '{BUILTIN_CORPUS}' is the docstrings of "
+                      "Python's standard library, present on every machine. Images: a folder "
                       "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
                       "handwritten digits (training split)")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "

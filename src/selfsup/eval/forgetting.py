@@ -82,8 +82,8 @@ def parent_of(cfg: RunConfig, run_dir: Path, tok, device: torch.device) -> tuple
     return f"model.init {described(started)}", parent.to(device).eval()
 
 
-def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: int = MAX_ROWS, old_data: str | None = None,
-               log=lambda s: None) -> tuple[dict, torch.nn.Module]:
+def forgetting(run_dir: Path, device: torch.device, batch_size: int, max_rows: int = MAX_ROWS,
+               old_data: str | None = None, log=lambda s: None) -> tuple[dict, torch.nn.Module]:
     """{'old': {...}, 'new': {...}} with each model's loss (and perplexity) on each domain, and the change; and the
     parent model (for `probe`). old_data: the old domain's data instead of continual.old_data (a model.init run
     needs it)."""

@@ -1,6 +1,6 @@
-"""`model.init=FOLDER` or `hf:ORG/NAME[@REVISION]`: start a run from a Hugging Face model. `init_config` reads its config.json into the run's
-config (the shape keys, the tokenizer) before any data is read, refusing in one line what our modules cannot hold;
-`load_init` copies its weights into the built objective.
+"""`model.init=FOLDER` or `hf:ORG/NAME[@REVISION]`: start a run from a Hugging Face model. `init_config` reads its
+config.json into the run's config (the shape keys, the tokenizer) before any data is read, refusing in one line what
+our modules cannot hold; `load_init` copies its weights into the built objective.
 
     cfg = init_config(cfg, explicit={"data.path"})     # explicit: keys set on the command line
     started, line = load_init(cfg, objective)           # what it started from (folder.provenance), a console line
