@@ -148,13 +148,18 @@ def test_other_objectives_are_refused(llama, corpus, tmp_path):
         load_config("bert-mlm", [f"model.init={folder}", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match=r"model.kv_heads \(3\) must divide model.heads \(4\)"):
         load_config("gpt-clm", ["model.heads=4", "model.kv_heads=3", f"data.path={corpus}"])
-    with pytest.raises(ConfigError, match="model.kv_heads=1: xlnet-plm's two-stream attention needs model.kv_heads = "
-                                          "model.heads"):
+    with pytest.raises(ConfigError, match="model.kv_heads=1: xlnet-plm's two-stream attention needs the trunk's "
+                                          "defaults"):
         load_config("xlnet-plm", ["model.kv_heads=1", f"data.path={corpus}"])
+    with pytest.raises(ConfigError, match="model.norm_position=post: xlnet-plm's two-stream attention needs"):
+        load_config("xlnet-plm", ["model.norm_position=post", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match="model.tied=false gives the GPT decoder .* objective mlm ties"):
         load_config("bert-mlm", ["model.tied=false", f"data.path={corpus}"])
-    with pytest.raises(ConfigError, match="model.mlp_hidden shapes the text trunk; this run's modality is image"):
-        load_config("simclr", ["model.mlp_hidden=64"])
+    with pytest.raises(ConfigError, match="model.mlp_hidden shapes a transformer; this run's modality is image with "
+                                          "model.backbone=resnet18"):
+        load_config("simclr", ["model.backbone=resnet18", "model.mlp_hidden=64"])
+    with pytest.raises(ConfigError, match="model.learned_positions shapes the text trunk; this run's modality is image"):
+        load_config("dino", ["model.learned_positions=true"])
     with pytest.raises(ConfigError, match="no readable config.json"):
         load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
 

@@ -64,3 +64,55 @@ def test_too_long_sequence_is_a_clear_error(model):
 def test_flops_per_token_follows_palm():
     m = GPT(CFG)
     assert m.flops_per_token() == 6 * m.num_params() + 12 * 2 * 32 * 16
+
+
+@pytest.mark.parametrize("options", [
+    {"learned_positions": True, "bias": "all", "mlp": "gelu_tanh", "norm": "layernorm"},  # GPT-2's block
+    {"learned_positions": True, "bias": "all", "norm_position": "post", "mlp": "gelu", "norm": "layernorm"},  # BERT
+])
+def test_learned_positions_restart_at_each_document(options):
+    torch.manual_seed(0)
+    model = GPT(CFG.model_copy(update=options)).eval()
+    x = torch.randint(1, 300, (1, 12))
+    docs = torch.tensor([[0] * 5 + [1] * 7])
+    assert torch.allclose(model(x, docs)[0, 5:], model(x[:, 5:])[0], atol=1e-5)  # positions 0..6 again
+    assert model.rotary is None and model.positions.weight.shape == (16, 32)
+
+
+def test_bias_options_name_which_layers_have_biases():
+    def biases(bias):
+        torch.manual_seed(0)
+        model = GPT(CFG.model_copy(update={"bias": bias, "norm": "layernorm"}))
+        found = {n.split(".", 2)[-1] if n.startswith("blocks.") else n
+                 for n, _ in model.named_parameters() if n.endswith(".bias")}
+        assert all((p == 0).all() for n, p in model.named_parameters() if n.endswith(".bias"))  # they start at zero
+        return found
+
+    assert biases("none") == set()
+    assert biases("qkv") == {"attn.qkv.bias"}  # Qwen2
+    assert biases("all") == {"attn.qkv.bias", "attn.out.bias", "mlp.up.bias", "mlp.down.bias", "norm1.bias",
+                             "norm2.bias", "norm.bias"}
+
+
+def test_post_norm_and_layer_scale_blocks_compute_their_formulas():
+    from selfsup.models.blocks import Block
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 32)
+    post = Block(32, 4, 64, "gelu", "layernorm", bias="all", post_norm=True).eval()
+    h = post.norm1(x + post.attn(x, None, None, False))
+    assert torch.allclose(post(x, None, None, False), post.norm2(h + post.mlp(h)), atol=1e-6)  # BERT's order
+    scaled = Block(32, 4, 64, "gelu", "layernorm", layer_scale=0.1).eval()
+    assert (scaled.scale1 == 0.1).all() and scaled.scale1.shape == (32,)
+    h = x + 0.1 * scaled.attn(scaled.norm1(x), None, None, False)
+    assert torch.allclose(scaled(x, None, None, False), h + 0.1 * scaled.mlp(scaled.norm2(h)), atol=1e-6)
+
+
+def test_gelu_variants_are_the_published_ones():
+    from selfsup.models.blocks import ACTIVATIONS
+
+    x = torch.linspace(-4, 4, 101)
+    gelu_new = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))  # GPT-2's formula
+    assert torch.allclose(ACTIVATIONS["gelu_tanh"](x), gelu_new, atol=1e-6)
+    assert torch.allclose(ACTIVATIONS["quick_gelu"](x), x * torch.sigmoid(1.702 * x))
+    assert not torch.allclose(ACTIVATIONS["gelu"](x), gelu_new, atol=1e-6)  # exact GELU differs from both

@@ -148,6 +148,10 @@ class VideoConfig(Section):
     temporal_depth: int = Field(1, ge=1, description="temporal transformer blocks")
 
 
+TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
+TEXT_TRUNK_OPTIONS = ("tied", "learned_positions")
+
+
 class ModelConfig(Section):
     dim: int = Field(256, gt=0)
     depth: int = Field(4, gt=0)
@@ -158,8 +162,9 @@ class ModelConfig(Section):
     context: int = Field(128, gt=1, description="sequence length in tokens")
     vocab_size: int = Field(8192, ge=260, description="tokenizer vocabulary (>= 256 bytes + 3 special tokens + "
                             "merges); the embedding is padded to x64")
-    mlp: Literal["swiglu", "geglu", "gelu"] = Field("swiglu", description="swiglu (Llama), geglu (ModernBERT) "
-                                                    "or a plain gelu MLP")
+    mlp: Literal["swiglu", "geglu", "gelu", "gelu_tanh", "quick_gelu"] = Field(
+        "swiglu", description="swiglu (Llama), geglu (ModernBERT), or a plain MLP with exact gelu (BERT, ViT), "
+        "gelu_tanh (GPT-2, SigLIP) or quick_gelu (OpenAI CLIP)")
     mlp_ratio: float = Field(4.0, gt=0, description="hidden width / dim (gated MLPs use 2/3 of it)")
     mlp_hidden: int | None = Field(None, gt=0, description="text trunk: the MLP's hidden width F itself, instead of "
                                    "mlp_ratio's (model.init sets it to a model's intermediate_size)")
@@ -167,8 +172,17 @@ class ModelConfig(Section):
                        "tie_word_embeddings); false: a head of its own")
     norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="rmsnorm (eps 1e-6, Llama) or layernorm "
                                                   "without bias (eps 1e-5, ModernBERT)")
-    norm_eps: float | None = Field(None, gt=0, description="text trunk: the norms' eps instead of the kind's default "
-                                   "(model.init sets it to a model's rms_norm_eps)")
+    norm_eps: float | None = Field(None, gt=0, description="transformers: the norms' eps instead of the kind's "
+                                   "default (model.init sets it to a model's rms_norm_eps or layer_norm_eps)")
+    bias: Literal["none", "qkv", "all"] = Field("none", description="transformers: biases on no layer (Llama, "
+                                                "ModernBERT), on the query/key/value projection (Qwen2), or on every "
+                                                "linear layer and LayerNorm (GPT-2, BERT, ViT, CLIP)")
+    norm_position: Literal["pre", "post"] = Field("pre", description="transformers: normalise each block's input "
+                                                  "(pre, GPT-2 onwards) or each residual sum (post, BERT)")
+    layer_scale: float | None = Field(None, gt=0, description="transformers: a learned per-channel scale on each "
+                                      "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
+    learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
+                                    "(GPT-2, BERT) instead of rotary embeddings")
     init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
                              "config.json, model.safetensors (or a sharded index) and tokenizer.json, or "
                              "hf:ORG/NAME[@REVISION] (fetched into huggingface_hub's cache; offline, read from it); "
@@ -495,16 +509,21 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _text_trunk_options(self) -> RunConfig:
-        """The options model.init sets shape the text trunk alone: elsewhere they would be ignored without a word."""
-        m = self.model
-        given = [k for k in ("kv_heads", "mlp_hidden", "norm_eps") if getattr(m, k) is not None]
-        given += [] if m.tied else ["tied"]
-        if given and self.modality != "text":
-            raise ValueError(f"model.{given[0]} shapes the text trunk; this run's modality is {self.modality}")
-        if m.kv_heads not in (None, m.heads) and "plm" in self.parts:
-            raise ValueError(f"model.kv_heads={m.kv_heads}: xlnet-plm's two-stream attention needs model.kv_heads = "
-                             f"model.heads ({m.heads})")
+    def _trunk_options(self) -> RunConfig:
+        """Options that shape a transformer (or the text trunk alone) are refused where they would be ignored
+        without a word."""
+        m, default = self.model, ModelConfig()
+        changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS) if getattr(m, k) != getattr(default, k)
+                   and not (k == "kv_heads" and m.kv_heads == m.heads)]
+        resnet = self.modality in ("image", "video") and m.backbone != "vit"
+        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet]
+        if given:
+            shapes = "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS else "a transformer"
+            backbone = f" with model.backbone={m.backbone}" if resnet else ""
+            raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
+        if changed and "plm" in self.parts:
+            raise ValueError(f"model.{changed[0]}={getattr(m, changed[0])}: xlnet-plm's two-stream attention needs "
+                             f"the trunk's defaults (model.{changed[0]}={getattr(default, changed[0])})")
         if not m.tied and self.parts != ["clm"]:
             raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
                              f"objective {self.objective} ties its head to the embedding")

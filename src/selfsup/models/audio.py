@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.config import ModelConfig
-from selfsup.models.blocks import Block, Rotary, init_weights, make_norm, mlp_hidden
+from selfsup.models.blocks import Rotary, init_weights, make_norm, mlp_hidden, transformer_blocks
 from selfsup.models.transformer import pool
 
 
@@ -24,10 +24,10 @@ class AudioEncoder(nn.Module):
         self.tokens_per_clip = (frames - 1) // stride + 1
         self.front = nn.Sequential(nn.Conv1d(n_mels, cfg.dim, 3, padding=1), nn.GELU(),
                                    nn.Conv1d(cfg.dim, cfg.dim, 3, stride=stride, padding=1), nn.GELU())
-        hidden = mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, hidden, cfg.mlp, cfg.norm, cfg.dropout)
-                                    for _ in range(cfg.depth))
-        self.norm = make_norm(cfg.norm, cfg.dim)
+        self.blocks = transformer_blocks(cfg, cfg.mlp_hidden or mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp))
+        # post-norm blocks end on a norm
+        self.norm = nn.Identity() if cfg.norm_position == "post" else make_norm(cfg.norm, cfg.dim, cfg.norm_eps,
+                                                                                cfg.bias == "all")
         self.rotary = Rotary(cfg.dim // cfg.heads, self.tokens_per_clip, cfg.rope_theta)
         init_weights(self, cfg.depth)
 

@@ -1,9 +1,11 @@
 """Transformer blocks shared by every sequence model (models/transformer.py: the GPT decoder, the text, ViT, audio
 and video encoders), and `wide`, the precision every loss and statistic is computed in.
 
-Pre-norm residual blocks with RMSNorm or LayerNorm, rotary position embeddings (the "rotate half" layout used by
-Llama and ModernBERT in Hugging Face transformers, so exports map weights one to one),
-`scaled_dot_product_attention`, and a SwiGLU, GeGLU or GELU MLP. No biases anywhere.
+Residual blocks with RMSNorm or LayerNorm, rotary position embeddings (the "rotate half" layout used by Llama and
+ModernBERT in Hugging Face transformers, so exports map weights one to one), `scaled_dot_product_attention`, and a
+SwiGLU, GeGLU or GELU MLP. By default pre-norm without biases (Llama, ModernBERT); the options the published models
+need beside them (model.bias, model.norm_position, model.layer_scale, the GELU variants) are the same blocks with
+one more term, so every family maps onto one copy of the code: `transformer_blocks(cfg, hidden)`.
 
 Letters in shape comments: B batch, T time (tokens), D model width, H heads, K head size, F MLP hidden width.
 """
@@ -11,6 +13,7 @@ Letters in shape comments: B batch, T time (tokens), D model width, H heads, K h
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +55,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Multi-head attention; with kv_heads (G) < heads, grouped-query: each key/value head serves H/G query heads."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, kv_heads: int | None = None):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, kv_heads: int | None = None, bias: str = "none"):
         super().__init__()
         self.heads, self.kv_heads = heads, kv_heads or heads
-        self.qkv = nn.Linear(dim, dim + 2 * self.kv_heads * (dim // heads), bias=False)  # q, k, v stacked by rows
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, dim + 2 * self.kv_heads * (dim // heads), bias=bias != "none")  # q, k, v by rows
+        self.out = nn.Linear(dim, dim, bias=bias == "all")
         self.dropout = dropout
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, causal: bool) -> Tensor:
@@ -89,15 +92,27 @@ class Attention(nn.Module):
         return q.view(B, T, H, K).transpose(1, 2), k, v
 
 
-class MLP(nn.Module):
-    """Gated (SwiGLU as Llama, GeGLU as ModernBERT) or plain GELU feed-forward; `hidden` is F."""
+def quick_gelu(x: Tensor) -> Tensor:
+    """x · sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+    return x * torch.sigmoid(1.702 * x)
 
-    def __init__(self, dim: int, hidden: int, kind: str):
+
+ACTIVATIONS = {"swiglu": F.silu, "geglu": F.gelu, "gelu": F.gelu,  # exact GELU (BERT, ViT, ModernBERT)
+               "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's gelu_new, SigLIP's gelu_pytorch_tanh
+               "quick_gelu": quick_gelu}
+GATED = ("swiglu", "geglu")
+
+
+class MLP(nn.Module):
+    """Gated (SwiGLU as Llama, GeGLU as ModernBERT) or plain feed-forward (GELU exact, tanh or quick); `hidden` is
+    F."""
+
+    def __init__(self, dim: int, hidden: int, kind: str, bias: bool = False):
         super().__init__()
-        self.act = F.silu if kind == "swiglu" else F.gelu
-        self.gated = kind in ("swiglu", "geglu")
-        self.up = nn.Linear(dim, 2 * hidden if self.gated else hidden, bias=False)  # gated: (gate, up) fused
-        self.down = nn.Linear(hidden, dim, bias=False)
+        self.act = ACTIVATIONS[kind]
+        self.gated = kind in GATED
+        self.up = nn.Linear(dim, 2 * hidden if self.gated else hidden, bias=bias)  # gated: (gate, up) fused
+        self.down = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, T, D)
         h = self.up(x)  # (B, T, 2F) or (B, T, F)
@@ -109,37 +124,64 @@ class MLP(nn.Module):
 
 def mlp_hidden(dim: int, ratio: float, kind: str) -> int:
     """F: gated MLPs take 2/3 of ratio × dim so every kind has the same parameter count; rounded up to x64."""
-    hidden = ratio * dim * (2 / 3 if kind in ("swiglu", "geglu") else 1)
+    hidden = ratio * dim * (2 / 3 if kind in GATED else 1)
     return int(math.ceil(hidden / 64) * 64)
 
 
-def make_norm(kind: str, dim: int, eps: float | None = None) -> nn.Module:
-    """RMSNorm as Llama (eps 1e-6) or LayerNorm without bias as ModernBERT (eps 1e-5); `eps` replaces the default."""
+def make_norm(kind: str, dim: int, eps: float | None = None, bias: bool = False) -> nn.Module:
+    """RMSNorm as Llama (eps 1e-6) or LayerNorm as ModernBERT (eps 1e-5, no bias; with `bias` as BERT and ViT);
+    `eps` replaces the default."""
     if kind == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps or 1e-6)
-    return nn.LayerNorm(dim, eps=eps or 1e-5, bias=False)
+    return nn.LayerNorm(dim, eps=eps or 1e-5, bias=bias)
 
 
 class Block(nn.Module):
+    """x + attn(norm1(x)), then + mlp(norm2(x)) (pre-norm); post-norm (BERT) normalises after each sum instead.
+    bias: "none", "qkv" (the query/key/value projection, as Qwen2) or "all" (every linear layer and LayerNorm, as
+    GPT-2, BERT and ViT); layer_scale: a learned per-channel scale on each branch starting at that value (DINOv2)."""
+
     def __init__(self, dim: int, heads: int, hidden: int, mlp: str, norm: str, dropout: float = 0.0,
-                 eps: float | None = None, kv_heads: int | None = None):
+                 eps: float | None = None, kv_heads: int | None = None, bias: str = "none", post_norm: bool = False,
+                 layer_scale: float | None = None):
         super().__init__()
-        self.norm1 = make_norm(norm, dim, eps)
-        self.attn = Attention(dim, heads, dropout, kv_heads)
-        self.norm2 = make_norm(norm, dim, eps)
-        self.mlp = MLP(dim, hidden, mlp)
+        self.post_norm = post_norm
+        self.norm1 = make_norm(norm, dim, eps, bias == "all")
+        self.attn = Attention(dim, heads, dropout, kv_heads, bias)
+        self.norm2 = make_norm(norm, dim, eps, bias == "all")
+        self.mlp = MLP(dim, hidden, mlp, bias == "all")
         self.drop = nn.Dropout(dropout)
+        if layer_scale is not None:
+            self.scale1 = nn.Parameter(torch.full((dim,), layer_scale))  # (D,)
+            self.scale2 = nn.Parameter(torch.full((dim,), layer_scale))
+        else:
+            self.scale1 = self.scale2 = None
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 causal: bool) -> Tensor:  # (B, T, D) -> (B, T, D)
-        x = x + self.drop(self.attn(self.norm1(x), rope, mask, causal))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        if self.post_norm:
+            x = self.norm1(x + self.drop(self.attn(x, rope, mask, causal)))
+            return self.norm2(x + self.drop(self.mlp(x)))
+        a = self.attn(self.norm1(x), rope, mask, causal)
+        x = x + self.drop(a if self.scale1 is None else a * self.scale1)
+        m = self.mlp(self.norm2(x))
+        return x + self.drop(m if self.scale2 is None else m * self.scale2)
+
+
+def transformer_blocks(cfg, hidden: int, depth: int | None = None) -> nn.ModuleList:
+    """The blocks a model config names (dim, heads, MLP kind and width F = hidden, norm, its eps, key/value heads,
+    bias, norm position, layer scale); `depth` blocks, or cfg.depth."""
+    return nn.ModuleList(Block(cfg.dim, cfg.heads, hidden, cfg.mlp, cfg.norm, cfg.dropout, cfg.norm_eps, cfg.kv_heads,
+                               cfg.bias, cfg.norm_position == "post", cfg.layer_scale)
+                         for _ in range(cfg.depth if depth is None else depth))
 
 
 def init_weights(model: nn.Module, depth: int, std: float = 0.02) -> None:
-    """GPT-2 init: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 × depth)."""
+    """GPT-2 init: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 × depth), biases zero."""
     for name, p in model.named_parameters():
+        if name.endswith(".bias") and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), nn.Linear):
+            nn.init.zeros_(p)  # model.bias: linear biases start at zero (LayerNorm's are zero already)
         if p.ndim < 2:
-            continue  # norms keep their ones
+            continue  # norms keep their ones, layer scales their value
         scale = 1 / math.sqrt(2 * depth) if name.endswith(("attn.out.weight", "mlp.down.weight")) else 1.0
         nn.init.normal_(p, mean=0.0, std=std * scale)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.config import ModelConfig
-from selfsup.models.blocks import Block, Rotary, init_weights, make_norm, mlp_hidden
+from selfsup.models.blocks import Rotary, init_weights, make_norm, mlp_hidden, transformer_blocks
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -29,16 +29,22 @@ class Transformer(nn.Module):
         self.causal = causal
         self.vocab = padded_vocab(cfg.vocab_size)
         self.embed = nn.Embedding(self.vocab, cfg.dim)
-        self.embed_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if embed_norm else nn.Identity()
+        self.embed_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias == "all") if embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.hidden = cfg.mlp_hidden or mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)  # F
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, self.hidden, cfg.mlp, cfg.norm, cfg.dropout, cfg.norm_eps,
-                                          cfg.kv_heads) for _ in range(cfg.depth))
-        if embed_norm:
+        self.blocks = transformer_blocks(cfg, self.hidden)
+        post = cfg.norm_position == "post"
+        if embed_norm and not post:
             self.blocks[0].norm1 = nn.Identity()  # its input is the normalised embedding already (ModernBERT)
-        self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps)
+        # post-norm blocks end on a norm (BERT has no final one)
+        self.norm = nn.Identity() if post else make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.bias == "all")
         self.head = None if cfg.tied else nn.Linear(cfg.dim, self.vocab, bias=False)  # the output head, untied
-        self.rotary = Rotary(cfg.dim // cfg.heads, cfg.context, cfg.rope_theta)
+        if cfg.learned_positions:
+            self.positions = nn.Embedding(cfg.context, cfg.dim)  # GPT-2, BERT: added to the token embedding
+            self.rotary = None
+        else:
+            self.positions = None
+            self.rotary = Rotary(cfg.dim // cfg.heads, cfg.context, cfg.rope_theta)
         init_weights(self, cfg.depth)
 
     def forward(self, idx: Tensor, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
@@ -58,8 +64,11 @@ class Transformer(nn.Module):
             if self.causal:
                 mask = mask & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
             mask = mask.unsqueeze(1)  # (B, 1, T, T)
-        x = self.drop(self.embed_norm(self.embed(idx)))  # (B, T, D)
-        rope = self.rotary(T, positions)
+        x = self.embed(idx)  # (B, T, D)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(T, device=idx.device) if positions is None else positions)
+        x = self.drop(self.embed_norm(x))
+        rope = None if self.rotary is None else self.rotary(T, positions)
         for block in self.blocks:
             x = block(x, rope, mask, causal=self.causal)
         return self.norm(x)

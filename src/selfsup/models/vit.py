@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.config import ModelConfig
-from selfsup.models.blocks import Block, init_weights, make_norm, mlp_hidden
+from selfsup.models.blocks import init_weights, make_norm, mlp_hidden, transformer_blocks
 from selfsup.models.transformer import pool
 
 
@@ -42,10 +42,10 @@ class ViT(nn.Module):
         self.out_dim = cfg.dim
         self.embed = nn.Conv2d(channels, cfg.dim, cfg.patch, stride=cfg.patch)  # (B, C, H, W) -> (B, D, H/P, W/P)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        hidden = mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, hidden, cfg.mlp, cfg.norm, cfg.dropout)
-                                    for _ in range(cfg.depth))
-        self.norm = make_norm(cfg.norm, cfg.dim)
+        self.blocks = transformer_blocks(cfg, cfg.mlp_hidden or mlp_hidden(cfg.dim, cfg.mlp_ratio, cfg.mlp))
+        # post-norm blocks end on a norm
+        self.norm = nn.Identity() if cfg.norm_position == "post" else make_norm(cfg.norm, cfg.dim, cfg.norm_eps,
+                                                                                cfg.bias == "all")
         self.register_buffer("pos", sincos_2d(self.grid, self.grid, cfg.dim), persistent=False)  # (T, D)
         init_weights(self, cfg.depth)
         # the patch embedding as a linear layer with Xavier init (MAE): at N(0, 0.02) the image signal in a token is

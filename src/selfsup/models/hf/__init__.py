@@ -14,7 +14,7 @@ A family module has the same few plain functions, so init.py and export.py read 
     OBJECTIVES, TOKENIZER            objectives whose backbone it can start; whether its tokenizer comes along
     KEYS                             our config keys -> its config.json's, for messages
     config_values(hf) -> {key: v}    our config keys from its config.json (raises Unsupported: why it cannot map)
-    weights(theirs, objective)       its tensors under our objective's state-dict names (a missing one is one line)
+    weights(theirs, objective)       yields (our state-dict name, tensor), one at a time (a missing one is one line)
     unfit(cfg) -> str | None         export: why this run does not map onto it, or None
     to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
 """

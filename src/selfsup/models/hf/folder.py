@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,16 +26,28 @@ class Unsupported(ValueError):
     """What our modules cannot hold of a model, as a phrase ("attention_bias true (our trunk has no biases)")."""
 
 
-class Tensors(dict):
-    """A model's tensors by name; asking for one it does not have is one line naming it."""
+class Tensors(Mapping):
+    """A model's tensors by name, each read from its safetensors file when asked for (so an import holds one of
+    them at a time beside the model); asking for one it does not have is one line naming it."""
 
-    def __init__(self, tensors: dict, source: str, architecture: str):
-        super().__init__(tensors)
+    def __init__(self, files: dict[str, object], source: str, architecture: str):
+        self._files = files  # name -> an open safetensors file (safe_open) that holds it
         self.source, self.architecture = source, architecture
 
-    def __missing__(self, key: str):
-        raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a {self.architecture}'s "
-                          "tensors")
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._files:
+            raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a "
+                              f"{self.architecture}'s tensors")
+        return self._files[key].get_tensor(key)
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self._files else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
 
 
 FILES = ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
@@ -85,23 +98,25 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def read_weights(source: str, folder: Path, architecture: str) -> Tensors:
-    """Every tensor of the folder's safetensors files (memory-mapped by safetensors until copied)."""
-    from safetensors.torch import load_file
+    """The tensors of the folder's safetensors files, read lazily (their headers are read here: a truncated or
+    foreign file stops now, in one line)."""
+    from safetensors import safe_open
 
     files = weight_files(folder)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError(f"model.init '{source}' has no {missing[0]}; expected model.safetensors or the shards "
                           "model.safetensors.index.json names")
-    theirs = {}
+    where = {}
     for f in files:
         try:
-            theirs |= load_file(str(f))
+            opened = safe_open(str(f), framework="pt")
         except Exception as e:  # safetensors raises its own error types on a truncated or foreign file
             why = (str(e).splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"model.init '{source}': {f} could not be read ({why}); expected a safetensors "
                               "file") from None
-    return Tensors(theirs, source, architecture)
+        where |= dict.fromkeys(opened.keys(), opened)
+    return Tensors(where, source, architecture)
 
 
 def fingerprint(files: list[Path]) -> str:

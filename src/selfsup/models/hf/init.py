@@ -72,20 +72,22 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
 def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[dict, str]:
     """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns what it started from
     (folder.provenance) and the line that says which weights and which tokenizer."""
+    import torch
+
     source = cfg.model.init
     folder = resolve(source)
     hf = read_config(folder)
     family = family_of(source, hf)
     theirs = read_weights(source, folder, family.ARCHITECTURE)
-    ours = objective.state_dict()
-    new = {}
-    for name, value in family.weights(theirs, objective).items():
-        if value.shape != ours[name].shape:
-            raise ConfigError(f"model.init '{source}': the tensor for our {name} is {tuple(value.shape)}, expected "
-                              f"{tuple(ours[name].shape)} from its config.json")
-        new[name] = value.to(ours[name].dtype)
-    unexpected = objective.load_state_dict(new, strict=False).unexpected_keys
-    assert not unexpected, f"{family.__name__}.weights names no tensor of the objective: {unexpected}"
+    ours = objective.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, value in family.weights(theirs, objective):  # one tensor at a time: no second copy of the model
+            if name not in ours:
+                raise AssertionError(f"{family.__name__}.weights names no tensor of the objective: {name}")
+            if value.shape != ours[name].shape:
+                raise ConfigError(f"model.init '{source}': the tensor for our {name} is {tuple(value.shape)}, "
+                                  f"expected {tuple(ours[name].shape)} from its config.json")
+            ours[name].copy_(value)
     started = provenance(source, folder)
     line = f"model.init: {described(started)}"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":

@@ -7,6 +7,7 @@ tied or untied output head.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
@@ -93,18 +94,16 @@ def config_values(hf: dict) -> dict[str, object]:
         "model.tied": bool(hf.get("tie_word_embeddings", True))}
 
 
-def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
-    """Their tensors under our objective's names (the fused matrices stacked; the vocabulary padded to x64)."""
+def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Their tensors under our objective's names, one at a time (the fused matrices stacked; the vocabulary padded
+    to x64)."""
     import torch
 
     model = objective.model
-    rows = model.vocab
-    new = {}
     for name, keys in llama_names(model.cfg.depth, model.cfg.tied).items():
         keys = keys if isinstance(keys, tuple) else (keys,)
         value = torch.cat([theirs[k] for k in keys])
-        new["model." + name] = pad_rows(value, rows) if name in ("embed.weight", "head.weight") else value
-    return new
+        yield "model." + name, pad_rows(value, model.vocab) if name in ("embed.weight", "head.weight") else value
 
 
 def unfit(cfg: RunConfig) -> str | None:
