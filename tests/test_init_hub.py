@@ -199,3 +199,18 @@ def test_only_the_files_selfsup_reads_are_asked_for(hub, models, tmp_path, monke
                         lambda repo, **kw: asked.append((kw["revision"], kw["allow_patterns"])) or download(repo, **kw))
     resolve("hf:org/sharded")
     assert asked == [(None, FILES), (MAIN, shards)]
+
+
+def test_a_resumed_run_reads_the_commit_it_started_from(hub, models, corpus, tmp_path):
+    (folder, _), (old, _) = models
+    cached(hub, "org/tiny-llama", folder, MAIN, refs=["main"])
+    out = tmp_path / "run"
+    invoke("train", "gpt-clm", "model.init=hf:org/tiny-llama", f"data.path={corpus}", f"out_dir={out}", *SMALL)
+    cached(hub, "org/tiny-llama", old, OLD, refs=["main"])  # main moved on: another commit, an untied head
+    assert load_config("gpt-clm", ["model.init=hf:org/tiny-llama", f"data.path={corpus}"]).model.tied is False
+    for command in (["gpt-clm", "model.init=hf:org/tiny-llama", f"data.path={corpus}", f"out_dir={out}", *SMALL],
+                    [str(out)]):  # the same command again, or the run directory
+        cfg = load_config(command[0], command[1:])
+        assert cfg.model.tied is True and cfg.data.tokenizer.endswith(f"{MAIN}/tokenizer.json")
+    said = invoke("train", out, "train.max_steps=3")
+    assert squeeze(f"resuming from {out / 'checkpoints' / 'step-00000002'}") in squeeze(said)

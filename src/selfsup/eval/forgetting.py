@@ -28,7 +28,7 @@ from selfsup.objectives.build import build_objective
 from selfsup.rundir import open_run
 from selfsup.seed import seed_everything
 from selfsup.train.continual import old_stream
-from selfsup.train.identity import started_from
+from selfsup.train.identity import pinned, started_from
 
 MAX_ROWS = 4096  # validation windows (or images) scored per domain at most
 
@@ -73,7 +73,7 @@ def parent_of(cfg: RunConfig, run_dir: Path, tok, device: torch.device) -> tuple
         return cfg.continual.parent, open_run(cfg.continual.parent, device)[1]
     seed_everything(cfg.seed)  # what no model.init tensor sets is as the run began (its heads, if any)
     parent = build_objective(cfg, tok)
-    started, _ = load_init(cfg, parent)
+    started, _ = load_init(cfg, parent, pinned(run_dir, cfg.model.init))
     recorded = started_from(run_dir)
     if recorded is not None and recorded.get("sha256") != started["sha256"]:
         raise ConfigError(f"--task forgetting: model.init '{cfg.model.init}' now holds other weights (sha256 "

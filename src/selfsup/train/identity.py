@@ -125,6 +125,12 @@ def started_from(run_dir: Path) -> dict | None:
     return line.get("started_from") if isinstance(line, dict) else None
 
 
+def pinned(run_dir: Path, source: str | None) -> str | None:
+    """The commit of the hf: id `source` the run in `run_dir` started from; None for a new run or another source."""
+    began = started_from(run_dir) or {}
+    return began.get("commit") if source and began.get("path") == source else None
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():

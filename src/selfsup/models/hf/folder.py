@@ -54,12 +54,13 @@ FILES = ["config.json", "model.safetensors.index.json", "tokenizer.json", "token
          "special_tokens_map.json", "preprocessor_config.json"]  # what selfsup reads of a model, beside its weights
 
 
-def resolve(source: str, weights: bool = True) -> Path:
+def resolve(source: str, weights: bool = True, pinned: str | None = None) -> Path:
     """The folder `source` names: a local folder as it is, or the hub snapshot of `hf:ORG/NAME[@REVISION]` holding
-    FILES and, `weights`, the safetensors files weight_files names (never a repository's other copies of them)."""
+    FILES and, `weights`, the safetensors files weight_files names (never a repository's other copies of them).
+    pinned: the commit a resumed run started from, read instead of the one the id's revision names now."""
     if not source.startswith("hf:"):
         return Path(source).expanduser()
-    folder = snapshot(source, FILES, "model.init", ConfigError)
+    folder = snapshot(source, FILES, "model.init", ConfigError, revision=pinned)
     if weights:  # the same commit: the index read here names its shards
         snapshot(source, [f.name for f in weight_files(folder)], "model.init", ConfigError, revision=commit(folder))
     return folder

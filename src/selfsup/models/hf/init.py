@@ -4,6 +4,9 @@ our modules cannot hold; `load_init` copies its weights into the built objective
 
     cfg = init_config(cfg, explicit={"data.path"})     # explicit: keys set on the command line
     started, line = load_init(cfg, objective)           # what it started from (folder.provenance), a console line
+
+pinned: the commit of an hf: id a resumed run started from (identity.pinned), so that it reads the same model
+wherever the id's branch has moved since.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ def family_of(source: str, hf: dict):
                       f"is not supported yet; expected one of: {known}")
 
 
-def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
+def init_config(cfg: RunConfig, explicit: set[str], pinned: str | None = None) -> RunConfig:
     """The run's config with the shape and tokenizer of the model `model.init` names. explicit: the keys the
     user set on the command line, which may not contradict the model."""
     source = cfg.model.init
-    folder = resolve(source)  # an hf: id is downloaded here, before any data is read
+    folder = resolve(source, pinned=pinned)  # an hf: id is downloaded here, before any data is read
     hf = read_config(folder)
     family = family_of(source, hf)
     if cfg.objective not in family.OBJECTIVES:
@@ -69,13 +72,13 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     return validate(tree)
 
 
-def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[dict, str]:
+def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -> tuple[dict, str]:
     """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns what it started from
     (folder.provenance) and the line that says which weights and which tokenizer."""
     import torch
 
     source = cfg.model.init
-    folder = resolve(source)
+    folder = resolve(source, pinned=pinned)
     hf = read_config(folder)
     family = family_of(source, hf)
     theirs = read_weights(source, folder, family.ARCHITECTURE)
