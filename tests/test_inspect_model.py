@@ -1,5 +1,5 @@
 """`selfsup inspect` of a Hugging Face model folder or hf: id: what model.init would make of it, read from config.json,
-tokenizer.json and the safetensors headers, without importing torch."""
+tokenizer.json and the safetensors headers, without importing torch; and of an hf:datasets/ id, read as text."""
 
 import json
 import subprocess
@@ -70,3 +70,15 @@ def test_no_torch_is_imported(llama):
             "assert 'torch' not in sys.modules, 'torch imported'; print(rows['parameters'])")
     proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_hub_dataset_is_inspected_as_text(hub, corpus):  # noqa: F811
+    snap = cached(hub, "org/corpus", corpus, MAIN, refs=["main"], kind="datasets")
+    title, rows = inspect_path("hf:datasets/org/corpus")
+    r = dict(rows)
+    assert title == "data hf:datasets/org/corpus" and r["read as"] == "text (an hf: dataset)"
+    assert r == {**rows_of(snap), "path": "hf:datasets/org/corpus", "read as": "text (an hf: dataset)"}
+
+
+def rows_of(path):
+    return dict(inspect_path(str(path))[1])

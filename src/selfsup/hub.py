@@ -62,7 +62,8 @@ def snapshot(source: str, patterns: list[str], what: str, error: type[Exception]
                     f"download it once online (the same command with the network), or point {what} at a local "
                     "folder") from None
     except (errors.HfHubHTTPError, OSError) as e:
-        raise error(f"{what} '{source}': the Hub answered {_first(e)}; expected to download {repo}") from None
+        raise error(f"{what} '{source}': {repo} could not be fetched ({_first(e)}); expected the Hub to serve it "
+                    f"(check the network and HF_ENDPOINT), or point {what} at a local folder") from None
 
 
 def _first(e: Exception) -> str:
