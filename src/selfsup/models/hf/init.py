@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
-from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import llama
-from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, read_config, read_weights, tokenizer,
-                                      weight_files)
+from selfsup.data.read.tokenizer import EOS, MASK, PAD
+from selfsup.models.hf import bert, llama, modernbert
+from selfsup.models.hf.folder import (Unsupported, fingerprint, read_config, read_weights, renames, token_ids,
+                                      tokenizer, weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama,)  # each reads the config.json model_types it names
+FAMILIES = (llama, bert, modernbert)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -44,9 +44,10 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     folder = Path(source).expanduser()
     hf = read_config(folder)
     family = family_of(source, hf)
-    if cfg.objective not in family.OBJECTIVES:
+    if not set(cfg.parts) <= set(family.OBJECTIVES):
+        terms = f" ({', '.join(cfg.parts)})" if cfg.objective == "hybrid" else ""
         raise ConfigError(f"model.init '{source}' is a {family.ARCHITECTURE}, which starts objective "
-                          f"{' or '.join(family.OBJECTIVES)}; this run has objective={cfg.objective}")
+                          f"{' or '.join(family.OBJECTIVES)}; this run has objective={cfg.objective}{terms}")
     try:
         values = family.config_values(hf)
     except Unsupported as why:
@@ -54,12 +55,12 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     if family.TOKENIZER:
         from selfsup.data.cache.tokens import cache_root
 
-        values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir)))
-    longest = hf.get("max_position_embeddings")
+        values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir), cfg.causal))
+    longest = values.pop("model.context", hf.get("max_position_embeddings"))  # a family's is the most it holds
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
             raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has max_position_embeddings "
-                              f"{longest}; expected model.context <= {longest}")
+                              f"{hf['max_position_embeddings']}; expected model.context <= {longest}")
         values["model.context"] = longest
     tree = cfg.model_dump(mode="json")
     for key, value in values.items():
@@ -91,9 +92,16 @@ def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
     assert not unexpected, f"{family.__name__}.weights names no tensor of the objective: {unexpected}"
     sha = fingerprint(weight_files(folder))
     line = f"model.init: {source} (weights sha256 {sha})"
+    fresh = sorted({".".join(n.split(".")[:3 if n.startswith("terms.") else 1]) for n, _ in
+                    objective.named_parameters() if n not in new and not n.startswith("model.")})
+    if fresh:  # heads the folder does not hold (a bare encoder's MLM head, SimCSE's projector)
+        line += f"; {', '.join(fresh)} start{'s' if len(fresh) == 1 else ''} fresh (not in the folder)"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
-        old = eos_token(hf, json.loads((folder / "tokenizer.json").read_text()))
-        line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        role = {EOS: "end-of-text token" if cfg.causal else "CLS token", PAD: "padding token", MASK: "mask token"}
+        said = [f"its {role[ours]} '{theirs}' is renamed '{ours}'"
+                for ours, theirs in renames(folder, hf, tok, cfg.causal).items() if ours not in token_ids(tok)]
+        line += f"; {', '.join(said)} in data.tokenizer {cfg.data.tokenizer}"
     return sha, line
