@@ -51,8 +51,8 @@ def byte_bpe(texts):
 
 
 def bert_folder(root, corpus, kind="bert", cls="ForMaskedLM", **changes):
-    """A tiny random BERT or RoBERTa saved by transformers itself, with its kind of tokenizer.json. Its MLM head
-    and its second token type are random (not transformers' zeros), so a head or a token type mapped wrong shows."""
+    """A tiny random BERT or RoBERTa saved by transformers itself, with its kind of tokenizer.json. Its biases,
+    norms and token types are random too (not transformers' zeros and ones), so any tensor mapped wrong shows."""
     texts = (corpus / "a.txt").read_text().splitlines()
     tok = wordpiece(texts) if kind == "bert" else byte_bpe(texts)
     settings = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
@@ -63,8 +63,8 @@ def bert_folder(root, corpus, kind="bert", cls="ForMaskedLM", **changes):
     model = getattr(transformers, ("Bert" if kind == "bert" else "Roberta") + cls)(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "bias" in name or "token_type" in name:
-                p.normal_(std=0.1)
+            if p.ndim == 1 or "token_type" in name:
+                p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(root)
     tok.save(str(root / "tokenizer.json"))
     return root, model
