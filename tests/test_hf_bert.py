@@ -240,9 +240,11 @@ def test_a_run_with_bert_options_exports_as_bert(corpus, tmp_path):
     batch = tok([EOS + TEXTS[0], EOS + "Split a <|mask|> into parts, then more."], padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     _, objective, _ = open_run(out, torch.device("cpu"))
+    again, _ = built(load_config("bert-mlm", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))
     with torch.no_grad():
         ours = mlm_logits(objective, batch["input_ids"], mask)
         assert torch.allclose(back(**batch).logits[mask], ours[mask], atol=1e-4)
+        assert torch.allclose(mlm_logits(again, batch["input_ids"], mask)[mask], ours[mask], atol=1e-4)  # and back
     geglu = tmp_path / "geglu"
     invoke("train", "bert-mlm", f"data.path={corpus}", f"out_dir={geglu}", *TINY, "train.max_steps=1",
            "model.norm_position=post")

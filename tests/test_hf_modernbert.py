@@ -161,9 +161,11 @@ def test_a_run_trained_from_scratch_exports_with_its_layers(options, corpus, tmp
     batch = tok([EOS + TEXTS[0], EOS + "Split a <|mask|> into parts."], padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     _, objective, _ = open_run(out, torch.device("cpu"))
+    again, _ = built(load_config("bert-mlm", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))
     with torch.no_grad():
         ours = mlm_logits(objective, batch["input_ids"], mask)
         assert torch.allclose(back(**batch).logits[mask], ours[mask], atol=1e-4)
+        assert torch.allclose(mlm_logits(again, batch["input_ids"], mask)[mask], ours[mask], atol=1e-4)  # and back
 
 
 def test_local_layers_with_a_window_over_everything_are_global_ones():
