@@ -61,7 +61,8 @@ def bert_names(depth: int, prefix: str) -> dict[str, str | tuple[str, ...]]:
 
 def _offset(hf: dict) -> int:
     """The position id of a sequence's first token: RoBERTa's padding_idx + 1, BERT's 0."""
-    return hf.get("pad_token_id", 1) + 1 if hf.get("model_type") == "roberta" else 0
+    pad = hf.get("pad_token_id")
+    return (pad if isinstance(pad, int) else 1) + 1 if hf.get("model_type") == "roberta" else 0
 
 
 def _unsupported(hf: dict) -> str | None:

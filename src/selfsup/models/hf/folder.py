@@ -109,15 +109,16 @@ def token_ids(tok: dict) -> dict[str, int]:
 
 
 ROLES = {"cls": ("[CLS]", "<s>"), "pad": ("[PAD]", "<pad>"), "mask": ("[MASK]", "<mask>")}  # BERT's, RoBERTa's names
+PARTS = {EOS: "cls", PAD: "pad", MASK: "mask"}  # ours -> the encoder token that plays its part
 
 
 def special_token(folder: Path, hf: dict, tok: dict, role: str) -> str | None:
     """An encoder's cls, pad or mask token: config.json's {role}_token_id, else tokenizer_config.json's
     {role}_token, else the tokenizer's BERT or RoBERTa token of that role."""
-    names, ids = token_ids(tok), hf.get(f"{role}_token_id")
+    names, given = token_ids(tok), hf.get(f"{role}_token_id")
     by_id = {i: t for t, i in names.items()}
-    if ids in by_id:
-        return by_id[ids]
+    if given in by_id:
+        return by_id[given]
     try:
         named = json.loads((folder / "tokenizer_config.json").read_text()).get(f"{role}_token")
     except (OSError, ValueError, AttributeError):
@@ -131,8 +132,7 @@ def renames(folder: Path, hf: dict, tok: dict, causal: bool) -> dict[str, str | 
     documents (EOS); an encoder's CLS token opens them (EOS), its PAD pads and its MASK masks. None: it has none."""
     if causal:
         return {EOS: eos_token(hf, tok)}
-    return {EOS: special_token(folder, hf, tok, "cls"), PAD: special_token(folder, hf, tok, "pad"),
-            MASK: special_token(folder, hf, tok, "mask")}
+    return {ours: special_token(folder, hf, tok, role) for ours, role in PARTS.items()}
 
 
 def tokenizer(source: str, folder: Path, hf: dict, cache_root: Path, causal: bool = True) -> Path:
@@ -155,7 +155,7 @@ def tokenizer(source: str, folder: Path, hf: dict, cache_root: Path, causal: boo
                               f"token of its tokenizer.json, and it has no '{EOS}'; expected an end-of-text token, "
                               "which separates packed documents")
         if theirs is None:
-            role = {EOS: "cls", PAD: "pad", MASK: "mask"}[ours]
+            role = PARTS[ours]
             raise ConfigError(f"model.init '{source}': its tokenizer.json has no {role} token (config.json's "
                               f"{role}_token_id, tokenizer_config.json's {role}_token, or one of "
                               f"{', '.join(ROLES[role])}) and no '{ours}'; expected one, which our pipeline uses as "
