@@ -175,7 +175,8 @@ def test_local_layers_with_a_window_over_everything_are_global_ones():
 
     x = torch.randint(0, 300, (2, 24))
     outs = []
-    for local in ({}, {"local_attention": 48}, {"local_attention": 8}, {"local_attention": 48, "local_rope_theta": 7.0}):
+    for local in ({}, {"local_attention": 48}, {"local_attention": 8},
+                  {"local_attention": 48, "local_rope_theta": 7.0}):
         torch.manual_seed(0)
         outs.append(Encoder(ModelConfig(dim=32, depth=3, heads=2, context=32, vocab_size=300, norm="layernorm",
                                         mlp="geglu", global_every=2, **local)).eval()(x))

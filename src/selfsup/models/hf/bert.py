@@ -27,7 +27,8 @@ OBJECTIVES = ("mlm", "simcse")
 TOKENIZER = True
 
 BLOCK = {  # ours -> BERT's; a tuple: our fused matrix is BERT's matrices stacked by rows, in that order
-    **{f"attn.qkv.{p}": tuple(f"attention.self.{m}.{p}" for m in ("query", "key", "value")) for p in ("weight", "bias")},
+    **{f"attn.qkv.{p}": tuple(f"attention.self.{m}.{p}" for m in ("query", "key", "value"))
+       for p in ("weight", "bias")},
     **{f"{ours}.{p}": f"{theirs}.{p}" for ours, theirs in (
         ("attn.out", "attention.output.dense"), ("norm1", "attention.output.LayerNorm"),
         ("mlp.up", "intermediate.dense"), ("mlp.down", "output.dense"), ("norm2", "output.LayerNorm"))

@@ -123,7 +123,8 @@ def config_values(hf: dict) -> dict[str, object]:
         "model.norm_position": "pre", "model.learned_positions": False, "model.kv_heads": None,
         "model.layer_scale": None, "model.rope_theta": full,
         "model.local_attention": hf["local_attention"] if local else None,
-        "model.global_every": _global_every(types) if local else 3, "model.local_rope_theta": sliding if local else None}
+        "model.global_every": _global_every(types) if local else 3,
+        "model.local_rope_theta": sliding if local else None}
 
 
 def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
