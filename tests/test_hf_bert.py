@@ -314,11 +314,12 @@ def test_a_tokenizer_without_a_mask_token_is_one_line(corpus, tmp_path):
     assert Tokenizer.from_file(cfg.data.tokenizer).token_to_id(MASK) == 4
 
 
-def test_whole_word_masking_reads_wordpiece_continuations(corpus):
+def test_whole_word_masking_reads_wordpiece_continuations(bert, corpus):
     """WordPiece marks a piece that continues a word with '##' (byte-level BPE marks a word's start instead)."""
+    from selfsup.data.read.tokenizer import load
     from selfsup.views.masking import MaskingTable
 
-    tok = wordpiece((corpus / "a.txt").read_text().splitlines())
+    tok = load(load_config("bert-mlm", [f"model.init={bert[0]}", f"data.path={corpus}"]).data.tokenizer)
     table = MaskingTable(tok, 448)
     pieces = {piece: bool(table.word_start[i]) for piece, i in tok.get_vocab().items()}
     assert any(p.startswith("##") for p in pieces) and all(start != p.startswith("##") for p, start in pieces.items())
