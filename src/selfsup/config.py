@@ -157,7 +157,7 @@ class VideoConfig(Section):
 
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
-TEXT_TRUNK_OPTIONS = ("tied", "learned_positions")
+TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
 
 
 class ModelConfig(Section):
@@ -191,11 +191,20 @@ class ModelConfig(Section):
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings")
+    local_attention: int | None = Field(None, ge=2, description="text encoder: the sliding window of the local "
+                                        "layers in tokens, a token seeing local_attention/2 either side "
+                                        "(ModernBERT's local_attention); None: every layer attends globally")
+    global_every: int = Field(3, ge=1, description="with model.local_attention: layer i attends globally when i is "
+                              "a multiple of this, the others within the window (ModernBERT's "
+                              "global_attn_every_n_layers)")
+    local_rope_theta: float | None = Field(None, gt=0, description="text encoder: the rotary base of the local "
+                                           "layers (ModernBERT's local_rope_theta); None: model.rope_theta")
     init: str | None = Field(None, description="start from a Hugging Face model: a local folder with config.json "
                              "and model.safetensors (or a sharded index), or hf:ORG/NAME[@REVISION] (fetched into "
                              "huggingface_hub's cache; offline, read from it). Its config sets the model's shape: a "
-                             "causal LM (Llama, Qwen2, Mistral, GPT-2) for objective clm, with its tokenizer.json as "
-                             "data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
+                             "causal LM (Llama, Qwen2, Mistral, GPT-2) for objective clm and an encoder (BERT, "
+                             "RoBERTa, ModernBERT) for mlm, simcse or a hybrid of them, each with its tokenizer.json "
+                             "as data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
                              "model.backbone, model.small_stem=false and image.channels; teachers start equal to it)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
@@ -534,6 +543,15 @@ class RunConfig(Section):
         if changed and "plm" in self.parts:
             raise ValueError(f"model.{changed[0]}={getattr(m, changed[0])}: xlnet-plm's two-stream attention needs "
                              f"the trunk's defaults (model.{changed[0]}={getattr(default, changed[0])})")
+        if m.local_attention is not None and self.causal:
+            raise ValueError(f"model.local_attention={m.local_attention} is the bidirectional window of an encoder's "
+                             "local layers (ModernBERT); objective clm is a causal decoder")
+        windowed = m.local_attention is not None
+        for key, fits in (("global_every", windowed), ("local_rope_theta", windowed and not m.learned_positions)):
+            if key in changed and not fits:
+                raise ValueError(f"model.{key}={getattr(m, key)} shapes the local layers of an encoder: expected "
+                                 "model.local_attention set" + (" and rotary positions (model.learned_positions="
+                                                               "false)" if key == "local_rope_theta" else ""))
         if not m.tied and self.parts != ["clm"]:
             raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
                              f"objective {self.objective} ties its head to the embedding")

@@ -5,7 +5,8 @@ permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokeniz
 `preprocessor_config.json` instead, for AutoImageProcessor). Each family's module in models/hf/ holds its name
 table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM or Qwen2ForCausalLM
 (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel (models/hf/gpt2.py), the masked-LM encoder as
-ModernBertForMaskedLM (models/hf/modernbert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py).
+ModernBertForMaskedLM (models/hf/modernbert.py) or, with BERT's options (post-norm, learned positions, biases), as
+BertForMaskedLM (models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -27,10 +28,11 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
-from selfsup.models.hf import gpt2, llama, modernbert, resnet
+from selfsup.models.hf import bert, gpt2, llama, modernbert, resnet
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, gpt2, modernbert, resnet)  # --format hf: each says why a run does not fit it (unfit), or writes it
+HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet)  # --format hf: each says why a run does not fit it (unfit), or
+# writes it (to_hf)
 
 
 class ExportError(ValueError):

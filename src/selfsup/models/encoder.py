@@ -1,5 +1,7 @@
 """The text encoder: the shared transformer trunk, bidirectional, with a normalised embedding and no norm before
-the first attention. With model.norm=layernorm and model.mlp=geglu it maps onto ModernBERT exactly."""
+the first attention. With model.norm=layernorm and model.mlp=geglu it maps onto ModernBERT exactly (its local
+layers: model.local_attention); with model.norm_position=post, model.bias=all, model.mlp=gelu and
+model.learned_positions onto BERT (models/hf/bert.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError
-from selfsup.data.read.tokenizer import EOS
+from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.hub import commit, snapshot
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
@@ -29,11 +29,12 @@ class Unsupported(ValueError):
 class Tensors(Mapping):
     """A model's tensors by name, each read from its safetensors file when asked for (so an import holds one of
     them at a time beside the model); asking for one it does not have is one line naming it. `read`: the names
-    asked for, so what a family leaves unused (a classifier) can be said."""
+    asked for, so what a family leaves unused (a classifier) can be said; `config`: its config.json, for what the
+    names alone do not say (RoBERTa's position offset)."""
 
-    def __init__(self, files: dict[str, object], source: str, architecture: str):
+    def __init__(self, files: dict[str, object], source: str, architecture: str, config: dict | None = None):
         self._files = files  # name -> an open safetensors file (safe_open) that holds it
-        self.source, self.architecture, self.read = source, architecture, set()
+        self.source, self.architecture, self.read, self.config = source, architecture, set(), config or {}
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._files:
@@ -147,7 +148,7 @@ def read_weights(source: str, folder: Path, architecture: str) -> Tensors:
             raise ConfigError(f"model.init '{source}': {f} could not be read ({why}); expected a safetensors "
                               "file") from None
         where |= dict.fromkeys(opened.keys(), opened)
-    return Tensors(where, source, architecture)
+    return Tensors(where, source, architecture, read_config(folder))
 
 
 def fingerprint(files: list[Path]) -> str:
@@ -183,9 +184,36 @@ def token_ids(tok: dict) -> dict[str, int]:
     return names | {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
 
 
-def tokenizer(source: str, folder: Path, hf: dict, cache_root: Path) -> Path:
-    """The model's tokenizer.json when it has selfsup's EOS (which separates packed documents); else a copy under
-    `cache_root` whose end-of-text token is renamed EOS (same id: its embedding is the model's)."""
+ROLES = {"cls": ("[CLS]", "<s>"), "pad": ("[PAD]", "<pad>"), "mask": ("[MASK]", "<mask>")}  # BERT's, RoBERTa's names
+PARTS = {EOS: "cls", PAD: "pad", MASK: "mask"}  # ours -> the encoder token that plays its part
+
+
+def special_token(folder: Path, hf: dict, tok: dict, role: str) -> str | None:
+    """An encoder's cls, pad or mask token: config.json's {role}_token_id, else tokenizer_config.json's
+    {role}_token, else the tokenizer's BERT or RoBERTa token of that role."""
+    names, given = token_ids(tok), hf.get(f"{role}_token_id")
+    by_id = {i: t for t, i in names.items()}
+    if given in by_id:
+        return by_id[given]
+    try:
+        named = json.loads((folder / "tokenizer_config.json").read_text()).get(f"{role}_token")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    named = named.get("content") if isinstance(named, dict) else named
+    return named if named in names else next((t for t in ROLES[role] if t in names), None)
+
+
+def renames(folder: Path, hf: dict, tok: dict, causal: bool) -> dict[str, str | None]:
+    """Our special tokens -> the model's tokens that play their part: a causal LM's end-of-text token separates
+    documents (EOS); an encoder's CLS token opens them (EOS), its PAD pads and its MASK masks. None: it has none."""
+    if causal:
+        return {EOS: eos_token(hf, tok)}
+    return {ours: special_token(folder, hf, tok, role) for ours, role in PARTS.items()}
+
+
+def tokenizer(source: str, folder: Path, hf: dict, cache_root: Path, causal: bool = True) -> Path:
+    """The model's tokenizer.json when it has selfsup's special tokens (`renames`); else a copy under `cache_root`
+    whose tokens in those parts are renamed ours (same ids: their embeddings are the model's)."""
     path = folder / "tokenizer.json"
     try:
         text = path.read_text()
@@ -193,27 +221,36 @@ def tokenizer(source: str, folder: Path, hf: dict, cache_root: Path) -> Path:
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.init '{source}': no readable tokenizer.json ({type(e).__name__}); expected the "
                           "model's fast tokenizer beside config.json") from None
-    old = eos_token(hf, tok)
-    if old == EOS or EOS in token_ids(tok):
+    names = token_ids(tok)
+    wanted = {ours: theirs for ours, theirs in renames(folder, hf, tok, causal).items() if ours not in names}
+    if not wanted:
         return path
-    if old is None:
-        raise ConfigError(f"model.init '{source}': config.json's eos_token_id {hf.get('eos_token_id')} is no token "
-                          f"of its tokenizer.json, and it has no '{EOS}'; expected an end-of-text token, which "
-                          "separates packed documents")
-    out = cache_root / "init" / hashlib.sha256(text.encode()).hexdigest()[:16] / "tokenizer.json"
+    for ours, theirs in wanted.items():
+        if theirs is None and ours == EOS and causal:
+            raise ConfigError(f"model.init '{source}': config.json's eos_token_id {hf.get('eos_token_id')} is no "
+                              f"token of its tokenizer.json, and it has no '{EOS}'; expected an end-of-text token, "
+                              "which separates packed documents")
+        if theirs is None:
+            role = PARTS[ours]
+            raise ConfigError(f"model.init '{source}': its tokenizer.json has no {role} token (config.json's "
+                              f"{role}_token_id, tokenizer_config.json's {role}_token, or one of "
+                              f"{', '.join(ROLES[role])}) and no '{ours}'; expected one, which our pipeline uses as "
+                              f"'{ours}'")
+    key = text + json.dumps(wanted, sort_keys=True)  # the same tokenizer may be renamed otherwise for another model
+    out = cache_root / "init" / hashlib.sha256(key.encode()).hexdigest()[:16] / "tokenizer.json"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".tokenizer.json.{os.getpid()}")
-        tmp.write_text(json.dumps(_renamed(tok, old, EOS)))
+        tmp.write_text(json.dumps(_renamed(tok, {theirs: ours for ours, theirs in wanted.items()})))
         os.replace(tmp, out)  # whole or absent, for a concurrent run
     return out
 
 
-def _renamed(tree, old: str, new: str):
-    """`tree` with every string and key equal to `old` (the token, its vocab key, the post-processor's template)
-    replaced by `new`."""
+def _renamed(tree, names: dict[str, str]):
+    """`tree` with every string and key that `names` holds (a token, its vocab key, the post-processor's template)
+    replaced by its new name."""
     if isinstance(tree, dict):
-        return {(new if k == old else k): _renamed(v, old, new) for k, v in tree.items()}
+        return {names.get(k, k): _renamed(v, names) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_renamed(v, old, new) for v in tree]
-    return new if tree == old else tree
+        return [_renamed(v, names) for v in tree]
+    return names.get(tree, tree) if isinstance(tree, str) else tree

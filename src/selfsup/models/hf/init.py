@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
-from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import gpt2, llama, resnet
-from selfsup.models.hf.folder import (Unsupported, context_limit, described, eos_token, provenance, read_config,
-                                      read_weights, resolve, tokenizer)
+from selfsup.data.read.tokenizer import EOS, MASK, PAD
+from selfsup.models.hf import bert, gpt2, llama, modernbert, resnet
+from selfsup.models.hf.folder import (Unsupported, context_limit, described, provenance, read_config, read_weights,
+                                      renames, resolve, token_ids, tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2, resnet)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2, bert, modernbert, resnet)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -44,9 +44,10 @@ def init_config(cfg: RunConfig, explicit: set[str], pinned: str | None = None) -
     folder = resolve(source, pinned=pinned)  # an hf: id is downloaded here, before any data is read
     hf = read_config(folder)
     family = family_of(source, hf)
-    if cfg.objective not in family.OBJECTIVES:
+    if not set(cfg.parts) <= set(family.OBJECTIVES):
+        terms = f" ({', '.join(cfg.parts)})" if cfg.objective == "hybrid" else ""
         raise ConfigError(f"model.init '{source}' is a {family.ARCHITECTURE}, which starts objective "
-                          f"{' or '.join(family.OBJECTIVES)}; this run has objective={cfg.objective}")
+                          f"{' or '.join(family.OBJECTIVES)}; this run has objective={cfg.objective}{terms}")
     try:
         values = family.config_values(hf)
     except Unsupported as why:
@@ -54,8 +55,10 @@ def init_config(cfg: RunConfig, explicit: set[str], pinned: str | None = None) -
     if family.TOKENIZER:
         from selfsup.data.cache.tokens import cache_root
 
-        values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir)))
+        values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir), cfg.causal))
     key, longest = context_limit(hf) or ("", 0)
+    if "model.context" in values:  # the family's own: the most positions the model holds (RoBERTa's offset table)
+        key, longest = f"max_position_embeddings {hf.get('max_position_embeddings')}, so", values.pop("model.context")
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
             raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has {key} {longest}; "
@@ -83,6 +86,7 @@ def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -
     family = family_of(source, hf)
     theirs = read_weights(source, folder, family.ARCHITECTURE)
     ours = objective.state_dict(keep_vars=True)
+    copied = set()
     with torch.no_grad():
         for name, value in family.weights(theirs, objective):  # one tensor at a time: no second copy of the model
             if name not in ours:
@@ -91,14 +95,22 @@ def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -
                 raise ConfigError(f"model.init '{source}': the tensor for our {name} is {tuple(value.shape)}, "
                                   f"expected {tuple(ours[name].shape)} from its config.json")
             ours[name].copy_(value)
+            copied.add(name)
     started = provenance(source, folder)
     line = f"model.init: {described(started)}"
     unused = sorted(theirs.keys() - theirs.read)
     if unused:  # e.g. a ResNetForImageClassification's classifier
         line += f"; not used: {', '.join(unused[:4])}" + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+    fresh = sorted({".".join(n.split(".")[:3 if n.startswith("terms.") else 1]) for n, _ in
+                    objective.named_parameters() if n not in copied and not n.startswith("model.")})
+    if fresh and cfg.modality == "text":  # heads the folder does not hold (a bare encoder's MLM head, SimCSE's projector)
+        line += f"; {', '.join(fresh)} start{'s' if len(fresh) == 1 else ''} fresh (not in the folder)"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
-        old = eos_token(hf, json.loads((folder / "tokenizer.json").read_text()))
-        line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        role = {EOS: "end-of-text token" if cfg.causal else "CLS token", PAD: "padding token", MASK: "mask token"}
+        said = [f"its {role[ours]} '{theirs}' is renamed '{ours}'"
+                for ours, theirs in renames(folder, hf, tok, cfg.causal).items() if ours not in token_ids(tok)]
+        line += f"; {', '.join(said)} in data.tokenizer {cfg.data.tokenizer}"
     return started, line
