@@ -57,12 +57,14 @@ def init_config(cfg: RunConfig, explicit: set[str], pinned: str | None = None) -
 
         values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir), cfg.causal))
     key, longest = context_limit(hf) or ("", 0)
+    said = f"{key} {longest}"
     if "model.context" in values:  # the family's own: the most positions the model holds (RoBERTa's offset table)
-        key, longest = f"max_position_embeddings {hf.get('max_position_embeddings')}, so", values.pop("model.context")
+        longest = values.pop("model.context")
+        said = f"max_position_embeddings {hf.get('max_position_embeddings')}"
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
-            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has {key} {longest}; "
-                              f"expected model.context <= {longest}")
+            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has {said}; expected "
+                              f"model.context <= {longest}")
         values["model.context"] = longest
     tree = cfg.model_dump(mode="json")
     for key, value in values.items():
