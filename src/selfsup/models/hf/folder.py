@@ -45,6 +45,16 @@ def read_config(folder: Path) -> dict:
     return hf if isinstance(hf, dict) else {}
 
 
+def image_normalisation(folder: Path) -> dict[str, list[float]]:
+    """image.mean and image.std from the folder's preprocessor_config.json: the normalisation its image tower was
+    trained with (none: they are measured on the data, as a new run's)."""
+    try:
+        pre = json.loads((folder / "preprocessor_config.json").read_text())
+        return {"image.mean": [float(v) for v in pre["image_mean"]], "image.std": [float(v) for v in pre["image_std"]]}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
 def weight_files(folder: Path) -> list[Path]:
     """model.safetensors, or the shards its index names."""
     index = folder / "model.safetensors.index.json"

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import llama
-from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, read_config, read_weights, tokenizer,
-                                      weight_files)
+from selfsup.models.hf import clip, llama
+from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, image_normalisation, read_config,
+                                      read_weights, tokenizer, weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama,)  # each reads the config.json model_types it names
+FAMILIES = (llama, clip)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -54,7 +54,10 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     if family.TOKENIZER:
         from selfsup.data.cache.tokens import cache_root
 
-        values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir)))
+        text = hf.get("text_config") or hf  # a two-tower model's end-of-text token is its text tower's
+        values["data.tokenizer"] = str(tokenizer(source, folder, text, cache_root(cfg.data.cache_dir)))
+    if cfg.pairs:
+        values |= image_normalisation(folder)
     longest = hf.get("max_position_embeddings")
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
@@ -94,6 +97,6 @@ def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
-        old = eos_token(hf, json.loads((folder / "tokenizer.json").read_text()))
+        old = eos_token(hf.get("text_config") or hf, json.loads((folder / "tokenizer.json").read_text()))
         line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
     return sha, line
