@@ -24,11 +24,12 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import clip, llama, modernbert
+from selfsup.models.hf import clip, llama, modernbert, siglip
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, modernbert, clip)  # --format hf: each says why a run does not fit it (unfit) or writes it
-PROCESSORS = (clip,)  # families whose folder has a tokenizer_config.json and preprocessor_config.json of their own
+HF_FAMILIES = (llama, modernbert, clip, siglip)  # --format hf: each says why a run does not fit it (unfit) or
+# writes it (to_hf); PROCESSORS: those whose folder has a tokenizer_config.json and preprocessor_config.json of its own
+PROCESSORS = (clip, siglip)
 
 
 class ExportError(ValueError):

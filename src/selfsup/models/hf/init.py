@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import clip, llama
+from selfsup.models.hf import clip, llama, siglip
 from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, image_normalisation, read_config,
                                       read_weights, tokenizer, weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, clip)  # each reads the config.json model_types it names
+FAMILIES = (llama, clip, siglip)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
