@@ -208,5 +208,14 @@ def test_what_does_not_map_is_one_line(hf_clip, pairs, tmp_path):
                                           "16; drop the override"):
         load_config("clip", [f"model.init={folder}", f"data.path={pairs}", "text.context=32"])
     assert clip.unfit(load_config("clip", [])) == "model.embed_norm=true (CLIP's pre_layrnorm) and model.pooling=cls"
+    for recipe, key, says in [
+            ("clip", "model.causal=true", "model.causal shapes the text tower of clip/siglip (text.causal)"),
+            ("clip", "text.pooling=map", "text.pooling=map pools a ViT; expected cls, mean or last"),
+            ("clip", "model.pooling=last", "model.pooling=last pools a text trunk; this run's modality is image"),
+            ("bert-mlm", "model.embed_norm=false", "model.embed_norm shapes a ViT (text.embed_norm: the text tower "
+                                                   "of clip/siglip); this run's modality is text")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(recipe, [key])
+        assert str(e.value).startswith(says)
     shaped = load_config("clip", ["model.embed_norm=true"])
     assert clip.unfit(shaped).startswith("text.causal=true, text.learned_positions=true")

@@ -44,8 +44,8 @@ def siglip_folder(root, **vision):
     """A tiny random SiglipModel saved by transformers (more embedding rows than its tokenizer has tokens, as
     SigLIP's), its tokenizer and its image processor."""
     tok = siglip_tokenizer()
-    text = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                vocab_size=300, max_position_embeddings=16, eos_token_id=1, bos_token_id=1, pad_token_id=1, projection_size=32)
+    text = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, vocab_size=300,
+                max_position_embeddings=16, eos_token_id=1, bos_token_id=1, pad_token_id=1, projection_size=32)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=16,
                   patch_size=4) | vision
     torch.manual_seed(0)

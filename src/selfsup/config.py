@@ -149,7 +149,7 @@ class VideoConfig(Section):
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
 TEXT_TRUNK_OPTIONS = ("tied",)
-VIT_OPTIONS = ("learned_positions", "embed_norm")  # a text trunk or a ViT, never a ResNet or an audio encoder
+VIT_OPTIONS = ("learned_positions", "embed_norm")  # a ViT's (learned positions: a text trunk's too)
 
 
 class ModelConfig(Section):
@@ -188,11 +188,14 @@ class ModelConfig(Section):
                          "those before it (CLIP's text transformer)")
     embed_norm: bool | None = Field(None, description="a norm on the embedded tokens before the first block; None: "
                                     "the trunk's own (the text encoder has one, in place of its first block's "
-                                    "attention norm, as ModernBERT; GPT and ViT have none); true on a ViT: CLIP's "
-                                    "pre_layrnorm; false on the text tower: CLIP's and SigLIP's")
+                                    "attention norm, as ModernBERT; a ViT none); model.embed_norm=true: CLIP's "
+                                    "pre_layrnorm on a ViT; text.embed_norm=false: the text tower of clip/siglip "
+                                    "without one, as CLIP's and SigLIP's")
     init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
                              "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
-                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
+                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe); a "
+                             "CLIPModel or SiglipModel folder starts objective clip or siglip: both towers, and "
+                             "image.mean/std from its preprocessor_config.json")
     pooling: Literal["cls", "mean", "last", "map"] = Field(
         "cls", description="encoders: sequence feature from the first token (EOS opens every document), the mean over "
         "tokens, the last token (text tower: the last real one, CLIP's end-of-text; the last position when "
@@ -531,11 +534,13 @@ class RunConfig(Section):
         changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS, *VIT_OPTIONS)
                    if getattr(m, k) != getattr(default, k) and not (k == "kv_heads" and m.kv_heads == m.heads)]
         resnet = self.modality in ("image", "video") and m.backbone != "vit"
+        pixels = self.modality in ("image", "video")
         given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet
-                 or k in VIT_OPTIONS and (self.modality == "audio" or k == "embed_norm" and self.causal)]
+                 or k == "learned_positions" and self.modality == "audio" or k == "embed_norm" and not pixels]
         if given:
-            shapes = ("the text trunk" if given[0] in TEXT_TRUNK_OPTIONS else "a text encoder or a ViT"
-                      if given[0] in VIT_OPTIONS else "a transformer")
+            shapes = {"tied": "the text trunk", "learned_positions": "a text trunk or a ViT",
+                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)"}.get(given[0],
+                                                                                              "a transformer")
             backbone = f" with model.backbone={m.backbone}" if resnet else ""
             raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
         if changed and "plm" in self.parts:

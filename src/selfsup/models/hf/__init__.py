@@ -7,6 +7,8 @@ serves both directions, so an import and an export cannot disagree:
                     into the built objective
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
+    clip.py         CLIPModel <-> the two towers of a clip run (ViT + causal text tower)
+    siglip.py       SiglipModel <-> the two towers of a siglip run (ViT with attention pooling + text tower)
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 
@@ -17,4 +19,6 @@ A family module has the same few plain functions, so init.py and export.py read 
     weights(theirs, objective)       its tensors under our objective's state-dict names (a missing one is one line)
     unfit(cfg) -> str | None         export: why this run does not map onto it, or None
     to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
+    processor_files(cfg)             export, two-tower families (export.PROCESSORS): tokenizer_config.json and
+                                     preprocessor_config.json, so AutoProcessor prepares inputs as training did
 """
