@@ -52,11 +52,13 @@ def clip_tokenizer():
     return transformers.CLIPTokenizer(vocab=vocab, merges=merges)
 
 
-def clip_folder(root, **vision):
-    """A tiny random CLIPModel saved by transformers, its tokenizer and its image processor."""
+def clip_folder(root, eos_token_id=None, **vision):
+    """A tiny random CLIPModel saved by transformers, its tokenizer and its image processor. eos_token_id: the text
+    config's (default: the tokenizer's <|endoftext|>; 2, as OpenAI's first uploads, makes transformers pool at the
+    largest id instead)."""
     tok = clip_tokenizer()
     text = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                vocab_size=len(tok), max_position_embeddings=16, eos_token_id=tok.eos_token_id,
+                vocab_size=len(tok), max_position_embeddings=16, eos_token_id=eos_token_id or tok.eos_token_id,
                 bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id, layer_norm_eps=1e-5)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=16,
                   patch_size=4, hidden_act="gelu") | vision
@@ -135,10 +137,11 @@ def test_the_config_and_the_captions_come_from_the_model(hf_clip, pairs):
     assert mask[2].all() and ids[2, -1] == tok.token_to_id("<|endoftext|>")
 
 
-def test_imported_embeddings_and_logits_equal_transformers(hf_clip, pairs):
+@pytest.mark.parametrize("legacy_eos", [False, True])
+def test_imported_embeddings_and_logits_equal_transformers(hf_clip, pairs, legacy_eos, tmp_path):
     from selfsup.models.hf.init import load_init
 
-    folder, hf = hf_clip
+    folder, hf = clip_folder(tmp_path, eos_token_id=2) if legacy_eos else hf_clip
     cfg = load_config("clip", [f"model.init={folder}", f"data.path={pairs}"])
     tok = load(cfg.data.tokenizer)
     objective = build_objective(cfg, tok).eval()
@@ -207,6 +210,16 @@ def test_what_does_not_map_is_one_line(hf_clip, pairs, tmp_path):
     with pytest.raises(ConfigError, match="text.context=32: model.init '.*' has text_config.max_position_embeddings "
                                           "16; drop the override"):
         load_config("clip", [f"model.init={folder}", f"data.path={pairs}", "text.context=32"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in folder.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "preprocessor_config.json").write_text('{"image_mean": "grey"}')
+    with pytest.raises(ConfigError) as e:
+        load_config("clip", [f"model.init={broken}", f"data.path={pairs}"])
+    assert str(e.value) == (f"model.init '{broken}': its preprocessor_config.json has no readable image_mean and "
+                            "image_std (ValueError); expected the normalisation its images were trained with, lists "
+                            "of numbers")
     assert clip.unfit(load_config("clip", [])) == "model.embed_norm=true (CLIP's pre_layrnorm) and model.pooling=cls"
     for recipe, key, says in [
             ("clip", "model.causal=true", "model.causal shapes the text tower of clip/siglip (text.causal)"),

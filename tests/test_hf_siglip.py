@@ -40,7 +40,7 @@ def siglip_tokenizer():
                                                 unk_token="<unk>", model_max_length=16)
 
 
-def siglip_folder(root, **vision):
+def siglip_folder(root, logit_scale=4.5, **vision):
     """A tiny random SiglipModel saved by transformers (more embedding rows than its tokenizer has tokens, as
     SigLIP's), its tokenizer and its image processor."""
     tok = siglip_tokenizer()
@@ -50,6 +50,9 @@ def siglip_folder(root, **vision):
                   patch_size=4) | vision
     torch.manual_seed(0)
     model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad():  # trained SigLIPs end near these (transformers starts both at zero)
+        model.logit_scale.fill_(logit_scale)
+        model.logit_bias.fill_(-12.5)
     model.save_pretrained(root)
     tok.save_pretrained(root)
     transformers.SiglipImageProcessor(size={"height": 16, "width": 16}, image_mean=MEAN,
@@ -164,6 +167,15 @@ def test_what_does_not_map_is_one_line(hf_siglip, pairs, tmp_path):  # noqa: F81
         load_init(cfg, build_objective(cfg, load(cfg.data.tokenizer)))
     assert str(e.value) == (f"model.init '{weights}': its weights have no 'vision_model.head.probe'; expected a "
                             "SiglipModel's tensors")
+    folder, _ = siglip_folder(tmp_path / "hot", logit_scale=4.76)  # exp: 117, as google/siglip-base-patch16-224's
+    cfg = load_config("siglip", [f"model.init={folder}", f"data.path={pairs}"])
+    with pytest.raises(ConfigError) as e:
+        load_init(cfg, build_objective(cfg, load(cfg.data.tokenizer)))
+    assert str(e.value) == (f"model.init '{folder}': its logit_scale is exp(4.76) = 116.7, outside [1, "
+                            "align.max_logit_scale=100] where training clamps it; expected align.max_logit_scale >= "
+                            "117")
+    cfg = load_config("siglip", [f"model.init={folder}", f"data.path={pairs}", "align.max_logit_scale=117"])
+    load_init(cfg, build_objective(cfg, load(cfg.data.tokenizer)))
     assert siglip.unfit(load_config("siglip", [])) == ("model.pooling=map (SigLIP's attention pooling head) and no "
                                                        "model.embed_norm")
     with pytest.raises(ConfigError, match="model.pooling=map pools a ViT without class token for clip/siglip on "

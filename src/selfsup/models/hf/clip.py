@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from selfsup.config import RunConfig
+from selfsup.config import ConfigError, RunConfig
 from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
@@ -132,8 +132,22 @@ def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
     new["model.pos"] = pos[1:]
     new["model.embed.weight"] = theirs["vision_model.embeddings.patch_embedding.weight"]
     new["model.embed.bias"] = torch.zeros(pos.shape[1])  # CLIP's patch convolution has no bias
-    new["logit_scale"] = theirs["logit_scale"].reshape(1)  # ln of the scale, as ours
+    new["logit_scale"] = logit_scale(theirs, objective)
     return new
+
+
+def logit_scale(theirs: Tensors, objective: nn.Module) -> torch.Tensor:
+    """(1,) their learned ln scale, as ours; one the first step's clamp to [0, ln align.max_logit_scale] would
+    change is refused before training."""
+    import math
+
+    value = theirs["logit_scale"].reshape(1)
+    if not 0 <= float(value) <= objective.max_log_scale:
+        raise ConfigError(f"model.init '{theirs.source}': its logit_scale is exp({float(value):.4g}) = "
+                          f"{math.exp(float(value)):.4g}, outside [1, align.max_logit_scale="
+                          f"{math.exp(objective.max_log_scale):.4g}] where training clamps it; expected "
+                          f"align.max_logit_scale >= {math.ceil(math.exp(float(value)))}")
+    return value
 
 
 def tower_unfit(m, section: str) -> str | None:

@@ -57,7 +57,7 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
         text = hf.get("text_config") or hf  # a two-tower model's end-of-text token is its text tower's
         values["data.tokenizer"] = str(tokenizer(source, folder, text, cache_root(cfg.data.cache_dir)))
     if cfg.pairs:
-        values |= image_normalisation(folder)
+        values |= image_normalisation(source, folder)
     longest = hf.get("max_position_embeddings")
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:

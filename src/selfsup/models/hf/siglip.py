@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
-from selfsup.models.hf.clip import (encoder_names, modules, positive, split, text_names, text_values, tower_config,
-                                    tower_unfit, tower_values)
+from selfsup.models.hf.clip import (encoder_names, logit_scale, modules, positive, split, text_names, text_values,
+                                    tower_config, tower_unfit, tower_values)
 from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
@@ -60,7 +60,7 @@ def siglip_names(text_depth: int, vision_depth: int) -> dict[str, str | tuple[st
                        "model.attn_pool.mlp.down": f"{head}.mlp.fc2"})
             | {"model.attn_pool.attn.in_proj_weight": f"{head}.attention.in_proj_weight",
                "model.attn_pool.attn.in_proj_bias": f"{head}.attention.in_proj_bias",
-               "model.attn_pool.probe": f"{head}.probe", "logit_scale": "logit_scale", "logit_bias": "logit_bias"})
+               "model.attn_pool.probe": f"{head}.probe", "logit_bias": "logit_bias"})
 
 
 def config_values(hf: dict) -> dict[str, object]:
@@ -88,6 +88,7 @@ def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
            for ours, keys in siglip_names(objective.text.cfg.depth, objective.model.cfg.depth).items()}
     new["text.embed.weight"] = pad_rows(theirs["text_model.embeddings.token_embedding.weight"], objective.text.vocab)
     new["model.pos"] = theirs["vision_model.embeddings.position_embedding.weight"]  # (T, D)
+    new["logit_scale"] = logit_scale(theirs, objective)
     return new
 
 
@@ -113,7 +114,8 @@ def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tup
     model, text = objective.model, objective.text
     sd = split(objective.state_dict(), siglip_names(cfg.text.depth, cfg.model.depth))
     sd |= {"text_model.embeddings.token_embedding.weight": text.embed.weight,
-           "vision_model.embeddings.position_embedding.weight": model.positions(model.grid, model.grid)}
+           "vision_model.embeddings.position_embedding.weight": model.positions(model.grid, model.grid),
+           "logit_scale": objective.logit_scale}
     eos = specials.get(EOS)
     config = {
         "architectures": [ARCHITECTURE], "model_type": "siglip", "torch_dtype": "float32",
