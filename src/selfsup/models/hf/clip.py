@@ -111,12 +111,11 @@ def config_values(hf: dict) -> dict[str, object]:
     """Our keys from a CLIP config.json (CLIPConfig's defaults where it is silent)."""
     text, vision = TEXT | (hf.get("text_config") or {}), VISION | (hf.get("vision_config") or {})
     positive(vision, ("image_size", "patch_size", "num_channels"), "vision_config")
-    values = text_values(text) | tower_values(vision, "model", "vision_config") | {
+    return text_values(text) | tower_values(vision, "model", "vision_config") | {
         "text.causal": True, "text.pooling": "last", "model.backbone": "vit", "model.embed_norm": True,
         "model.pooling": "cls", "model.patch": vision["patch_size"], "image.size": vision["image_size"],
         "image.channels": vision["num_channels"], "align.embed_dim": hf.get("projection_dim", 512),
         "align.media_proj": True, "align.text_proj_bias": False, "align.attend_padding": False}
-    return values
 
 
 def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
@@ -199,11 +198,6 @@ def split(sd: dict, names: dict) -> dict:
     return out
 
 
-def patch_positions(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, D) our patch positions with our patch convolution's bias added in, and that convolution's weight."""
-    return model.positions(model.grid, model.grid) + model.embed.bias, model.embed.weight
-
-
 def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
     """The run's towers as CLIPModel: (tensors, config.json)."""
     import torch
@@ -212,12 +206,12 @@ def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tup
 
     model, text = objective.model, objective.text
     sd = split(objective.state_dict(), clip_names(cfg.text.depth, cfg.model.depth))
-    pos, patch = patch_positions(model)
+    pos = model.positions(model.grid, model.grid) + model.embed.bias  # (T, D): CLIP's patch convolution has no bias
     cls = model.cls.view(-1)  # (D,) its position is in it already: CLIP's class position is zero
     sd |= {"text_model.embeddings.token_embedding.weight": text.embed.weight,
            "vision_model.embeddings.class_embedding": cls,
            "vision_model.embeddings.position_embedding.weight": torch.cat([torch.zeros_like(cls)[None], pos]),
-           "vision_model.embeddings.patch_embedding.weight": patch,
+           "vision_model.embeddings.patch_embedding.weight": model.embed.weight,
            "logit_scale": objective.logit_scale.reshape(())}
     eos = specials.get(EOS)
     bos = specials.get("<|startoftext|>", eos)
