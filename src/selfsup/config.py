@@ -157,7 +157,8 @@ class VideoConfig(Section):
 
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
-TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
+TEXT_TRUNK_OPTIONS = ("tied", "local_attention", "global_every", "local_rope_theta")
+VIT_OPTIONS = ("learned_positions", "embed_norm")  # a ViT's (learned positions: a text trunk's too)
 
 
 class ModelConfig(Section):
@@ -190,7 +191,15 @@ class ModelConfig(Section):
     layer_scale: float | None = Field(None, gt=0, description="transformers: a learned per-channel scale on each "
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
-                                    "(GPT-2, BERT) instead of rotary embeddings")
+                                    "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
+                                    "(CLIP, SigLIP) instead of the fixed sin-cos ones")
+    causal: bool = Field(False, description="text tower of clip/siglip (text.causal): each token attends only to "
+                         "those before it (CLIP's text transformer)")
+    embed_norm: bool | None = Field(None, description="a norm on the embedded tokens before the first block; None: "
+                                    "the trunk's own (the text encoder has one, in place of its first block's "
+                                    "attention norm, as ModernBERT; a ViT none); model.embed_norm=true: CLIP's "
+                                    "pre_layrnorm on a ViT; text.embed_norm=false: the text tower of clip/siglip "
+                                    "without one, as CLIP's and SigLIP's")
     local_attention: int | None = Field(None, ge=2, description="text encoder: the sliding window of the local "
                                         "layers in tokens, a token seeing local_attention/2 either side "
                                         "(ModernBERT's local_attention); None: every layer attends globally")
@@ -205,9 +214,14 @@ class ModelConfig(Section):
                              "causal LM (Llama, Qwen2, Mistral, GPT-2) for objective clm and an encoder (BERT, "
                              "RoBERTa, ModernBERT) for mlm, simcse or a hybrid of them, each with its tokenizer.json "
                              "as data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
-                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to it)")
-    pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
-                                            "(EOS opens every document) or the mean over tokens")
+                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to "
+                             "it); a CLIPModel or SiglipModel for objective clip or siglip: both towers, and "
+                             "image.mean/std from its preprocessor_config.json")
+    pooling: Literal["cls", "mean", "last", "map"] = Field(
+        "cls", description="encoders: sequence feature from the first token (EOS opens every document), the mean over "
+        "tokens, the last token (text tower: the last real one, CLIP's end-of-text; the last position when "
+        "align.attend_padding, SigLIP's) or, ViT of clip/siglip, attention pooling by a learned probe without a "
+        "class token (map: SigLIP's multihead attention pooling head)")
     dropout: float = Field(0.0, ge=0, lt=1)
     rope_theta: float = Field(10000.0, gt=0)
     backbone: Literal["vit", "resnet18", "resnet50"] = Field("vit", description="image objectives: a ViT of "
@@ -367,6 +381,12 @@ class AlignConfig(Section):
                                    "features of other ranks (needed for the global batch's exact gradient)")
     chunk: int = Field(0, ge=0, description="siglip: text rows per block of the pairwise loss, which then never "
                        "holds the whole batch x batch matrix (0: in one piece)")
+    media_proj: bool = Field(True, description="a linear projection from the media tower to the joint embedding; "
+                             "false: the tower's pooled features are the embedding (SigLIP's vision tower; "
+                             "align.embed_dim must equal model.dim)")
+    text_proj_bias: bool = Field(False, description="the text tower's projection has a bias (SigLIP's text head)")
+    attend_padding: bool = Field(False, description="the text tower attends to the padding of captions padded to "
+                                 "text.context (SigLIP, trained without an attention mask)")
 
 
 class HuBERTConfig(Section):
@@ -532,12 +552,16 @@ class RunConfig(Section):
         """Options that shape a transformer (or the text trunk alone) are refused where they would be ignored
         without a word."""
         m, default = self.model, ModelConfig()
-        changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS) if getattr(m, k) != getattr(default, k)
-                   and not (k == "kv_heads" and m.kv_heads == m.heads)]
+        changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS, *VIT_OPTIONS)
+                   if getattr(m, k) != getattr(default, k) and not (k == "kv_heads" and m.kv_heads == m.heads)]
         resnet = self.modality in ("image", "video") and m.backbone != "vit"
-        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet]
+        pixels = self.modality in ("image", "video")
+        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet
+                 or k == "learned_positions" and self.modality == "audio" or k == "embed_norm" and not pixels]
         if given:
-            shapes = "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS else "a transformer"
+            shapes = {"tied": "the text trunk", "learned_positions": "a text trunk or a ViT",
+                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)"}.get(given[0],
+                                                                                              "a transformer")
             backbone = f" with model.backbone={m.backbone}" if resnet else ""
             raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
         if changed and "plm" in self.parts:
@@ -555,6 +579,26 @@ class RunConfig(Section):
         if not m.tied and self.parts != ["clm"]:
             raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
                              f"objective {self.objective} ties its head to the embedding")
+        return self
+
+    @model_validator(mode="after")
+    def _tower_options(self) -> RunConfig:
+        """The text tower's options (causal attention, pooling at the last token) and the ViT's attention pooling
+        (map) where they apply; a media tower without projection has the joint embedding's width."""
+        m, image_pairs = self.model, self.pairs and self.align.modality == "image" and self.model.backbone == "vit"
+        if m.causal:
+            raise ValueError("model.causal shapes the text tower of clip/siglip (text.causal); the GPT decoder is "
+                             "causal and the other trunks bidirectional by construction")
+        if m.pooling == "map" and not image_pairs:
+            raise ValueError(f"model.pooling=map pools a ViT without class token for clip/siglip on images; this run "
+                             f"is objective {self.objective} on {self.modality} with model.backbone={m.backbone}")
+        if m.pooling == "last" and self.modality != "text":
+            raise ValueError(f"model.pooling=last pools a text trunk; this run's modality is {self.modality}")
+        if self.text.pooling == "map":
+            raise ValueError("text.pooling=map pools a ViT; expected cls, mean or last for the text tower")
+        if self.pairs and not self.align.media_proj and self.align.embed_dim != m.dim:
+            raise ValueError(f"align.media_proj=false makes the media tower's features (model.dim={m.dim}) the joint "
+                             f"embedding; expected align.embed_dim={m.dim} (got {self.align.embed_dim})")
         return self
 
     @model_validator(mode="after")

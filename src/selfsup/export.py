@@ -28,11 +28,13 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
-from selfsup.models.hf import bert, gpt2, llama, modernbert, resnet
+from selfsup.models.hf import bert, clip, gpt2, llama, modernbert, resnet, siglip
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet)  # --format hf: each says why a run does not fit it (unfit), or
-# writes it (to_hf)
+HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, clip, siglip)  # --format hf: each says why a run does not fit
+# it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a tokenizer_config.json and
+# preprocessor_config.json of its own
+PROCESSORS = (clip, siglip)
 
 
 class ExportError(ValueError):
@@ -149,32 +151,38 @@ def _write_safetensors(run_dir: Path, objective: nn.Module, quantize: str | None
         shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
 
 
-def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """(weights, config.json) of the transformers model this run maps onto: the first of HF_FAMILIES it fits."""
+def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(weights, config.json, the processor's files) of the transformers model this run maps onto: the first of
+    HF_FAMILIES it fits."""
     whys = []
     for family in HF_FAMILIES:
         why = family.unfit(cfg)
         if why is None:
-            return family.to_hf(cfg, objective, _special_ids(run_dir))
+            return *family.to_hf(cfg, objective, _special_ids(run_dir)), (
+                family.processor_files(cfg) if family in PROCESSORS else {})
         whys.append(f"{family.ARCHITECTURE} needs {why}")
     m = cfg.model
     raise ExportError(f"--format hf: this run (objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}) "
                       f"maps onto none of: {'; '.join(whys)}; use --format safetensors")
 
 
-def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
+def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, processor: dict,
+              out: Path) -> None:
+    """processor: a family's own files (name -> JSON), replacing the default tokenizer_config.json."""
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if cfg.is_image:  # no tokenizer: AutoImageProcessor prepares a picture as our evaluation does
         (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(cfg), indent=1))
         return
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(json.dumps({
+    files = {"tokenizer_config.json": {
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
-        "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
+        "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}} | processor
     if cfg.objective == "clm":  # generate() stops at our end-of-text token and pads with ours
         ids = {k: config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        (out / "generation_config.json").write_text(json.dumps(ids | {"max_length": cfg.model.context}, indent=1))
+        files["generation_config.json"] = ids | {"max_length": cfg.model.context}
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=1))
 
 
 def _image_processor(cfg: RunConfig) -> dict:

@@ -127,9 +127,15 @@ def document_positions(doc_ids: Tensor) -> Tensor:
 
 
 def pool(hidden: Tensor, pad_mask: Tensor | None, kind: str) -> Tensor:
-    """(B, T, D) -> (B, D): the first token ('cls'; EOS opens every document) or the mean over real tokens."""
+    """(B, T, D) -> (B, D): the first token ('cls'; EOS opens every document), the mean over real tokens, or the last
+    real token ('last': CLIP's end-of-text; without a mask the last position, SigLIP's)."""
     if kind == "cls":
         return hidden[:, 0]
+    if kind == "last":
+        if pad_mask is None:
+            return hidden[:, -1]
+        last = pad_mask.long().cumsum(dim=1).argmax(dim=1)  # (B,) the first position holding the full count
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pad_mask is None:
         return hidden.mean(dim=1)
     w = pad_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)

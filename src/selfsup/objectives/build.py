@@ -149,11 +149,12 @@ def _pair_objective(cfg: RunConfig, tok: Tokenizer | None, backbone: nn.Module |
     if tok is not None and tok.get_vocab_size() > text.vocab:
         raise ConfigError(f"the tokenizer has {tok.get_vocab_size()} tokens but text.vocab_size is "
                           f"{cfg.text.vocab_size}; expected text.vocab_size >= the tokenizer's size")
+    towers = dict(media_proj=a.media_proj, text_proj_bias=a.text_proj_bias, attend_padding=a.attend_padding)
     if cfg.objective == "clip":
         return CLIP(media, view, text, a.embed_dim, a.logit_scale, a.max_logit_scale, a.local_loss,
-                    a.gather_with_grad)
+                    a.gather_with_grad, **towers)
     return SigLIP(media, view, text, a.embed_dim, a.logit_scale, a.max_logit_scale, a.logit_bias,
-                  a.gather_with_grad, a.chunk)
+                  a.gather_with_grad, a.chunk, **towers)
 
 
 def media_tower(cfg: RunConfig, modality: str, backbone: nn.Module | None = None) -> tuple[nn.Module, nn.Module]:

@@ -100,7 +100,8 @@ class ImageInputs:
         if isinstance(trunk, Pixels):
             what = f"raw pixels ({trunk.out_dim} values)"
         elif isinstance(trunk, ViT):
-            where = "class token" if trunk.cfg.pooling == "cls" else "mean of the patch tokens"
+            where = {"cls": "class token", "mean": "mean of the patch tokens",
+                     "map": "attention pooling of the patch tokens"}[trunk.cfg.pooling]
             what = f"ViT (dim {trunk.cfg.dim}, depth {trunk.cfg.depth}, patch {trunk.patch}) final-norm {where}"
         else:
             what = f"{type(trunk).__name__} globally average-pooled last stage (dim {trunk.out_dim})"

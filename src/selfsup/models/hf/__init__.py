@@ -10,6 +10,8 @@ serves both directions, so an import and an export cannot disagree:
     gpt2.py         GPT2LMHeadModel <-> the GPT decoder with learned positions, biases, LayerNorm, gelu_tanh
     modernbert.py   ModernBertForMaskedLM (and the bare model) <-> the masked-LM encoder, local layers included
     resnet.py       ResNetModel (and a ResNetForImageClassification's trunk) <-> our ResNet-18/50, teachers included
+    clip.py         CLIPModel <-> the two towers of a clip run (ViT + causal text tower)
+    siglip.py       SiglipModel <-> the two towers of a siglip run (ViT with attention pooling + text tower)
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 
@@ -21,4 +23,6 @@ A family module has the same few plain functions, so init.py and export.py read 
     weights(theirs, objective)       yields (our state-dict name, tensor), one at a time (a missing one is one line)
     unfit(cfg) -> str | None         export: why this run does not map onto it, or None
     to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
+    processor_files(cfg)             export, two-tower families (export.PROCESSORS): tokenizer_config.json and
+                                     preprocessor_config.json, so AutoProcessor prepares inputs as training did
 """

@@ -120,6 +120,21 @@ def sliding_window(hf: dict) -> int | None:
     return window
 
 
+def image_normalisation(source: str, folder: Path) -> dict[str, list[float]]:
+    """image.mean and image.std from the folder's preprocessor_config.json: the normalisation its image tower was
+    trained with (no such file: they are measured on the data, as a new run's)."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        pre = json.loads(path.read_text())
+        return {"image.mean": [float(v) for v in pre["image_mean"]], "image.std": [float(v) for v in pre["image_std"]]}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"model.init '{source}': its preprocessor_config.json has no readable image_mean and "
+                          f"image_std ({type(e).__name__}); expected the normalisation its images were trained "
+                          "with, lists of numbers") from None
+
+
 def weight_files(folder: Path) -> list[Path]:
     """model.safetensors, or the shards its index names."""
     index = folder / "model.safetensors.index.json"

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import bert, gpt2, llama, modernbert, resnet
-from selfsup.models.hf.folder import (Unsupported, context_limit, described, provenance, read_config, read_weights,
-                                      renames, resolve, token_ids, tokenizer)
+from selfsup.models.hf import bert, clip, gpt2, llama, modernbert, resnet, siglip
+from selfsup.models.hf.folder import (Unsupported, context_limit, described, image_normalisation, provenance,
+                                      read_config, read_weights, renames, resolve, token_ids, tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2, bert, modernbert, resnet)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2, bert, modernbert, resnet, clip, siglip)  # each reads the model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -55,7 +55,11 @@ def init_config(cfg: RunConfig, explicit: set[str], pinned: str | None = None) -
     if family.TOKENIZER:
         from selfsup.data.cache.tokens import cache_root
 
-        values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir), cfg.causal))
+        text = hf.get("text_config") or hf  # a two-tower model's end-of-text token is its text tower's
+        values["data.tokenizer"] = str(tokenizer(source, folder, text, cache_root(cfg.data.cache_dir),
+                                                 cfg.causal or cfg.pairs))
+    if cfg.pairs:
+        values |= image_normalisation(source, folder)
     key, longest = context_limit(hf) or ("", 0)
     said = f"{key} {longest}"
     if "model.context" in values:  # the family's own: the most positions the model holds (RoBERTa's offset table)
@@ -111,8 +115,10 @@ def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -
         import json
 
         tok = json.loads((folder / "tokenizer.json").read_text())
-        role = {EOS: "end-of-text token" if cfg.causal else "CLS token", PAD: "padding token", MASK: "mask token"}
+        ends = cfg.causal or cfg.pairs  # our EOS ends a text (a causal LM's, a text tower's), else opens it
+        role = {EOS: "end-of-text token" if ends else "CLS token", PAD: "padding token", MASK: "mask token"}
         said = [f"its {role[ours]} '{theirs}' is renamed '{ours}'"
-                for ours, theirs in renames(folder, hf, tok, cfg.causal).items() if ours not in token_ids(tok)]
+                for ours, theirs in renames(folder, hf.get("text_config") or hf, tok, ends).items()
+                if ours not in token_ids(tok)]
         line += f"; {', '.join(said)} in data.tokenizer {cfg.data.tokenizer}"
     return started, line
