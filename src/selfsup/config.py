@@ -149,6 +149,7 @@ class VideoConfig(Section):
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
 TEXT_TRUNK_OPTIONS = ("tied", "learned_positions")
+VIT_TRUNK_OPTIONS = ("learned_positions",)  # of those, the ones a ViT has too (model.position_grid sizes its table)
 
 
 class ModelConfig(Section):
@@ -181,7 +182,12 @@ class ModelConfig(Section):
     layer_scale: float | None = Field(None, gt=0, description="transformers: a learned per-channel scale on each "
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
-                                    "(GPT-2, BERT) instead of rotary embeddings")
+                                    "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned one per patch and "
+                                    "the class token (ViT, DINOv2) instead of the fixed sin-cos ones")
+    position_grid: int | None = Field(None, gt=0, description="ViT with learned_positions: side in patches of the "
+                                      "learned table (model.init sets a model's image_size / patch_size, 37 for "
+                                      "DINOv2); other grids are interpolated from it bicubically, as transformers "
+                                      "does; None: image.size / model.patch")
     init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
                              "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
                              "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
@@ -514,11 +520,17 @@ class RunConfig(Section):
         changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS) if getattr(m, k) != getattr(default, k)
                    and not (k == "kv_heads" and m.kv_heads == m.heads)]
         resnet = self.modality in ("image", "video") and m.backbone != "vit"
-        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet]
+        vit = self.modality in ("image", "video") and m.backbone == "vit"
+        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text"
+                 and not (vit and k in VIT_TRUNK_OPTIONS) or resnet]
         if given:
-            shapes = "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS else "a transformer"
+            shapes = ("the text trunk or a ViT" if given[0] in VIT_TRUNK_OPTIONS else "the text trunk"
+                      if given[0] in TEXT_TRUNK_OPTIONS else "a transformer")
             backbone = f" with model.backbone={m.backbone}" if resnet else ""
             raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
+        if m.position_grid is not None and not (vit and m.learned_positions):
+            raise ValueError(f"model.position_grid={m.position_grid} sizes a ViT's learned position table; expected "
+                             "model.backbone=vit with model.learned_positions=true")
         if changed and "plm" in self.parts:
             raise ValueError(f"model.{changed[0]}={getattr(m, changed[0])}: xlnet-plm's two-stream attention needs "
                              f"the trunk's defaults (model.{changed[0]}={getattr(default, changed[0])})")

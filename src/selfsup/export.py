@@ -24,10 +24,10 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import llama, modernbert
+from selfsup.models.hf import dinov2, llama, modernbert, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, modernbert)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
+HF_FAMILIES = (llama, modernbert, vit, dinov2)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
 
 
 class ExportError(ValueError):
@@ -129,6 +129,9 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
+    if cfg.modality == "image":  # AutoImageProcessor prepares an image as our evaluation does
+        (out / "preprocessor_config.json").write_text(json.dumps(vit.preprocessor(cfg), indent=1))
+        return
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
@@ -136,5 +139,7 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
 
 
 def _special_ids(run_dir: Path) -> dict[str, int]:
+    if not (run_dir / "tokenizer.json").is_file():  # an image run
+        return {}
     tok = json.loads((run_dir / "tokenizer.json").read_text())
     return {t["content"]: t["id"] for t in tok.get("added_tokens", [])}

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import llama
+from selfsup.models.hf import dinov2, llama, vit
 from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, read_config, read_weights, tokenizer,
                                       weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama,)  # each reads the config.json model_types it names
+FAMILIES = (llama, vit, dinov2)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
