@@ -25,18 +25,21 @@ TINY = ["image.size=16", "model.dim=32", "model.depth=2", "model.heads=2", "mode
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def hf_folder(root, kind, **changes):
+def hf_folder(root, kind, classifier=False, **changes):
     """A tiny random ViTModel (16 px, patch 4: a 4 × 4 grid) or Dinov2Model (24 px: a 6 × 6 grid that our 16 px
-    runs always interpolate, as DINOv2's 518 px table is at 224) saved by transformers itself; every weight moved
-    off its initial value so the LayerNorm biases, layer scales and positions all count."""
+    runs always interpolate, as DINOv2's 518 px table is at 224), or with `classifier` its ...ForImageClassification,
+    saved by transformers itself; every weight moved off its initial value so the LayerNorm biases, layer scales and
+    positions all count."""
     if kind == "vit":
         settings = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                         image_size=16, patch_size=4)
-        model = transformers.ViTModel(transformers.ViTConfig(**(settings | changes)))
+        config = transformers.ViTConfig(**(settings | changes))
+        model = (transformers.ViTForImageClassification if classifier else transformers.ViTModel)(config)
     else:
         settings = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=3, image_size=24,
                         patch_size=4, layerscale_value=0.5)
-        model = transformers.Dinov2Model(transformers.Dinov2Config(**(settings | changes)))
+        config = transformers.Dinov2Config(**(settings | changes))
+        model = (transformers.Dinov2ForImageClassification if classifier else transformers.Dinov2Model)(config)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -52,11 +55,13 @@ def folder(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from selfsup.data.builtin.digits import write_digits
+    """200 small RGB images in an .npz: scikit-learn's digits, each stroke in a colour of its own."""
+    from sklearn.datasets import load_digits
 
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(root)
-    return root / "train"
+    pixels = load_digits().images[:200, :, :, None] * np.random.default_rng(0).random((200, 1, 1, 3))  # (N, 8, 8, 3)
+    path = tmp_path_factory.mktemp("digits") / "digits.npz"
+    np.savez(path, images=(pixels * 255 / 16).astype(np.uint8))
+    return path
 
 
 def features(hf, x):
@@ -95,6 +100,20 @@ def test_imported_features_equal_transformers_in_student_and_teacher(folder):
         assert torch.allclose(objective.model.tokens(x), features(hf, x), atol=1e-4)
         if hf.config.model_type == "dinov2":
             assert torch.allclose(objective.model(x), hf(pixel_values=x).pooler_output, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2"])
+def test_an_image_classifier_imports_its_backbone(kind, tmp_path):
+    from selfsup.models.hf.init import load_init
+    from selfsup.objectives.build import build_objective
+
+    path, hf = hf_folder(tmp_path, kind, classifier=True)
+    cfg = load_config("simclr", [f"model.init={path}", "image.size=16", *NORM, *HEADS])
+    objective = build_objective(cfg).eval()
+    load_init(cfg, objective)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(objective.model.tokens(x), features(getattr(hf, kind), x), atol=1e-4)
 
 
 def test_train_dino_from_dinov2_and_export_back(digits, tmp_path):

@@ -160,8 +160,9 @@ def test_other_sources_and_objectives_are_refused(llama, corpus, tmp_path):
     with pytest.raises(ConfigError, match="model.mlp_hidden shapes a transformer; this run's modality is image with "
                                           "model.backbone=resnet18"):
         load_config("simclr", ["model.backbone=resnet18", "model.mlp_hidden=64"])
-    with pytest.raises(ConfigError, match="model.learned_positions shapes the text trunk; this run's modality is image"):
-        load_config("dino", ["model.learned_positions=true"])
+    with pytest.raises(ConfigError, match="model.learned_positions shapes the text trunk or a ViT; this run's modality "
+                                          "is audio"):
+        load_config("audio-mask", ["model.learned_positions=true"])
     with pytest.raises(ConfigError, match="no readable config.json"):
         load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
 

@@ -3,7 +3,8 @@
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
 permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads). Each family's
 module in models/hf/ holds its name table, which `model.init` reads the other way: the GPT decoder as
-LlamaForCausalLM (models/hf/llama.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py).
+LlamaForCausalLM (models/hf/llama.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py),
+an image run's ViT as ViTModel or Dinov2Model (models/hf/vit.py, dinov2.py) with a preprocessor_config.json.
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -27,7 +28,8 @@ from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.models.hf import dinov2, llama, modernbert, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, modernbert, vit, dinov2)  # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf)
+HF_FAMILIES = (llama, modernbert, vit, dinov2)  # --format hf: each says why a run does not fit it (unfit) or
+# writes it (to_hf)
 
 
 class ExportError(ValueError):

@@ -7,6 +7,8 @@ serves both directions, so an import and an export cannot disagree:
                     into the built objective
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
+    vit.py          ViTModel <-> the ViT of image objectives (learned or sin-cos positions; no pooler)
+    dinov2.py       Dinov2Model <-> the ViT with model.layer_scale (vit.py's table, DINOv2's block names)
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 

@@ -51,8 +51,8 @@ def config_values(hf: dict) -> dict[str, object]:
 
 
 def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
-    """Their tensors under our objective's names (q, k, v stacked); the mask token is left out."""
-    return load(theirs, objective, BLOCK)
+    """Their tensors under our objective's names (q, k, v stacked); the mask token and a classifier are left out."""
+    return load(theirs, objective, BLOCK, "dinov2.")
 
 
 def unfit(cfg: RunConfig) -> str | None:

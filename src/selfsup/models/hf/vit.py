@@ -4,7 +4,8 @@ one way (`to_hf`) and `model.init` the other (`weights`); dinov2.py is the same 
 Only the layout our ViT has: a biased patch convolution, a class token, pre-norm blocks with LayerNorm and an exact
 GELU MLP, a final LayerNorm. ViTModel's pooler (dense + tanh) is not ours: our feature is the class token after the
 final norm (last_hidden_state[:, 0]) or, with model.pooling=mean, the mean of the patch tokens; an import leaves the
-pooler out and an export writes none (load it with `AutoModel.from_pretrained(out, add_pooling_layer=False)`).
+pooler out and an export writes none (load it with `AutoModel.from_pretrained(out, add_pooling_layer=False)`). A
+ViTForImageClassification folder imports its backbone (the classifier is left out).
 
 A run with fixed sin-cos positions is written with them as ViT's learned table (a zero row for the class token, which
 has no position): the same at the training grid; at other grids transformers interpolates the table bicubically where
@@ -104,22 +105,25 @@ def backbones(objective: nn.Module) -> list[str]:
     return [name + "." for name, module in objective.named_modules(remove_duplicate=False) if isinstance(module, ViT)]
 
 
-def load(theirs: Tensors, objective: nn.Module, block: dict[str, str | tuple[str, ...]]) -> dict[str, torch.Tensor]:
-    """Their tensors under the names of every ViT copy in our objective (the teacher starts equal to the student)."""
+def load(theirs: Tensors, objective: nn.Module, block: dict[str, str | tuple[str, ...]],
+         base: str) -> dict[str, torch.Tensor]:
+    """Their tensors under the names of every ViT copy in our objective (the teacher starts equal to the student).
+    base: the backbone's prefix in a model with a task head (ViTForImageClassification's "vit.")."""
     import torch
 
+    base = base if base + TOP["cls"] in theirs else ""
     new = {}
     for name, keys in vit_names(objective.model.cfg.depth, block).items():
         keys = keys if isinstance(keys, tuple) else (keys,)
-        value = torch.cat([theirs[k] for k in keys])
+        value = torch.cat([theirs[base + k] for k in keys])
         for prefix in backbones(objective):
             new[prefix + name] = value
     return new
 
 
 def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
-    """Their tensors under our objective's names (q, k, v stacked); the pooler is left out."""
-    return load(theirs, objective, BLOCK)
+    """Their tensors under our objective's names (q, k, v stacked); the pooler and a classifier are left out."""
+    return load(theirs, objective, BLOCK, "vit.")
 
 
 def _unfit(cfg: RunConfig) -> str | None:
