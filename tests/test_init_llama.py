@@ -132,8 +132,8 @@ def test_an_override_that_contradicts_the_model_is_one_line(llama, corpus):
 
 @pytest.mark.parametrize("changes, says", [
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' (our SwiGLU is silu)"),
-    ({"mlp_bias": True}, "mlp_bias true (our trunk has no biases)"),
-    ({"attention_bias": True}, "attention_bias true (our trunk has no biases)"),
+    ({"mlp_bias": True}, "mlp_bias true (our Llama layout has no biases; Qwen2's are on q/k/v alone)"),
+    ({"attention_bias": True}, "attention_bias true (our Llama layout has no biases; Qwen2's are on q/k/v alone)"),
 ])
 def test_what_our_trunk_cannot_hold_is_refused(corpus, tmp_path, changes, says):
     folder, _ = llama_folder(tmp_path, corpus, **changes)

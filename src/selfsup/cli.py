@@ -387,15 +387,31 @@ def export_run(
                                            "`selfsup eval` and `embed` open the export like a run"),
     force: bool = typer.Option(False, "--force", help="--out may hold files: the export replaces them, once it is "
                                "written"),
+    license: Optional[str] = typer.Option(None, help="the model card's license (a Hub license id, e.g. apache-2.0, "
+                                          "mit, cc-by-4.0); none: the card names none"),
+    dataset: list[str] = typer.Option([], help="a data set the model was trained on, for the model card's metadata "
+                                      "(a Hub id ORG/NAME); repeat for several"),
+    push: Optional[str] = typer.Option(None, help="with --format hf: also upload the export to the Hub repository "
+                                       "ORG/NAME (made private if missing), with the token of `hf auth login` or "
+                                       "HF_TOKEN; checked before any work"),
 ):
-    """Export the trained model for other tools."""
+    """Export the trained model for other tools, with a model card (README.md)."""
+    if push is not None:
+        from selfsup.export import ExportError, check_push
+
+        if format != "hf":
+            raise ExportError(f"--push uploads a Hugging Face export; expected --format hf, got --format {format}")
+        check_push(push)
     import torch
 
-    from selfsup.export import export
+    from selfsup.export import export, push as push_folder
     from selfsup.rundir import open_run
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
-    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize, force)}")
+    written = export(run_dir, cfg, objective, format, out, quantize, force, license, tuple(dataset), push)
+    console.print(f"exported to {written}")
+    if push is not None:
+        console.print(f"uploaded to {push_folder(out, push)}")
 
 
 @app.command()

@@ -76,8 +76,9 @@ class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
                       f"data.extensions); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
                       "present on every machine. Images: a folder "
-                      "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
-                      "handwritten digits (training split)")
+                      "(recursive), webdataset .tar shards, an .npz, .parquet files or a datasets folder (see "
+                      "data.image_field); 'builtin:digits' is scikit-learn's bundled handwritten digits (training "
+                      "split)")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
                                                           ".parquet: a document per line, per file, or per block of "
                                                           "lines between blank lines")
@@ -86,6 +87,12 @@ class DataConfig(Section):
                                          "keep their format, any other suffix is plain text split by data.document")
     text_field: str = Field("text", min_length=1, description="the field of a .jsonl line, or the column of a "
                             ".parquet file, that holds a document's text")
+    image_field: str = Field("image", min_length=1, description="images and pairs: the column of a .parquet file "
+                             "or a datasets folder that holds each row's image (its encoded bytes, a {bytes, path} "
+                             "struct as datasets.Image() stores it, or a path relative to the file), and the field "
+                             "of an image pair .jsonl line that holds its path")
+    caption_field: str = Field("text", min_length=1, description="pairs: the field of a .jsonl line, or the column "
+                               "of a .parquet file or a datasets folder, that holds the caption")
     tokenizer: str | None = Field(None, description="a tokenizer.json to reuse instead of training one")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out for validation")
     max_doc_chars: int = Field(200_000, gt=0, description="longer documents are skipped and counted")
@@ -98,7 +105,8 @@ class DataConfig(Section):
                             "shards are held out for validation by a hash of their name, statistics are measured on "
                             "the first 1000 samples (see docs/distributed.md)")
     shuffle_buffer: int = Field(1000, gt=0, description="streaming: samples permuted together within a process")
-    allow_outside: bool = Field(False, description="pairs .jsonl: read media paths that lead outside the data folder "
+    allow_outside: bool = Field(False, description="pairs .jsonl, and image paths in .parquet or datasets rows: read "
+                                "media paths that lead outside the data folder "
                                 "(absolute, '..', or through links); by default such lines are skipped and counted "
                                 "as 'outside the data folder'")
 
@@ -188,9 +196,10 @@ class ModelConfig(Section):
                                       "learned table (model.init sets a model's image_size / patch_size, 37 for "
                                       "DINOv2); other grids are interpolated from it bicubically, as transformers "
                                       "does; None: image.size / model.patch")
-    init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
-                             "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
-                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
+    init: str | None = Field(None, description="start from a Hugging Face causal LM (Llama, Qwen2, Mistral, GPT-2): "
+                             "a local folder with config.json, model.safetensors (or a sharded index) and "
+                             "tokenizer.json; its config sets the model's shape and data.tokenizer (objective clm, "
+                             "the gpt-clm recipe)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -3,8 +3,9 @@
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
 permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads). Each family's
 module in models/hf/ holds its name table, which `model.init` reads the other way: the GPT decoder as
-LlamaForCausalLM (models/hf/llama.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py),
-an image run's ViT as ViTModel or Dinov2Model (models/hf/vit.py, dinov2.py) with a preprocessor_config.json.
+LlamaForCausalLM or Qwen2ForCausalLM (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel
+(models/hf/gpt2.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py), an image run's ViT
+as ViTModel or Dinov2Model (models/hf/vit.py, dinov2.py) with a preprocessor_config.json.
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -25,10 +26,11 @@ from torch import nn
 
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import dinov2, llama, modernbert, vit
+from selfsup.model_card import model_card
+from selfsup.models.hf import dinov2, gpt2, llama, modernbert, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, modernbert, vit, dinov2)  # --format hf: each says why a run does not fit it (unfit) or
+HF_FAMILIES = (llama, gpt2, modernbert, vit, dinov2)  # --format hf: each says why a run does not fit it (unfit) or
 # writes it (to_hf)
 
 
@@ -37,8 +39,10 @@ class ExportError(ValueError):
 
 
 def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path,
-           quantize: str | None = None, force: bool = False) -> Path:
-    """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all (`_staged`)."""
+           quantize: str | None = None, force: bool = False, license: str | None = None,
+           datasets: tuple[str, ...] = (), name: str | None = None) -> Path:
+    """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all (`_staged`), with
+    its model card (README.md: `license`, `datasets` and the Hub `name` go into its metadata)."""
     if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
         raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
     if fmt not in ("hf", "safetensors"):
@@ -50,7 +54,36 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
             _write_safetensors(run_dir, objective, quantize, tmp)
         else:
             _write_hf(run_dir, cfg, *hf, tmp)
+        (tmp / "README.md").write_text(model_card(run_dir, cfg, fmt, tmp, license, list(datasets), name))
     return out
+
+
+def check_push(repo: str) -> None:
+    """`--push ORG/NAME` can upload: a valid repository id, not offline, a token found; one line before any work."""
+    import os
+
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ExportError(f"--push '{repo}': expected a Hugging Face repository id ORG/NAME") from None
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ExportError(f"--push {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or export "
+                          "without --push and upload the folder later (`hf upload`)")
+    if get_token() is None:
+        raise ExportError(f"--push {repo}: no Hugging Face token found; run `hf auth login` or set HF_TOKEN (a token "
+                          "with write access)")
+
+
+def push(folder: Path, repo: str) -> str:
+    """Upload the export folder to the Hub repository `repo` (made if missing, private by default); its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, exist_ok=True, private=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="Export from selfsup"))
 
 
 def check_out(run_dir: Path, out: Path, force: bool) -> Path:
@@ -138,6 +171,9 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
         "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
+    if cfg.objective == "clm":  # generate() stops at our end-of-text token and pads with ours
+        ids = {k: config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        (out / "generation_config.json").write_text(json.dumps(ids | {"max_length": cfg.model.context}, indent=1))
 
 
 def _special_ids(run_dir: Path) -> dict[str, int]:

@@ -48,7 +48,8 @@ def embed(run_dir: Path, input: str, out: Path, jsonl: Path | None, joint: bool,
         from selfsup.data.cache.images import prepare_images
 
         im = cfg.image
-        data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None)
+        data = prepare_images(input, im.size, im.channels, 0.0, cfg.data.cache_dir, log=lambda s: None,
+                              image_field=cfg.data.image_field, allow_outside=cfg.data.allow_outside)
         items, skipped, what = data.train, data.meta["skipped"], "images"
     elif cfg.modality in ("audio", "video"):
         from selfsup.data.cache.media import prepare_media, settings

@@ -40,7 +40,8 @@ def validation_rows(cfg: RunConfig, data: DataConfig, overlap: int, log=lambda s
     cache = cache_root(data.cache_dir)
     im = cfg.image
     images = prepare_images(builtin.resolve(data.path, cache), im.size, im.channels, data.val_fraction,
-                            data.cache_dir, data.workers, log=log)
+                            data.cache_dir, data.workers, log=log, image_field=data.image_field,
+                            allow_outside=data.allow_outside)
     return RowLoader({"images": images.val}, shuffle=False)
 
 

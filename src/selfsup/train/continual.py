@@ -94,6 +94,7 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
     from selfsup.data import builtin
     from selfsup.data.cache.images import image_files
     from selfsup.data.cache.tokens import cache_root
+    from selfsup.data.read.table_media import check_tables
     from selfsup.data.read.text import source_files
 
     try:
@@ -101,7 +102,7 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
             source_files(new, cfg.data.extensions)
         else:
             cache = cache_root(cfg.data.cache_dir)
-            image_files(builtin.resolve(new, cache))
+            check_tables(image_files(builtin.resolve(new, cache)), cfg.data.image_field, None)  # a text table too
     except DataError as e:
         raise DataError(f"continual.data '{new}': '{run}' trained {cfg.objective} on {cfg.modality}, so the new "
                         f"stream must be {cfg.modality} data too ({e})") from None

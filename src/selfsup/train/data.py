@@ -66,7 +66,8 @@ class RunData:
 
     def _images(self, cfg: RunConfig, path: str, log) -> None:
         d, im = cfg.data, cfg.image
-        images = prepare_images(path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+        images = prepare_images(path, im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log,
+                                image_field=d.image_field, allow_outside=d.allow_outside)
         self.norm = (images.mean, images.std)
         self.fingerprint = images.content
         im = cfg.with_measured(*self.norm).image  # the statistics the summary reports: the config's, else measured
@@ -79,7 +80,8 @@ class RunData:
                             std=im.std, cache=str(images.dir))
         if cfg.continual.parent:  # continual pretraining: the parent's images too
             old = prepare_images(builtin.resolve(cfg.continual.old_data, self.cache),
-                                 im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log)
+                                 im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log,
+                                 image_field=d.image_field, allow_outside=d.allow_outside)
             self.old_val_loader = RowLoader({"images": old.val}, shuffle=False) if len(old.val) else None
             if cfg.continual.replay:
                 self._mix(cfg, RowLoader({"images": old.train}, seed=cfg.seed + 1), "images",
@@ -107,7 +109,8 @@ class RunData:
         d, modality = cfg.data, cfg.modality
         pairs = cfg.pairs
         media = prepare_media(path, modality, settings(modality, cfg), d.val_fraction, d.cache_dir, d.workers, log,
-                              captions=pairs, allow_outside=d.allow_outside)
+                              captions=pairs, allow_outside=d.allow_outside, image_field=d.image_field,
+                              caption_field=d.caption_field)
         self.norm = (media.meta["mean"], media.meta["std"])
         self.fingerprint = media.content
         train, val = media.train, media.val

@@ -72,7 +72,9 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
     start = time.perf_counter()
     notes = Counter()
     writers = {split: NpyWriter(out / f"{split}.npy", decoder.shape, decoder.dtype) for split in SPLITS}
-    kept: dict[str, list[Item]] = {"train": [], "val": []}
+    # what is kept of a decoded item: its caption and label, not its payload (a table's or a shard's image bytes
+    # would hold the whole set in memory)
+    kept: dict[str, list[tuple[str | None, int | str | None]]] = {"train": [], "val": []}
     lengths: dict[str, list[int]] = {"train": [], "val": []}
     stats = decoder.stats()
     try:
@@ -84,18 +86,18 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
             val = np.array([is_val(item.ident, val_fraction) for item in good], dtype=bool)  # (k,)
             for split, sel in (("train", ~val), ("val", val)):
                 writers[split].write(rows[sel])
-                kept[split] += [item for item, s in zip(good, sel) if s]
+                kept[split] += [(item.caption, item.label) for item, s in zip(good, sel) if s]
                 lengths[split] += lens[sel].tolist()
             stats.add(rows[~val], lens[~val])
     finally:
         for w in writers.values():
             w.close()
     n = {split: w.rows for split, w in writers.items()}
-    classes, ids = class_ids([item.label for split in SPLITS for item in kept[split]], skipped)
+    classes, ids = class_ids([label for split in SPLITS for _, label in kept[split]], skipped)
     for split in SPLITS:
         np.save(out / f"{split}_lengths.npy", np.array(lengths[split], dtype=np.int32))
         np.save(out / f"{split}_labels.npy", ids[:n["train"]] if split == "train" else ids[n["train"]:])
-        captions = [item.caption for item in kept[split]]
+        captions = [caption for caption, _ in kept[split]]
         (out / f"{split}_captions.json").write_text(json.dumps(captions if all(captions) else None))
     return Built(n, skipped, notes, classes, stats, time.perf_counter() - start)
 

@@ -3,6 +3,7 @@ column for training, or the columns a labeled set needs.
 
     for text in parquet_texts(path, "text", skipped): ...
     for row in parquet_rows(path, ["text", "label"], skipped, what, expected): ...    # dicts
+    schema = parquet_schema(path)     # from the footer; None when the file cannot be read as Parquet
 
 A row whose text is null or not a string is skipped and counted (`null_text`, `not_string_text`); a file that
 cannot be opened or read as Parquet is counted as `unreadable_file` (corrupt data is skipped, never a crash). A file
@@ -42,12 +43,13 @@ def check_text_field(files: list[Path], field: str) -> None:
     """Every readable .parquet file of `files` has column `field`: one line at once, from the footers alone, rather
     than at the 50th file of a folder after reading 49."""
     for f in files:
-        if f.suffix == ".parquet" and (names := _columns(f)) is not None and field not in names:
-            raise missing(f.name, names, f"data.text_field '{field}'", "one of them")
+        if f.suffix == ".parquet" and (schema := parquet_schema(f)) is not None and field not in schema.names:
+            raise missing(f.name, schema.names, f"data.text_field '{field}'", "one of them")
 
 
-def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
-    """Rows of `columns` as dicts, BATCH_ROWS at a time. A file lacking one of them is one line: "{what}: {file} has
+def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str,
+                 batch: int = BATCH_ROWS) -> Iterator[dict]:
+    """Rows of `columns` as dicts, `batch` at a time. A file lacking one of them is one line: "{what}: {file} has
     columns ...; expected {expected}"."""
     import pyarrow as pa  # only a run that reads Parquet pays for importing Arrow
     import pyarrow.parquet as pq
@@ -62,7 +64,7 @@ def parquet_rows(path: Path, columns: list[str], skipped: Counter, what: str, ex
         return
     if any(c not in names for c in columns):
         raise missing(path.name, names, what, expected)
-    yield from batch_rows(parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns), skipped)
+    yield from batch_rows(parquet.iter_batches(batch_size=batch, columns=columns), skipped)
 
 
 def batch_rows(batches, skipped: Counter) -> Iterator[dict]:
@@ -77,13 +79,13 @@ def batch_rows(batches, skipped: Counter) -> Iterator[dict]:
         skipped["unreadable_file"] += 1
 
 
-def _columns(path: Path) -> list[str] | None:
-    """The column names in a file's footer; None when it cannot be read as Parquet (its rows count it later)."""
+def parquet_schema(path: Path):
+    """The Arrow schema in a file's footer; None when it cannot be read as Parquet (its rows count it later)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path).names
+        return pq.read_schema(path)
     except (OSError, pa.ArrowException):
         return None
 

@@ -6,6 +6,7 @@ serves both directions, so an import and an export cannot disagree:
     init.py         model.init: which family a config.json is, its shape keys into the run's config, its weights
                     into the built objective
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
+    gpt2.py         GPT2LMHeadModel <-> the GPT decoder with learned positions, biases, LayerNorm, gelu_tanh
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
     vit.py          ViTModel <-> the ViT of image objectives (learned or sin-cos positions; no pooler)
     dinov2.py       Dinov2Model <-> the ViT with model.layer_scale (vit.py's table, DINOv2's block names)
@@ -16,7 +17,7 @@ A family module has the same few plain functions, so init.py and export.py read 
     OBJECTIVES, TOKENIZER            objectives whose backbone it can start; whether its tokenizer comes along
     KEYS                             our config keys -> its config.json's, for messages
     config_values(hf) -> {key: v}    our config keys from its config.json (raises Unsupported: why it cannot map)
-    weights(theirs, objective)       its tensors under our objective's state-dict names (a missing one is one line)
+    weights(theirs, objective)       yields (our state-dict name, tensor), one at a time (a missing one is one line)
     unfit(cfg) -> str | None         export: why this run does not map onto it, or None
     to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
 """

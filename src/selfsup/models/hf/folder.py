@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,19 +21,34 @@ if TYPE_CHECKING:  # torch is imported where weights move: a config error answer
 
 
 class Unsupported(ValueError):
-    """What our modules cannot hold of a model, as a phrase ("attention_bias true (our trunk has no biases)")."""
+    """What our modules cannot hold of a model, as a phrase ("hidden_act 'gelu' (our SwiGLU is silu)")."""
 
 
-class Tensors(dict):
-    """A model's tensors by name; asking for one it does not have is one line naming it."""
+class Tensors(Mapping):
+    """A model's tensors by name, each read from its safetensors file when asked for (so an import holds one of
+    them at a time beside the model); asking for one it does not have is one line naming it."""
 
-    def __init__(self, tensors: dict, source: str, architecture: str):
-        super().__init__(tensors)
+    def __init__(self, files: dict[str, object], source: str, architecture: str):
+        self._files = files  # name -> an open safetensors file (safe_open) that holds it
         self.source, self.architecture = source, architecture
 
-    def __missing__(self, key: str):
-        raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a {self.architecture}'s "
-                          "tensors")
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._files:
+            raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a "
+                              f"{self.architecture}'s tensors")
+        return self._files[key].get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:  # by name, without reading the tensor
+        return key in self._files
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self._files else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
 
 
 def read_config(folder: Path) -> dict:
@@ -45,6 +61,31 @@ def read_config(folder: Path) -> dict:
     return hf if isinstance(hf, dict) else {}
 
 
+def context_limit(hf: dict) -> tuple[str, int] | None:
+    """The longest context our full attention reproduces the model in, and the config.json key that sets it: its
+    position table (max_position_embeddings; GPT-2's n_positions) or a sliding window, past which its layers no
+    longer see what ours would; None when it says neither."""
+    limits = [(k, hf[k]) for k in ("max_position_embeddings", "n_positions") if isinstance(hf.get(k), int)
+              and hf[k] > 0]
+    window = sliding_window(hf)
+    if window:
+        limits.append(("sliding_window", window))
+    return min(limits, key=lambda limit: limit[1], default=None)
+
+
+def sliding_window(hf: dict) -> int | None:
+    """W when some layer attends only to the last W tokens (Mistral's sliding_window; Qwen2's with
+    use_sliding_window, on the layers from max_window_layers, or those layer_types names); else None."""
+    window = hf.get("sliding_window")
+    if not isinstance(window, int) or window <= 0 or hf.get("use_sliding_window") is False:
+        return None
+    if isinstance(hf.get("layer_types"), list):
+        return window if "sliding_attention" in hf["layer_types"] else None
+    if isinstance(hf.get("max_window_layers"), int) and hf["max_window_layers"] >= hf.get("num_hidden_layers", 0):
+        return None
+    return window
+
+
 def weight_files(folder: Path) -> list[Path]:
     """model.safetensors, or the shards its index names."""
     index = folder / "model.safetensors.index.json"
@@ -55,23 +96,25 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def read_weights(source: str, folder: Path, architecture: str) -> Tensors:
-    """Every tensor of the folder's safetensors files (memory-mapped by safetensors until copied)."""
-    from safetensors.torch import load_file
+    """The tensors of the folder's safetensors files, read lazily (their headers are read here: a truncated or
+    foreign file stops now, in one line)."""
+    from safetensors import safe_open
 
     files = weight_files(folder)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError(f"model.init '{source}' has no {missing[0]}; expected model.safetensors or the shards "
                           "model.safetensors.index.json names")
-    theirs = {}
+    where = {}
     for f in files:
         try:
-            theirs |= load_file(str(f))
+            opened = safe_open(str(f), framework="pt")
         except Exception as e:  # safetensors raises its own error types on a truncated or foreign file
             why = (str(e).splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"model.init '{source}': {f} could not be read ({why}); expected a safetensors "
                               "file") from None
-    return Tensors(theirs, source, architecture)
+        where |= dict.fromkeys(opened.keys(), opened)
+    return Tensors(where, source, architecture)
 
 
 def fingerprint(files: list[Path]) -> str:

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import dinov2, llama, vit
-from selfsup.models.hf.folder import (Unsupported, eos_token, fingerprint, read_config, read_weights, tokenizer,
-                                      weight_files)
+from selfsup.models.hf import dinov2, gpt2, llama, vit
+from selfsup.models.hf.folder import (Unsupported, context_limit, eos_token, fingerprint, read_config, read_weights,
+                                      tokenizer, weight_files)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, vit, dinov2)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2, vit, dinov2)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -55,11 +55,11 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
         from selfsup.data.cache.tokens import cache_root
 
         values["data.tokenizer"] = str(tokenizer(source, folder, hf, cache_root(cfg.data.cache_dir)))
-    longest = hf.get("max_position_embeddings")
+    key, longest = context_limit(hf) or ("", 0)
     if longest and cfg.model.context > longest:
         if "model.context" in explicit:
-            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has max_position_embeddings "
-                              f"{longest}; expected model.context <= {longest}")
+            raise ConfigError(f"model.context={cfg.model.context}: model.init '{source}' has {key} {longest}; "
+                              f"expected model.context <= {longest}")
         values["model.context"] = longest
     tree = cfg.model_dump(mode="json")
     for key, value in values.items():
@@ -75,20 +75,22 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
 def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
     """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns their sha256 and the
     line that says which weights and which tokenizer."""
+    import torch
+
     source = cfg.model.init
     folder = Path(source).expanduser()
     hf = read_config(folder)
     family = family_of(source, hf)
     theirs = read_weights(source, folder, family.ARCHITECTURE)
-    ours = objective.state_dict()
-    new = {}
-    for name, value in family.weights(theirs, objective).items():
-        if value.shape != ours[name].shape:
-            raise ConfigError(f"model.init '{source}': the tensor for our {name} is {tuple(value.shape)}, expected "
-                              f"{tuple(ours[name].shape)} from its config.json")
-        new[name] = value.to(ours[name].dtype)
-    unexpected = objective.load_state_dict(new, strict=False).unexpected_keys
-    assert not unexpected, f"{family.__name__}.weights names no tensor of the objective: {unexpected}"
+    ours = objective.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, value in family.weights(theirs, objective):  # one tensor at a time: no second copy of the model
+            if name not in ours:
+                raise AssertionError(f"{family.__name__}.weights names no tensor of the objective: {name}")
+            if value.shape != ours[name].shape:
+                raise ConfigError(f"model.init '{source}': the tensor for our {name} is {tuple(value.shape)}, "
+                                  f"expected {tuple(ours[name].shape)} from its config.json")
+            ours[name].copy_(value)
     sha = fingerprint(weight_files(folder))
     line = f"model.init: {source} (weights sha256 {sha})"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
