@@ -199,7 +199,8 @@ class ModelConfig(Section):
     init: str | None = Field(None, description="start from a Hugging Face causal LM (Llama, Qwen2, Mistral, GPT-2): "
                              "a local folder with config.json, model.safetensors (or a sharded index) and "
                              "tokenizer.json; its config sets the model's shape and data.tokenizer (objective clm, "
-                             "the gpt-clm recipe)")
+                             "the gpt-clm recipe); or, for an image objective, a ViTModel or Dinov2Model folder "
+                             "(its ViT's shape and learned positions; image.size stays the run's)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -19,6 +19,8 @@ from selfsup.models.hf.folder import Tensors, Unsupported
 from selfsup.models.hf.vit import ATTENTION, KEYS, _unfit, common_config, common_values, load, to_tensors
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
+    from collections.abc import Iterator
+
     import torch
     from torch import nn
 
@@ -50,7 +52,7 @@ def config_values(hf: dict) -> dict[str, object]:
     return values | {"model.mlp_hidden": int(values["model.dim"] * ratio), "model.layer_scale": float(scale)}
 
 
-def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
+def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Their tensors under our objective's names (q, k, v stacked); the mask token and a classifier are left out."""
     return load(theirs, objective, BLOCK, "dinov2.")
 

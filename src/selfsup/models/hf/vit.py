@@ -21,6 +21,8 @@ from selfsup.config import IMAGE_OBJECTIVES, RunConfig
 from selfsup.models.hf.folder import Tensors, Unsupported
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
+    from collections.abc import Iterator
+
     import torch
     from torch import nn
 
@@ -106,22 +108,21 @@ def backbones(objective: nn.Module) -> list[str]:
 
 
 def load(theirs: Tensors, objective: nn.Module, block: dict[str, str | tuple[str, ...]],
-         base: str) -> dict[str, torch.Tensor]:
-    """Their tensors under the names of every ViT copy in our objective (the teacher starts equal to the student).
-    base: the backbone's prefix in a model with a task head (ViTForImageClassification's "vit.")."""
+         base: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Their tensors under the names of every ViT copy in our objective (the teacher starts equal to the student),
+    one at a time. base: the backbone's prefix in a model with a task head (ViTForImageClassification's "vit.")."""
     import torch
 
     base = base if base + TOP["cls"] in theirs else ""
-    new = {}
+    copies = backbones(objective)
     for name, keys in vit_names(objective.model.cfg.depth, block).items():
         keys = keys if isinstance(keys, tuple) else (keys,)
         value = torch.cat([theirs[base + k] for k in keys])
-        for prefix in backbones(objective):
-            new[prefix + name] = value
-    return new
+        for prefix in copies:
+            yield prefix + name, value
 
 
-def weights(theirs: Tensors, objective: nn.Module) -> dict[str, torch.Tensor]:
+def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Their tensors under our objective's names (q, k, v stacked); the pooler and a classifier are left out."""
     return load(theirs, objective, BLOCK, "vit.")
 
