@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from selfsup.config import IMAGE_OBJECTIVES, RunConfig
 from selfsup.models.blocks import mlp_hidden
 from selfsup.models.hf.folder import Tensors, Unsupported
-from selfsup.models.hf.vit import ATTENTION, KEYS, _unfit, common_config, common_values, load, to_tensors
+from selfsup.models.hf.vit import ATTENTION, KEYS, common_config, common_values, load, to_tensors, vit_unfit
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     from collections.abc import Iterator
@@ -58,7 +58,7 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
 
 
 def unfit(cfg: RunConfig) -> str | None:
-    why, m = _unfit(cfg), cfg.model
+    why, m = vit_unfit(cfg), cfg.model
     if why is None and m.layer_scale is None:
         return "model.layer_scale (a run without it exports as ViTModel)"
     hidden = m.mlp_hidden or mlp_hidden(m.dim, m.mlp_ratio, m.mlp)

@@ -127,7 +127,7 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
     return load(theirs, objective, BLOCK, "vit.")
 
 
-def _unfit(cfg: RunConfig) -> str | None:
+def vit_unfit(cfg: RunConfig) -> str | None:
     """Why the run's backbone is no transformers ViT (ViTModel's or DINOv2's layout), or None."""
     m = cfg.model
     if cfg.modality != "image" or not all(p in IMAGE_OBJECTIVES for p in cfg.parts) or m.backbone != "vit":
@@ -140,7 +140,7 @@ def _unfit(cfg: RunConfig) -> str | None:
 
 
 def unfit(cfg: RunConfig) -> str | None:
-    why = _unfit(cfg)
+    why = vit_unfit(cfg)
     if why is None and cfg.model.layer_scale is not None:
         return "no model.layer_scale (a run with it exports as Dinov2Model)"
     return why
