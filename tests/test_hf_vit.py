@@ -103,6 +103,25 @@ def test_imported_features_equal_transformers_in_student_and_teacher(folder):
             assert torch.allclose(objective.model(x), hf(pixel_values=x).pooler_output, atol=1e-4)
 
 
+@pytest.mark.parametrize("objective", ["byol", "mocov3", "mae"])
+def test_every_copy_of_the_backbone_starts_as_the_model(objective, tmp_path):
+    from selfsup.models.hf.init import load_init
+    from selfsup.models.hf.vit import backbones
+    from selfsup.objectives.build import build_objective
+
+    path, hf = hf_folder(tmp_path, "vit")
+    cfg = load_config(objective, [f"model.init={path}", "image.size=16", *NORM, *HEADS, "mae.decoder_dim=16",
+                                  "mae.decoder_heads=2"])
+    built = build_objective(cfg).eval()
+    load_init(cfg, built)
+    copies = backbones(built)
+    assert len(copies) == (1 if objective == "mae" else 2)  # the student, and the momentum encoder
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for prefix in copies:
+            assert torch.allclose(built.get_submodule(prefix[:-1]).tokens(x), features(hf, x), atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["vit", "dinov2"])
 def test_an_image_classifier_imports_its_backbone(kind, tmp_path):
     from selfsup.models.hf.init import load_init
@@ -115,6 +134,27 @@ def test_an_image_classifier_imports_its_backbone(kind, tmp_path):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(objective.model.tokens(x), features(getattr(hf, kind), x), atol=1e-4)
+
+
+def test_a_vit_mae_imports_its_encoder(tmp_path):
+    from selfsup.models.hf.init import load_init
+    from selfsup.objectives.build import build_objective
+
+    config = transformers.ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                                       image_size=16, patch_size=4, decoder_hidden_size=16, decoder_intermediate_size=32,
+                                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, mask_ratio=0.75)
+    hf = transformers.ViTMAEForPreTraining(config).eval()
+    hf.save_pretrained(tmp_path)
+    cfg = load_config("mae", [f"model.init={tmp_path}", "image.size=16", *NORM, "mae.decoder_dim=16",
+                              "mae.decoder_heads=2"])
+    objective = build_objective(cfg).eval()
+    load_init(cfg, objective)
+    g = torch.Generator().manual_seed(5)
+    x, noise = torch.randn(2, 3, 16, 16, generator=g), torch.rand(2, 16, generator=g)
+    keep = noise.argsort(dim=1)[:, :4]  # the quarter ViTMAE keeps for this noise
+    with torch.no_grad():
+        expected = hf.vit(pixel_values=x, noise=noise).last_hidden_state  # (2, 1 + 4, D)
+        assert torch.allclose(objective.model.tokens(x, keep), expected, atol=1e-4)
 
 
 def test_train_dino_from_dinov2_and_export_back(digits, tmp_path):

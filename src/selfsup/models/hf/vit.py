@@ -5,7 +5,8 @@ Only the layout our ViT has: a biased patch convolution, a class token, pre-norm
 GELU MLP, a final LayerNorm. ViTModel's pooler (dense + tanh) is not ours: our feature is the class token after the
 final norm (last_hidden_state[:, 0]) or, with model.pooling=mean, the mean of the patch tokens; an import leaves the
 pooler out and an export writes none (load it with `AutoModel.from_pretrained(out, add_pooling_layer=False)`). A
-ViTForImageClassification folder imports its backbone (the classifier is left out).
+ViTForImageClassification folder imports its backbone (the classifier is left out), and so does a ViTMAEModel or
+ViTMAEForPreTraining (its encoder; its fixed sin-cos table becomes our learned one, and its decoder is left out).
 
 A run with fixed sin-cos positions is written with them as ViT's learned table (a zero row for the class token, which
 has no position): the same at the training grid; at other grids transformers interpolates the table bicubically where
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # torch is imported where weights move: a config error answer
     from torch import nn
 
 ARCHITECTURE = "ViTModel"
-MODEL_TYPES = ("vit",)
+MODEL_TYPES = ("vit", "vit_mae")  # ViTMAEModel's encoder is ViT's, tensor for tensor
 OBJECTIVES = IMAGE_OBJECTIVES
 TOKENIZER = False
 
