@@ -136,13 +136,38 @@ def test_an_image_classifier_imports_its_backbone(kind, tmp_path):
         assert torch.allclose(objective.model.tokens(x), features(getattr(hf, kind), x), atol=1e-4)
 
 
+def test_dinov2_with_swiglu_both_ways(tmp_path):
+    from safetensors.torch import save_file
+
+    from selfsup.models.hf import dinov2
+    from selfsup.models.hf.init import load_init
+    from selfsup.objectives.build import build_objective
+
+    path, hf = hf_folder(tmp_path / "in", "dinov2", use_swiglu_ffn=True, mlp_ratio=4)  # 88 wide, as the giant's
+    cfg = load_config("dino", [f"model.init={path}", "image.size=16", *NORM, *HEADS])
+    assert (cfg.model.mlp, cfg.model.mlp_hidden) == ("swiglu", 88)
+    objective = build_objective(cfg).eval()
+    load_init(cfg, objective)
+    tensors, config = dinov2.to_hf(cfg, objective, {})
+    (tmp_path / "out").mkdir()
+    save_file(tensors, tmp_path / "out" / "model.safetensors")
+    (tmp_path / "out" / "config.json").write_text(json.dumps(config))
+    back = transformers.AutoModel.from_pretrained(tmp_path / "out").eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = hf(pixel_values=x).last_hidden_state
+        assert torch.allclose(objective.model.tokens(x), expected, atol=1e-4)
+        assert torch.allclose(back(pixel_values=x).last_hidden_state, expected, atol=1e-4)
+
+
 def test_a_vit_mae_imports_its_encoder(tmp_path):
     from selfsup.models.hf.init import load_init
     from selfsup.objectives.build import build_objective
 
-    config = transformers.ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                                       image_size=16, patch_size=4, decoder_hidden_size=16, decoder_intermediate_size=32,
-                                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, mask_ratio=0.75)
+    config = transformers.ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=48, image_size=16, patch_size=4, decoder_hidden_size=16,
+                                       decoder_intermediate_size=32, decoder_num_hidden_layers=1,
+                                       decoder_num_attention_heads=2, mask_ratio=0.75)
     hf = transformers.ViTMAEForPreTraining(config).eval()
     hf.save_pretrained(tmp_path)
     cfg = load_config("mae", [f"model.init={tmp_path}", "image.size=16", *NORM, "mae.decoder_dim=16",
@@ -219,7 +244,7 @@ def test_a_run_from_scratch_exports_with_its_features(recipe, extra, architectur
 
 
 @pytest.mark.parametrize("kind, changes, says", [
-    ("dinov2", {"use_swiglu_ffn": True}, "use_swiglu_ffn true (the giant DINOv2's SwiGLU MLP; ours is gelu)"),
+    ("dinov2", {"image_size": [24, 16]}, "image_size [24, 16] (our ViT is square)"),
     ("vit", {"hidden_act": "gelu_new"}, "hidden_act 'gelu_new' (our ViT's MLP is the exact gelu)"),
     ("vit", {"qkv_bias": False}, "qkv_bias false (our ViT has biases on every layer: model.bias=all)"),
 ])
@@ -243,7 +268,7 @@ def test_wrong_sizes_overrides_and_variants_are_one_line(folder, tmp_path):
     registers.mkdir()
     (registers / "config.json").write_text(json.dumps({"model_type": "dinov2_with_registers"}))
     with pytest.raises(ConfigError, match="model_type 'dinov2_with_registers' .* is not supported yet; expected one "
-                                          "of: .*vit, dinov2"):
+                                          "of: .*vit, vit_mae, dinov2"):
         load_config("dino", [f"model.init={registers}"])
 
 
@@ -261,5 +286,9 @@ def test_a_vit_export_that_does_not_map_says_why(tmp_path):
 
     cfg = load_config("simclr", [*TINY, *NORM, "model.norm=rmsnorm"])
     with pytest.raises(ExportError, match="ViTModel needs model.mlp=gelu, model.norm=layernorm, "
-                                          "model.norm_position=pre; Dinov2Model needs model.mlp=gelu, "):
+                                          "model.norm_position=pre; Dinov2Model needs model.mlp=gelu or swiglu, "):
         export(tmp_path / "run", cfg, None, "hf", tmp_path / "out")  # refused before the weights are read
+    cfg = load_config("dino", [*TINY, *NORM, "model.layer_scale=0.1", "model.mlp_hidden=48"])
+    with pytest.raises(ExportError, match=r"Dinov2Model needs an MLP width that an integer mlp_ratio gives "
+                                          r"\(model.mlp_hidden = model.dim × mlp_ratio\); use --format safetensors"):
+        export(tmp_path / "run", cfg, None, "hf", tmp_path / "out")

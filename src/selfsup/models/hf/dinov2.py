@@ -5,8 +5,9 @@ layernorm, our cls feature.
 DINOv2 always interpolates its learned positions from their grid (37 × 37 for 518 px at patch 14) to the image's:
 model.position_grid keeps that grid, so an import matches Dinov2Model at every image size. Its mask_token is used
 only with bool_masked_pos, which our objectives never pass: an import leaves it out and an export writes zeros
-(Dinov2's own initial value), so the folder loads without a missing tensor. Not supported: use_swiglu_ffn true,
-and Dinov2WithRegisters (model_type dinov2_with_registers).
+(Dinov2's own initial value), so the folder loads without a missing tensor. The giant model's SwiGLU MLP
+(use_swiglu_ffn: a fused weights_in, gate rows first, as our swiglu's up) is model.mlp=swiglu with biases. Not
+supported: Dinov2WithRegisters (model_type dinov2_with_registers).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ BLOCK = ATTENTION | {
     "norm2.bias": "norm2.bias", "mlp.up.weight": "mlp.fc1.weight", "mlp.up.bias": "mlp.fc1.bias",
     "mlp.down.weight": "mlp.fc2.weight", "mlp.down.bias": "mlp.fc2.bias",
     "scale1": "layer_scale1.lambda1", "scale2": "layer_scale2.lambda1"}
+SWIGLU = BLOCK | {"mlp.up.weight": "mlp.weights_in.weight", "mlp.up.bias": "mlp.weights_in.bias",
+                  "mlp.down.weight": "mlp.weights_out.weight", "mlp.down.bias": "mlp.weights_out.bias"}
 DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
             "hidden_act": "gelu", "layer_norm_eps": 1e-6, "image_size": 224, "patch_size": 14, "num_channels": 3,
             "qkv_bias": True, "layerscale_value": 1.0, "use_swiglu_ffn": False}  # Dinov2Config's
@@ -43,38 +46,51 @@ DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 
 def config_values(hf: dict) -> dict[str, object]:
     """Our model and image keys from a DINOv2 config.json (Dinov2Config's defaults where it is silent)."""
     full = DEFAULTS | hf
-    if full["use_swiglu_ffn"]:
-        raise Unsupported("use_swiglu_ffn true (the giant DINOv2's SwiGLU MLP; ours is gelu)")
     ratio, scale = full["mlp_ratio"], full["layerscale_value"]
     if not isinstance(ratio, (int, float)) or ratio <= 0 or not isinstance(scale, (int, float)) or scale <= 0:
         raise Unsupported(f"mlp_ratio {ratio!r} or layerscale_value {scale!r} (expected positive numbers)")
     values = common_values(hf, DEFAULTS)
-    return values | {"model.mlp_hidden": int(values["model.dim"] * ratio), "model.layer_scale": float(scale)}
+    hidden = int(values["model.dim"] * ratio)
+    if full["use_swiglu_ffn"]:
+        return values | {"model.mlp": "swiglu", "model.mlp_hidden": swiglu_hidden(hidden),
+                         "model.layer_scale": float(scale)}
+    return values | {"model.mlp_hidden": hidden, "model.layer_scale": float(scale)}
+
+
+def swiglu_hidden(hidden: int) -> int:
+    """Dinov2SwiGLUFFN's width: 2/3 of int(dim × mlp_ratio), rounded up to x8."""
+    return (int(hidden * 2 / 3) + 7) // 8 * 8
 
 
 def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Their tensors under our objective's names (q, k, v stacked); the mask token and a classifier are left out."""
-    return load(theirs, objective, BLOCK, "dinov2.")
+    return load(theirs, objective, SWIGLU if objective.model.cfg.mlp == "swiglu" else BLOCK, "dinov2.")
+
+
+def mlp_ratio(cfg: RunConfig) -> int | None:
+    """Dinov2Config's mlp_ratio (an integer) for the run's MLP width, or None where none gives it: it sizes the MLP as
+    dim × mlp_ratio, its SwiGLU as swiglu_hidden of that."""
+    m = cfg.model
+    hidden = m.mlp_hidden or mlp_hidden(m.dim, m.mlp_ratio, m.mlp)
+    width = swiglu_hidden if m.mlp == "swiglu" else int
+    return next((r for r in range(1, 2 * hidden // m.dim + 2) if width(m.dim * r) == hidden), None)
 
 
 def unfit(cfg: RunConfig) -> str | None:
-    why, m = vit_unfit(cfg), cfg.model
+    why, m = vit_unfit(cfg, ("gelu", "swiglu")), cfg.model
     if why is None and m.layer_scale is None:
         return "model.layer_scale (a run without it exports as ViTModel)"
-    hidden = m.mlp_hidden or mlp_hidden(m.dim, m.mlp_ratio, m.mlp)
-    if why is None and int(m.dim * (hidden / m.dim)) != hidden:  # Dinov2 sizes its MLP as int(dim × mlp_ratio)
-        return f"an MLP width that int(model.dim × mlp_ratio) gives (model.mlp_hidden {hidden})"
+    if why is None and mlp_ratio(cfg) is None:
+        return "an MLP width that an integer mlp_ratio gives (model.mlp_hidden = model.dim × mlp_ratio)"
     return why
 
 
 def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
     """The run's ViT as Dinov2Model: (tensors, config.json)."""
-    vit = objective.model
-    sd = to_tensors(vit, BLOCK)
+    vit, swiglu = objective.model, cfg.model.mlp == "swiglu"
+    sd = to_tensors(vit, SWIGLU if swiglu else BLOCK)
     sd["embeddings.mask_token"] = sd["embeddings.cls_token"].new_zeros(1, cfg.model.dim)  # (1, D), never used by us
-    hidden = vit.blocks[0].mlp.down.in_features
-    ratio = hidden // cfg.model.dim if hidden % cfg.model.dim == 0 else hidden / cfg.model.dim
-    config = {"architectures": [ARCHITECTURE], "model_type": "dinov2", "mlp_ratio": ratio,
-              "layerscale_value": cfg.model.layer_scale, "use_swiglu_ffn": False, "use_mask_token": True,
+    config = {"architectures": [ARCHITECTURE], "model_type": "dinov2", "mlp_ratio": mlp_ratio(cfg),
+              "layerscale_value": cfg.model.layer_scale, "use_swiglu_ffn": swiglu, "use_mask_token": True,
               "drop_path_rate": 0.0} | common_config(cfg, vit)
     return sd, config

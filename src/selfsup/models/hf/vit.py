@@ -128,13 +128,13 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
     return load(theirs, objective, BLOCK, "vit.")
 
 
-def vit_unfit(cfg: RunConfig) -> str | None:
-    """Why the run's backbone is no transformers ViT (ViTModel's or DINOv2's layout), or None."""
+def vit_unfit(cfg: RunConfig, mlps: tuple[str, ...] = ("gelu",)) -> str | None:
+    """Why the run's backbone is no transformers ViT (ViTModel's or DINOv2's layout, with one of `mlps`), or None."""
     m = cfg.model
     if cfg.modality != "image" or not all(p in IMAGE_OBJECTIVES for p in cfg.parts) or m.backbone != "vit":
         return "an image objective with model.backbone=vit"
-    if (m.mlp, m.norm, m.norm_position) != ("gelu", "layernorm", "pre"):
-        return "model.mlp=gelu, model.norm=layernorm, model.norm_position=pre"
+    if m.mlp not in mlps or (m.norm, m.norm_position) != ("layernorm", "pre"):
+        return f"model.mlp={' or '.join(mlps)}, model.norm=layernorm, model.norm_position=pre"
     if m.kv_heads not in (None, m.heads):
         return f"multi-head attention (model.kv_heads={m.kv_heads})"
     return None
