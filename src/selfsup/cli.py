@@ -84,14 +84,19 @@ def recipes():
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text); forgetting (a run made by "
-                             "continual.data: its parent and it on the old and the new domain's held-out data, and "
-                             "with --train/--test a linear probe of both); or a transfer task on "
+                             "continual.data or started from model.init: its parent, or the imported model, and it on "
+                             "the old and the new domain's held-out data, and with --train/--test a linear probe of "
+                             "both); or a transfer task on "
                              "labeled data: linear (probe on frozen features), knn (weighted kNN on frozen "
                              "features), finetune (whole trunk + linear head); clip/siglip runs also: zeroshot "
                              "(classes named by prompts, --test only), retrieval (recall@1/5/10 both ways on "
                              "--test pairs)"),
     data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl/.parquet file or folder, read as the "
                                                   "run read its corpus (perplexity)"),
+    old_data: Optional[str] = typer.Option(None, "--old-data", help="forgetting: data of the old domain, read like "
+                                           "data.path (its validation split is scored); needed for a run started "
+                                           "from model.init, whose training data selfsup does not know; for a "
+                                           "continued run it replaces continual.old_data"),
     train: Optional[str] = typer.Option(None, help="labeled data to train on (linear, knn, finetune): text runs "
                                         "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image, "
                                         "audio and video runs a folder with one sub-folder per class (see `selfsup "
@@ -130,13 +135,14 @@ def evaluate(
     from selfsup.rundir import open_run
 
     baselines = baseline or []
-    spec = check_options(task, dict(data=data, train=train, test=test), baselines)
+    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines)
     dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
-        result = forgetting(run_dir, dev, batch_size, log=lambda text: err.print(f"[dim]{text}"))
+        result, parent = forgetting(run_dir, dev, batch_size, old_data=old_data,
+                                    log=lambda text: err.print(f"[dim]{text}"))
         if train:
-            result["probe"] = probe(run_dir, result["parent"], dev, batch_size, train, test, progress=_progress)
+            result["probe"] = probe(run_dir, parent, dev, batch_size, train, test, progress=_progress)
         _print(*tables.forgetting(run_dir, result))
         _save(out, result)
         console.print(f"written: {out}")
@@ -379,7 +385,8 @@ def generate(
 def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
-                               "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json"),
+                               "(the GPT maps onto Llama, a ResNet onto ResNetModel); safetensors: weights + "
+                               "config.yaml + tokenizer.json"),
     out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
                              "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
@@ -452,14 +459,15 @@ def _run_name(run: Path, s: dict) -> str:
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video) or a run "
-                               "directory"),
+    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video), a run "
+                               "directory, or a Hugging Face model folder or hf:ORG/NAME id"),
     kind: Optional[str] = typer.Option(None, help="text, image, pairs, audio or video: how to read a data path "
                                        "(default: guessed from the suffixes, and said)"),
 ):
     """What selfsup sees at PATH, read cheaply (no image decoded, no model loaded): for data, the files by suffix,
     rows, fields, label classes and one sample; for a run directory, recipe, model, parameters, tokenizer, steps,
-    the latest verified checkpoint, the data's fingerprint, sessions and status."""
+    the latest verified checkpoint, the data's fingerprint, sessions, status and the model it started from; for a
+    Hugging Face model, what model.init would make of it (objective, shape, parameters, weight files, tokenizer)."""
     from selfsup.inspect import inspect_path
 
     title, rows = inspect_path(path, kind)

@@ -74,8 +74,9 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
-                      f"data.extensions); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
-                      "present on every machine. Images: a folder "
+                      f"data.extensions), or hf:datasets/ORG/NAME[@REVISION] (those files of a Hugging Face Hub "
+                      f"dataset, fetched into huggingface_hub's cache); '{BUILTIN_CORPUS}' is the docstrings of "
+                      "Python's standard library, present on every machine. Images: a folder "
                       "(recursive), webdataset .tar shards, an .npz, .parquet files or a datasets folder (see "
                       "data.image_field); 'builtin:digits' is scikit-learn's bundled handwritten digits (training "
                       "split)")
@@ -196,11 +197,14 @@ class ModelConfig(Section):
                                       "learned table (model.init sets a model's image_size / patch_size, 37 for "
                                       "DINOv2); other grids are interpolated from it bicubically, as transformers "
                                       "does; None: image.size / model.patch")
-    init: str | None = Field(None, description="start from a Hugging Face causal LM (Llama, Qwen2, Mistral, GPT-2): "
-                             "a local folder with config.json, model.safetensors (or a sharded index) and "
-                             "tokenizer.json; its config sets the model's shape and data.tokenizer (objective clm, "
-                             "the gpt-clm recipe); or, for an image objective, a ViTModel or Dinov2Model folder "
-                             "(its ViT's shape and learned positions; image.size stays the run's)")
+    init: str | None = Field(None, description="start from a Hugging Face model: a local folder with config.json "
+                             "and model.safetensors (or a sharded index), or hf:ORG/NAME[@REVISION] (fetched into "
+                             "huggingface_hub's cache; offline, read from it). Its config sets the model's shape: a "
+                             "causal LM (Llama, Qwen2, Mistral, GPT-2) for objective clm, with its tokenizer.json as "
+                             "data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
+                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to it), or a "
+                             "ViTModel or Dinov2Model (its ViT's shape and learned positions; image.size stays the "
+                             "run's)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -1,11 +1,12 @@
 """Exporting a trained run for the rest of the ecosystem.
 
 `hf`: a directory that Hugging Face transformers loads with its Auto classes, mapped one to one (nothing is
-permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads). Each family's
-module in models/hf/ holds its name table, which `model.init` reads the other way: the GPT decoder as
-LlamaForCausalLM or Qwen2ForCausalLM (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel
-(models/hf/gpt2.py), the masked-LM encoder as ModernBertForMaskedLM (models/hf/modernbert.py), an image run's ViT
-as ViTModel or Dinov2Model (models/hf/vit.py, dinov2.py) with a preprocessor_config.json.
+permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokenizerFast` loads; an image run has a
+`preprocessor_config.json` instead, for AutoImageProcessor). Each family's module in models/hf/ holds its name
+table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM or Qwen2ForCausalLM
+(models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel (models/hf/gpt2.py), the masked-LM encoder as
+ModernBertForMaskedLM (models/hf/modernbert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py), a ViT as
+ViTModel or Dinov2Model (models/hf/vit.py, dinov2.py).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -27,11 +28,11 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
-from selfsup.models.hf import dinov2, gpt2, llama, modernbert, vit
+from selfsup.models.hf import dinov2, gpt2, llama, modernbert, resnet, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, gpt2, modernbert, vit, dinov2)  # --format hf: each says why a run does not fit it (unfit) or
-# writes it (to_hf)
+# --format hf: each says why a run does not fit it (unfit), or writes it
+HF_FAMILIES = (llama, gpt2, modernbert, resnet, vit, dinov2)
 
 
 class ExportError(ValueError):
@@ -164,8 +165,8 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
-    if cfg.modality == "image":  # AutoImageProcessor prepares an image as our evaluation does
-        (out / "preprocessor_config.json").write_text(json.dumps(vit.preprocessor(cfg), indent=1))
+    if cfg.is_image:  # no tokenizer: AutoImageProcessor prepares a picture as our evaluation does
+        (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(cfg), indent=1))
         return
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({
@@ -176,8 +177,22 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
         (out / "generation_config.json").write_text(json.dumps(ids | {"max_length": cfg.model.context}, indent=1))
 
 
+def _image_processor(cfg: RunConfig) -> dict:
+    """BitImageProcessor settings that give the input our evaluation gives (data/read/image.py decoding, then
+    views/augment.center_view): the shorter side resized to image.size by Pillow's bicubic, the centre square, / 255,
+    the run's mean and std. The same tensor for a square picture, or wherever both crops fall on whole pixels; else
+    theirs resizes the whole picture (the long side rounded down) and crops whole pixels, ours resizes the exact
+    centre square, so the two squares can sit about a pixel apart. A large JPEG is decoded here at reduced scale.
+    A grayscale run's processor takes grayscale (mode L) pictures: transformers' processors convert only to RGB."""
+    size = cfg.image.size
+    return {"image_processor_type": "BitImageProcessor", "do_convert_rgb": cfg.image.channels == 3,
+            "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,  # PIL.Image.Resampling.BICUBIC
+            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": cfg.image.mean, "image_std": cfg.image.std}
+
+
 def _special_ids(run_dir: Path) -> dict[str, int]:
-    if not (run_dir / "tokenizer.json").is_file():  # an image run
+    if not (run_dir / "tokenizer.json").is_file():  # image runs
         return {}
     tok = json.loads((run_dir / "tokenizer.json").read_text())
     return {t["content"]: t["id"] for t in tok.get("added_tokens", [])}

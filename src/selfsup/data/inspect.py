@@ -41,11 +41,14 @@ LABEL_LINES = 10_000  # .jsonl lines read for their labels
 
 def inspect_data(path: str, kind: str | None = None) -> list[tuple[str, str]]:
     """(name, value) rows describing the data at `path` read as `kind` (None: guessed from the suffixes)."""
+    if kind is not None and kind not in KINDS:
+        raise DataError(f"--kind '{kind}': expected one of {', '.join(KINDS)}")
+    if path.startswith("hf:") and kind in (None, "text"):  # a hub dataset: its text files, as data.path reads them
+        files = text.source_files(path)
+        return [("path", path), ("read as", "text (an hf: dataset)"), *_file_rows(files), *_text(files, path)]
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"'{path}' does not exist; expected a data file or folder, or a run directory")
-    if kind is not None and kind not in KINDS:
-        raise DataError(f"--kind '{kind}': expected one of {', '.join(KINDS)}")
     found = [p] if p.is_file() else data_files(p)
     if not found:
         raise DataError(f"'{path}' is an empty folder; expected data files in it (or a run directory)")

@@ -32,8 +32,10 @@ def load_config(source: str, overrides: list[str]) -> RunConfig:
     cfg = config_mod.load(source, overrides)
     if cfg.model.init:  # the model's shape and tokenizer, before any data is read
         from selfsup.models.hf.init import init_config
+        from selfsup.train.identity import pinned
 
-        cfg = init_config(cfg, {o.partition("=")[0].strip() for o in overrides})
+        explicit = {o.partition("=")[0].strip() for o in overrides}
+        cfg = init_config(cfg, explicit, pinned(Path(cfg.out_dir), cfg.model.init))
     new = cfg.continual.data
     if new is None:
         if cfg.continual.replay and not cfg.continual.parent:

@@ -1,7 +1,8 @@
 """Reading text documents: plain text files (`.txt`, or any suffix named in data.extensions) split into documents
 a line, a file or a paragraph at a time (data.document), `.jsonl` (a text field per line), `.parquet` (a text
 column, read a record batch at a time), folders of them (recursively), a Hugging Face `datasets` folder written by
-save_to_disk (its text column; a DatasetDict's train split), or the built-in corpus. Bad documents are
+save_to_disk (its text column; a DatasetDict's train split), a Hugging Face Hub dataset (`hf:datasets/ORG/NAME`:
+those files of its cached snapshot), or the built-in corpus. Bad documents are
 skipped and counted by reason in `skipped`, never a crash."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from selfsup.data.read.hf_datasets import arrow_rows, check_arrow_field, dataset
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.listing import data_files
 from selfsup.data.read.parquet import check_text_field, parquet_texts, texts_of
+from selfsup.hub import snapshot
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -27,12 +29,11 @@ def source_files(path: str, extensions: Iterable[str] | None = None) -> list[Pat
     reads them in the same order."""
     if path == BUILTIN_CORPUS:
         return stdlib_docs.source_files()
-    if path.startswith("hf:"):
-        raise DataError(f"data.path '{path}': hub datasets are not read yet; save it with datasets' save_to_disk "
-                        f"and give the folder")
     suffixes = tuple(extensions or TEXT_SUFFIXES)
     named = "/".join(suffixes)
     p = Path(path).expanduser()
+    if path.startswith("hf:"):  # its files of those suffixes, downloaded once; then read as the folder it is
+        p = snapshot(path, [f"*{s}" for s in suffixes], "data.path", DataError, kind="dataset")
     if p.is_file():
         if p.suffix not in suffixes:
             hint = "" if extensions else f", or data.extensions={p.suffix or '.'} to read it as plain text"
@@ -41,7 +42,7 @@ def source_files(path: str, extensions: Iterable[str] | None = None) -> list[Pat
         return [p]
     if is_datasets_folder(p):
         return dataset_files(p, f"data.path '{path}'")[1]
-    if p.is_dir():
+    if p.is_dir() or path.startswith("hf:"):  # online, a dataset without such files has no snapshot folder
         files = [f for f in data_files(p) if f.suffix in suffixes]  # sorted; not a cleaning tool's logs
         if not files:
             raise DataError(f"data.path '{path}': the folder holds no {named} files; expected some "

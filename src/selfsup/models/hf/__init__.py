@@ -8,6 +8,7 @@ serves both directions, so an import and an export cannot disagree:
     llama.py        LlamaForCausalLM (and the Llama-shaped Mistral / Qwen2)  <-> the GPT decoder
     gpt2.py         GPT2LMHeadModel <-> the GPT decoder with learned positions, biases, LayerNorm, gelu_tanh
     modernbert.py   ModernBertForMaskedLM <-> the masked-LM encoder
+    resnet.py       ResNetModel (and a ResNetForImageClassification's trunk) <-> our ResNet-18/50, teachers included
     vit.py          ViTModel <-> the ViT of image objectives (learned or sin-cos positions; no pooler)
     dinov2.py       Dinov2Model <-> the ViT with model.layer_scale (vit.py's table, DINOv2's block names)
 

@@ -1,5 +1,6 @@
-"""What a Hugging Face model folder holds, read for `model.init` and `selfsup inspect`: config.json, the safetensors
-weights (one file or the shards an index names), the fast tokenizer, and a fingerprint of the weights.
+"""What a Hugging Face model folder holds, read for `model.init` and `selfsup inspect`: where it is (a local folder,
+or the hub snapshot of an hf: id), config.json, the safetensors weights (one file or the shards an index names), the
+fast tokenizer, and a fingerprint of the weights.
 
 Every failure is one line naming the folder, what was wrong and what was expected (ConfigError).
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError
 from selfsup.data.read.tokenizer import EOS
+from selfsup.hub import commit, snapshot
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
@@ -26,16 +28,18 @@ class Unsupported(ValueError):
 
 class Tensors(Mapping):
     """A model's tensors by name, each read from its safetensors file when asked for (so an import holds one of
-    them at a time beside the model); asking for one it does not have is one line naming it."""
+    them at a time beside the model); asking for one it does not have is one line naming it. `read`: the names
+    asked for, so what a family leaves unused (a classifier) can be said."""
 
     def __init__(self, files: dict[str, object], source: str, architecture: str):
         self._files = files  # name -> an open safetensors file (safe_open) that holds it
-        self.source, self.architecture = source, architecture
+        self.source, self.architecture, self.read = source, architecture, set()
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._files:
             raise ConfigError(f"model.init '{self.source}': its weights have no '{key}'; expected a "
                               f"{self.architecture}'s tensors")
+        self.read.add(key)
         return self._files[key].get_tensor(key)
 
     def __contains__(self, key: object) -> bool:  # by name, without reading the tensor
@@ -49,6 +53,35 @@ class Tensors(Mapping):
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+FILES = ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json", "preprocessor_config.json"]  # what selfsup reads of a model, beside its weights
+
+
+def resolve(source: str, weights: bool = True, pinned: str | None = None) -> Path:
+    """The folder `source` names: a local folder as it is, or the hub snapshot of `hf:ORG/NAME[@REVISION]` holding
+    FILES and, `weights`, the safetensors files weight_files names (never a repository's other copies of them).
+    pinned: the commit a resumed run started from, read instead of the one the id's revision names now."""
+    if not source.startswith("hf:"):
+        return Path(source).expanduser()
+    folder = snapshot(source, FILES, "model.init", ConfigError, revision=pinned)
+    if weights:  # the same commit: the index read here names its shards
+        snapshot(source, [f.name for f in weight_files(folder)], "model.init", ConfigError, revision=commit(folder))
+    return folder
+
+
+def provenance(source: str, folder: Path) -> dict:
+    """What a run records of the model it started from: the source as given, the commit of an hf: id, the weights'
+    sha256."""
+    hub = {"commit": commit(folder)} if source.startswith("hf:") else {}
+    return {"path": source, **hub, "sha256": fingerprint(weight_files(folder))}
+
+
+def described(started: dict) -> str:
+    """A provenance as one phrase: "hf:org/name (commit ..., weights sha256 ...)"."""
+    at = f"commit {started['commit']}, " if started.get("commit") else ""
+    return f"{started.get('path')} ({at}weights sha256 {started.get('sha256')})"
 
 
 def read_config(folder: Path) -> dict:

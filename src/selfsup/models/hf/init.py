@@ -1,9 +1,12 @@
-"""`model.init=FOLDER`: start a run from a Hugging Face model. `init_config` reads its config.json into the run's
-config (the shape keys, the tokenizer) before any data is read, refusing in one line what our modules cannot hold;
-`load_init` copies its weights into the built objective.
+"""`model.init=FOLDER` or `hf:ORG/NAME[@REVISION]`: start a run from a Hugging Face model. `init_config` reads its
+config.json into the run's config (the shape keys, the tokenizer) before any data is read, refusing in one line what
+our modules cannot hold; `load_init` copies its weights into the built objective.
 
     cfg = init_config(cfg, explicit={"data.path"})     # explicit: keys set on the command line
-    sha, line = load_init(cfg, objective)               # the weights' sha256 and a line for the console
+    started, line = load_init(cfg, objective)           # what it started from (folder.provenance), a console line
+
+pinned: the commit of an hf: id a resumed run started from (identity.pinned), so that it reads the same model
+wherever the id's branch has moved since.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import dinov2, gpt2, llama, vit
-from selfsup.models.hf.folder import (Unsupported, context_limit, eos_token, fingerprint, read_config, read_weights,
-                                      tokenizer, weight_files)
+from selfsup.models.hf import dinov2, gpt2, llama, resnet, vit
+from selfsup.models.hf.folder import (Unsupported, context_limit, described, eos_token, provenance, read_config,
+                                      read_weights, resolve, tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2, vit, dinov2)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2, resnet, vit, dinov2)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
@@ -34,14 +37,11 @@ def family_of(source: str, hf: dict):
                       f"is not supported yet; expected one of: {known}")
 
 
-def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
+def init_config(cfg: RunConfig, explicit: set[str], pinned: str | None = None) -> RunConfig:
     """The run's config with the shape and tokenizer of the model `model.init` names. explicit: the keys the
     user set on the command line, which may not contradict the model."""
     source = cfg.model.init
-    if source.startswith("hf:"):
-        raise ConfigError(f"model.init '{source}': only local folders are supported yet; expected a folder with "
-                          "config.json, model.safetensors and tokenizer.json (e.g. one save_pretrained wrote)")
-    folder = Path(source).expanduser()
+    folder = resolve(source, pinned=pinned)  # an hf: id is downloaded here, before any data is read
     hf = read_config(folder)
     family = family_of(source, hf)
     if cfg.objective not in family.OBJECTIVES:
@@ -72,13 +72,13 @@ def init_config(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     return validate(tree)
 
 
-def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
-    """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns their sha256 and the
-    line that says which weights and which tokenizer."""
+def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -> tuple[dict, str]:
+    """Copy the weights of the folder `model.init` names into `objective`'s backbone; returns what it started from
+    (folder.provenance) and the line that says which weights and which tokenizer."""
     import torch
 
     source = cfg.model.init
-    folder = Path(source).expanduser()
+    folder = resolve(source, pinned=pinned)
     hf = read_config(folder)
     family = family_of(source, hf)
     theirs = read_weights(source, folder, family.ARCHITECTURE)
@@ -91,11 +91,14 @@ def load_init(cfg: RunConfig, objective: nn.Module) -> tuple[str, str]:
                 raise ConfigError(f"model.init '{source}': the tensor for our {name} is {tuple(value.shape)}, "
                                   f"expected {tuple(ours[name].shape)} from its config.json")
             ours[name].copy_(value)
-    sha = fingerprint(weight_files(folder))
-    line = f"model.init: {source} (weights sha256 {sha})"
+    started = provenance(source, folder)
+    line = f"model.init: {described(started)}"
+    unused = sorted(theirs.keys() - theirs.read)
+    if unused:  # e.g. a ResNetForImageClassification's classifier
+        line += f"; not used: {', '.join(unused[:4])}" + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
 
         old = eos_token(hf, json.loads((folder / "tokenizer.json").read_text()))
         line += f"; its end-of-text token '{old}' is renamed '{EOS}' in data.tokenizer {cfg.data.tokenizer}"
-    return sha, line
+    return started, line

@@ -190,13 +190,3 @@ def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tup
               "intermediate_size": vit.blocks[0].mlp.down.in_features} | common_config(cfg, vit)
     return to_tensors(vit, BLOCK), config
 
-
-def preprocessor(cfg: RunConfig) -> dict:
-    """preprocessor_config.json: transformers' BitImageProcessor prepares an image as our evaluation does (the
-    shorter side resized to image.size, bicubic; the centre square; scaled to [0, 1]; normalised by the run's
-    image.mean / image.std)."""
-    im = cfg.image
-    return {"image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": im.size},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": im.size, "width": im.size},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(im.mean),
-            "image_std": list(im.std), "do_convert_rgb": im.channels == 3}
