@@ -202,9 +202,9 @@ class ModelConfig(Section):
                              "huggingface_hub's cache; offline, read from it). Its config sets the model's shape: a "
                              "causal LM (Llama, Qwen2, Mistral, GPT-2) for objective clm, with its tokenizer.json as "
                              "data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
-                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to it), or a "
-                             "ViTModel or Dinov2Model (its ViT's shape and learned positions; image.size stays the "
-                             "run's)")
+                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to it), "
+                             "or a ViTModel or Dinov2Model (its ViT's shape and learned positions; image.size stays "
+                             "the run's)")
     pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
                                             "(EOS opens every document) or the mean over tokens")
     dropout: float = Field(0.0, ge=0, lt=1)
