@@ -272,6 +272,15 @@ def test_wrong_sizes_overrides_and_variants_are_one_line(folder, tmp_path):
         load_config("dino", [f"model.init={registers}"])
 
 
+def test_inspect_says_what_model_init_would_make_of_it(folder):
+    from selfsup.inspect import inspect_model
+
+    path, hf = folder
+    rows = dict(inspect_model(str(path)))
+    assert rows["model.init"].startswith("maps onto objective simclr or ") and type(hf).__name__ in rows["model.init"]
+    assert "model.dim=32, model.depth=2, model.heads=4, model.patch=4" in rows["model"] and "tokenizer" not in rows
+
+
 def test_position_options_are_refused_where_nothing_reads_them():
     with pytest.raises(ConfigError, match="model.position_grid=6 sizes a ViT's learned position table; expected "
                                           "model.backbone=vit with model.learned_positions=true"):

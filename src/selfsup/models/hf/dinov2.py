@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from selfsup.config import IMAGE_OBJECTIVES, RunConfig
-from selfsup.models.blocks import mlp_hidden
 from selfsup.models.hf.folder import Tensors, Unsupported
 from selfsup.models.hf.vit import ATTENTION, KEYS, common_config, common_values, load, to_tensors, vit_unfit
 
@@ -70,6 +69,8 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
 def mlp_ratio(cfg: RunConfig) -> int | None:
     """Dinov2Config's mlp_ratio (an integer) for the run's MLP width, or None where none gives it: it sizes the MLP as
     dim × mlp_ratio, its SwiGLU as swiglu_hidden of that."""
+    from selfsup.models.blocks import mlp_hidden  # torch: not for a config error or `selfsup inspect`
+
     m = cfg.model
     hidden = m.mlp_hidden or mlp_hidden(m.dim, m.mlp_ratio, m.mlp)
     width = swiglu_hidden if m.mlp == "swiglu" else int
