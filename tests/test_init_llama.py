@@ -160,6 +160,9 @@ def test_other_objectives_are_refused(llama, corpus, tmp_path):
         load_config("simclr", ["model.backbone=resnet18", "model.mlp_hidden=64"])
     with pytest.raises(ConfigError, match="model.tied shapes the text trunk; this run's modality is image"):
         load_config("dino", ["model.tied=false"])
+    with pytest.raises(ConfigError, match="model.learned_positions shapes the text trunk or a ViT; this run's modality "
+                                          "is audio"):
+        load_config("audio-mask", ["model.learned_positions=true"])
     with pytest.raises(ConfigError, match="no readable config.json"):
         load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
 

@@ -157,8 +157,8 @@ class VideoConfig(Section):
 
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
-TEXT_TRUNK_OPTIONS = ("tied", "local_attention", "global_every", "local_rope_theta")
-VIT_OPTIONS = ("learned_positions", "embed_norm")  # a ViT's (learned positions: a text trunk's too)
+TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
+VIT_OPTIONS = ("learned_positions", "embed_norm", "position_grid")  # a ViT's (learned positions: a text trunk's too)
 
 
 class ModelConfig(Section):
@@ -192,7 +192,12 @@ class ModelConfig(Section):
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
-                                    "(CLIP, SigLIP) instead of the fixed sin-cos ones")
+                                    "(ViT, DINOv2, CLIP, SigLIP; the class token's position is part of the class "
+                                    "token) instead of the fixed sin-cos ones")
+    position_grid: int | None = Field(None, gt=0, description="ViT with learned_positions: side in patches of the "
+                                      "learned table (model.init sets a model's image_size / patch_size, 37 for "
+                                      "DINOv2); other grids are interpolated from it bicubically, as transformers "
+                                      "does; None: image.size / model.patch")
     causal: bool = Field(False, description="text tower of clip/siglip (text.causal): each token attends only to "
                          "those before it (CLIP's text transformer)")
     embed_norm: bool | None = Field(None, description="a norm on the embedded tokens before the first block; None: "
@@ -215,8 +220,9 @@ class ModelConfig(Section):
                              "RoBERTa, ModernBERT) for mlm, simcse or a hybrid of them, each with its tokenizer.json "
                              "as data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
                              "model.backbone, model.small_stem=false and image.channels; teachers start equal to "
-                             "it); a CLIPModel or SiglipModel for objective clip or siglip: both towers, and "
-                             "image.mean/std from its preprocessor_config.json")
+                             "it); a ViTModel or Dinov2Model for image objectives with a ViT (its shape and learned "
+                             "positions; image.size stays the run's); a CLIPModel or SiglipModel for objective clip "
+                             "or siglip: both towers, and image.mean/std from its preprocessor_config.json")
     pooling: Literal["cls", "mean", "last", "map"] = Field(
         "cls", description="encoders: sequence feature from the first token (EOS opens every document), the mean over "
         "tokens, the last token (text tower: the last real one, CLIP's end-of-text; the last position when "
@@ -556,14 +562,20 @@ class RunConfig(Section):
                    if getattr(m, k) != getattr(default, k) and not (k == "kv_heads" and m.kv_heads == m.heads)]
         resnet = self.modality in ("image", "video") and m.backbone != "vit"
         pixels = self.modality in ("image", "video")
-        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet
-                 or k == "learned_positions" and self.modality == "audio" or k == "embed_norm" and not pixels]
+        vit = pixels and m.backbone == "vit"
+        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text"
+                 and not (vit and k in VIT_OPTIONS) or resnet or k in VIT_OPTIONS and k not in TEXT_TRUNK_OPTIONS
+                 and not pixels]
         if given:
-            shapes = {"tied": "the text trunk", "learned_positions": "a text trunk or a ViT",
-                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)"}.get(given[0],
-                                                                                              "a transformer")
+            shapes = {"tied": "the text trunk", "learned_positions": "the text trunk or a ViT",
+                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)",
+                      "position_grid": "a ViT"}.get(given[0], "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS
+                                                    else "a transformer")
             backbone = f" with model.backbone={m.backbone}" if resnet else ""
             raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
+        if m.position_grid is not None and not (vit and m.learned_positions):
+            raise ValueError(f"model.position_grid={m.position_grid} sizes a ViT's learned position table; expected "
+                             "model.backbone=vit with model.learned_positions=true")
         if changed and "plm" in self.parts:
             raise ValueError(f"model.{changed[0]}={getattr(m, changed[0])}: xlnet-plm's two-stream attention needs "
                              f"the trunk's defaults (model.{changed[0]}={getattr(default, changed[0])})")

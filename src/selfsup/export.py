@@ -6,7 +6,9 @@ permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokeniz
 table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM or Qwen2ForCausalLM
 (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel (models/hf/gpt2.py), the masked-LM encoder as
 ModernBertForMaskedLM (models/hf/modernbert.py) or, with BERT's options (post-norm, learned positions, biases), as
-BertForMaskedLM (models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py).
+BertForMaskedLM (models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py), a ViT as ViTModel or
+Dinov2Model (models/hf/vit.py, dinov2.py), the towers of clip and siglip runs as CLIPModel and SiglipModel
+(models/hf/clip.py, siglip.py).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -28,12 +30,12 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
-from selfsup.models.hf import bert, clip, gpt2, llama, modernbert, resnet, siglip
+from selfsup.models.hf import bert, clip, dinov2, gpt2, llama, modernbert, resnet, siglip, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, clip, siglip)  # --format hf: each says why a run does not fit
-# it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a tokenizer_config.json and
-# preprocessor_config.json of its own
+# --format hf: each says why a run does not fit it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a
+# tokenizer_config.json and preprocessor_config.json of its own
+HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, vit, dinov2, clip, siglip)
 PROCESSORS = (clip, siglip)
 
 
@@ -160,8 +162,12 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
         if why is None:
             return *family.to_hf(cfg, objective, _special_ids(run_dir)), (
                 family.processor_files(cfg) if family in PROCESSORS else {})
-        whys.append(f"{family.ARCHITECTURE} needs {why}")
+        if {cfg.objective, *cfg.parts} & set(family.OBJECTIVES):  # the families of this objective say what they need
+            whys.append(f"{family.ARCHITECTURE} needs {why}")
     m = cfg.model
+    if not whys:
+        raise ExportError(f"--format hf: no transformers class holds a run of objective {cfg.objective}; use "
+                          "--format safetensors")
     raise ExportError(f"--format hf: this run (objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}) "
                       f"maps onto none of: {'; '.join(whys)}; use --format safetensors")
 

@@ -97,6 +97,18 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
                 'mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)\n'
                 f"embeddings = {pool}  # {_pooling(cfg)}")
         return f"```python\nimport torch\nfrom transformers import AutoModel, AutoTokenizer\n\n{code}\n```\n"
+    if cfg.modality == "image" and not cfg.pairs and cfg.model.backbone == "vit":
+        pooler = ", add_pooling_layer=False" if architecture == "ViTModel" else ""  # its dense+tanh pooler is not ours
+        mode = "RGB" if cfg.image.channels == 3 else "L"
+        code = (f'processor = AutoImageProcessor.from_pretrained("{path}")  # resize, centre crop, normalise\n'
+                f'model = AutoModel.from_pretrained("{path}"{pooler}).eval()\n'
+                f'images = [Image.new("{mode}", (64, 48), "white"), Image.new("{mode}", (40, 40), "gray")]\n'
+                "with torch.no_grad():\n"
+                '    hidden = model(**processor(images, return_tensors="pt")).last_hidden_state  # (B, 1 + T, D)\n'
+                f"embeddings = {'hidden[:, 0]' if cfg.model.pooling == 'cls' else 'hidden[:, 1:].mean(1)'}  "
+                f"# {_pooling(cfg)}")
+        return ("```python\nimport torch\nfrom PIL import Image\nfrom transformers import AutoImageProcessor, "
+                f"AutoModel\n\n{code}\n```\n")
     return (f"Load it with `AutoModel.from_pretrained(\"{path}\")` (transformers' `{architecture}`); features are "
             f"{_pooling(cfg)}, as `selfsup embed` computes them.\n")
 
