@@ -279,7 +279,8 @@ def _main_ok(monkeypatch, *args) -> bool:
 def test_export_into_an_empty_folder_and_a_new_nested_one(made_run, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert _main_ok(monkeypatch, "export", made_run, "--format", "safetensors", "--out", tmp_path / "empty")
-    assert sorted(_contents(tmp_path / "empty")) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+    assert sorted(_contents(tmp_path / "empty")) == ["README.md", "config.yaml", "model.safetensors",
+                                                          "tokenizer.json"]
     assert _main_ok(monkeypatch, "export", made_run, "--format", "safetensors", "--quantize", "int8", "--out",
                     tmp_path / "a" / "b")
     assert "quantize.json" in _contents(tmp_path / "a" / "b")
