@@ -447,11 +447,14 @@ class ContinualConfig(Section):
                              "from RUN_DIR's final weights (model and heads; a fresh optimizer), tokenizer and image "
                              "normalisation; its lr schedule starts again at step 0 (sched.warmup_steps of warm-up, "
                              "then decay over train.max_steps, the continued phase's steps)")
-    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the parent's training "
-                          "data (continual.old_data), exact to one row per process over the run")
+    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the old domain's "
+                          "training data (continual.old_data), exact to one row per process over the run")
     parent: str | None = Field(None, description="set automatically: the run directory this run continues")
-    old_data: str | None = Field(None, description="set automatically: the parent's training data, the replay stream "
-                                 "and the old domain of `selfsup eval RUN_DIR --task forgetting`")
+    old_data: str | None = Field(None, description="the old domain: the replay stream (continual.replay), validated on "
+                                 "as training goes (forgetting as it happens) and the old domain of `selfsup eval "
+                                 "RUN_DIR --task forgetting`. Set automatically to the parent's data.path by "
+                                 "continual.data; with model.init, data of the imported model's old domain, given by "
+                                 "you (selfsup cannot know what it was trained on)")
 
 
 class LogConfig(Section):
