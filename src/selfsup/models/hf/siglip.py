@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
-from selfsup.models.hf.clip import (encoder_names, logit_scale, modules, positive, split, text_names, text_values,
+from selfsup.models.hf.clip import (encoder_names, logit_scale, modules, split, text_names, text_values,
                                     tower_config, tower_unfit, tower_values)
-from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
+from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows, positive
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
