@@ -5,7 +5,8 @@ permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokeniz
 `preprocessor_config.json` instead, for AutoImageProcessor). Each family's module in models/hf/ holds its name
 table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM or Qwen2ForCausalLM
 (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel (models/hf/gpt2.py), the masked-LM encoder as
-ModernBertForMaskedLM (models/hf/modernbert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py).
+ModernBertForMaskedLM (models/hf/modernbert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py), a waveform
+HuBERT as HubertModel (models/hf/hubert.py, with a `preprocessor_config.json` for Wav2Vec2FeatureExtractor).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -27,10 +28,11 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
-from selfsup.models.hf import gpt2, llama, modernbert, resnet
+from selfsup.models.hf import gpt2, hubert, llama, modernbert, resnet
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, gpt2, modernbert, resnet)  # --format hf: each says why a run does not fit it (unfit), or writes it
+# --format hf: each says why a run does not fit it (unfit), or writes it
+HF_FAMILIES = (llama, gpt2, modernbert, resnet, hubert)
 
 
 class ExportError(ValueError):
@@ -165,6 +167,9 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if cfg.is_image:  # no tokenizer: AutoImageProcessor prepares a picture as our evaluation does
         (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(cfg), indent=1))
+        return
+    if cfg.modality == "audio":  # no tokenizer: AutoFeatureExtractor prepares a waveform as our view does
+        (out / "preprocessor_config.json").write_text(json.dumps(hubert.feature_extractor(cfg), indent=1))
         return
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS
-from selfsup.models.hf import gpt2, llama, resnet
+from selfsup.models.hf import gpt2, hubert, llama, resnet
 from selfsup.models.hf.folder import (Unsupported, context_limit, described, eos_token, provenance, read_config,
                                       read_weights, resolve, tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2, resnet)  # each reads the config.json model_types it names
+FAMILIES = (llama, gpt2, resnet, hubert)  # each reads the config.json model_types it names
 
 
 def family_of(source: str, hf: dict):
