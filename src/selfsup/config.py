@@ -142,7 +142,7 @@ class AudioConfig(Section):
     hop: int = Field(160, gt=0, description="STFT hop in samples (10 ms at 16 kHz)")
     stride: int = Field(2, ge=1, description="the convolutional front end emits a token every `stride` frames")
     mean: float | None = Field(None, description="log-mel normalisation mean (default: measured on the training "
-                               "clips)")
+                               "clips; audio.input=waveform normalises each clip instead)")
     std: float | None = Field(None, gt=0, description="log-mel normalisation std (default: measured)")
     input: Literal["logmel", "waveform"] = Field("logmel", description="what the audio encoder reads: log-mel "
                                                  "frames through a two-convolution front end, or the raw waveform "

@@ -112,6 +112,9 @@ class AudioEncoder(nn.Module):
         post, bias = cfg.norm_position == "post", cfg.bias == "all"
         self.norm = nn.Identity() if post else make_norm(cfg.norm, cfg.dim, cfg.norm_eps, bias)
         init_weights(self, cfg.depth)
+        if self.waveform:  # a deep stack of convolutions, most without a norm: He init, as fairseq and transformers
+            for layer in self.front.convs:
+                nn.init.kaiming_normal_(layer.conv.weight)
         if a.positions == "conv":  # after init_weights: its weight norm starts from its own initialisation
             self.positions = ConvPositions(cfg.dim, a.conv_positions, a.conv_position_groups)
             self.norm_in = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, bias) if post else nn.Identity()

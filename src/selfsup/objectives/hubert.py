@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from selfsup import batch_random
 from selfsup.data.batch import ClipBatch
-from selfsup.data.read.audio import LOG_FLOOR, _hann, _mel_filters
+from selfsup.data.read.audio import LOG_FLOOR, hann, mel_filters
 from selfsup.dist import broadcast
 from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.contract import Objective
@@ -62,15 +62,16 @@ class LogMel(nn.Module):
     def __init__(self, sample_rate: int, n_mels: int, n_fft: int, hop: int):
         super().__init__()
         self.n_mels, self.n_fft, self.hop = n_mels, n_fft, hop
-        self.register_buffer("window", torch.from_numpy(_hann(n_fft).copy()), persistent=False)  # (n_fft,)
-        filters = torch.from_numpy(_mel_filters(sample_rate, n_fft, n_mels).copy())  # (M, n_fft // 2 + 1)
+        self.register_buffer("window", torch.from_numpy(hann(n_fft).copy()), persistent=False)  # (n_fft,)
+        filters = torch.from_numpy(mel_filters(sample_rate, n_fft, n_mels).copy())  # (M, n_fft // 2 + 1)
         self.register_buffer("filters", filters, persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:
         x = F.pad(wave.float(), (self.n_fft // 2, self.n_fft - self.n_fft // 2))  # (B, S + n_fft), silence
         frames = x.unfold(1, self.n_fft, self.hop)[:, :1 + wave.shape[1] // self.hop]  # (B, F, n_fft)
         power = torch.fft.rfft(frames * self.window, dim=-1).abs().square()  # (B, F, n_fft // 2 + 1)
-        return torch.log((self.filters @ power.transpose(1, 2)).clamp(min=LOG_FLOOR))  # (B, M, F)
+        with torch.autocast(wave.device.type, enabled=False):  # fp32: a bf16 product would move frames across units
+            return torch.log((self.filters @ power.transpose(1, 2)).clamp(min=LOG_FLOOR))  # (B, M, F)
 
 
 class HuBERT(nn.Module, Objective):

@@ -165,14 +165,14 @@ def log_mel(x: np.ndarray, sample_rate: int, n_mels: int, n_fft: int, hop: int) 
     # frame fits and the count stays 1 + T // hop.
     padded = np.pad(x.astype(np.float32, copy=False), (n_fft // 2, n_fft - n_fft // 2))  # (T + n_fft,)
     windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:frames]  # (F, n_fft), a view
-    spectrum = np.fft.rfft(windows * _hann(n_fft), axis=-1)  # (F, n_fft // 2 + 1) complex
+    spectrum = np.fft.rfft(windows * hann(n_fft), axis=-1)  # (F, n_fft // 2 + 1) complex
     power = spectrum.real ** 2 + spectrum.imag ** 2  # (F, K)
-    mel = _mel_filters(sample_rate, n_fft, n_mels) @ power.T  # (n_mels, K) @ (K, F) -> (n_mels, F)
+    mel = mel_filters(sample_rate, n_fft, n_mels) @ power.T  # (n_mels, K) @ (K, F) -> (n_mels, F)
     return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32, copy=False)
 
 
 @lru_cache(maxsize=8)
-def _hann(n_fft: int) -> np.ndarray:
+def hann(n_fft: int) -> np.ndarray:
     """Periodic Hann (n_fft,): the STFT convention (scipy's fftbins=True), so overlapped windows sum flat."""
     w = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
     w.flags.writeable = False  # shared by every call through the cache
@@ -180,7 +180,7 @@ def _hann(n_fft: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     """Slaney mel filter bank (n_mels, n_fft // 2 + 1), float32, as librosa's defaults and Whisper use."""
     import librosa.filters  # imported here: librosa takes a second to import, and only this needs it
 
