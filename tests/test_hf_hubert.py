@@ -13,6 +13,7 @@ from selfsup.config import ConfigError
 from selfsup.data.builtin.tones import write_tones
 from selfsup.train.continual import load_config
 from tests.test_cli import invoke
+from tests.test_model_card import card, snippet
 
 transformers = pytest.importorskip("transformers")
 
@@ -135,6 +136,14 @@ def test_a_waveform_run_from_scratch_exports_to_hubert(tones, tmp_path):
     ours, real = hidden(objective, x, lengths)
     with torch.no_grad():
         assert torch.allclose(back(x, attention_mask=mask).last_hidden_state[real], ours[real], atol=1e-4)
+    scope = {}
+    exec(snippet(card(tmp_path / "hf")[1], tmp_path / "hf"), scope)  # the model card's usage code
+    clips = [torch.from_numpy(c).float() for c in scope["clips"]]  # what `selfsup embed` makes of the same clips
+    x = torch.stack([clips[0], torch.nn.functional.pad(clips[1], (0, len(clips[0]) - len(clips[1])))])[:, None]
+    lengths = torch.tensor([len(c) for c in clips])
+    with torch.no_grad():
+        embeddings = objective.model(*objective.view.eval()(x, lengths))
+    assert torch.allclose(scope["embeddings"], embeddings, atol=1e-4)
 
 
 @pytest.mark.parametrize("changes, says", [
