@@ -67,10 +67,10 @@ class LogMel(nn.Module):
         self.register_buffer("filters", filters, persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:
-        x = F.pad(wave.float(), (self.n_fft // 2, self.n_fft - self.n_fft // 2))  # (B, S + n_fft), silence
-        frames = x.unfold(1, self.n_fft, self.hop)[:, :1 + wave.shape[1] // self.hop]  # (B, F, n_fft)
-        power = torch.fft.rfft(frames * self.window, dim=-1).abs().square()  # (B, F, n_fft // 2 + 1)
         with torch.autocast(wave.device.type, enabled=False):  # fp32: a bf16 product would move frames across units
+            x = F.pad(wave.float(), (self.n_fft // 2, self.n_fft - self.n_fft // 2))  # (B, S + n_fft), silence
+            frames = x.unfold(1, self.n_fft, self.hop)[:, :1 + wave.shape[1] // self.hop]  # (B, F, n_fft)
+            power = torch.fft.rfft(frames * self.window, dim=-1).abs().square()  # (B, F, n_fft // 2 + 1)
             return torch.log((self.filters @ power.transpose(1, 2)).clamp(min=LOG_FLOOR))  # (B, M, F)
 
 
