@@ -6,6 +6,7 @@ A bad config fails before any work with one line that names the key, what was gi
 from __future__ import annotations
 
 import difflib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -141,8 +142,42 @@ class AudioConfig(Section):
     hop: int = Field(160, gt=0, description="STFT hop in samples (10 ms at 16 kHz)")
     stride: int = Field(2, ge=1, description="the convolutional front end emits a token every `stride` frames")
     mean: float | None = Field(None, description="log-mel normalisation mean (default: measured on the training "
-                               "clips)")
+                               "clips; audio.input=waveform normalises each clip instead)")
     std: float | None = Field(None, gt=0, description="log-mel normalisation std (default: measured)")
+    input: Literal["logmel", "waveform"] = Field("logmel", description="what the audio encoder reads: log-mel "
+                                                 "frames through a two-convolution front end, or the raw waveform "
+                                                 "(cached as float32 samples, each clip normalised to zero mean "
+                                                 "and unit variance over its real samples) through HuBERT / "
+                                                 "wav2vec 2.0's convolutional feature encoder (audio.conv_*)")
+    conv_dim: list[Annotated[int, Field(gt=0)]] = Field([512] * 7, min_length=1, description="audio.input="
+                                                        "waveform: channels of each feature-encoder convolution")
+    conv_kernel: list[Annotated[int, Field(gt=0)]] = Field([10, 3, 3, 3, 3, 2, 2], min_length=1,
+                                                           description="audio.input=waveform: their kernel sizes")
+    conv_stride: list[Annotated[int, Field(gt=0)]] = Field([5, 2, 2, 2, 2, 2, 2], min_length=1,
+                                                           description="audio.input=waveform: their strides (a token "
+                                                           "every product of them samples: 320, 20 ms at 16 kHz)")
+    conv_norm: Literal["group", "layer"] = Field("group", description="audio.input=waveform: GroupNorm on the first "
+                                                 "convolution only (HuBERT Base) or LayerNorm on each (Large)")
+    conv_bias: bool = Field(False, description="audio.input=waveform: the convolutions have biases")
+    positions: Literal["rope", "conv"] = Field("rope", description="audio positions: rotary in every block, or "
+                                               "HuBERT / wav2vec 2.0's convolutional position embedding (a grouped, "
+                                               "weight-normed convolution over time with GELU, added to the tokens "
+                                               "once; a post-norm trunk then normalises them before its first "
+                                               "block, a pre-norm one ends with its final norm)")
+    conv_positions: int = Field(128, ge=2, description="audio.positions=conv: the convolution's kernel in tokens")
+    conv_position_groups: int = Field(16, gt=0, description="audio.positions=conv: its groups (divide model.dim)")
+
+    @model_validator(mode="after")
+    def _waveform(self) -> AudioConfig:
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(f"audio.conv_dim, conv_kernel and conv_stride have {len(self.conv_dim)}, "
+                             f"{len(self.conv_kernel)} and {len(self.conv_stride)} entries; expected one each per "
+                             "convolution")
+        per_token = math.prod(self.conv_stride)
+        if self.input == "waveform" and per_token % self.hop:
+            raise ValueError(f"audio.hop={self.hop} must divide the waveform encoder's {per_token} samples per token "
+                             "(HuBERT's targets stack the log-mel frames of each token)")
+        return self
 
 
 class VideoConfig(Section):
@@ -594,6 +629,14 @@ class RunConfig(Section):
         if not m.tied and self.parts != ["clm"]:
             raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
                              f"objective {self.objective} ties its head to the embedding")
+        return self
+
+    @model_validator(mode="after")
+    def _audio_positions(self) -> RunConfig:
+        a = self.audio
+        if self.modality == "audio" and a.positions == "conv" and self.model.dim % a.conv_position_groups:
+            raise ValueError(f"audio.conv_position_groups={a.conv_position_groups} must divide model.dim "
+                             f"({self.model.dim})")
         return self
 
     @model_validator(mode="after")

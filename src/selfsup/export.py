@@ -8,7 +8,8 @@ table, which `model.init` reads the other way: the GPT decoder as LlamaForCausal
 ModernBertForMaskedLM (models/hf/modernbert.py) or, with BERT's options (post-norm, learned positions, biases), as
 BertForMaskedLM (models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py), a ViT as ViTModel or
 Dinov2Model (models/hf/vit.py, dinov2.py), the towers of clip and siglip runs as CLIPModel and SiglipModel
-(models/hf/clip.py, siglip.py).
+(models/hf/clip.py, siglip.py), a waveform HuBERT as HubertModel (models/hf/hubert.py, with a
+`preprocessor_config.json` for Wav2Vec2FeatureExtractor).
 
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
@@ -30,12 +31,12 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
-from selfsup.models.hf import bert, clip, dinov2, gpt2, llama, modernbert, resnet, siglip, vit
+from selfsup.models.hf import bert, clip, dinov2, gpt2, hubert, llama, modernbert, resnet, siglip, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
 # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a
 # tokenizer_config.json and preprocessor_config.json of its own
-HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, vit, dinov2, clip, siglip)
+HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, vit, dinov2, clip, siglip, hubert)
 PROCESSORS = (clip, siglip)
 
 
@@ -179,6 +180,9 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if cfg.is_image:  # no tokenizer: AutoImageProcessor prepares a picture as our evaluation does
         (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(cfg), indent=1))
+        return
+    if cfg.modality == "audio":  # no tokenizer: AutoFeatureExtractor prepares a waveform as our view does
+        (out / "preprocessor_config.json").write_text(json.dumps(hubert.feature_extractor(cfg), indent=1))
         return
     shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
     files = {"tokenizer_config.json": {

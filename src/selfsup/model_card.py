@@ -69,6 +69,8 @@ def _pooling(cfg: RunConfig) -> str:
     """How `selfsup embed` pools the trunk's hidden states into one vector, in words."""
     if cfg.modality == "image" and cfg.model.backbone != "vit":
         return "the mean over the last feature map (ResNetModel's pooler_output, flattened)"
+    if cfg.modality == "audio":  # models/audio.py pools every clip so
+        return "the mean over the tokens of real audio"
     first = {"image": "the class token", "text": "the first token (the end-of-text token that opens every "
                                                 "document)"}.get(cfg.modality, "the first token")
     return first if cfg.model.pooling == "cls" else "the mean over real tokens (patches, for images)"
@@ -108,6 +110,19 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
                 f"embeddings = {'hidden[:, 0]' if cfg.model.pooling == 'cls' else 'hidden[:, 1:].mean(1)'}  "
                 f"# {_pooling(cfg)}")
         return ("```python\nimport torch\nfrom PIL import Image\nfrom transformers import AutoImageProcessor, "
+                f"AutoModel\n\n{code}\n```\n")
+    if cfg.modality == "audio" and not cfg.pairs:
+        code = (f'extractor = AutoFeatureExtractor.from_pretrained("{path}")\n'
+                f'model = AutoModel.from_pretrained("{path}").eval()\n'
+                "rate = extractor.sampling_rate\n"
+                "clips = [np.sin(np.arange(rate) * 0.05), np.sin(np.arange(rate // 2) * 0.2)]  # mono samples\n"
+                'batch = extractor(clips, sampling_rate=rate, padding=True, return_tensors="pt")\n'
+                "with torch.no_grad():\n"
+                "    hidden = model(**batch).last_hidden_state  # (B, T, D)\n"
+                'real = model._get_feature_vector_attention_mask(hidden.shape[1], batch["attention_mask"])\n'
+                "mask = real.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)\n"
+                f"embeddings = (hidden * mask).sum(1) / mask.sum(1)  # {_pooling(cfg)}")
+        return ("```python\nimport numpy as np\nimport torch\nfrom transformers import AutoFeatureExtractor, "
                 f"AutoModel\n\n{code}\n```\n")
     return (f"Load it with `AutoModel.from_pretrained(\"{path}\")` (transformers' `{architecture}`); features are "
             f"{_pooling(cfg)}, as `selfsup embed` computes them.\n")

@@ -20,7 +20,8 @@ A folder holding any .jsonl, .tar (or, for images, .parquet) is read through tho
 point at are not read twice); otherwise its media files are.
 
 Rows: images uint8 (C, S, S) as data/read/image.py decodes them; audio float16 log-mel (n_mels, frames) with the
-number of frames that hold real audio (data/read/audio.py); video uint8 (F, C, S, S), F frames at segment centres
+number of frames that hold real audio, or (audio.input=waveform) float32 samples (1, n) with the real
+samples (data/read/audio.py); video uint8 (F, C, S, S), F frames at segment centres
 (data/read/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a
 pair without a caption when captions are asked for (alignment); what decoding did to a kept clip (resampled,
 mixed to mono, clipped, padded, cropped, repeated frames) is counted as notes. Samples go to train or validation
@@ -58,8 +59,8 @@ OUTSIDE = "outside the data folder"
 
 @dataclass
 class Split:
-    rows: np.ndarray  # (N, ...) memory-mapped: uint8 images or frames, float16 log-mel
-    lengths: np.ndarray  # (N,) int32: log-mel frames holding real audio; the full row otherwise
+    rows: np.ndarray  # (N, ...) memory-mapped: uint8 images or frames, float16 log-mel, float32 samples
+    lengths: np.ndarray  # (N,) int32: log-mel frames (or samples) holding real audio; the full row otherwise
     captions: list[str] | None  # one per row, or None when the source has none
     labels: np.ndarray  # (N,) int64 indices into MediaSet.classes, -1 = none
 
@@ -79,8 +80,9 @@ def settings(modality: str, cfg) -> dict:
     """The decoding settings of a run's config for one modality (they key the cache)."""
     if modality == "audio":
         a = cfg.audio
-        return dict(sample_rate=a.sample_rate, seconds=a.seconds, n_mels=a.n_mels, n_fft=a.n_fft, hop=a.hop,
-                    min_seconds=a.min_seconds)
+        logmel = dict(sample_rate=a.sample_rate, seconds=a.seconds, n_mels=a.n_mels, n_fft=a.n_fft, hop=a.hop,
+                      min_seconds=a.min_seconds)
+        return logmel if a.input == "logmel" else logmel | {"input": a.input}  # log-mel caches keep their key
     if modality == "video":
         return dict(size=cfg.image.size, channels=cfg.image.channels, frames=cfg.video.cache_frames)
     return dict(size=cfg.image.size, channels=cfg.image.channels)

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import bert, clip, dinov2, gpt2, llama, modernbert, resnet, siglip, vit
+from selfsup.models.hf import bert, clip, dinov2, gpt2, hubert, llama, modernbert, resnet, siglip, vit
 from selfsup.models.hf.folder import (Unsupported, context_limit, described, image_normalisation, provenance,
                                       read_config, read_weights, renames, resolve, token_ids, tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2, bert, modernbert, resnet, vit, dinov2, clip, siglip)  # by the model_types they name
+FAMILIES = (llama, gpt2, bert, modernbert, resnet, vit, dinov2, clip, siglip, hubert)  # by their model_types
 
 
 def family_of(source: str, hf: dict):
