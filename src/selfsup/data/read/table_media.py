@@ -31,6 +31,7 @@ from selfsup.data.cache.rows import Item
 from selfsup.data.errors import DataError
 from selfsup.data.read.hf_datasets import arrow_rows, arrow_schema, shown
 from selfsup.data.read.parquet import missing, parquet_rows, parquet_schema
+from selfsup.data.skipped import skip
 
 MEDIA_ROWS = CHUNK  # rows held at once: an image may be megabytes, so a decoding task's worth, not parquet's 1024
 TABLE_SUFFIXES = (".parquet", ".arrow")  # .arrow: the files a datasets folder lists (hf_datasets.dataset_files)
@@ -74,20 +75,20 @@ def table_items(f: Path, rel: str, image_field: str, caption_field: str | None, 
         if caption_field:
             caption = row[caption_field].strip() if isinstance(row[caption_field], str) else ""
             if not caption:
-                skipped["no caption"] += 1
+                skip(skipped, "no caption", rel, number)
                 continue
         value = row[image_field]
         if isinstance(value, dict):  # datasets.Image(): the bytes when it stored them, else the file they came from
             value = value.get("path") if value.get("bytes") is None else value["bytes"]
         if value is None or value == "":
-            skipped[f"no '{image_field}' in row"] += 1
+            skip(skipped, f"no '{image_field}' in row", rel, number)
             continue
         try:
             payload = target(f, value) if isinstance(value, str) else _sized(value, max_bytes)
         except Skip as e:
-            skipped[e.reason] += 1
+            skip(skipped, e.reason, rel, number)
             continue
-        yield Item(f"{rel}#{number}", caption, _label(row.get(LABEL)) if labeled else None, payload)
+        yield Item(rel, number, caption, _label(row.get(LABEL)) if labeled else None, payload)
 
 
 def table_links(f: Path, image_field: str, target: Callable[[Path, str], Path]) -> Iterator[tuple[str, Path]]:
