@@ -210,7 +210,7 @@ def test_rows_are_read_a_batch_at_a_time(tmp_path, monkeypatch):
 
     seen = []
 
-    def rows_of(batches, skipped):
+    def rows_of(batches, skipped, name):
         for batch in batches:
             seen.append(batch.num_rows)
             yield from batch.to_pylist()

@@ -193,7 +193,7 @@ def _pair_lines(f: Path) -> Iterator[tuple[int, object]]:
             yield number, json_line(raw)
 
 
-def _member(record: object, field: str) -> str | None:
+def pair_member(record: object, field: str) -> str | None:
     """The media path a pair line names under `field` (or `path`), or None."""
     member = record.get(field, record.get("path")) if isinstance(record, dict) else None
     return member if isinstance(member, str) and member else None
@@ -212,7 +212,7 @@ def _linked(f: Path, field: str, links: Links) -> Iterator[tuple[str, Path]]:
     except OSError:  # counted when the items are read
         return
     for _, record in lines:
-        member = _member(record, field)
+        member = pair_member(record, field)
         if member is not None:
             try:
                 yield member, links.target(f, member)
@@ -268,7 +268,7 @@ def _jsonl_items(f: Path, rel: str, skipped: Counter, captions: bool, links: Lin
         if not isinstance(record, dict):  # None: not JSON, nested too deeply, or a lone surrogate
             skip(skipped, "bad json line", rel, number)
             continue
-        member, caption = _member(record, fields.media), record.get(fields.caption)
+        member, caption = pair_member(record, fields.media), record.get(fields.caption)
         if member is None:
             skip(skipped, f"no '{fields.media}' in pair", rel, number)
             continue
