@@ -156,6 +156,17 @@ def test_tar_rows_name_the_shard_and_key(clip_run, images, tmp_path):
     np.testing.assert_allclose(emb, folder[[1, 4]], atol=1e-5)
 
 
+def test_npz_rows_name_the_array_index(clip_run, images, tmp_path):
+    root, files = images
+    arrays = np.stack([np.array(Image.open(io.BytesIO(files[rel]))) for rel in ("b/0.png", "a/0.png")])  # (2, 16, 16)
+    np.savez(tmp_path / "x.npz", images=arrays)
+    invoke("embed", clip_run, tmp_path / "x.npz", "--out", tmp_path / "emb.npy", *CPU)
+    assert _lines(tmp_path / "emb.rows.jsonl") == [{"row": 0, "file": "x.npz", "key": 0},
+                                                   {"row": 1, "file": "x.npz", "key": 1}]
+    invoke("embed", clip_run, root, "--out", tmp_path / "folder.npy", *CPU)
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), np.load(tmp_path / "folder.npy")[[2, 0]], atol=1e-5)
+
+
 def test_a_cache_without_names_is_built_again_for_embed(clip_run, images, tmp_path):
     root, _ = images
     cache = tmp_path / "cache"

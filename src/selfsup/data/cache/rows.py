@@ -45,6 +45,7 @@ from selfsup.data.skipped import Skipped, skip
 
 SPLITS = ("train", "val")
 MAX_CLASS_ID = 2**31 - 1  # an integer label above this is a corrupt one, not a class
+NAMES = ("train_ids.jsonl", "val_ids.jsonl", "skipped.jsonl")  # what a cache built before they were lacks
 
 
 class Item(NamedTuple):
@@ -122,17 +123,13 @@ def row_names(folder: Path, split: str = "train") -> Iterator[tuple[str, str | i
     """(file, key) of each row of a split of a cache folder, in row order, read a line at a time."""
     with open(folder / f"{split}_ids.jsonl", encoding="utf-8") as f:
         for line in f:
-            file, key = json.loads(line)
-            yield file, key
+            yield tuple(json.loads(line))
 
 
 def skipped_names(folder: Path) -> list[tuple[str, str | int | None, str]]:
     """(file, key, reason) of each sample a cache folder's build skipped, in the order met."""
     lines = (folder / "skipped.jsonl").read_text(encoding="utf-8").splitlines()
     return [tuple(json.loads(line)) for line in lines]
-
-
-NAMES = ("train_ids.jsonl", "val_ids.jsonl", "skipped.jsonl")  # what a cache built before they were lacks
 
 
 def _decode_chunk(items: list[Item], decoder):
