@@ -188,8 +188,8 @@ def _progress(it, what):
 def embed(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line), a .parquet "
-                                "or a folder of them; image runs: an image, a folder (recursive), .tar shards, .npz "
-                                "or .parquet; audio / video runs: a file, a folder, a .jsonl or .tar shards; "
+                                "or a folder of them; image runs: an image, a folder (recursive), .tar shards, .npz, "
+                                ".parquet or a .jsonl of pairs; audio / video runs: a file, a folder, a .jsonl or .tar shards; "
                                 "with --joint also texts (see --joint)"),
     out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read; beside it "
                              "OUT.rows.jsonl names each row's source ({row, file, key}, + text for texts) and "
