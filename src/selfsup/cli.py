@@ -187,13 +187,20 @@ def _progress(it, what):
 @app.command()
 def embed(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line) or a "
-                                "folder of them; image runs: an image, a folder (recursive), .tar shards or .npz; "
-                                "audio / video runs: a file, a folder, a .jsonl or .tar shards"),
-    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read"),
-    jsonl: Optional[Path] = typer.Option(None, help="text runs: also write a .jsonl of {\"text\", \"embedding\"}"),
-    joint: bool = typer.Option(False, help="clip / siglip runs: unit vectors in the joint media-text space "
-                               "(after the projection) instead of the media tower's features"),
+    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line), a .parquet "
+                                "or a folder of them; image runs: an image, a folder (recursive), .tar shards, .npz, "
+                                ".parquet or a .jsonl of pairs; audio / video runs: a file, a folder, a .jsonl or .tar shards; "
+                                "with --joint also texts (see --joint)"),
+    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read; beside it "
+                             "OUT.rows.jsonl names each row's source ({row, file, key}, + text for texts) and "
+                             "OUT.skipped.jsonl each item skipped ({file, key, skipped: reason}); .parquet files "
+                             "instead when the input is .parquet"),
+    jsonl: Optional[Path] = typer.Option(None, help="texts: also write a .jsonl of {\"text\", \"embedding\"}"),
+    joint: bool = typer.Option(False, help="clip / siglip / clap / videoclip runs: unit vectors in the joint "
+                               "media-text space (after the projection) instead of the media tower's features. "
+                               "Texts go through the text tower when INPUT is one file of them: a .txt (a text a "
+                               "line), or a .jsonl / .parquet whose rows have data.caption_field ('text') and no "
+                               "media field (data.image_field, 'audio' / 'video', 'path'); else INPUT is media"),
     batch_size: int = typer.Option(32, help="items per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
@@ -203,10 +210,10 @@ def embed(
 
     r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
                   progress=lambda it: track(it, "embedding", "batches", err))
-    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
+    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}, {r.rows}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
-    console.print(f"skipped: {r.skipped or 'none'}")
+    console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
