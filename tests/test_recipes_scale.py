@@ -19,6 +19,7 @@ from selfsup import config
 from selfsup.data.builtin.tones import write_tones
 from selfsup.objectives.build import network
 from selfsup.train import trainer
+from tests.test_cli import invoke
 from tests.test_train import quiet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,6 +59,9 @@ def scale_recipes() -> list[str]:
 def test_every_paper_scale_recipe_has_a_count_and_is_listed_apart():
     assert scale_recipes() == sorted(COUNTS)
     assert not config.paper_scale(config.recipe_files()["gpt-clm"])
+    plain, scaled = invoke("recipes"), invoke("recipes", "--scale")
+    assert "gpt-clm" in plain and "gpt2-124m" not in plain
+    assert "gpt-clm" in scaled and all(name in scaled for name in COUNTS)
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))
