@@ -62,6 +62,7 @@ def test_every_paper_scale_recipe_has_a_count_and_is_listed_apart():
     plain, scaled = invoke("recipes"), invoke("recipes", "--scale")
     assert "gpt-clm" in plain and "gpt2-124m" not in plain
     assert "gpt-clm" in scaled and all(name in scaled for name in COUNTS)
+    assert "gpt2-124m          124.5M" in scaled and "llama-1b          1235.8M" in scaled  # built on meta
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))

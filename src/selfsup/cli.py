@@ -82,10 +82,16 @@ def recipes(scale: bool = typer.Option(False, "--scale", help="also list the pap
         if not config_mod.paper_scale(path):
             console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
     if scale:
+        import torch  # the parameter counts: each model built on the meta device, without memory or data
+
+        from selfsup.objectives.build import network
+
         console.print("\npaper scale (global batch = train.batch_size × train.grad_accum × 8 processes):")
         for name, path in found:
             if config_mod.paper_scale(path):
-                console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+                with torch.device("meta"):
+                    params = sum(p.numel() for p in network(config_mod.load(name)).parameters())
+                console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
 
 
 @app.command(name="eval")
