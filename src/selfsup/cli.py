@@ -74,10 +74,24 @@ def train(
 
 
 @app.command()
-def recipes():
+def recipes(scale: bool = typer.Option(False, "--scale", help="also list the paper-scale recipes: the published "
+                                       "architectures and hyper-parameters, sized for 8 processes")):
     """List the built-in recipes, one line each."""
-    for name, path in sorted(config_mod.recipe_files().items()):
-        console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+    found = sorted(config_mod.recipe_files().items())
+    for name, path in found:
+        if not config_mod.paper_scale(path):
+            console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+    if scale:
+        import torch  # the parameter counts: each model built on the meta device, without memory or data
+
+        from selfsup.objectives.build import network
+
+        console.print("\npaper scale (global batch = train.batch_size × train.grad_accum × 8 processes):")
+        for name, path in found:
+            if config_mod.paper_scale(path):
+                with torch.device("meta"):
+                    params = sum(p.numel() for p in network(config_mod.load(name)).parameters())
+                console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
 
 
 @app.command(name="eval")

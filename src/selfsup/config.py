@@ -747,9 +747,15 @@ class RunConfig(Section):
 # ----------------------------------------------------------------------------------------------- recipes
 
 def recipe_files() -> dict[str, Path]:
-    """Built-in recipes by name (file stem)."""
+    """Built-in recipes by name (file stem): the CPU-sized ones in recipes/, the paper-scale ones in recipes/scale/."""
     folder = resources.files("selfsup") / "recipes"
-    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+    return {Path(f.name).stem: Path(str(f)) for sub in (folder, folder / "scale") for f in sub.iterdir()
+            if f.name.endswith(".yaml")}
+
+
+def paper_scale(path: Path) -> bool:
+    """A recipe at the size of its paper (recipes/scale/), for many accelerators, rather than for a laptop CPU."""
+    return path.parent.name == "scale"
 
 
 def recipe_summary(path: Path) -> str:

@@ -181,6 +181,23 @@ def media_tower(cfg: RunConfig, modality: str, backbone: nn.Module | None = None
     return net, ImageView(augment, im.size, im.mean, im.std)
 
 
+def network(cfg: RunConfig) -> nn.Module:
+    """What a config trains, built without its data (no tokenizer, images or clips, normalisation unmeasured): the
+    backbone, or for clip/siglip both towers with their projections; not the objective's training-only heads. For
+    counting parameters and sizing a run before it starts: under `with torch.device("meta"):` it holds no memory."""
+    if cfg.pairs:  # the statistics only shift inputs: any will do
+        audio = cfg.modality == "audio"
+        channels = cfg.image.channels
+        return _pair_objective(cfg.with_measured(0.0, 1.0) if audio else
+                               cfg.with_measured([0.5] * channels, [0.25] * channels), None, None)
+    if cfg.modality == "audio":
+        a = cfg.audio
+        return AudioEncoder(cfg.model, a.n_mels, clip_frames(a.sample_rate, a.seconds, a.hop), a.stride)
+    if cfg.is_image:
+        return image_backbone(cfg)
+    return GPT(cfg.model) if cfg.causal else Encoder(cfg.model)
+
+
 def image_backbone(cfg: RunConfig) -> nn.Module:
     if cfg.model.backbone == "vit":
         return ViT(cfg.model, cfg.image.size, cfg.image.channels)
