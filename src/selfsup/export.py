@@ -23,7 +23,8 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from selfsup.config import RunConfig
-from selfsup.data.read.tokenizer import EOS, MASK, PAD
+from selfsup.data.read.tokenizer import EOS, MASK, PAD, opening_eos
+from selfsup.data.read.tokenizer import load as load_tokenizer
 from selfsup.models.hf import llama, modernbert
 from selfsup.quantize import MARKER, MODES, quantized_state
 
@@ -129,10 +130,16 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, out: Path) -> None:
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
-    shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
+    write_tokenizer(run_dir, cfg.model.context, out)
+
+
+def write_tokenizer(run_dir: Path, context: int, out: Path) -> None:
+    """The run's tokenizer as transformers loads it (tokenizer.json + tokenizer_config.json), opening each text with
+    EOS as training did (`opening_eos`), so AutoTokenizer gives the ids `selfsup embed` feeds the trunk."""
+    opening_eos(load_tokenizer(run_dir / "tokenizer.json", "the run's tokenizer")).save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
-        "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}, indent=1))
+        "mask_token": MASK, "model_max_length": context, "add_prefix_space": False}, indent=1))
 
 
 def _special_ids(run_dir: Path) -> dict[str, int]:
