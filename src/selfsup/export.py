@@ -38,10 +38,13 @@ class ExportError(ValueError):
 def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: Path,
            quantize: str | None = None, force: bool = False) -> Path:
     """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all (`_staged`)."""
+    if fmt == "onnx":
+        return _export_onnx(run_dir, cfg, objective, out, quantize, force)
     if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
-        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
+        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors "
+                          "(or int8 with --format onnx)")
     if fmt not in ("hf", "safetensors"):
-        raise ExportError(f"--format '{fmt}': expected 'hf' or 'safetensors'")
+        raise ExportError(f"--format '{fmt}': expected 'hf', 'safetensors' or 'onnx'")
     target = check_out(run_dir, out, force)
     hf = _hf_model(run_dir, cfg, objective) if fmt == "hf" else None  # an unmappable model fails before any write
     with _staged(target) as tmp:
@@ -49,6 +52,28 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
             _write_safetensors(run_dir, objective, quantize, tmp)
         else:
             _write_hf(run_dir, cfg, *hf, tmp)
+    return out
+
+
+def _export_onnx(run_dir: Path, cfg: RunConfig, objective: nn.Module, out: Path, quantize: str | None,
+                 force: bool) -> Path:
+    """--format onnx (selfsup/onnx_export.py): the graphs, onnx.json, and the tokenizer of a text or media-text run."""
+    from selfsup import onnx_export
+
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {quantize} with --format onnx: expected int8 (onnxruntime's dynamic "
+                          "quantization of the linear layers)")
+    why = onnx_export.unfit(cfg, objective)
+    if why is not None:
+        raise ExportError(f"--format onnx: {why}")
+    target = check_out(run_dir, out, force)
+    with _staged(target) as tmp:
+        scratch = tmp / ".fp32"  # the float graphs int8 is made from, removed before the folder is whole
+        scratch.mkdir()
+        onnx_export.write_onnx(cfg, objective, quantize, tmp, scratch)
+        shutil.rmtree(scratch)
+        if (run_dir / "tokenizer.json").is_file():
+            write_tokenizer(run_dir, cfg.text.context if cfg.pairs else cfg.model.context, tmp)
     return out
 
 
