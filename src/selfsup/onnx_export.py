@@ -153,14 +153,15 @@ def _export(g: Graph, path: Path) -> None:
         dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     else:
         dynamic = {name: {0: batch} for name in g.inputs}
-    was = g.module.training
+    modes = [(m, m.training) for m in g.module.modules()]  # put back each: a fresh wrapper is in training mode
     g.module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on this model
         program = torch.onnx.export(g.module, g.example, input_names=g.inputs, output_names=g.outputs,
                                     dynamic_shapes=_by_position(g, dynamic), opset_version=OPSET, dynamo=True,
                                     verbose=False, report=False, optimize=True)
-    g.module.train(was)
+    for m, training in modes:
+        m.training = training
     program.save(str(path))  # weights beside it (path.data) only past protobuf's 2 GB
 
 
@@ -230,9 +231,9 @@ def _media_pooling(cfg: RunConfig) -> str:
 def _media_about(cfg: RunConfig, what: str) -> dict:
     im, a = cfg.image, cfg.audio
     if cfg.modality == "audio":
-        prepare = {"log_mel": (f"log-mel of {a.seconds} s at {a.sample_rate} Hz (n_fft {a.n_fft}, hop {a.hop}, "
-                               f"{a.n_mels} Slaney mel bands, as selfsup decodes audio), shorter clips zero-padded "
-                               "at the end; normalised: (x - mean) / std"),
+        prepare = {"log_mel": (f"log-mel of {a.seconds} s at {a.sample_rate} Hz, a shorter clip's samples "
+                               f"zero-padded at the end (n_fft {a.n_fft}, hop {a.hop}, {a.n_mels} Slaney mel bands: "
+                               "selfsup's data/read/audio.py), then (x - mean) / std"),
                    "lengths": "real (unpadded) frames per clip", "mean": a.mean, "std": a.std}
         return {"outputs_are": what, "prepare": prepare}
     view = (f"the shorter side resized to {im.size} (bilinear, antialiased), the centre {im.size}x{im.size} kept, "
