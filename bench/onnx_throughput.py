@@ -1,7 +1,7 @@
 """Embedding throughput on the CPU: onnxruntime on `selfsup export --format onnx`'s graph vs our eager PyTorch trunk,
 for a text encoder and a ViT, at the same batch and the same number of threads.
 
-    python bench/onnx_throughput.py [--threads 2] [--batch 32] [--rounds 7]
+    python bench/onnx_throughput.py [--threads 2] [--batch 32] [--rounds 7] [--which text vit]
 
 Builds the bert-mlm recipe's encoder (dim 256, depth 4, 128 tokens) and the simclr recipe's ViT (dim 192, depth 6,
 32×32×3, patch 4) with random weights (speed does not depend on them), exports each with selfsup's ONNX writer
@@ -63,6 +63,8 @@ def build(which: str, batch: int) -> tuple[config.RunConfig, Holder, tuple[torch
 def session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # its threads otherwise spin-wait after each run, taking the cores from the eager rounds interleaved with it
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -82,7 +84,7 @@ def measure(which: str, threads: int, batch: int, rounds: int, iters: int) -> di
 
         save_file(state, tmp / "int8.safetensors")
         load_quantized(int8, tmp / "int8.safetensors", "int8").eval()
-        eager = {"fp32": graph.module, "int8": type(graph.module)(int8.model)}
+        eager = {"fp32": graph.module, "int8": graphs(cfg, int8)[0].module}
 
         def run_eager(mode):
             with torch.no_grad():
@@ -127,9 +129,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--which", nargs="+", choices=["text", "vit"], default=["text", "vit"])
     args = ap.parse_args()
     results = []
-    for which in ("text", "vit"):
+    for which in args.which:
         r = measure(which, args.threads, args.batch, args.rounds, args.iters)
         results.append(r)
         print(f"{which}: {r['shape']}, batch {r['batch']}, {r['threads']} threads (fp32 max |gap| "

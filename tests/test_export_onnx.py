@@ -174,8 +174,17 @@ def test_int8_graph_quantizes_the_linear_layers_and_stays_close(mlm_run, tmp_pat
     assert cos.min() > 0.99  # measured 0.999+ on this 2-block run: 8-bit weights and activations, per-channel scales
 
 
-def test_what_onnx_cannot_export_says_so_in_one_line(mlm_run, tmp_path):
+class DataDependent(torch.nn.Module):
+    """A branch on the values of the input, which torch.export cannot trace."""
+
+    def forward(self, input_ids, attention_mask):
+        return input_ids.float() if input_ids.sum() > 0 else attention_mask.float()
+
+
+def test_what_onnx_cannot_export_says_so_in_one_line(mlm_run, tmp_path, monkeypatch):
     from typer.testing import CliRunner
+
+    from selfsup import onnx_export
 
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(mlm_run), "--format", "onnx", "--quantize", "bf16",
@@ -184,4 +193,11 @@ def test_what_onnx_cannot_export_says_so_in_one_line(mlm_run, tmp_path):
     invoke("export", mlm_run, "--format", "safetensors", "--quantize", "int8", "--out", tmp_path / "q")
     result = runner.invoke(app, ["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "y")])
     assert "int8 export" in str(result.exception) and "\n" not in str(result.exception)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    graph = onnx_export.Graph("model.onnx", DataDependent(), (torch.ones(2, 3, dtype=torch.long),) * 2,
+                              onnx_export.TEXT_IN, ["features"], {}, 32)
+    monkeypatch.setattr(onnx_export, "graphs", lambda cfg, objective: [graph])
+    result = runner.invoke(app, ["export", str(mlm_run), "--format", "onnx", "--out", str(tmp_path / "z")])
+    message = str(result.exception)
+    assert message.startswith("--format onnx: torch.onnx could not trace model.onnx (DataDependent)"), message
+    assert "\n" not in message
+    assert not any((tmp_path / name).exists() for name in "xyz")  # nothing written

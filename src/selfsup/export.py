@@ -8,6 +8,11 @@ LlamaForCausalLM (models/hf/llama.py), the masked-LM encoder as ModernBertForMas
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
 (selfsup/quantize.py).
+
+`onnx`: each encoder as an ONNX graph of the features `selfsup embed` computes (the GPT: logits; clip / siglip: the
+joint embeddings of each tower), with onnx.json saying how to feed it, for onnxruntime (selfsup/onnx_export.py).
+
+The tokenizer goes along with a post-processor that opens each text with EOS, as training did (`write_tokenizer`).
 """
 
 from __future__ import annotations
@@ -70,7 +75,10 @@ def _export_onnx(run_dir: Path, cfg: RunConfig, objective: nn.Module, out: Path,
     with _staged(target) as tmp:
         scratch = tmp / ".fp32"  # the float graphs int8 is made from, removed before the folder is whole
         scratch.mkdir()
-        onnx_export.write_onnx(cfg, objective, quantize, tmp, scratch)
+        try:
+            onnx_export.write_onnx(cfg, objective, quantize, tmp, scratch)
+        except onnx_export.Untraceable as e:
+            raise ExportError(f"--format onnx: {e}") from None
         shutil.rmtree(scratch)
         if (run_dir / "tokenizer.json").is_file():
             write_tokenizer(run_dir, cfg.text.context if cfg.pairs else cfg.model.context, tmp)

@@ -21,6 +21,7 @@ channel, activations quantized per batch at run time; embeddings, convolutions a
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,11 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     about: dict  # what onnx.json says of it beyond names and shapes
+    sequence: int | None = None  # text: the longest sequence (model.context); axis 1 of every input is dynamic
+
+
+class Untraceable(Exception):
+    """torch.onnx could not trace a graph; the message is one line."""
 
 
 def unfit(cfg: RunConfig, objective: nn.Module) -> str | None:
@@ -112,10 +118,10 @@ def graphs(cfg: RunConfig, objective: nn.Module) -> list[Graph]:
         ids, mask = _text_example(trunk)
         if trunk.causal:
             return [Graph("model.onnx", CausalLM(trunk), (ids, mask), TEXT_IN, ["logits", "features"],
-                          _text_about(cfg, trunk, "mean", "logits over the padded vocabulary; features: the mean of "
-                                      "the final-norm hidden states over real tokens"))]
+                          _text_about(trunk, "mean", "logits over the padded vocabulary; features: the mean of the "
+                                      "final-norm hidden states over real tokens"), trunk.cfg.context)]
         return [Graph("model.onnx", TextFeatures(trunk), (ids, mask), TEXT_IN, ["features"],
-                      _text_about(cfg, trunk, trunk.cfg.pooling, _pooled(trunk.cfg.pooling)))]
+                      _text_about(trunk, trunk.cfg.pooling, _pooled(trunk.cfg.pooling)), trunk.cfg.context)]
     media = _media_example(cfg)
     if not cfg.pairs:
         return [Graph("model.onnx", objective.model, media, MEDIA_IN[cfg.modality], ["features"],
@@ -123,7 +129,7 @@ def graphs(cfg: RunConfig, objective: nn.Module) -> list[Graph]:
     ids, mask = _text_example(objective.text)
     joint = "embeddings: projected into the joint space and L2-normalised; cosine = dot product"
     return [Graph("text.onnx", JointText(objective), (ids, mask), TEXT_IN, ["embeddings"],
-                  _text_about(cfg, objective.text, objective.text.cfg.pooling, joint)),
+                  _text_about(objective.text, objective.text.cfg.pooling, joint), objective.text.cfg.context),
             Graph(f"{cfg.modality}.onnx", JointMedia(objective), media, MEDIA_IN[cfg.modality], ["embeddings"],
                   _media_about(cfg, f"{joint}; of the tower's features ({_media_pooling(cfg)})"))]
 
@@ -136,7 +142,7 @@ def write_onnx(cfg: RunConfig, objective: nn.Module, quantize: str | None, out: 
         _export(g, fp32)
         if quantize:
             _quantize_int8(fp32, out / g.file)
-        about["graphs"][g.file] = {"inputs": _shapes(g.inputs, g.example, cfg.modality),
+        about["graphs"][g.file] = {"inputs": _shapes(g),
                                    "outputs": g.outputs, **g.about}
     if quantize:
         about["quantize"] = ("int8: onnxruntime quantize_dynamic of MatMul and Gemm (the linear layers): int8 "
@@ -147,34 +153,36 @@ def write_onnx(cfg: RunConfig, objective: nn.Module, quantize: str | None, out: 
 
 def _export(g: Graph, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
-    if g.inputs == TEXT_IN:
-        context = g.module.trunk.cfg.context if hasattr(g.module, "trunk") else g.module.objective.text.cfg.context
-        seq = torch.export.Dim("sequence", min=1, max=context)
-        dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    else:
-        dynamic = {name: {0: batch} for name in g.inputs}
+    axes = {0: batch} if g.sequence is None else {0: batch, 1: torch.export.Dim("sequence", min=1, max=g.sequence)}
     modes = [(m, m.training) for m in g.module.modules()]  # put back each: a fresh wrapper is in training mode
     g.module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on this model
-        program = torch.onnx.export(g.module, g.example, input_names=g.inputs, output_names=g.outputs,
-                                    dynamic_shapes=_by_position(g, dynamic), opset_version=OPSET, dynamo=True,
-                                    verbose=False, report=False, optimize=True)
-    for m, training in modes:
-        m.training = training
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not on this model
+            program = torch.onnx.export(g.module, g.example, input_names=g.inputs, output_names=g.outputs,
+                                        dynamic_shapes=tuple(axes for _ in g.inputs), opset_version=OPSET,
+                                        dynamo=True, verbose=False, report=False, optimize=True)
+    except Exception as e:  # torch's exporter raises its own classes, each with pages of advice after the cause
+        lines = str(e).splitlines()
+        why = next((line for line in lines if line.startswith("<class")), lines[0] if lines else type(e).__name__)
+        raise Untraceable(f"torch.onnx could not trace {g.file} ({type(g.module).__name__}): {why}") from None
+    finally:
+        for m, training in modes:
+            m.training = training
     program.save(str(path))  # weights beside it (path.data) only past protobuf's 2 GB
-
-
-def _by_position(g: Graph, dynamic: dict) -> tuple:
-    """torch.export names dynamic shapes by the forward's own argument names; ours are listed in the same order."""
-    return tuple(dynamic[name] for name in g.inputs)
 
 
 def _quantize_int8(fp32: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process first, whose shape inference fails on dynamo's graphs
+    try:
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
 
 
 def _text_example(trunk: Transformer) -> tuple[Tensor, Tensor]:
@@ -196,13 +204,10 @@ def _media_example(cfg: RunConfig) -> tuple[Tensor, ...]:
     return (torch.randn(2, im.channels, im.size, im.size),)
 
 
-def _shapes(names: list[str], example: tuple[Tensor, ...], modality: str) -> dict:
+def _shapes(g: Graph) -> dict:
     """Each input's shape (named axes are dynamic) and dtype."""
-    shapes = {}
-    for name, x in zip(names, example):
-        dims = ["batch", "sequence"] if name in TEXT_IN else ["batch", *x.shape[1:]]
-        shapes[name] = {"shape": dims, "dtype": str(x.dtype).removeprefix("torch.")}
-    return shapes
+    return {name: {"shape": ["batch", "sequence"] if g.sequence else ["batch", *x.shape[1:]],
+                   "dtype": str(x.dtype).removeprefix("torch.")} for name, x in zip(g.inputs, g.example)}
 
 
 def _pooled(kind: str) -> str:
@@ -210,7 +215,7 @@ def _pooled(kind: str) -> str:
     return f"features: the final-norm hidden states at {where}"
 
 
-def _text_about(cfg: RunConfig, trunk: Transformer, pooling: str, what: str) -> dict:
+def _text_about(trunk: Transformer, pooling: str, what: str) -> dict:
     return {"pooling": pooling, "outputs_are": what, "max_sequence": trunk.cfg.context,
             "prepare": ("tokenizer.json beside this file (Hugging Face tokenizers; it opens each text with "
                         "<|endoftext|>, as training did): ids right-padded with <|pad|>, attention_mask 1 on real "
