@@ -35,3 +35,12 @@ def test_auto_tokenizer_and_model_give_selfsup_embed(which, pooling, request, tm
     w = batch["attention_mask"][..., None].float()  # (B, T, 1)
     got = hidden[:, 0] if kind == "cls" else (hidden * w).sum(1) / w.sum(1)
     np.testing.assert_allclose(got.numpy(), np.load(tmp_path / "emb.npy"), atol=1e-5)
+
+
+def test_causal_export_carries_its_generation_config(run, tmp_path):
+    invoke("export", run, "--format", "hf", "--out", tmp_path / "hf")
+    gen = transformers.GenerationConfig.from_pretrained(tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (tok.eos_token_id, tok.eos_token_id,
+                                                                       tok.pad_token_id)
+    assert tok.eos_token_id != tok.pad_token_id

@@ -164,6 +164,14 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))
     write_tokenizer(run_dir, cfg.model.context, out)
+    if any(a.endswith("ForCausalLM") for a in config.get("architectures", [])):
+        write_generation_config(config, out)
+
+
+def write_generation_config(config: dict, out: Path) -> None:
+    """generation_config.json of a causal export: `generate` opens with EOS (bos), stops at it, pads with PAD."""
+    (out / "generation_config.json").write_text(json.dumps({
+        key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}, indent=1))
 
 
 def write_tokenizer(run_dir: Path, context: int, out: Path) -> None:

@@ -260,7 +260,8 @@ def test_export_into_a_folder_that_holds_files_needs_force_and_then_replaces_the
                    "holds")
     assert _contents(out) == {"notes.txt": b"my notes"}
     assert _main_ok(monkeypatch, "export", made_run, "--out", out, "--force")
-    assert sorted(_contents(out)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(_contents(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                                      "tokenizer_config.json"]
     (tmp_path / "file").write_text("x")
     assert "is a file" in _one_line(*_main(monkeypatch, capsys, "export", made_run, "--out", tmp_path / "file"))
 
