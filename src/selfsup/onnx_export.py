@@ -10,7 +10,7 @@ prepares inputs (the tokenizer.json written beside it opens each text with EOS; 
     image backbone (ViT, ResNet)              model.onnx   pixel_values -> features (B, D)
     audio encoder                             model.onnx   log_mel, lengths -> features (B, D)
     video encoder                             model.onnx   frames -> features (B, D)
-    clip / siglip                             text.onnx    input_ids, attention_mask -> embeddings (B, E)
+    media-text (clip, siglip, clap, ...)      text.onnx    input_ids, attention_mask -> embeddings (B, E)
                                               <media>.onnx <media inputs> -> embeddings (B, E), unit vectors
 
 `quantize="int8"`: onnxruntime.quantization.quantize_dynamic on each fp32 graph, restricted to MatMul and Gemm
@@ -112,7 +112,7 @@ def unfit(cfg: RunConfig, objective: nn.Module) -> str | None:
 
 
 def graphs(cfg: RunConfig, objective: nn.Module) -> list[Graph]:
-    """The graphs a run exports: one per encoder (two for clip / siglip)."""
+    """The graphs a run exports: one per encoder (two, text and media, for a media-text run)."""
     if cfg.modality == "text":
         trunk = objective.model
         ids, mask = _text_example(trunk)
