@@ -170,8 +170,10 @@ def test_int8_graph_quantizes_the_linear_layers_and_stays_close(mlm_run, tmp_pat
     feeds = {"input_ids": ids, "attention_mask": mask}
     (a,) = _session(tmp_path / "fp32" / "model.onnx").run(["features"], feeds)
     (b,) = _session(tmp_path / "int8" / "model.onnx").run(["features"], feeds)
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() > 0.99  # measured 0.999+ on this 2-block run: 8-bit weights and activations, per-channel scales
+    error = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)  # (B,) relative L2 error of each row
+    # measured 1e-4 (at most 2e-4) here, where 6 steps leave the blocks' share of the residual stream small; the bound
+    # is what 8-bit weights (per channel) and activations (per batch) allow: ~0.4% per product, a few in a row
+    assert 0 < error.max() < 1e-2
 
 
 class DataDependent(torch.nn.Module):
