@@ -31,7 +31,8 @@ def test_hf_export_matches_selfsup_logits(run, tmp_path):
 
 def test_safetensors_export_has_weights_config_and_tokenizer(run, tmp_path):
     invoke("export", run, "--format", "safetensors", "--out", tmp_path / "st")
-    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["README.md", "config.yaml", "model.safetensors",
+                                                                    "tokenizer.json"]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from selfsup.train import trainer
 from selfsup.views.augment import center_view
 from tests.test_cli import invoke, run  # noqa: F401  (the trained GPT run)
 from tests.test_export import mlm_run  # noqa: F401  (the trained masked-LM run)
+from tests.test_model_card import card, snippet
 from tests.test_multimodal import IMAGE, TOWERS
 from tests.test_train import quiet
 from tests.test_vision import TINY_VISION
@@ -101,6 +102,11 @@ def test_text_encoder_features_equal_selfsup_embed(mlm_run, tmp_path):
         start += size
     assert [g.shape[0] for g in got] == [3, 2]
     np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-4)
+    meta, body = card(out)  # the model card's snippet runs onnxruntime on texts as onnx.json says
+    assert meta["library_name"] == "onnx"
+    scope = {}
+    exec(snippet(body, out), scope)
+    assert scope["embeddings"].shape == (2, expected.shape[1])
 
 
 def test_gpt_logits_and_features(run, tmp_path):

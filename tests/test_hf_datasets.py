@@ -79,9 +79,8 @@ def test_one_line_errors(tmp_path):
         source_files(str(tmp_path / "dd"))
     assert "\n" not in str(err.value)
     with pytest.raises(DataError) as err:
-        source_files("hf:datasets/org/name")
-    assert str(err.value) == ("data.path 'hf:datasets/org/name': hub datasets are not read yet; save it with "
-                              "datasets' save_to_disk and give the folder")
+        source_files("hf:org/name")  # a model's id (hub datasets: tests/test_init_hub.py)
+    assert str(err.value) == "data.path 'hf:org/name': expected a dataset id, hf:datasets/ORG/NAME[@REVISION]"
 
 
 def test_a_corrupt_arrow_file_is_skipped_and_counted(tmp_path):

@@ -1,6 +1,6 @@
 """`selfsup inspect PATH`: a text folder (txt, jsonl, parquet), an image folder with class sub-folders, a pairs
-.jsonl and a tiny trained run each print what selfsup sees; a missing path, an empty folder and a model folder
-answer in one line; a text folder is inspected without importing torch."""
+.jsonl and a tiny trained run each print what selfsup sees; a missing path and an empty folder answer in one line
+(model folders: tests/test_inspect_model.py); a text folder is inspected without importing torch."""
 
 import json
 import subprocess
@@ -115,9 +115,6 @@ def test_a_trained_run(tmp_path, one_thread):
 @pytest.mark.parametrize("make, expected", [
     (lambda p: p / "nope", "'{p}/nope' does not exist; expected a data file or folder, or a run directory"),
     (lambda p: p, "'{p}' is an empty folder; expected data files in it (or a run directory)"),
-    (lambda p: (p / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}') and p,
-     "{p} looks like a Hugging Face model folder (architectures: LlamaForCausalLM); inspecting model folders "
-     "comes with model.init"),
 ])
 def test_errors_are_one_line(tmp_path, make, expected):
     path = make(tmp_path)

@@ -155,6 +155,8 @@ def test_retrieval_counts_identical_captions_as_one_text():
             return "fixed"
 
     class Tok:  # captions "a", "b", "c" -> ids [eos, 0|1|2]
+        post_processor = None  # no special tokens of its own: selfsup's [EOS] + tokens
+
         def encode_batch(self, texts, add_special_tokens=False):
             return [type("E", (), {"ids": [ord(t) - ord("a")]}) for t in texts]
 

@@ -560,7 +560,7 @@ def test_image_folder_without_images_is_a_one_line_error(tmp_path, monkeypatch, 
                             f"out_dir={tmp_path / 'b'}", *TINY_VISION)
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [f"error: data.path '{empty}': the folder holds no images "
-                                        "(.png .jpg .jpeg .webp .bmp .gif .tif .tiff), .tar shards or .npz files"]
+                                        "(.png .jpg .jpeg .webp .bmp .gif .tif .tiff), .tar shards, .npz or .parquet files"]
 
 
 def test_image_size_not_a_multiple_of_the_patch_is_a_one_line_config_error(tmp_path, monkeypatch, capsys):

@@ -74,24 +74,43 @@ def train(
 
 
 @app.command()
-def recipes():
+def recipes(scale: bool = typer.Option(False, "--scale", help="also list the paper-scale recipes: the published "
+                                       "architectures and hyper-parameters, sized for 8 processes")):
     """List the built-in recipes, one line each."""
-    for name, path in sorted(config_mod.recipe_files().items()):
-        console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+    found = sorted(config_mod.recipe_files().items())
+    for name, path in found:
+        if not config_mod.paper_scale(path):
+            console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+    if scale:
+        import torch  # the parameter counts: each model built on the meta device, without memory or data
+
+        from selfsup.objectives.build import network
+
+        console.print("\npaper scale (global batch = train.batch_size × train.grad_accum × 8 processes):")
+        for name, path in found:
+            if config_mod.paper_scale(path):
+                with torch.device("meta"):
+                    params = sum(p.numel() for p in network(config_mod.load(name)).parameters())
+                console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
 
 
 @app.command(name="eval")
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     task: str = typer.Option("perplexity", help="perplexity (causal LM on held-out text); forgetting (a run made by "
-                             "continual.data: its parent and it on the old and the new domain's held-out data, and "
-                             "with --train/--test a linear probe of both); or a transfer task on "
+                             "continual.data or started from model.init: its parent, or the imported model, and it on "
+                             "the old and the new domain's held-out data, and with --train/--test a linear probe of "
+                             "both); or a transfer task on "
                              "labeled data: linear (probe on frozen features), knn (weighted kNN on frozen "
                              "features), finetune (whole trunk + linear head); clip/siglip runs also: zeroshot "
                              "(classes named by prompts, --test only), retrieval (recall@1/5/10 both ways on "
                              "--test pairs)"),
     data: Optional[str] = typer.Option(None, help="held-out .txt/.jsonl/.parquet file or folder, read as the "
                                                   "run read its corpus (perplexity)"),
+    old_data: Optional[str] = typer.Option(None, "--old-data", help="forgetting: data of the old domain, read like "
+                                           "data.path (its validation split is scored); needed for a run started "
+                                           "from model.init, whose training data selfsup does not know; for a "
+                                           "continued run it replaces continual.old_data"),
     train: Optional[str] = typer.Option(None, help="labeled data to train on (linear, knn, finetune): text runs "
                                         "take .jsonl ('text', 'label', see `selfsup data labeled-docstrings`), image, "
                                         "audio and video runs a folder with one sub-folder per class (see `selfsup "
@@ -130,13 +149,14 @@ def evaluate(
     from selfsup.rundir import open_run
 
     baselines = baseline or []
-    spec = check_options(task, dict(data=data, train=train, test=test), baselines)
+    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines)
     dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
-        result = forgetting(run_dir, dev, batch_size, log=lambda text: err.print(f"[dim]{text}"))
+        result, parent = forgetting(run_dir, dev, batch_size, old_data=old_data,
+                                    log=lambda text: err.print(f"[dim]{text}"))
         if train:
-            result["probe"] = probe(run_dir, result["parent"], dev, batch_size, train, test, progress=_progress)
+            result["probe"] = probe(run_dir, parent, dev, batch_size, train, test, progress=_progress)
         _print(*tables.forgetting(run_dir, result))
         _save(out, result)
         console.print(f"written: {out}")
@@ -181,13 +201,20 @@ def _progress(it, what):
 @app.command()
 def embed(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line) or a "
-                                "folder of them; image runs: an image, a folder (recursive), .tar shards or .npz; "
-                                "audio / video runs: a file, a folder, a .jsonl or .tar shards"),
-    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read"),
-    jsonl: Optional[Path] = typer.Option(None, help="text runs: also write a .jsonl of {\"text\", \"embedding\"}"),
-    joint: bool = typer.Option(False, help="clip / siglip runs: unit vectors in the joint media-text space "
-                               "(after the projection) instead of the media tower's features"),
+    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line), a .parquet "
+                                "or a folder of them; image runs: an image, a folder (recursive), .tar shards, .npz, "
+                                ".parquet or a .jsonl of pairs; audio / video runs: a file, a folder, a .jsonl or .tar shards; "
+                                "with --joint also texts (see --joint)"),
+    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read; beside it "
+                             "OUT.rows.jsonl names each row's source ({row, file, key}, + text for texts) and "
+                             "OUT.skipped.jsonl each item skipped ({file, key, skipped: reason}); .parquet files "
+                             "instead when the input is .parquet"),
+    jsonl: Optional[Path] = typer.Option(None, help="texts: also write a .jsonl of {\"text\", \"embedding\"}"),
+    joint: bool = typer.Option(False, help="clip / siglip / clap / videoclip runs: unit vectors in the joint "
+                               "media-text space (after the projection) instead of the media tower's features. "
+                               "Texts go through the text tower when INPUT is one file of them: a .txt (a text a "
+                               "line), or a .jsonl / .parquet whose rows have data.caption_field ('text') and no "
+                               "media field (data.image_field, 'audio' / 'video', 'path'); else INPUT is media"),
     batch_size: int = typer.Option(32, help="items per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
@@ -197,10 +224,10 @@ def embed(
 
     r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
                   progress=lambda it: track(it, "embedding", "batches", err))
-    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
+    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}, {r.rows}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
-    console.print(f"skipped: {r.skipped or 'none'}")
+    console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
@@ -379,9 +406,10 @@ def generate(
 def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
-                               "(the GPT maps onto Llama); safetensors: weights + config.yaml + tokenizer.json; "
-                               "onnx: each encoder as an ONNX graph of its features (clip/siglip: text.onnx and the "
-                               "media tower's, joint embeddings; the GPT: logits) + onnx.json, for onnxruntime"),
+                               "(the GPT maps onto Llama, a ResNet onto ResNetModel); safetensors: weights + "
+                               "config.yaml + tokenizer.json; onnx: each encoder as an ONNX graph of its features "
+                               "(media-text runs: text.onnx and the media tower's, joint embeddings; the GPT: "
+                               "logits) + onnx.json, for onnxruntime"),
     out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
                              "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
@@ -390,15 +418,31 @@ def export_run(
                                            "onnx: int8 (onnxruntime's dynamic quantization of the linear layers)"),
     force: bool = typer.Option(False, "--force", help="--out may hold files: the export replaces them, once it is "
                                "written"),
+    license: Optional[str] = typer.Option(None, help="the model card's license (a Hub license id, e.g. apache-2.0, "
+                                          "mit, cc-by-4.0); none: the card names none"),
+    dataset: list[str] = typer.Option([], help="a data set the model was trained on, for the model card's metadata "
+                                      "(a Hub id ORG/NAME); repeat for several"),
+    push: Optional[str] = typer.Option(None, help="with --format hf: also upload the export to the Hub repository "
+                                       "ORG/NAME (made private if missing), with the token of `hf auth login` or "
+                                       "HF_TOKEN; checked before any work"),
 ):
-    """Export the trained model for other tools."""
+    """Export the trained model for other tools, with a model card (README.md)."""
+    if push is not None:
+        from selfsup.export import ExportError, check_push
+
+        if format != "hf":
+            raise ExportError(f"--push uploads a Hugging Face export; expected --format hf, got --format {format}")
+        check_push(push)
     import torch
 
-    from selfsup.export import export
+    from selfsup.export import export, push as push_folder
     from selfsup.rundir import open_run
 
     cfg, objective, _ = open_run(run_dir, torch.device("cpu"))
-    console.print(f"exported to {export(run_dir, cfg, objective, format, out, quantize, force)}")
+    written = export(run_dir, cfg, objective, format, out, quantize, force, license, tuple(dataset), push)
+    console.print(f"exported to {written}")
+    if push is not None:
+        console.print(f"uploaded to {push_folder(out, push)}")
 
 
 @app.command()
@@ -439,14 +483,15 @@ def _run_name(run: Path, s: dict) -> str:
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video) or a run "
-                               "directory"),
+    path: str = typer.Argument(..., help="a data file or folder (text, images, pairs .jsonl, audio, video), a run "
+                               "directory, or a Hugging Face model folder or hf:ORG/NAME id"),
     kind: Optional[str] = typer.Option(None, help="text, image, pairs, audio or video: how to read a data path "
                                        "(default: guessed from the suffixes, and said)"),
 ):
     """What selfsup sees at PATH, read cheaply (no image decoded, no model loaded): for data, the files by suffix,
     rows, fields, label classes and one sample; for a run directory, recipe, model, parameters, tokenizer, steps,
-    the latest verified checkpoint, the data's fingerprint, sessions and status."""
+    the latest verified checkpoint, the data's fingerprint, sessions, status and the model it started from; for a
+    Hugging Face model, what model.init would make of it (objective, shape, parameters, weight files, tokenizer)."""
     from selfsup.inspect import inspect_path
 
     title, rows = inspect_path(path, kind)

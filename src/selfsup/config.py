@@ -6,6 +6,7 @@ A bad config fails before any work with one line that names the key, what was gi
 from __future__ import annotations
 
 import difflib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -74,10 +75,12 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     path: str = Field(BUILTIN_CORPUS, description=f"text: a .txt/.jsonl/.parquet file or a folder of them (see "
-                      f"data.extensions); '{BUILTIN_CORPUS}' is the docstrings of Python's standard library, "
-                      "present on every machine. Images: a folder "
-                      "(recursive), webdataset .tar shards or an .npz; 'builtin:digits' is scikit-learn's bundled "
-                      "handwritten digits (training split)")
+                      f"data.extensions), or hf:datasets/ORG/NAME[@REVISION] (those files of a Hugging Face Hub "
+                      f"dataset, fetched into huggingface_hub's cache); '{BUILTIN_CORPUS}' is the docstrings of "
+                      "Python's standard library, present on every machine. Images: a folder "
+                      "(recursive), webdataset .tar shards, an .npz, .parquet files or a datasets folder (see "
+                      "data.image_field); 'builtin:digits' is scikit-learn's bundled handwritten digits (training "
+                      "split)")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
                                                           ".parquet: a document per line, per file, or per block of "
                                                           "lines between blank lines")
@@ -86,6 +89,12 @@ class DataConfig(Section):
                                          "keep their format, any other suffix is plain text split by data.document")
     text_field: str = Field("text", min_length=1, description="the field of a .jsonl line, or the column of a "
                             ".parquet file, that holds a document's text")
+    image_field: str = Field("image", min_length=1, description="images and pairs: the column of a .parquet file "
+                             "or a datasets folder that holds each row's image (its encoded bytes, a {bytes, path} "
+                             "struct as datasets.Image() stores it, or a path relative to the file), and the field "
+                             "of an image pair .jsonl line that holds its path")
+    caption_field: str = Field("text", min_length=1, description="pairs: the field of a .jsonl line, or the column "
+                               "of a .parquet file or a datasets folder, that holds the caption")
     tokenizer: str | None = Field(None, description="a tokenizer.json to reuse instead of training one")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out for validation")
     max_doc_chars: int = Field(200_000, gt=0, description="longer documents are skipped and counted")
@@ -98,7 +107,8 @@ class DataConfig(Section):
                             "shards are held out for validation by a hash of their name, statistics are measured on "
                             "the first 1000 samples (see docs/distributed.md)")
     shuffle_buffer: int = Field(1000, gt=0, description="streaming: samples permuted together within a process")
-    allow_outside: bool = Field(False, description="pairs .jsonl: read media paths that lead outside the data folder "
+    allow_outside: bool = Field(False, description="pairs .jsonl, and image paths in .parquet or datasets rows: read "
+                                "media paths that lead outside the data folder "
                                 "(absolute, '..', or through links); by default such lines are skipped and counted "
                                 "as 'outside the data folder'")
 
@@ -132,8 +142,42 @@ class AudioConfig(Section):
     hop: int = Field(160, gt=0, description="STFT hop in samples (10 ms at 16 kHz)")
     stride: int = Field(2, ge=1, description="the convolutional front end emits a token every `stride` frames")
     mean: float | None = Field(None, description="log-mel normalisation mean (default: measured on the training "
-                               "clips)")
+                               "clips; audio.input=waveform normalises each clip instead)")
     std: float | None = Field(None, gt=0, description="log-mel normalisation std (default: measured)")
+    input: Literal["logmel", "waveform"] = Field("logmel", description="what the audio encoder reads: log-mel "
+                                                 "frames through a two-convolution front end, or the raw waveform "
+                                                 "(cached as float32 samples, each clip normalised to zero mean "
+                                                 "and unit variance over its real samples) through HuBERT / "
+                                                 "wav2vec 2.0's convolutional feature encoder (audio.conv_*)")
+    conv_dim: list[Annotated[int, Field(gt=0)]] = Field([512] * 7, min_length=1, description="audio.input="
+                                                        "waveform: channels of each feature-encoder convolution")
+    conv_kernel: list[Annotated[int, Field(gt=0)]] = Field([10, 3, 3, 3, 3, 2, 2], min_length=1,
+                                                           description="audio.input=waveform: their kernel sizes")
+    conv_stride: list[Annotated[int, Field(gt=0)]] = Field([5, 2, 2, 2, 2, 2, 2], min_length=1,
+                                                           description="audio.input=waveform: their strides (a token "
+                                                           "every product of them samples: 320, 20 ms at 16 kHz)")
+    conv_norm: Literal["group", "layer"] = Field("group", description="audio.input=waveform: GroupNorm on the first "
+                                                 "convolution only (HuBERT Base) or LayerNorm on each (Large)")
+    conv_bias: bool = Field(False, description="audio.input=waveform: the convolutions have biases")
+    positions: Literal["rope", "conv"] = Field("rope", description="audio positions: rotary in every block, or "
+                                               "HuBERT / wav2vec 2.0's convolutional position embedding (a grouped, "
+                                               "weight-normed convolution over time with GELU, added to the tokens "
+                                               "once; a post-norm trunk then normalises them before its first "
+                                               "block, a pre-norm one ends with its final norm)")
+    conv_positions: int = Field(128, ge=2, description="audio.positions=conv: the convolution's kernel in tokens")
+    conv_position_groups: int = Field(16, gt=0, description="audio.positions=conv: its groups (divide model.dim)")
+
+    @model_validator(mode="after")
+    def _waveform(self) -> AudioConfig:
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(f"audio.conv_dim, conv_kernel and conv_stride have {len(self.conv_dim)}, "
+                             f"{len(self.conv_kernel)} and {len(self.conv_stride)} entries; expected one each per "
+                             "convolution")
+        per_token = math.prod(self.conv_stride)
+        if self.input == "waveform" and per_token % self.hop:
+            raise ValueError(f"audio.hop={self.hop} must divide the waveform encoder's {per_token} samples per token "
+                             "(HuBERT's targets stack the log-mel frames of each token)")
+        return self
 
 
 class VideoConfig(Section):
@@ -148,7 +192,8 @@ class VideoConfig(Section):
 
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
-TEXT_TRUNK_OPTIONS = ("tied", "learned_positions")
+TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
+VIT_OPTIONS = ("learned_positions", "embed_norm", "position_grid")  # a ViT's (learned positions: a text trunk's too)
 
 
 class ModelConfig(Section):
@@ -181,12 +226,43 @@ class ModelConfig(Section):
     layer_scale: float | None = Field(None, gt=0, description="transformers: a learned per-channel scale on each "
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
-                                    "(GPT-2, BERT) instead of rotary embeddings")
-    init: str | None = Field(None, description="start from a Hugging Face Llama causal LM: a local folder with "
-                             "config.json, model.safetensors (or a sharded index) and tokenizer.json; its config "
-                             "sets the model's shape and data.tokenizer (objective clm, the gpt-clm recipe)")
-    pooling: Literal["cls", "mean"] = Field("cls", description="encoders: sequence feature from the first token "
-                                            "(EOS opens every document) or the mean over tokens")
+                                    "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
+                                    "(ViT, DINOv2, CLIP, SigLIP; the class token's position is part of the class "
+                                    "token) instead of the fixed sin-cos ones")
+    position_grid: int | None = Field(None, gt=0, description="ViT with learned_positions: side in patches of the "
+                                      "learned table (model.init sets a model's image_size / patch_size, 37 for "
+                                      "DINOv2); other grids are interpolated from it bicubically, as transformers "
+                                      "does; None: image.size / model.patch")
+    causal: bool = Field(False, description="text tower of clip/siglip (text.causal): each token attends only to "
+                         "those before it (CLIP's text transformer)")
+    embed_norm: bool | None = Field(None, description="a norm on the embedded tokens before the first block; None: "
+                                    "the trunk's own (the text encoder has one, in place of its first block's "
+                                    "attention norm, as ModernBERT; a ViT none); model.embed_norm=true: CLIP's "
+                                    "pre_layrnorm on a ViT; text.embed_norm=false: the text tower of clip/siglip "
+                                    "without one, as CLIP's and SigLIP's")
+    local_attention: int | None = Field(None, ge=2, description="text encoder: the sliding window of the local "
+                                        "layers in tokens, a token seeing local_attention/2 either side "
+                                        "(ModernBERT's local_attention); None: every layer attends globally")
+    global_every: int = Field(3, ge=1, description="with model.local_attention: layer i attends globally when i is "
+                              "a multiple of this, the others within the window (ModernBERT's "
+                              "global_attn_every_n_layers)")
+    local_rope_theta: float | None = Field(None, gt=0, description="text encoder: the rotary base of the local "
+                                           "layers (ModernBERT's local_rope_theta); None: model.rope_theta")
+    init: str | None = Field(None, description="start from a Hugging Face model: a local folder with config.json "
+                             "and model.safetensors (or a sharded index), or hf:ORG/NAME[@REVISION] (fetched into "
+                             "huggingface_hub's cache; offline, read from it). Its config sets the model's shape: a "
+                             "causal LM (Llama, Qwen2, Mistral, GPT-2) for objective clm and an encoder (BERT, "
+                             "RoBERTa, ModernBERT) for mlm, simcse or a hybrid of them, each with its tokenizer.json "
+                             "as data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
+                             "model.backbone, model.small_stem=false and image.channels; teachers start equal to "
+                             "it); a ViTModel or Dinov2Model for image objectives with a ViT (its shape and learned "
+                             "positions; image.size stays the run's); a CLIPModel or SiglipModel for objective clip "
+                             "or siglip: both towers, and image.mean/std from its preprocessor_config.json")
+    pooling: Literal["cls", "mean", "last", "map"] = Field(
+        "cls", description="encoders: sequence feature from the first token (EOS opens every document), the mean over "
+        "tokens, the last token (text tower: the last real one, CLIP's end-of-text; the last position when "
+        "align.attend_padding, SigLIP's) or, ViT of clip/siglip, attention pooling by a learned probe without a "
+        "class token (map: SigLIP's multihead attention pooling head)")
     dropout: float = Field(0.0, ge=0, lt=1)
     rope_theta: float = Field(10000.0, gt=0)
     backbone: Literal["vit", "resnet18", "resnet50"] = Field("vit", description="image objectives: a ViT of "
@@ -346,6 +422,12 @@ class AlignConfig(Section):
                                    "features of other ranks (needed for the global batch's exact gradient)")
     chunk: int = Field(0, ge=0, description="siglip: text rows per block of the pairwise loss, which then never "
                        "holds the whole batch x batch matrix (0: in one piece)")
+    media_proj: bool = Field(True, description="a linear projection from the media tower to the joint embedding; "
+                             "false: the tower's pooled features are the embedding (SigLIP's vision tower; "
+                             "align.embed_dim must equal model.dim)")
+    text_proj_bias: bool = Field(False, description="the text tower's projection has a bias (SigLIP's text head)")
+    attend_padding: bool = Field(False, description="the text tower attends to the padding of captions padded to "
+                                 "text.context (SigLIP, trained without an attention mask)")
 
 
 class HuBERTConfig(Section):
@@ -400,11 +482,14 @@ class ContinualConfig(Section):
                              "from RUN_DIR's final weights (model and heads; a fresh optimizer), tokenizer and image "
                              "normalisation; its lr schedule starts again at step 0 (sched.warmup_steps of warm-up, "
                              "then decay over train.max_steps, the continued phase's steps)")
-    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the parent's training "
-                          "data (continual.old_data), exact to one row per process over the run")
+    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the old domain's "
+                          "training data (continual.old_data), exact to one row per process over the run")
     parent: str | None = Field(None, description="set automatically: the run directory this run continues")
-    old_data: str | None = Field(None, description="set automatically: the parent's training data, the replay stream "
-                                 "and the old domain of `selfsup eval RUN_DIR --task forgetting`")
+    old_data: str | None = Field(None, description="the old domain: the replay stream (continual.replay), validated on "
+                                 "as training goes (forgetting as it happens) and the old domain of `selfsup eval "
+                                 "RUN_DIR --task forgetting`. Set automatically to the parent's data.path by "
+                                 "continual.data; with model.init, data of the imported model's old domain, given by "
+                                 "you (selfsup cannot know what it was trained on)")
 
 
 class LogConfig(Section):
@@ -511,20 +596,67 @@ class RunConfig(Section):
         """Options that shape a transformer (or the text trunk alone) are refused where they would be ignored
         without a word."""
         m, default = self.model, ModelConfig()
-        changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS) if getattr(m, k) != getattr(default, k)
-                   and not (k == "kv_heads" and m.kv_heads == m.heads)]
+        changed = [k for k in (*TRANSFORMER_OPTIONS, *TEXT_TRUNK_OPTIONS, *VIT_OPTIONS)
+                   if getattr(m, k) != getattr(default, k) and not (k == "kv_heads" and m.kv_heads == m.heads)]
         resnet = self.modality in ("image", "video") and m.backbone != "vit"
-        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet]
+        pixels = self.modality in ("image", "video")
+        vit = pixels and m.backbone == "vit"
+        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text"
+                 and not (vit and k in VIT_OPTIONS) or resnet or k in VIT_OPTIONS and k not in TEXT_TRUNK_OPTIONS
+                 and not pixels]
         if given:
-            shapes = "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS else "a transformer"
+            shapes = {"tied": "the text trunk", "learned_positions": "the text trunk or a ViT",
+                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)",
+                      "position_grid": "a ViT"}.get(given[0], "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS
+                                                    else "a transformer")
             backbone = f" with model.backbone={m.backbone}" if resnet else ""
             raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
+        if m.position_grid is not None and not (vit and m.learned_positions):
+            raise ValueError(f"model.position_grid={m.position_grid} sizes a ViT's learned position table; expected "
+                             "model.backbone=vit with model.learned_positions=true")
         if changed and "plm" in self.parts:
             raise ValueError(f"model.{changed[0]}={getattr(m, changed[0])}: xlnet-plm's two-stream attention needs "
                              f"the trunk's defaults (model.{changed[0]}={getattr(default, changed[0])})")
+        if m.local_attention is not None and self.causal:
+            raise ValueError(f"model.local_attention={m.local_attention} is the bidirectional window of an encoder's "
+                             "local layers (ModernBERT); objective clm is a causal decoder")
+        windowed = m.local_attention is not None
+        for key, fits in (("global_every", windowed), ("local_rope_theta", windowed and not m.learned_positions)):
+            if key in changed and not fits:
+                raise ValueError(f"model.{key}={getattr(m, key)} shapes the local layers of an encoder: expected "
+                                 "model.local_attention set" + (" and rotary positions (model.learned_positions="
+                                                               "false)" if key == "local_rope_theta" else ""))
         if not m.tied and self.parts != ["clm"]:
             raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
                              f"objective {self.objective} ties its head to the embedding")
+        return self
+
+    @model_validator(mode="after")
+    def _audio_positions(self) -> RunConfig:
+        a = self.audio
+        if self.modality == "audio" and a.positions == "conv" and self.model.dim % a.conv_position_groups:
+            raise ValueError(f"audio.conv_position_groups={a.conv_position_groups} must divide model.dim "
+                             f"({self.model.dim})")
+        return self
+
+    @model_validator(mode="after")
+    def _tower_options(self) -> RunConfig:
+        """The text tower's options (causal attention, pooling at the last token) and the ViT's attention pooling
+        (map) where they apply; a media tower without projection has the joint embedding's width."""
+        m, image_pairs = self.model, self.pairs and self.align.modality == "image" and self.model.backbone == "vit"
+        if m.causal:
+            raise ValueError("model.causal shapes the text tower of clip/siglip (text.causal); the GPT decoder is "
+                             "causal and the other trunks bidirectional by construction")
+        if m.pooling == "map" and not image_pairs:
+            raise ValueError(f"model.pooling=map pools a ViT without class token for clip/siglip on images; this run "
+                             f"is objective {self.objective} on {self.modality} with model.backbone={m.backbone}")
+        if m.pooling == "last" and self.modality != "text":
+            raise ValueError(f"model.pooling=last pools a text trunk; this run's modality is {self.modality}")
+        if self.text.pooling == "map":
+            raise ValueError("text.pooling=map pools a ViT; expected cls, mean or last for the text tower")
+        if self.pairs and not self.align.media_proj and self.align.embed_dim != m.dim:
+            raise ValueError(f"align.media_proj=false makes the media tower's features (model.dim={m.dim}) the joint "
+                             f"embedding; expected align.embed_dim={m.dim} (got {self.align.embed_dim})")
         return self
 
     @model_validator(mode="after")
@@ -615,9 +747,15 @@ class RunConfig(Section):
 # ----------------------------------------------------------------------------------------------- recipes
 
 def recipe_files() -> dict[str, Path]:
-    """Built-in recipes by name (file stem)."""
+    """Built-in recipes by name (file stem): the CPU-sized ones in recipes/, the paper-scale ones in recipes/scale/."""
     folder = resources.files("selfsup") / "recipes"
-    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+    return {Path(f.name).stem: Path(str(f)) for sub in (folder, folder / "scale") for f in sub.iterdir()
+            if f.name.endswith(".yaml")}
+
+
+def paper_scale(path: Path) -> bool:
+    """A recipe at the size of its paper (recipes/scale/), for many accelerators, rather than for a laptop CPU."""
+    return path.parent.name == "scale"
 
 
 def recipe_summary(path: Path) -> str:

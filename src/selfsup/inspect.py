@@ -1,6 +1,8 @@
 """`selfsup inspect PATH`: what selfsup sees at a path, before a long run starts or after one. A data path is read
 cheaply by data/inspect.py; a run directory is read from the files it holds (config.yaml, tokenizer.json,
-identity.json, history.jsonl, summary.json, the checkpoints' manifests); nothing is loaded onto a device.
+identity.json, history.jsonl, summary.json, the checkpoints' manifests); a Hugging Face model folder (or hf: id) from
+its config.json, tokenizer.json and the safetensors headers, as model.init would take it; nothing is loaded onto a
+device.
 
     title, rows = inspect_path("runs/a")      # rows: [(name, value)], value a short string
 """
@@ -13,9 +15,12 @@ import struct
 from pathlib import Path
 
 from selfsup import config as config_mod
-from selfsup.data.errors import DataError
 from selfsup.data.inspect import inspect_data
 from selfsup.data.read.jsonl import json_line
+from selfsup.data.read.tokenizer import EOS
+from selfsup.hub import DATASETS, commit
+from selfsup.models.hf.folder import Unsupported, described, eos_token, read_config, resolve, token_ids, weight_files
+from selfsup.models.hf.init import FAMILIES
 
 
 def inspect_path(path: str, kind: str | None = None) -> tuple[str, list[tuple[str, str]]]:
@@ -23,18 +28,70 @@ def inspect_path(path: str, kind: str | None = None) -> tuple[str, list[tuple[st
     p = Path(path).expanduser()
     if p.is_dir() and (p / "config.yaml").is_file() and kind is None:
         return f"run directory {path}", inspect_run(p)
-    if p.is_dir() and (p / "config.json").is_file() and kind is None:
-        raise DataError(f"{path} looks like a Hugging Face model folder (architectures: {_architectures(p)}); "
-                        "inspecting model folders comes with model.init")
+    hub_model = path.startswith("hf:") and not path.startswith("hf:" + DATASETS)
+    if kind is None and (hub_model or p.is_dir() and (p / "config.json").is_file()):
+        return f"Hugging Face model {path}", inspect_model(path)
     return f"data {path}", inspect_data(path, kind)
 
 
-def _architectures(folder: Path) -> str:
+def inspect_model(source: str) -> list[tuple[str, str]]:
+    """What model.init would make of a model folder or hf: id (an id's weights are not downloaded for this: they
+    are counted when its cache holds them)."""
+    folder = resolve(source, weights=False)
+    hf = read_config(folder)
+    kind, names = hf.get("model_type"), ", ".join(map(str, hf.get("architectures") or [])) or "not named"
+    rows = [("architecture", f"{names} (model_type {kind})")]
+    if source.startswith("hf:"):
+        rows.append(("snapshot", f"commit {commit(folder)} in {folder.parent.parent}"))
+    family = next((f for f in FAMILIES if kind in f.MODEL_TYPES), None)
+    if family is None:
+        known = ", ".join(t for f in FAMILIES for t in f.MODEL_TYPES)
+        rows.append(("model.init", f"not supported: model_type {kind}; selfsup maps {known}"))
+    else:
+        try:
+            v = family.config_values(hf)
+            rows += [("model.init", f"maps onto objective {' or '.join(family.OBJECTIVES)} ({family.ARCHITECTURE})"),
+                     ("model", f"dim {v['model.dim']}, depth {v['model.depth']}, heads {v['model.heads']}, kv heads "
+                               f"{v['model.kv_heads']}, vocab {v['model.vocab_size']}, context up to "
+                               f"{hf.get('max_position_embeddings', '-')}" if "model.vocab_size" in v else
+                               ", ".join(f"{k}={x}" for k, x in v.items()))]  # an image model: the keys it sets
+        except Unsupported as why:
+            rows.append(("model.init", f"not supported: {why}"))
+    image = family is not None and not family.TOKENIZER  # an image model has no tokenizer to read
+    return rows + _model_weights(folder) + ([] if image else _model_tokenizer(folder, hf))
+
+
+def _model_weights(folder: Path) -> list[tuple[str, str]]:
+    """Parameters from the safetensors headers (no tensor is read); the files and their size."""
     try:
-        found = json.loads((folder / "config.json").read_text()).get("architectures")
-    except (OSError, ValueError, AttributeError):
-        found = None
-    return ", ".join(map(str, found)) if isinstance(found, list) and found else "not named"
+        files = weight_files(folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        return [("weights", "model.safetensors.index.json is not readable")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        return [("weights", f"{len(missing)} of {len(files)} safetensors file(s) not here ({missing[0]}); model.init "
+                            "reads model.safetensors or the shards its index names")]
+    size = sum(f.stat().st_size for f in files)
+    counts = [_parameters(f) for f in files]
+    return [("parameters", f"{sum(counts):,}"),
+            ("weights", f"{len(files)} safetensors file(s), {size / 1e6:,.1f} MB")]
+
+
+def _model_tokenizer(folder: Path, hf: dict) -> list[tuple[str, str]]:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return [("tokenizer", "no tokenizer.json (model.init needs the fast tokenizer)")]
+    tok = _json(path)
+    if not isinstance(tok, dict):
+        return [("tokenizer", "tokenizer.json is not readable JSON")]
+    old = eos_token(hf, tok)
+    if old == EOS or EOS in token_ids(tok):
+        eos = f"{EOS} (selfsup's own)"
+    elif old is None:
+        eos = f"none: eos_token_id {hf.get('eos_token_id')} is no token of it, and it has no {EOS} (model.init refuses)"
+    else:
+        eos = f"{old} (id {token_ids(tok)[old]}), renamed {EOS} in the copy model.init uses"
+    return [("tokenizer", _tokenizer(path)), ("end of text", eos)]
 
 
 def inspect_run(run: Path) -> list[tuple[str, str]]:
@@ -115,7 +172,11 @@ def _history(run: Path) -> list[tuple[str, str]]:
     sessions = [line for line in path.read_text().splitlines() if line.strip()]
     last = json_line(sessions[-1]) if sessions else {}
     last = last if isinstance(last, dict) else {}
-    return [("sessions", f"{len(sessions):,}; the last began {last.get('time', '-')} at step {last.get('step', '-')}")]
+    rows = [("sessions", f"{len(sessions):,}; the last began {last.get('time', '-')} at step {last.get('step', '-')}")]
+    first = json_line(sessions[0]) if sessions else None
+    if isinstance(first, dict) and isinstance(first.get("started_from"), dict):
+        rows.append(("started from", described(first["started_from"])))
+    return rows
 
 
 def _summary(run: Path) -> list[tuple[str, str]]:

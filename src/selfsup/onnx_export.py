@@ -37,6 +37,7 @@ from selfsup.probe.inputs import pooling_kind
 OPSET = 20
 TEXT_IN = ["input_ids", "attention_mask"]  # (B, T) int64: token ids, 1 on real tokens and 0 on right padding
 MEDIA_IN = {"image": ["pixel_values"], "audio": ["log_mel", "lengths"], "video": ["frames"]}
+WAVE_IN = ["waveform", "lengths"]  # audio.input=waveform: (B, S) samples, (B,) real samples
 
 
 class TextFeatures(nn.Module):
@@ -123,14 +124,15 @@ def graphs(cfg: RunConfig, objective: nn.Module) -> list[Graph]:
         return [Graph("model.onnx", TextFeatures(trunk), (ids, mask), TEXT_IN, ["features"],
                       _text_about(trunk, trunk.cfg.pooling, _pooled(trunk.cfg.pooling)), trunk.cfg.context)]
     media = _media_example(cfg)
+    names = WAVE_IN if cfg.modality == "audio" and cfg.audio.input == "waveform" else MEDIA_IN[cfg.modality]
     if not cfg.pairs:
-        return [Graph("model.onnx", objective.model, media, MEDIA_IN[cfg.modality], ["features"],
+        return [Graph("model.onnx", objective.model, media, names, ["features"],
                       _media_about(cfg, "features: " + _media_pooling(cfg)))]
     ids, mask = _text_example(objective.text)
     joint = "embeddings: projected into the joint space and L2-normalised; cosine = dot product"
     return [Graph("text.onnx", JointText(objective), (ids, mask), TEXT_IN, ["embeddings"],
                   _text_about(objective.text, objective.text.cfg.pooling, joint), objective.text.cfg.context),
-            Graph(f"{cfg.modality}.onnx", JointMedia(objective), media, MEDIA_IN[cfg.modality], ["embeddings"],
+            Graph(f"{cfg.modality}.onnx", JointMedia(objective), media, names, ["embeddings"],
                   _media_about(cfg, f"{joint}; of the tower's features ({_media_pooling(cfg)})"))]
 
 
@@ -196,6 +198,9 @@ def _text_example(trunk: Transformer) -> tuple[Tensor, Tensor]:
 def _media_example(cfg: RunConfig) -> tuple[Tensor, ...]:
     if cfg.modality == "audio":
         a = cfg.audio
+        if a.input == "waveform":
+            samples = round(a.seconds * a.sample_rate)
+            return torch.randn(2, samples), torch.tensor([samples, samples // 2])
         frames = clip_frames(a.sample_rate, a.seconds, a.hop)
         return torch.randn(2, a.n_mels, frames), torch.tensor([frames, frames // 2])
     im = cfg.image
@@ -211,7 +216,8 @@ def _shapes(g: Graph) -> dict:
 
 
 def _pooled(kind: str) -> str:
-    where = "the first token ([EOS], which opens every text)" if kind == "cls" else "the mean over real tokens"
+    where = {"cls": "the first token ([EOS], which opens every text)", "last": "the last real token"}.get(
+        kind, "the mean over real tokens")
     return f"features: the final-norm hidden states at {where}"
 
 
@@ -235,6 +241,12 @@ def _media_pooling(cfg: RunConfig) -> str:
 
 def _media_about(cfg: RunConfig, what: str) -> dict:
     im, a = cfg.image, cfg.audio
+    if cfg.modality == "audio" and a.input == "waveform":
+        prepare = {"waveform": (f"mono samples at {a.sample_rate} Hz, {a.seconds} s, zero-padded at the end; each "
+                                "clip normalised over its real samples, (x - mean) / sqrt(var + 1e-7), zeros after "
+                                "(transformers' zero_mean_unit_var_norm)"),
+                   "lengths": "real (unpadded) samples per clip"}
+        return {"outputs_are": what, "prepare": prepare}
     if cfg.modality == "audio":
         prepare = {"log_mel": (f"log-mel of {a.seconds} s at {a.sample_rate} Hz, a shorter clip's samples "
                                f"zero-padded at the end (n_fft {a.n_fft}, hop {a.hop}, {a.n_mels} Slaney mel bands: "

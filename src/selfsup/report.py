@@ -28,6 +28,7 @@ from rich.table import Table
 
 from selfsup.config import TEXT_OBJECTIVES
 from selfsup.files import replace_text
+from selfsup.models.hf.folder import described
 from selfsup.train.monitor import read_metrics
 
 _CSS = """
@@ -189,6 +190,8 @@ def _render(run_dir: Path) -> str:
     parts = [f"<h1>{e(title)}</h1>",
              f'<p class="meta">{e(str(run_dir))} &middot; report generated {e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>']
 
+    if isinstance(summary, dict) and summary.get("started_from"):
+        parts.append(f'<p class="meta">started from {e(described(summary["started_from"]))} (model.init)</p>')
     parts.append("<h2>Training</h2>")
     if rows:
         last = rows[-1]
@@ -265,6 +268,8 @@ def summary_table(s: dict) -> Table:
     if d.get("notes"):
         rows.append(("kept with notes", ", ".join(f"{k}: {v}" for k, v in d["notes"].items())))
     rows.append(("non-finite steps skipped", str(s["nan_skipped_steps"])))
+    if s.get("started_from"):
+        rows.append(("started from", described(s["started_from"])))
     for k, v in rows:
         table.add_row(k, v)
     return table

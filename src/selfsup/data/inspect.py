@@ -1,13 +1,15 @@
 """What selfsup sees in a data path, read cheaply so a user can check it before a long run starts: the files (count,
 size, by suffix), the rows (lines counted without decoding, Parquet rows from the footers), the fields (.jsonl keys
-of the first lines, the Parquet schema), label classes, and one sample. No image is decoded (Pillow reads a
-header), and nothing here imports torch.
+of the first lines, the Parquet schema; of a table of images, the image and caption columns a run reads at
+data.image_field's and data.caption_field's defaults), label classes, and one sample. No image is decoded (Pillow
+reads a header), and nothing here imports torch.
 
     rows = inspect_data("corpus/", kind=None)      # [(name, value)], value a short string
 """
 
 from __future__ import annotations
 
+import io
 import tarfile
 import zipfile
 from collections import Counter
@@ -22,8 +24,11 @@ from selfsup.data.errors import DataError
 from selfsup.data.read import text
 from selfsup.data.read.audio import AUDIO_SUFFIXES
 from selfsup.data.read.image import IMAGE_SUFFIXES
+from selfsup.data.read.hf_datasets import arrow_rows, arrow_schema
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.listing import data_files
+from selfsup.data.read.parquet import parquet_rows, parquet_schema
+from selfsup.data.read.table_media import LABEL, check_tables, is_table
 from selfsup.data.read.video import VIDEO_SUFFIXES
 
 KINDS = ("text", "image", "pairs", "audio", "video")
@@ -36,11 +41,14 @@ LABEL_LINES = 10_000  # .jsonl lines read for their labels
 
 def inspect_data(path: str, kind: str | None = None) -> list[tuple[str, str]]:
     """(name, value) rows describing the data at `path` read as `kind` (None: guessed from the suffixes)."""
+    if kind is not None and kind not in KINDS:
+        raise DataError(f"--kind '{kind}': expected one of {', '.join(KINDS)}")
+    if path.startswith("hf:") and kind in (None, "text"):  # a hub dataset: its text files, as data.path reads them
+        files = text.source_files(path)
+        return [("path", path), ("read as", "text (an hf: dataset)"), *_file_rows(files), *_text(files, path)]
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"'{path}' does not exist; expected a data file or folder, or a run directory")
-    if kind is not None and kind not in KINDS:
-        raise DataError(f"--kind '{kind}': expected one of {', '.join(KINDS)}")
     found = [p] if p.is_file() else data_files(p)
     if not found:
         raise DataError(f"'{path}' is an empty folder; expected data files in it (or a run directory)")
@@ -54,11 +62,16 @@ def inspect_data(path: str, kind: str | None = None) -> list[tuple[str, str]]:
 
 def guess_kind(files: list[Path]) -> str:
     """The kind most of `files` are: text unless images, audio or video outnumber text files; .jsonl files that
-    name media are pairs."""
+    name media are pairs, and so are tables (.parquet, a datasets folder's .arrow) with an image and a caption
+    column (images with an image column alone)."""
     by = Counter(f.suffix.lower() for f in files)
     jsonl = [f for f in files if f.suffix.lower() == ".jsonl"]
     if jsonl and any(k in _keys(jsonl[0]) for k in MEDIA_KEYS):
         return "pairs"
+    tables = [f for f in files if is_table(f)]
+    d = DataConfig()
+    if tables and (schema := _schema(tables[0])) is not None and d.image_field in schema.names:
+        return "pairs" if d.caption_field in schema.names else "image"
     counts = {"text": sum(by[s] for s in (*text.TEXT_SUFFIXES, ".arrow")),  # .arrow: a datasets folder's
               "image": sum(by[s] for s in images.SOURCE_SUFFIXES),
               "audio": sum(by[s] for s in AUDIO_SUFFIXES), "video": sum(by[s] for s in VIDEO_SUFFIXES)}
@@ -72,9 +85,11 @@ def _files(path: str, kind: str) -> list[Path]:
     if kind == "image":
         return images.image_files(path)
     if kind == "pairs":
-        files = [f for f in media.source_files(path, "image") if f.suffix.lower() in (".jsonl", ".tar")]
+        files = [f for f in media.source_files(path, "image")
+                 if f.suffix.lower() in media.pair_suffixes("image") or is_table(f)]
         if not files:
-            raise DataError(f"'{path}' holds no .jsonl of pairs or .tar shards; expected pairs (or another --kind)")
+            raise DataError(f"'{path}' holds no .jsonl of pairs, .tar shards or tables (.parquet, a datasets "
+                            "folder); expected pairs (or another --kind)")
         return files
     return media.source_files(path, kind)
 
@@ -226,12 +241,14 @@ def _image(files: list[Path], path: str) -> list[tuple[str, str]]:
     npz = sum(_npz_images(f) for f in counted if f.suffix.lower() == ".npz")
     shards = sum(_tar_samples(f) for f in counted if f.suffix.lower() == ".tar")
     parts = [f"{len(loose):,} image files" if loose else "", f"{npz:,} images in .npz" if npz else "",
-             f"{shards:,} samples in .tar shards" if shards else ""]
+             f"{shards:,} samples in .tar shards" if shards else "", _table_count(counted)]
     rows = [("images" + where, ", ".join(p for p in parts if p) or "none")]
     root = Path(path).expanduser()
     if root.is_dir():
         rows += _classes(Counter(label for f in loose if (label := folder_label(f.relative_to(root).as_posix()))),
                          " (sub-folders)")
+    if is_table(files[0]):
+        return rows + _table_columns(files[0], caption=False)
     rows.append(("first image", _image_sample(files[0])))
     return rows
 
@@ -274,8 +291,12 @@ def _pairs(files: list[Path], path: str) -> list[tuple[str, str]]:
     jsonl = [f for f in counted if f.suffix.lower() == ".jsonl"]
     shards = [f for f in counted if f.suffix.lower() == ".tar"]
     parts = [f"{sum(_lines(f) or 0 for f in jsonl):,} .jsonl lines" if jsonl else "",
-             f"{sum(_tar_samples(f) for f in shards):,} samples in .tar shards" if shards else ""]
+             f"{sum(_tar_samples(f) for f in shards):,} samples in .tar shards" if shards else "",
+             _table_count(counted)]
     rows = [("pairs" + where, ", ".join(p for p in parts if p))]
+    tables = [f for f in files if is_table(f)]
+    if tables:
+        rows += _table_columns(tables[0], caption=True)
     if jsonl:
         first = jsonl[0]
         rows.append((f"fields of {first.name}", ", ".join(_keys(first)) or "none (no JSON object)"))
@@ -288,6 +309,65 @@ def _pairs(files: list[Path], path: str) -> list[tuple[str, str]]:
                                       if key else "")
                                    + f"; caption: {_short(caption) if isinstance(caption, str) else 'none'}"))
     return rows
+
+
+def _table_count(files: list[Path]) -> str:
+    """'N rows in .parquet files' / '... in datasets .arrow files' for the tables of `files`, or ''."""
+    parts = []
+    for suffix, noun in ((".parquet", ".parquet files"), (".arrow", "datasets .arrow files")):
+        found = [f for f in files if f.suffix.lower() == suffix]
+        if found:
+            read = _parquet if suffix == ".parquet" else _arrow
+            parts.append(f"{sum(read(f)[0] or 0 for f in found):,} rows in {noun}")
+    return ", ".join(parts)
+
+
+def _schema(f: Path):
+    return parquet_schema(f) if f.suffix.lower() == ".parquet" else arrow_schema(f)
+
+
+def _table_columns(f: Path, caption: bool) -> list[tuple[str, str]]:
+    """A table's schema, its image (and caption) column as a run reads them at the default data.image_field and
+    data.caption_field, and its first row; or what a run would say of it."""
+    d = DataConfig()
+    schema = _schema(f)
+    if schema is None:
+        return [(f"schema of {f.name}", "unreadable as a table")]
+    rows = [(f"schema of {f.name}", ", ".join(f"{n}: {t}" for n, t in zip(schema.names, schema.types)))]
+    fields = {"image column": d.image_field, **({"caption column": d.caption_field} if caption else {})}
+    try:
+        check_tables([f], d.image_field, d.caption_field if caption else None)
+    except DataError as e:
+        return rows + [("first row", f"not readable as a run reads it: {e}")]
+    rows += [(name, f"{field} ({schema.field(field).type})") for name, field in fields.items()]
+    columns = list(dict.fromkeys([*fields.values(), *([LABEL] if LABEL in schema.names else [])]))
+    read = parquet_rows if f.suffix.lower() == ".parquet" else arrow_rows
+    row = next(read(f, columns, Counter(), "inspect", "its columns", 1), None)
+    if row is None:
+        return rows + [("first row", "none readable")]
+    shown = [f"image: {_cell(row[d.image_field], f)}"]
+    if caption:
+        shown.append(f"caption: {_short(row[d.caption_field]) if isinstance(row[d.caption_field], str) else 'none'}")
+    if LABEL in row:
+        shown.append(f"label: {row[LABEL]}")
+    return rows + [("first row", "; ".join(shown))]
+
+
+def _cell(value, table: Path) -> str:
+    """An image cell as a run reads it: its bytes' header (format, size, mode), or the path and whether it is there."""
+    if isinstance(value, dict):  # datasets.Image(): the bytes when stored, else the path
+        value = value.get("path") if value.get("bytes") is None else value["bytes"]
+    if isinstance(value, str) and value:
+        return f"{value} ({'found' if (table.parent / value).is_file() else 'missing'})"
+    if not isinstance(value, bytes):
+        return "none"
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(value)) as im:  # reads the header only
+            return f"{len(value):,} bytes of {im.format} {im.width}×{im.height}, mode {im.mode}"
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # a run skips and counts it
+        return f"{len(value):,} bytes, not readable as an image ({type(e).__name__})"
 
 
 def _media(files: list[Path], path: str) -> list[tuple[str, str]]:

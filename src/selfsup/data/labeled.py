@@ -1,7 +1,8 @@
 """Labeled data for evaluation and for the trainer's online probes, read in a run's modality.
 
-Images: a folder whose first-level sub-folders name the classes (or webdataset shards with `.cls`, or an .npz
-with `labels`), decoded as for training; unlabeled images are skipped as 'no_label', and test images of a class
+Images: a folder whose first-level sub-folders name the classes (or webdataset shards with `.cls`, an .npz with
+`labels`, or `.parquet` files or one split's `datasets` folder with an image column (data.image_field) and a
+`label` column), decoded as for training; unlabeled images are skipped as 'no_label', and test images of a class
 the training set lacks as 'unknown_label' (classes are matched by name).
 
 Audio and video: a folder with one sub-folder per class, a .jsonl of pairs with a `label`, or webdataset shards
@@ -85,10 +86,7 @@ def _sort_key(label: str):
 def labeled_files(path: str | Path) -> list[Path]:
     p = Path(path).expanduser()
     if is_datasets_folder(p):  # a saved Dataset, or one split's folder of a saved DatasetDict
-        if (p / SPLITS).is_file():  # which split is the train or test set is the user's to say
-            splits = sorted(d.name for d in p.iterdir() if is_datasets_folder(d))
-            raise DataError(f"labeled data '{path}' is a datasets DatasetDict (splits {', '.join(splits)}); "
-                            f"expected one split's folder, e.g. '{p / (splits or ['train'])[0]}'")
+        one_split(path)
         return dataset_files(p, f"labeled data '{path}'")[1]
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in LABELED_SUFFIXES) \
         if p.is_dir() else []
@@ -159,13 +157,27 @@ def _check_classes(path, classes: list[str] | None, labels: list[str]) -> list[s
     return classes
 
 
+def one_split(path: str | Path) -> None:
+    """A datasets DatasetDict is refused as a labeled set: which split is the train or test set is the user's to
+    say."""
+    p = Path(path).expanduser()
+    if is_datasets_folder(p) and (p / SPLITS).is_file():
+        splits = sorted(d.name for d in p.iterdir() if is_datasets_folder(d))
+        raise DataError(f"labeled data '{path}' is a datasets DatasetDict (splits {', '.join(splits)}); "
+                        f"expected one split's folder, e.g. '{p / (splits or ['train'])[0]}'")
+
+
 def read_labeled_images(path: str, size: int, channels: int, classes: list[str] | None = None,
-                        cache_dir: str | None = None, log=None) -> LabeledSet:
+                        cache_dir: str | None = None, log=None, image_field: str = "image",
+                        allow_outside: bool = False) -> LabeledSet:
     """Decode a labeled image set (cached like training data). Without `classes` (a training set) its class
-    names become the classes; with them (a test set) images are mapped to them by name."""
+    names become the classes; with them (a test set) images are mapped to them by name. `image_field` and
+    `allow_outside` as data.image_field and data.allow_outside."""
     from selfsup.data.cache.images import prepare_images
 
-    data = prepare_images(path, size, channels, val_fraction=0.0, cache_dir=cache_dir, log=log or (lambda s: None))
+    one_split(path)
+    data = prepare_images(path, size, channels, val_fraction=0.0, cache_dir=cache_dir, log=log or (lambda s: None),
+                          image_field=image_field, allow_outside=allow_outside)
     return _labeled(path, data.train, data.train_labels, data.classes, data.meta["skipped"], classes,
                     "images", "cat/1.png")
 
@@ -191,8 +203,8 @@ def _labeled(path, items, label_ids: np.ndarray, names_of: list[str], skipped: d
     found = [n for n in names if n is not None]
     if not found:
         raise DataError(f"labeled {what} '{path}' carry no labels; expected class sub-folders (e.g. "
-                        f"{path}/{example}), `.cls` members in .tar shards, a `label` per .jsonl line or a "
-                        "`labels` array in an .npz")
+                        f"{path}/{example}), `.cls` members in .tar shards, a `label` per .jsonl line, a "
+                        "`labels` array in an .npz or a `label` column in .parquet or datasets rows")
     classes = _check_classes(path, classes, found)
     ids = {c: i for i, c in enumerate(classes)}
     skipped["unknown_label"] += sum(n is not None and n not in ids for n in names)
@@ -206,7 +218,8 @@ def read_for_run(cfg, path: str, classes: list[str] | None = None) -> LabeledSet
     from selfsup.data.cache.media import settings
 
     if cfg.modality == "image":
-        return read_labeled_images(path, cfg.image.size, cfg.image.channels, classes, cfg.data.cache_dir)
+        return read_labeled_images(path, cfg.image.size, cfg.image.channels, classes, cfg.data.cache_dir,
+                                   image_field=cfg.data.image_field, allow_outside=cfg.data.allow_outside)
     if cfg.modality in ("audio", "video"):
         return read_labeled_media(path, cfg.modality, settings(cfg.modality, cfg), classes, cfg.data.cache_dir,
                                   allow_outside=cfg.data.allow_outside)

@@ -129,7 +129,8 @@ def joint_task(task: str, run_dir, cfg: RunConfig, objective: nn.Module, tok: To
         data = dict(test=test_set.counts(), skipped=test_set.skipped)
     else:
         media = prepare_media(test_path, cfg.modality, settings(cfg.modality, cfg), 0.0, cfg.data.cache_dir,
-                              log=lambda s: None, captions=True, allow_outside=cfg.data.allow_outside)
+                              log=lambda s: None, captions=True, allow_outside=cfg.data.allow_outside,
+                              image_field=cfg.data.image_field, caption_field=cfg.data.caption_field)
         split = media.train
         if split.captions is None:
             raise ConfigError(f"--test '{test_path}' has no captions; retrieval needs pairs (a .jsonl "

@@ -40,7 +40,8 @@ def forgetting(run_dir: Path, result: dict) -> list:
         b, a = result["probe"]["parent"]["accuracy"], result["probe"]["continued"]["accuracy"]
         table.add_row("probe", "linear accuracy", f"{100 * b:.1f}%", f"{100 * a:.1f}%", f"{100 * (a - b):+.1f} pts")
     lines = [table, f"parent: {result['parent']}",
-             f"old domain: {result['old']['data']} (the parent's training data); new domain: {result['new']['data']}",
+             f"old domain: {result['old']['data']} ({result['old']['named_by']}); new "
+             f"domain: {result['new']['data']}",
              f"protocol: {result['protocol']}"]
     if "probe" in result:
         lines.append(f"probe protocol: {result['probe']['protocol']}")

@@ -58,6 +58,8 @@ def check_options(name: str, options: dict[str, str | None], baselines: list[str
     if name not in TASKS:
         raise ConfigError(f"--task '{name}': expected one of: {', '.join(TASKS)}")
     task = TASKS[name]
+    if options.get("old_data") and name != "forgetting":
+        raise ConfigError(f"--old-data is for --task forgetting (got --task {name})")
     if task.baselines is None and baselines:
         raise ConfigError(NO_BASELINE)
     for b in baselines:

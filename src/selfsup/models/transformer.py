@@ -3,7 +3,8 @@ norm, and an output head for token predictions (tied to the embedding unless mod
 
 The vocabulary is padded to a multiple of 64 for fast matmuls; padded rows are never targets and are masked out
 when sampling. Packed windows carry several documents; with `doc_ids` a token attends only to tokens of its own
-document (earlier ones, when causal) and positions restart at each document.
+document (earlier ones, when causal) and positions restart at each document. With model.local_attention the
+encoder's layers between every model.global_every-th see only keys within a window (ModernBERT's local layers).
 
     GPT     = Transformer(cfg, causal=True)                     maps onto Llama
     encoder = Transformer(cfg, causal=False, embed_norm=True)   maps onto ModernBERT (layernorm, geglu)
@@ -45,6 +46,12 @@ class Transformer(nn.Module):
         else:
             self.positions = None
             self.rotary = Rotary(cfg.dim // cfg.heads, cfg.context, cfg.rope_theta)
+        # ModernBERT: with model.local_attention, the layers between every global_every-th attend within a window,
+        # with rotary angles of their own base
+        self.local = [cfg.local_attention is not None and i % cfg.global_every != 0 for i in range(cfg.depth)]
+        theta = cfg.local_rope_theta
+        self.local_rotary = (Rotary(cfg.dim // cfg.heads, cfg.context, theta) if any(self.local) and self.rotary
+                             is not None and theta not in (None, cfg.rope_theta) else None)
         init_weights(self, cfg.depth)
 
     def forward(self, idx: Tensor, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
@@ -69,9 +76,22 @@ class Transformer(nn.Module):
             x = x + self.positions(torch.arange(T, device=idx.device) if positions is None else positions)
         x = self.drop(self.embed_norm(x))
         rope = None if self.rotary is None else self.rotary(T, positions)
-        for block in self.blocks:
-            x = block(x, rope, mask, causal=self.causal)
+        local_rope, local_mask = self._local(T, positions, rope, mask, idx.device)
+        for block, local in zip(self.blocks, self.local):
+            x = block(x, local_rope if local else rope, local_mask if local else mask, causal=self.causal)
         return self.norm(x)
+
+    def _local(self, T: int, positions: Tensor | None, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
+               device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """The rotary angles and the mask of the local layers: keys at most local_attention/2 tokens away (within a
+        document, tokens apart are positions apart), besides what `mask` (B, 1, T, T) allows. None where no layer
+        is local."""
+        if not any(self.local):
+            return None, None
+        t = torch.arange(T, device=device)
+        near = (t[:, None] - t[None, :]).abs() <= self.cfg.local_attention // 2  # (T, T)
+        rope = rope if self.local_rotary is None else self.local_rotary(T, positions)
+        return rope, near if mask is None else mask & near  # (T, T) or (B, 1, T, T)
 
     @property
     def out_weight(self) -> Tensor:
@@ -107,9 +127,15 @@ def document_positions(doc_ids: Tensor) -> Tensor:
 
 
 def pool(hidden: Tensor, pad_mask: Tensor | None, kind: str) -> Tensor:
-    """(B, T, D) -> (B, D): the first token ('cls'; EOS opens every document) or the mean over real tokens."""
+    """(B, T, D) -> (B, D): the first token ('cls'; EOS opens every document), the mean over real tokens, or the last
+    real token ('last': CLIP's end-of-text; without a mask the last position, SigLIP's)."""
     if kind == "cls":
         return hidden[:, 0]
+    if kind == "last":
+        if pad_mask is None:
+            return hidden[:, -1]
+        last = pad_mask.long().cumsum(dim=1).argmax(dim=1)  # (B,) the first position holding the full count
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pad_mask is None:
         return hidden.mean(dim=1)
     w = pad_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)

@@ -26,8 +26,8 @@ from selfsup.objectives.pair_losses import clip_loss
 class CLIP(Towers):
     def __init__(self, media: nn.Module, view: nn.Module, text: nn.Module, embed_dim: int,
                  log_scale: float | None = None, max_scale: float = 100.0, local_loss: bool = False,
-                 gather_with_grad: bool = False):
-        super().__init__(media, view, text, embed_dim)
+                 gather_with_grad: bool = False, **towers):
+        super().__init__(media, view, text, embed_dim, **towers)  # towers: Towers' projections and padding
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / 0.07) if log_scale is None else log_scale]))
         self.max_log_scale = math.log(max_scale)
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad

@@ -3,7 +3,8 @@
 The batch holds packed windows of model.context tokens; masking is drawn anew for every batch (dynamic, as
 RoBERTa) on the training device. Only the chosen positions go through the prediction head and the tied output
 layer, as ModernBERT's sparse prediction does: the other 85% carry no loss, so computing their logits is waste.
-The head is ModernBERT's: dense, GELU, norm, then the tied embedding with a bias.
+The head is ModernBERT's and BERT's: dense, GELU, norm, then the tied embedding with a bias; with model.bias=all
+the dense layer and the norm have biases too (BERT, RoBERTa).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ _sparse_cross_entropy = torch.compiler.disable(linear_cross_entropy)
 
 
 class MLMHead(nn.Module):
-    def __init__(self, dim: int, norm: str, vocab: int):
+    def __init__(self, dim: int, norm: str, vocab: int, eps: float | None = None, bias: bool = False):
         super().__init__()
-        self.dense = nn.Linear(dim, dim, bias=False)
-        self.norm = make_norm(norm, dim)
+        self.dense = nn.Linear(dim, dim, bias=bias)
+        self.norm = make_norm(norm, dim, eps, bias)
         self.bias = nn.Parameter(torch.zeros(vocab))  # of the tied output layer
 
     def forward(self, h: Tensor) -> Tensor:  # (N, D) -> (N, D)
@@ -47,8 +48,11 @@ class MaskedLM(nn.Module, Objective):
                  whole_word: bool = False, doc_mask: bool = True):
         super().__init__()
         self.model = encoder
-        self.head = MLMHead(encoder.cfg.dim, encoder.cfg.norm, encoder.vocab)
+        c = encoder.cfg
+        self.head = MLMHead(c.dim, c.norm, encoder.vocab, c.norm_eps, c.bias == "all")
         nn.init.normal_(self.head.dense.weight, std=0.02)
+        if self.head.dense.bias is not None:
+            nn.init.zeros_(self.head.dense.bias)
         self.table = table
         self.eos_id, self.p, self.whole_word, self.doc_mask = eos_id, p, whole_word, doc_mask
 

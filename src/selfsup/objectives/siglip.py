@@ -24,8 +24,8 @@ from selfsup.objectives.pair_losses import siglip_loss
 class SigLIP(Towers):
     def __init__(self, media: nn.Module, view: nn.Module, text: nn.Module, embed_dim: int,
                  log_scale: float | None = None, max_scale: float = 100.0, bias: float = -10.0,
-                 gather_with_grad: bool = False, chunk: int = 0):
-        super().__init__(media, view, text, embed_dim)
+                 gather_with_grad: bool = False, chunk: int = 0, **towers):
+        super().__init__(media, view, text, embed_dim, **towers)  # towers: Towers' projections and padding
         self.logit_scale = nn.Parameter(torch.tensor([math.log(10.0) if log_scale is None else log_scale]))
         self.logit_bias = nn.Parameter(torch.tensor([bias]))
         self.max_log_scale = math.log(max_scale)

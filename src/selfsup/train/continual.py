@@ -32,13 +32,21 @@ def load_config(source: str, overrides: list[str]) -> RunConfig:
     cfg = config_mod.load(source, overrides)
     if cfg.model.init:  # the model's shape and tokenizer, before any data is read
         from selfsup.models.hf.init import init_config
+        from selfsup.train.identity import pinned
 
-        cfg = init_config(cfg, {o.partition("=")[0].strip() for o in overrides})
+        explicit = {o.partition("=")[0].strip() for o in overrides}
+        cfg = init_config(cfg, explicit, pinned(Path(cfg.out_dir), cfg.model.init))
     new = cfg.continual.data
     if new is None:
-        if cfg.continual.replay and not cfg.continual.parent:
-            raise ConfigError("continual.replay needs continual.data: continue a finished run with `selfsup train "
-                              "RUN_DIR continual.data=NEW continual.replay=0.2`")
+        c = cfg.continual
+        if c.old_data and not (c.parent or cfg.model.init):
+            raise ConfigError(f"continual.old_data={c.old_data} names the old domain of a run that continues "
+                              "pretraining: set by `selfsup train RUN_DIR continual.data=NEW`, or given with model.init "
+                              "(the imported model's old domain)")
+        if c.replay and not c.old_data:
+            raise ConfigError("continual.replay needs the old domain to replay: continue a finished run with "
+                              "`selfsup train RUN_DIR continual.data=NEW continual.replay=0.2`, or name the old "
+                              "domain of a model.init run with continual.old_data=OLD")
         return cfg
     run = Path(source)
     if not (run / "config.yaml").is_file():
@@ -94,6 +102,7 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
     from selfsup.data import builtin
     from selfsup.data.cache.images import image_files
     from selfsup.data.cache.tokens import cache_root
+    from selfsup.data.read.table_media import check_tables
     from selfsup.data.read.text import source_files
 
     try:
@@ -101,7 +110,7 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
             source_files(new, cfg.data.extensions)
         else:
             cache = cache_root(cfg.data.cache_dir)
-            image_files(builtin.resolve(new, cache))
+            check_tables(image_files(builtin.resolve(new, cache)), cfg.data.image_field, None)  # a text table too
     except DataError as e:
         raise DataError(f"continual.data '{new}': '{run}' trained {cfg.objective} on {cfg.modality}, so the new "
                         f"stream must be {cfg.modality} data too ({e})") from None

@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 from selfsup import config as config_mod
 from selfsup.config import MAY_CHANGE_ON_RESUME as MAY_CHANGE, ConfigError, RunConfig
 from selfsup.data.read import tokenizer as toks
+from selfsup.data.read.jsonl import json_line
 from selfsup.files import replace_text
 
 SHOWN = 6  # differences listed in a refusal; the rest are counted
@@ -105,13 +106,29 @@ def admit(cfg: RunConfig, fingerprint: str, tokenizer: Tokenizer | None, run_dir
 
 def record(run_dir: Path, step: int, changes: dict, allowed: set[str], started_from: dict | None = None) -> None:
     """A line of RUN/history.jsonl for this session; started_from: the model.init weights its first step started
-    from (path, sha256)."""
+    from (models/hf/folder.py provenance: path, commit of an hf: id, sha256)."""
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "command": shlex.join(["selfsup", *sys.argv[1:]]),
             "changed": changes, "allowed": sorted(allowed)}
     if started_from is not None:
         line["started_from"] = started_from
     with open(run_dir / "history.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def started_from(run_dir: Path) -> dict | None:
+    """What the run's first session started from (model.init), as history.jsonl records it; None: nothing."""
+    try:
+        first = (run_dir / "history.jsonl").read_text().splitlines()[:1]
+    except OSError:
+        return None
+    line = json_line(first[0]) if first else None
+    return line.get("started_from") if isinstance(line, dict) else None
+
+
+def pinned(run_dir: Path, source: str | None) -> str | None:
+    """The commit of the hf: id `source` the run in `run_dir` started from; None for a new run or another source."""
+    began = started_from(run_dir) or {}
+    return began.get("commit") if source and began.get("path") == source else None
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

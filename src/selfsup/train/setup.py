@@ -134,8 +134,7 @@ def _build(cfg: RunConfig, procs: dist.Processes, device: torch.device, console:
     if cfg.continual.parent:  # continual pretraining starts from the parent's final weights (a checkpoint overrides)
         continual.load_parent(cfg, objective)
     elif cfg.model.init:  # a Hugging Face model's weights (a checkpoint overrides); the lr warms up from step 0
-        sha, line = load_init(cfg, objective)
-        started_from = {"path": cfg.model.init, "sha256": sha}
+        started_from, line = load_init(cfg, objective, identity.pinned(run_dir, cfg.model.init))
         say(line)
     if procs.world > 1:
         synchronize_batchnorm(objective, device)  # batch statistics of the global batch, as one process

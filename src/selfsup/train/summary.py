@@ -1,4 +1,5 @@
-"""summary.json: a run's final figures (status, steps, throughput, MFU, losses, cost, batch, data)."""
+"""summary.json: a run's final figures (status, steps, throughput, MFU, losses, cost, batch, data, and the model it
+started from)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import numpy as np
 
+from selfsup.train import identity
 from selfsup.train.cost import nominal_power, run_cost
 from selfsup.train.monitor import read_metrics
 from selfsup.train.setup import Run
@@ -37,6 +39,7 @@ def summarize(run: Run, status: str, val_loss: float | None, signal: int | None 
         "cost": run_cost(flops, counters[f"{unit}s_seen"], counters["elapsed_s"],
                          *nominal_power(run.device, cfg.train.device_watts)),
         "batch": run.batch, "data": run.data.summary,
+        "started_from": identity.started_from(run.run_dir),  # model.init: source, commit of an hf: id, sha256
     }
     if run.procs.main:
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -25,10 +25,13 @@ class MaskingTable:
         specials = {t.content for t in tok.get_added_tokens_decoder().values()}
         self.special = torch.ones(padded_vocab, dtype=torch.bool)  # ids past the tokenizer's count are special too
         self.word_start = torch.ones(padded_vocab, dtype=torch.bool)
+        continuing = getattr(tok.model, "continuing_subword_prefix", None)  # WordPiece's '##' (BERT)
         for piece, i in vocab.items():
             self.special[i] = piece in specials
-            # byte-level BPE marks a leading space with 'Ġ' and a newline with 'Ċ'; anything else continues a word
-            self.word_start[i] = piece in specials or piece[:1] in ("Ġ", "Ċ") or not piece[:1].isalnum()
+            if continuing:  # WordPiece marks the pieces that continue a word instead
+                self.word_start[i] = not piece.startswith(continuing)
+            else:  # byte-level BPE marks a leading space with 'Ġ' and a newline with 'Ċ'; anything else continues
+                self.word_start[i] = piece in specials or piece[:1] in ("Ġ", "Ċ") or not piece[:1].isalnum()
         self.ordinary = (~self.special).nonzero()[:, 0]  # ids a random replacement is drawn from
         self.mask_id = vocab[MASK]
 

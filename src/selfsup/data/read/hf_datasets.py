@@ -5,6 +5,7 @@
 
     split, files = dataset_files(folder)      # the .arrow files in state.json's order
     for row in arrow_rows(path, ["text"], skipped, what, expected): ...    # dicts, BATCH_ROWS at a time
+    schema = arrow_schema(path)       # from the stream's header; None when it cannot be read as one
 
 A file that cannot be read as an Arrow stream is counted `unreadable_file`, as parquet.py counts a bad Parquet file.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from selfsup.data.errors import DataError
 from selfsup.data.read.parquet import BATCH_ROWS, batch_rows, missing
+from selfsup.data.skipped import skip
 
 STATE = "state.json"  # a Dataset folder
 SPLITS = "dataset_dict.json"  # a DatasetDict folder
@@ -51,13 +53,14 @@ def dataset_files(folder: Path, what: str) -> tuple[str | None, list[Path]]:
 def check_arrow_field(files: list[Path], field: str) -> None:
     """Every readable .arrow file has column `field`: one line naming the folder, from the stream headers alone."""
     for f in files:
-        if f.suffix == ".arrow" and (names := _columns(f)) is not None and field not in names:
-            raise missing(_shown(f), names, f"data.text_field '{field}'", "one of them")
+        if f.suffix == ".arrow" and (schema := arrow_schema(f)) is not None and field not in schema.names:
+            raise missing(shown(f), schema.names, f"data.text_field '{field}'", "one of them")
 
 
-def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str) -> Iterator[dict]:
-    """Rows of `columns` of one .arrow stream file as dicts; a file lacking one of them is one line naming its
-    folder."""
+def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str,
+               batch: int = BATCH_ROWS, name: str | None = None) -> Iterator[dict]:
+    """Rows of `columns` of one .arrow stream file as dicts, `batch` at a time; a file lacking one of them is one
+    line naming its folder. `name`: the file's in what is skipped (default its own)."""
     import pyarrow as pa
 
     try:
@@ -66,33 +69,33 @@ def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expe
         reader = pa.ipc.open_stream(pa.OSFile(str(path)))
         names = reader.schema.names
     except (OSError, pa.ArrowException):
-        skipped["unreadable_file"] += 1
+        skip(skipped, "unreadable_file", name or path.name)
         return
     if any(c not in names for c in columns):
-        raise missing(_shown(path), names, what, expected)
-    yield from batch_rows(_slices(reader, columns), skipped)
+        raise missing(shown(path), names, what, expected)
+    yield from batch_rows(_slices(reader, columns, batch), skipped, name or path.name)
 
 
-def _slices(reader, columns: list[str]):
-    """The stream's batches cut to BATCH_ROWS rows of `columns`: save_to_disk writes 1000-row batches, but any
-    writer's may be larger."""
+def _slices(reader, columns: list[str], rows: int):
+    """The stream's batches cut to `rows` rows of `columns`: save_to_disk writes 1000-row batches (100 of images),
+    but any writer's may be larger."""
     for batch in reader:
         batch = batch.select(columns)
-        for start in range(0, batch.num_rows, BATCH_ROWS):
-            yield batch.slice(start, BATCH_ROWS)
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
 
 
-def _shown(arrow: Path) -> str:
+def shown(arrow: Path) -> str:
     """The folder an .arrow file is in, as an error line names it: `ds`, or `dd/train` for a DatasetDict's split."""
     folder = arrow.parent
     return f"{folder.parent.name}/{folder.name}" if (folder.parent / SPLITS).is_file() else folder.name
 
 
-def _columns(path: Path) -> list[str] | None:
+def arrow_schema(path: Path):
     import pyarrow as pa
 
     try:
-        return pa.ipc.open_stream(pa.OSFile(str(path))).schema.names
+        return pa.ipc.open_stream(pa.OSFile(str(path))).schema
     except (OSError, pa.ArrowException):
         return None
 
