@@ -56,4 +56,3 @@ def opening_eos(tok: Tokenizer) -> Tokenizer:
     out.post_processor = processors.TemplateProcessing(single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B:1",
                                                        special_tokens=[(EOS, eos)])
     return out
-
