@@ -237,7 +237,7 @@ def test_a_run_with_bert_options_exports_as_bert(corpus, tmp_path):
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     assert type(back).__name__ == "BertForMaskedLM" and back.config.layer_norm_eps == 1e-5
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    batch = tok([EOS + TEXTS[0], EOS + "Split a <|mask|> into parts, then more."], padding=True, return_tensors="pt")
+    batch = tok([TEXTS[0], "Split a <|mask|> into parts, then more."], padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     _, objective, _ = open_run(out, torch.device("cpu"))
     again, _ = built(load_config("bert-mlm", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))

@@ -158,7 +158,7 @@ def test_a_run_trained_from_scratch_exports_with_its_layers(options, corpus, tmp
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     assert type(back).__name__ == "ModernBertForMaskedLM"
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    batch = tok([EOS + TEXTS[0], EOS + "Split a <|mask|> into parts."], padding=True, return_tensors="pt")
+    batch = tok([TEXTS[0], "Split a <|mask|> into parts."], padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     _, objective, _ = open_run(out, torch.device("cpu"))
     again, _ = built(load_config("bert-mlm", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))

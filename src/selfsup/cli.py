@@ -407,12 +407,15 @@ def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
                                "(the GPT maps onto Llama, a ResNet onto ResNetModel); safetensors: weights + "
-                               "config.yaml + tokenizer.json"),
+                               "config.yaml + tokenizer.json; onnx: each encoder as an ONNX graph of its features "
+                               "(media-text runs: text.onnx and the media tower's, joint embeddings; the GPT: "
+                               "logits) + onnx.json, for onnxruntime"),
     out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
                              "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
                                            "trunk's linear layers, for CPU inference) or bf16 (every weight); "
-                                           "`selfsup eval` and `embed` open the export like a run"),
+                                           "`selfsup eval` and `embed` open the export like a run; with --format "
+                                           "onnx: int8 (onnxruntime's dynamic quantization of the linear layers)"),
     force: bool = typer.Option(False, "--force", help="--out may hold files: the export replaces them, once it is "
                                "written"),
     license: Optional[str] = typer.Option(None, help="the model card's license (a Hub license id, e.g. apache-2.0, "

@@ -22,7 +22,7 @@ def model_card(run_dir: Path, cfg: RunConfig, fmt: str, folder: Path, license: s
                name: str | None) -> str:
     """README.md for the export written in `folder` (its config.json says which transformers class loads it)."""
     architecture = _architecture(folder)
-    meta = {"library_name": "transformers" if fmt == "hf" else "selfsup", "license": license,
+    meta = {"library_name": {"hf": "transformers", "onnx": "onnx"}.get(fmt, "selfsup"), "license": license,
             "tags": ["selfsup", "self-supervised", cfg.objective] + ([cfg.recipe] if cfg.recipe else []),
             "datasets": datasets or None, "base_model": _base_model(cfg), "pipeline_tag": _pipeline(cfg)}
     meta = {k: v for k, v in meta.items() if v}
@@ -78,6 +78,8 @@ def _pooling(cfg: RunConfig) -> str:
 
 def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str:
     """A snippet that loads the export and computes what it is for; tests run it with `path` replaced."""
+    if fmt == "onnx":
+        return _onnx_usage(cfg, path)
     if fmt != "hf":
         return ("Weights and config for selfsup itself (`selfsup eval` and `selfsup embed` open this folder as they "
                 f"open a run directory):\n\n```bash\nselfsup embed {path} inputs --out embeddings.npy\n```\n")
@@ -168,3 +170,27 @@ def _evaluations(run_dir: Path) -> str:
         protocol = r.get("protocol", "as selfsup eval states it")
         lines.append(f"- **{r.get('task', f.stem)}**: {shown}. Protocol: {protocol}")
     return "\n".join(lines) + "\n" if lines else "No evaluation was run (`selfsup eval RUN_DIR --task ...`).\n"
+
+
+def _onnx_usage(cfg: RunConfig, path: str) -> str:
+    """onnxruntime on the text graph (a text run's, or a media-text run's text tower), fed as onnx.json says."""
+    about = ("Graphs for onnxruntime; `onnx.json` gives each graph's inputs (named axes are dynamic), outputs, "
+             "pooling and how to prepare its inputs (image size, mean and std; audio's log-mel settings).\n")
+    if cfg.modality != "text" and not cfg.pairs:
+        return about
+    graph, output = ("text.onnx", "embeddings") if cfg.pairs else ("model.onnx", "features")
+    context = cfg.text.context if cfg.pairs else cfg.model.context
+    code = (f'tokenizer = Tokenizer.from_file("{path}/tokenizer.json")  # opens each text with <|endoftext|>\n'
+            'pad = tokenizer.token_to_id("<|pad|>")\n'
+            'tokenizer.enable_padding(pad_id=pad if pad is not None else tokenizer.token_to_id("<|endoftext|>"))\n'
+            f"tokenizer.enable_truncation({context})\n"
+            'batch = tokenizer.encode_batch(["A first text.", "Another one, longer than the first."])\n'
+            'feeds = {"input_ids": np.array([e.ids for e in batch], dtype=np.int64),\n'
+            '         "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64)}\n'
+            f'session = onnxruntime.InferenceSession("{path}/{graph}")\n'
+            f'embeddings = session.run(["{output}"], feeds)[0]  # (B, D): '
+            + ("unit vectors in the joint space" if cfg.pairs else "mean over real tokens" if cfg.objective == "clm"
+               else _pooling(cfg)))
+    imports = "import numpy as np\nimport onnxruntime\nfrom tokenizers import Tokenizer"
+    return f"{about}\n```python\n{imports}\n\n{code}\n```\n"
+
