@@ -162,3 +162,24 @@ def test_an_unreadable_parquet_is_counted_and_the_rest_cleaned(tmp_path, monkeyp
     assert (summary["skipped_unreadable_file"], summary["kept"], summary["removed_exact"]) == (1, 1, 1)
     assert sorted(p.name for p in (tmp_path / "clean").iterdir() if not p.name.startswith(".")) == [
         "good.parquet", "removed.jsonl", "summary.json"]
+
+
+def test_parquet_rows_are_judged_as_the_same_jsonl_lines(tmp_path):
+    """The same documents as .jsonl lines and as Parquet rows: the same removals, row index = line number − 1."""
+    from selfsup.data.quality.dedup import dedup
+
+    rng = np.random.default_rng(4)
+    base = [_doc(10 + i, int(rng.integers(3, 70))) for i in range(60)]
+    texts = [base[i] if rng.random() < 0.7 else " ".join(base[i].split()[:-1] + ["other"])
+             for i in rng.integers(0, 60, 300)]
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (tmp_path / "p").mkdir()
+    pq.write_table(pa.table({"text": texts}), tmp_path / "p" / "d.parquet")
+    dedup(str(tmp_path / "j"), str(tmp_path / "jo"), batch_size=50)
+    dedup(str(tmp_path / "p"), str(tmp_path / "po"), batch_size=64)
+    by_line = [(r["line"] - 1, r["reason"], r["duplicate_of"]["line"] - 1) for r in _removed(tmp_path / "jo")]
+    by_row = [(r["row"], r["reason"], r["duplicate_of"]["row"]) for r in _removed(tmp_path / "po")]
+    assert by_row == by_line and {r for _, r, _ in by_row} == {"exact", "near"}
+    assert pq.read_table(tmp_path / "po" / "d.parquet")["text"].to_pylist() == [
+        json.loads(line)["text"] for line in (tmp_path / "jo" / "d.jsonl").read_text().splitlines()]
