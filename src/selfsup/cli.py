@@ -247,10 +247,14 @@ def digits(out: Path = typer.Option(..., help="output folder for train/ and test
                   f"with generated captions in {out}/train.jsonl and {out}/test.jsonl")
 
 
+TEXT_FIELD_HELP = ("the text of a .jsonl line or a .parquet row, as data.text_field: .jsonl lines without it and rows "
+                   "where it is null are kept unjudged (kept unparsed); a .parquet file without it is refused")
+
+
 @data_app.command("dedup")
 def dedup(
-    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl ('text' per line) file, an image, "
-                                "or a folder of them (recursive)"),
+    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl (a record per line) / .parquet (a "
+                                "row per document) file, an image, or a folder of them (recursive)"),
     out: Path = typer.Option(..., help="a new folder: the kept data (same relative paths), removed.jsonl, "
                              "summary.json; the input is never changed"),
     near: float = typer.Option(0.8, help="near-duplicate threshold. Text of 50+ words: estimated Jaccard similarity "
@@ -259,12 +263,13 @@ def dedup(
                                "is at most 1 − near of the text; under 5 words: exact copies only. Images: 1 − "
                                "Hamming distance / 64 of perceptual hashes"),
     num_perm: int = typer.Option(128, help="MinHash permutations, at least 8 (more: a finer similarity estimate)"),
+    text_field: str = typer.Option("text", help=TEXT_FIELD_HELP),
 ):
     """Remove exact and near-duplicate documents (and near-duplicate images), keeping the first occurrence; every
     removal is logged with what it duplicates."""
     from selfsup.data.quality.dedup import dedup as run_dedup
 
-    summary = run_dedup(input, str(out), near, num_perm)
+    summary = run_dedup(input, str(out), near, num_perm, field=text_field)
     table = Table(title=f"dedup of {input} (near ≥ {near})")
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
@@ -278,7 +283,8 @@ def dedup(
 
 @data_app.command("filter")
 def filter_data(
-    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl ('text' per line) file or a folder"),
+    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl (a record per line) / .parquet (a "
+                                "row per document) file or a folder of them (recursive)"),
     out: Path = typer.Option(..., help="a new folder: the kept documents (same relative paths), removed.jsonl "
                              "(rule and measured value), summary.json; the input is never changed"),
     min_chars: int = typer.Option(0, help="shorter documents are removed"),
@@ -290,6 +296,7 @@ def filter_data(
     ppl_model: Optional[str] = typer.Option(None, help="a gpt-clm run directory scoring each document"),
     max_ppl: Optional[float] = typer.Option(None, help="with --ppl-model: remove documents above this perplexity"),
     device: str = typer.Option("cpu", help="device of the perplexity model"),
+    text_field: str = typer.Option("text", help=TEXT_FIELD_HELP),
 ):
     """Remove documents by length, symbol share, repetition and perplexity under a small trained LM; every removal
     is logged with the rule and the value measured."""
@@ -303,7 +310,7 @@ def filter_data(
     dev = resolve_device(device, "--device")
     scorer = (lambda: Perplexity(ppl_model, dev)) if ppl_model else None
     s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, scorer, max_ppl,
-                      ppl_model)
+                      ppl_model, text_field)
     table = Table(title=f"filter of {input}")
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
