@@ -101,7 +101,7 @@ def main() -> None:
     results = {name: {"A": perplexity(run, d["a_test"]), "B": perplexity(run, d["b_test"])}
                for name, run in runs.items()}
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"| model | perplexity, held-out A (docstrings) | perplexity, held-out B (package source) |\n|---|---|---|")
+    print("| model | perplexity, held-out A (docstrings) | perplexity, held-out B (package source) |\n|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['A']:.2f} | {r['B']:.2f} |")
 
