@@ -165,9 +165,7 @@ def media_tower(cfg: RunConfig, modality: str, backbone: nn.Module | None = None
         a = cfg.audio
         if a.mean is None or a.std is None:
             raise ValueError("audio.mean and audio.std must be resolved (measured on the data) before building")
-        frames = round(a.seconds * a.sample_rate) if a.input == "waveform" else clip_frames(a.sample_rate, a.seconds,
-                                                                                             a.hop)
-        return AudioEncoder(cfg.model, a.n_mels, frames, a.stride, a), AudioView(a.mean, a.std, a.input == "waveform")
+        return audio_encoder(cfg), AudioView(a.mean, a.std, a.input == "waveform")
     im, v = cfg.image, cfg.views
     if im.mean is None or im.std is None:
         raise ValueError("image.mean and image.std must be resolved (measured on the data) before building")
@@ -191,11 +189,17 @@ def network(cfg: RunConfig) -> nn.Module:
         return _pair_objective(cfg.with_measured(0.0, 1.0) if audio else
                                cfg.with_measured([0.5] * channels, [0.25] * channels), None, None)
     if cfg.modality == "audio":
-        a = cfg.audio
-        return AudioEncoder(cfg.model, a.n_mels, clip_frames(a.sample_rate, a.seconds, a.hop), a.stride)
+        return audio_encoder(cfg)
     if cfg.is_image:
         return image_backbone(cfg)
     return GPT(cfg.model) if cfg.causal else Encoder(cfg.model)
+
+
+def audio_encoder(cfg: RunConfig) -> AudioEncoder:
+    """The audio tower: over a clip's samples (audio.input=waveform) or its log-mel frames."""
+    a = cfg.audio
+    frames = round(a.seconds * a.sample_rate) if a.input == "waveform" else clip_frames(a.sample_rate, a.seconds, a.hop)
+    return AudioEncoder(cfg.model, a.n_mels, frames, a.stride, a)
 
 
 def image_backbone(cfg: RunConfig) -> nn.Module:
