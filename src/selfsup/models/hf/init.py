@@ -109,7 +109,7 @@ def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -
         line += f"; not used: {', '.join(unused[:4])}" + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
     fresh = sorted({".".join(n.split(".")[:3 if n.startswith("terms.") else 1]) for n, _ in
                     objective.named_parameters() if n not in copied and not n.startswith("model.")})
-    if fresh and cfg.modality == "text":  # heads the folder does not hold (a bare encoder's MLM head, SimCSE's projector)
+    if fresh and cfg.modality == "text":  # heads the folder lacks (a bare encoder's MLM head, SimCSE's projector)
         line += f"; {', '.join(fresh)} start{'s' if len(fresh) == 1 else ''} fresh (not in the folder)"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json
