@@ -17,19 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from common import selfsup_cli
 
 SHAPE = ["model.dim=96", "model.depth=4", "model.heads=3", "train.batch_size=64", "train.eval_every=100000",
          "train.checkpoint_every=100000", "train.log_every=50"]
-
-
-def selfsup(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"selfsup {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return done.stdout + done.stderr
 
 
 def domain_b(a: Path, b: Path) -> None:
@@ -44,7 +37,7 @@ def domain_b(a: Path, b: Path) -> None:
 
 def knn(run: Path, data: Path, baseline: bool = False) -> dict[str, float]:
     extra = ["--baseline", "random"] if baseline else []
-    selfsup("eval", str(run), "--task", "knn", "--train", str(data / "train"), "--test", str(data / "test"), *extra)
+    selfsup_cli("eval", str(run), "--task", "knn", "--train", str(data / "train"), "--test", str(data / "test"), *extra)
     r = json.loads((run / "eval" / "knn.json").read_text())
     return {m: r[m]["accuracy"] for m in ("pretrained", "random") if isinstance(r.get(m), dict)}
 
@@ -59,22 +52,22 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     A, B = a.out / "digits", a.out / "digits-b"
     if not (A / "train").is_dir():
-        selfsup("data", "digits", "--out", str(A))
+        selfsup_cli("data", "digits", "--out", str(A))
     if not (B / "train").is_dir():
         domain_b(A, B)
     public, hf = a.out / "public-run", a.out / "public-hf"
     if not (public / "model.safetensors").is_file():
-        selfsup("train", "simclr", f"data.path={A / 'train'}", f"out_dir={public}", f"train.max_steps={a.steps}",
+        selfsup_cli("train", "simclr", f"data.path={A / 'train'}", f"out_dir={public}", f"train.max_steps={a.steps}",
                 *SHAPE)
     if not (hf / "config.json").is_file():
-        selfsup("export", str(public), "--format", "hf", "--out", str(hf))
+        selfsup_cli("export", str(public), "--format", "hf", "--out", str(hf))
     runs = {"public model (A only)": (public, [])}
     runs["continued on B"] = (a.out / "continued", [])
     runs[f"continued on B, {a.replay:.0%} replay of A"] = (a.out / "continued-replay", [
         f"continual.old_data={A / 'train'}", f"continual.replay={a.replay}"])
     for name, (run, extra) in runs.items():
         if run != public and not (run / "model.safetensors").is_file():
-            selfsup("train", "simclr", f"model.init={hf}", f"data.path={B / 'train'}", f"out_dir={run}",
+            selfsup_cli("train", "simclr", f"model.init={hf}", f"data.path={B / 'train'}", f"out_dir={run}",
                     f"train.max_steps={a.continue_steps}", *SHAPE[3:], *extra)
     results = {}
     for name, (run, _) in runs.items():
