@@ -97,9 +97,9 @@ def admit(cfg: RunConfig, fingerprint: str, tokenizer: Tokenizer | None, run_dir
                               f"or pass --allow-changes data.tokenizer data.tokenizer={tok_file}")
     if ident is not None and ident.get("data") != fingerprint:
         changes["data"] = [ident.get("data"), fingerprint]
-    (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+    replace_text(run_dir / "config.yaml", config_mod.dump(cfg))  # a resume killed here keeps the old config whole
     if tokenizer is not None and not tok_file.is_file():
-        tokenizer.save(str(tok_file))
+        replace_text(tok_file, tokenizer.to_str(pretty=True))
     replace_text(ident_file, json.dumps({"data": fingerprint, "data_path": cfg.data.path, "tokenizer": tok_hash},
                                         indent=1))
 
