@@ -334,8 +334,9 @@ def tokenize(
     tokenizer: Optional[Path] = typer.Option(None, help="tokenize with this tokenizer.json (e.g. a run's)"),
     vocab_size: Optional[int] = typer.Option(None, help="or train a byte-level BPE of this many tokens on the "
                                              "training documents, as a run with model.vocab_size=N does"),
-    workers: Optional[int] = typer.Option(None, help="tokenizing processes (default: min(cores, 8); 0: this process "
-                                          "alone); the shards are the same bytes for any number"),
+    workers: Optional[int] = typer.Option(None, help="tokenizing processes (default: min(cores, 8); 0: in this "
+                                          "process, on tokenizers' own threads); the shards are the same bytes for "
+                                          "any number"),
 ):
     """Tokenize a corpus into token shards ahead of training, on every core, so that runs on many machines read the
     same shards (data.path=OUT) instead of each tokenizing it. A run on OUT gets the batches a run on CORPUS would,

@@ -116,13 +116,12 @@ def open_shards(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
             raise DataError(f"{where} was tokenized with data.{key}={_shown(meta['settings'][key])}, this run has "
                             f"data.{key}={_shown(getattr(cfg, key))}; expected the same (set data.{key}), or the "
                             "shards tokenized again")
-    tok_file = p / "tokenizer.json"
-    if cfg.tokenizer and (toks.load(cfg.tokenizer, "data.tokenizer") and  # a missing file is its own line
-                          Path(cfg.tokenizer).expanduser().read_bytes() != tok_file.read_bytes()):
-        raise DataError(f"data.tokenizer '{cfg.tokenizer}' is not the tokenizer {where} was made with ({tok_file}); "
-                        "expected no data.tokenizer, that same file, or the shards tokenized with --tokenizer "
-                        f"{cfg.tokenizer}")
-    tok = toks.load(tok_file, f"{where}'s tokenizer")
+    tok = toks.load(p / "tokenizer.json", f"{where}'s tokenizer")
+    # data.tokenizer: set by the user, model.init or a continued run; the same tokenizer, however its file is laid out
+    if cfg.tokenizer and toks.load(cfg.tokenizer, "data.tokenizer").to_str() != tok.to_str():
+        raise DataError(f"data.tokenizer '{cfg.tokenizer}' is not the tokenizer {where} was made with "
+                        f"({p / 'tokenizer.json'}); expected no data.tokenizer, that tokenizer, or the shards "
+                        f"tokenized with --tokenizer {cfg.tokenizer}")
     if tok.get_vocab_size() > vocab_size:
         raise DataError(f"{where} was tokenized with {tok.get_vocab_size()} tokens but model.vocab_size is "
                         f"{vocab_size}; expected model.vocab_size >= {tok.get_vocab_size()}")
