@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -31,7 +30,7 @@ from selfsup.progress import Progress
 
 FORMAT = 1  # bump when the shard layout changes
 SHARD_TOKENS = 1 << 27  # 128 Mi tokens a shard
-CHUNK_CHARS = 1 << 20  # characters of documents a task encodes (~1 s of a core): pickling and waiting stay small
+CHUNK_CHARS = 1 << 20  # characters of documents a task encodes (~0.3 s of a core): pickling and waiting stay small
 
 
 def is_val(text: str, fraction: float) -> bool:
