@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from resource import RUSAGE_CHILDREN, RUSAGE_SELF
+from resource import RUSAGE_CHILDREN, RUSAGE_SELF, getrusage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, run_child, write_json  # noqa: E402
@@ -116,7 +116,7 @@ def child(corpus: str, tokenizer: str, workers: int, out: str) -> dict:
 
 
 def _cpu(who) -> float:
-    r = resource.getrusage(who)
+    r = getrusage(who)
     return r.ru_utime + r.ru_stime
 
 
