@@ -130,3 +130,16 @@ def test_the_command_skips_and_counts_bad_files_and_answers_mistakes_in_one_line
         assert done.returncode == 2 and done.stderr.startswith(line) and len(done.stderr.splitlines()) == 1, \
             done.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_inspect_tells_what_a_shard_folder_holds(shards, corpus):
+    from selfsup.data.inspect import inspect_data
+
+    rows = dict(inspect_data(str(shards)))
+    meta = json.loads((shards / "meta.json").read_text())
+    assert rows["read as"].startswith("token shards")
+    assert rows["splits"].startswith(f"train {meta['documents']['train']:,} documents, "
+                                     f"{meta['tokens']['train']:,} tokens in 1 shard(s)")
+    assert rows["made from"] == f"{corpus} (2 file(s))" and "data.document=line" in rows["settings"]
+    first = next(d for d in (corpus / "a.txt").read_text().splitlines() if not encode.is_val(d.strip(), 0.05))
+    assert rows["first document"].strip("'").startswith(" ".join(first.split())[:100])
