@@ -350,7 +350,7 @@ def tokenize(
     if vocab_size is not None and vocab_size < 260:
         raise DataError(f"--vocab-size {vocab_size}: expected at least 260 (256 bytes, 3 special tokens, a merge)")
     if workers is not None and workers < 0:
-        raise DataError(f"--workers {workers}: expected 0 (this process alone) or more")
+        raise DataError(f"--workers {workers}: expected 0 (in this process) or more")
     data = {"path": corpus, "tokenizer": str(tokenizer) if tokenizer else None, "workers": workers}
     for text in settings or []:
         key, value = config_mod.parse_override(text)
@@ -369,7 +369,8 @@ def tokenize(
     table.add_row("shards", *(str(len(meta["shards"][s])) for s in ("train", "val")))
     console.print(table)
     console.print(f"skipped: {', '.join(f'{k}: {v:,}' for k, v in meta['skipped'].items()) or 'none'}")
-    keys = " ".join(f"data.{k}={v}" for k, v in cfg.model_dump(include=set(SETTINGS)).items()
+    keys = " ".join(f"data.{k}={','.join(v) if isinstance(v, list) else v}"
+                    for k, v in cfg.model_dump(include=set(SETTINGS)).items()
                     if v != config_mod.DataConfig.model_fields[k].default)
     console.print(f"{meta['vocab']:,}-token tokenizer; train with data.path={out} model.vocab_size={meta['vocab']}"
                   + (f" {keys}" if keys else ""))
