@@ -101,7 +101,9 @@ class DataConfig(Section):
     doc_mask: bool = Field(True, description="packed documents do not attend to each other")
     cache_dir: str | None = Field(None, description="where token shards and decoded images are cached (default "
                                   "~/.cache/selfsup)")
-    workers: int | None = Field(None, ge=0, description="image decoding processes (default: min(cores, 8))")
+    workers: int | None = Field(None, ge=0, description="processes that decode images and media or tokenize text "
+                                "(default: min(cores, 8); 0: in the run's own process); the data made is the same "
+                                "for any number")
     streaming: bool = Field(False, description="images and pairs in webdataset .tar shards: decode on the fly instead "
                             "of into a cache first; each process and decoding worker reads its own shards, whole "
                             "shards are held out for validation by a hash of their name, statistics are measured on "
