@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from selfsup import budget
+
 BUILTIN_CORPUS = "builtin:python-docstrings"
 TEXT_OBJECTIVES = ("clm", "mlm", "plm")
 IMAGE_OBJECTIVES = ("simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav", "deepcluster")
@@ -566,6 +568,9 @@ class RunConfig(Section):
     continual: ContinualConfig = ContinualConfig()
     log: LogConfig = LogConfig()
     probe: ProbeConfig = ProbeConfig()
+    fitted: list[str] = Field([], description="written by selfsup: the step-count settings of momentum and "
+                              "clustering objectives that neither the command line nor a YAML file set, fitted to "
+                              "train.max_steps (budget.py), each as 'key=value (why)'; informative")
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:
@@ -734,6 +739,30 @@ class RunConfig(Section):
         measured = section.model_copy(update=dict(zip(("mean", "std"), rounded)))
         return self.model_copy(update={key: measured})
 
+    def fitted_to_steps(self, explicit: set[str]) -> RunConfig:
+        """A copy whose step-count settings (budget.RULES) that `explicit` does not name, and this run's objectives
+        read, follow train.max_steps; each is recorded in `fitted` with why."""
+        tree, notes = self.model_dump(), []
+        for key, objectives, rule in budget.RULES:
+            section, name = key.split(".")
+            fit = None if key in explicit or not set(objectives) & set(self.parts) else \
+                rule(tree[section][name], self.train.max_steps)
+            if fit is not None:
+                tree[section][name] = fit[0]
+                notes.append(f"{key}={fit[0]:g} ({fit[1]})")
+        tree["fitted"] = notes
+        return RunConfig.model_validate(tree)
+
+    def fitted_as(self, started: RunConfig) -> RunConfig:
+        """A copy whose fitted settings are those of the run `started` (config.yaml): a resumed run keeps what was
+        fitted to its length when it started, whatever train.max_steps is now."""
+        tree = self.model_dump()
+        for line in self.fitted:
+            section, name = line.partition("=")[0].split(".")
+            tree[section][name] = getattr(getattr(started, section), name)
+        tree["fitted"] = started.fitted
+        return RunConfig.model_validate(tree)
+
     @property
     def modality(self) -> str:
         """What the trained trunk reads: text, image, audio or video."""
@@ -877,15 +906,18 @@ def load(source: str, overrides: list[str] = ()) -> RunConfig:
     """A recipe name, a YAML file or a run directory, then `key=value` overrides applied in order."""
     recipes = recipe_files()
     path = Path(source)
+    explicit: set[str] | None = set()  # the keys the user set, whose values are never fitted to the run's length
     if source in recipes:
         tree = load_yaml(recipes[source])
         tree.setdefault("recipe", source)
     elif path.is_dir() and (path / "config.yaml").is_file():
         tree = load_yaml(path / "config.yaml")
         tree["out_dir"] = str(path)
+        explicit = None  # a run's config.yaml: fitted when it started
     elif path.is_file():
         tree = load_yaml(path)
         tree.setdefault("recipe", path.stem)
+        explicit = set(_flatten(tree))
     else:
         close = difflib.get_close_matches(source, list(recipes), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -896,7 +928,10 @@ def load(source: str, overrides: list[str] = ()) -> RunConfig:
         if key not in all_keys():
             raise ConfigError(_unknown_key_message(key))
         _set(tree, key, value)
-    return validate(tree)
+        if explicit is not None:
+            explicit.add(key)
+    cfg = validate(tree)
+    return cfg if explicit is None else cfg.fitted_to_steps(explicit)
 
 
 def dump(cfg: RunConfig) -> str:
