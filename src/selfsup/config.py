@@ -360,7 +360,7 @@ class SSLConfig(Section):
     temperature: float = Field(0.2, gt=0, description="softmax temperature of contrastive and swapped losses")
     momentum: float = Field(0.99, ge=0, le=1, description="EMA of the momentum encoder/teacher (MoCo v2: constant; "
                             "MoCo v3, BYOL, DINO: start of a cosine schedule to 1); unless set, capped at a teacher "
-                            "half-life of 10% of train.max_steps (budget.py)")
+                            "half-life of half of train.max_steps (budget.py)")
     queue_size: int = Field(4096, gt=0, description="MoCo v2: negative keys kept")
     proj_hidden: int = Field(2048, gt=0, description="projection MLP hidden width (also the DINO head's)")
     proj_dim: int = Field(128, gt=0, description="projection output (the embedding the loss or the DeepCluster "
@@ -380,7 +380,7 @@ class DINOConfig(Section):
                                            "set, at most 30% of train.max_steps (budget.py)")
     center_momentum: float = Field(0.9, ge=0, lt=1)
     freeze_last_layer_steps: int = Field(0, ge=0, description="the last layer gets no update for this many steps; "
-                                         "unless set, at most 5% of train.max_steps (budget.py)")
+                                         "unless set, at most a third of train.max_steps (budget.py)")
     head_bn: bool = Field(False, description="BatchNorm in the head's hidden layers (DINO's use_bn_in_head, its "
                           "ResNet setting): keeps small-data runs from collapsing to a uniform teacher")
 
@@ -404,13 +404,13 @@ class SwAVConfig(Section):
     epsilon: float = Field(0.05, gt=0, description="Sinkhorn-Knopp entropy regularisation")
     sinkhorn_iters: int = Field(3, gt=0)
     freeze_prototypes_steps: int = Field(0, ge=0, description="prototypes get no update for this many steps; unless "
-                                         "set, at most 5% of train.max_steps (budget.py)")
+                                         "set, at most a third of train.max_steps (budget.py)")
 
 
 class DeepClusterConfig(Section):
     clusters: int = Field(100, gt=1, description="k of k-means (10000 in the paper for ImageNet)")
     recluster_every: int = Field(100, gt=0, description="steps between re-clusterings (the paper: every epoch); unless "
-                                 "set, at most 10% of train.max_steps (budget.py)")
+                                 "set, at most two thirds of train.max_steps (budget.py)")
     pca_dim: int = Field(64, gt=0, description="features are PCA-whitened to this many dimensions before k-means")
     kmeans_iters: int = Field(20, gt=0)
 
