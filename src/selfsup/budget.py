@@ -12,12 +12,12 @@ as long as its recipe (recipes/ and recipes/scale/, at their own train.max_steps
     swav.freeze_prototypes_steps    at most a third of the run
     deepcluster.recluster_every     at most two thirds of the run (one re-clustering after the first clustering)
 
-The shares are measured (BENCHMARKS.md, "Momentum and clustering defaults"): on the digits at 300 steps, shorter
-ones cost what they were meant to give. A teacher half-life of 10% of the run (momentum 0.977) took DINO's kNN from
-65.8% to 60.7%; freezing its last layer for 5% of the run instead of the recipe's 100 steps took it to 50.6%
-(a near-uniform teacher); SwAV's prototypes frozen for 5% took it from 58.0% to 28.5%, and DeepCluster
-re-clustering every 10% from 65.2% to 51.0%. So a 300-step run keeps the recipes' values (the teacher's momentum
-0.9954 for 0.996), and shorter runs are kept from a teacher that never leaves its init or a layer frozen throughout.
+The shares are measured (BENCHMARKS.md, "Momentum and clustering defaults"): on the digits at 300 steps, tighter
+ones cost kNN accuracy. A teacher half-life of 10% of the run (momentum 0.977) took DINO from 65.8% to 60.7% and
+MoCo v3 from 57.5% to 32.4%; DINO's last layer frozen for 5% of the run instead of the recipe's 100 steps took it
+to 50.6% (a near-uniform teacher); SwAV's prototypes frozen for 5%, from 58.0% to 28.5%; DeepCluster re-clustered
+every 10%, from 65.2% to 51.0%. So a 300-step run keeps the recipes' values (momentum 0.9954 for 0.996), and
+shorter runs are kept from a teacher that never leaves its init or a layer frozen throughout.
 
 Pure functions of numbers: config.py applies them and records each as 'key=value (why)' in `fitted`.
 """
