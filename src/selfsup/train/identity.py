@@ -48,9 +48,10 @@ def allowed_keys(keys: list[str]) -> set[str]:
 
 
 def resume_config(cfg: RunConfig, run_dir: Path, allowed: set[str]) -> tuple[RunConfig, dict]:
-    """`cfg` as it resumes the run in `run_dir` (the measured normalisation the run started with; a text run whose
-    data change is allowed keeps its tokenizer), and what changed: {key: [was, now]}. A change that may not happen
-    is one ConfigError listing every difference. A new run: (cfg, {})."""
+    """`cfg` as it resumes the run in `run_dir` (the measured normalisation and the settings fitted to its length
+    that the run started with; a text run whose data change is allowed keeps its tokenizer), and what changed:
+    {key: [was, now]}. A change that may not happen is one ConfigError listing every difference. A new run:
+    (cfg, {})."""
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
         return cfg, {}
@@ -58,6 +59,7 @@ def resume_config(cfg: RunConfig, run_dir: Path, allowed: set[str]) -> tuple[Run
     norm = saved.normalisation
     if norm.mean is not None and norm.std is not None:  # measured on the data when the run started
         cfg = cfg.with_measured(norm.mean, norm.std)
+    cfg = cfg.fitted_as(saved)  # fitted to the run's length when it started, whatever train.max_steps is now
     if "data.path" in allowed and cfg.modality == "text" and not cfg.data.tokenizer:
         tokenizer = str((run_dir / "tokenizer.json").resolve())
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tokenizer": tokenizer})})
