@@ -230,8 +230,8 @@ def embed(
     console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
-                       "moving-digits) and clean them (dedup, filter).")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, labeled-packages, docstrings, "
+                       "digits, tones, moving-digits) and clean them (dedup, filter).")
 app.add_typer(data_app, name="data")
 
 
@@ -361,6 +361,32 @@ def labeled_docstrings(
 
     summary = build(out, classes, per_class)
     table = Table(title=f"stdlib docstrings by package: {len(summary['classes'])} classes")
+    for col in ("class", "train", "test"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in summary["classes"]:
+        table.add_row(c, str(summary["train"]["per_class"].get(c, 0)), str(summary["test"]["per_class"].get(c, 0)))
+    table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
+    console.print(table)
+    console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
+
+
+@data_app.command("labeled-packages")
+def labeled_packages(
+    out: Path = typer.Option(..., help="output folder for train.jsonl and test.jsonl"),
+    classes: int = typer.Option(12, help="the N Sections with the most package descriptions become the classes"),
+    per_class: Optional[int] = typer.Option(400, help="at most this many texts per class (classes are balanced: "
+                                            "each has the size of the smallest kept one, at most this)"),
+    min_per_class: int = typer.Option(50, help="Sections with fewer descriptions than this are dropped"),
+    source: Optional[Path] = typer.Option(None, help="a file in dpkg's status format to read instead of "
+                                          "`apt-cache dumpavail` (else /var/lib/dpkg/status)"),
+):
+    """A second real labeled text set on Debian-based machines: package descriptions labeled by their Section
+    (libs, python, games, ...), from `apt-cache dumpavail` or dpkg's status database, split 80/20 by a hash of the
+    text. Unlike the labeled docstrings, the built-in pretraining corpus does not hold these texts."""
+    from selfsup.data.builtin.labeled_packages import build
+
+    summary = build(out, classes, per_class, min_per_class, source=source)
+    table = Table(title=f"package descriptions by Section ({summary['source']}): {len(summary['classes'])} classes")
     for col in ("class", "train", "test"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in summary["classes"]:
