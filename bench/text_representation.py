@@ -41,6 +41,7 @@ from selfsup.eval.baseline import random_objective
 from selfsup.probe.inputs import TextInputs
 from selfsup.probe.knn import knn_eval
 from selfsup.probe.linear import linear_probe
+from selfsup.probe.whitening import fit_whitening, whiten
 from selfsup.rundir import open_run
 from selfsup.train.checkpoint import checkpoints
 
@@ -84,10 +85,8 @@ def fit_transform(train: torch.Tensor, kind: str):
     mu = train.double().mean(0)  # (D,)
     if kind == "centred":
         return lambda x: (x.double() - mu).float()
-    cov = torch.cov((train.double() - mu).T)  # (D, D)
-    s, u = torch.linalg.eigh(cov)
-    w = u / s.clamp(min=1e-8 * s.max()).sqrt()  # (D, D): U diag(1/sqrt(s))
-    return lambda x: ((x.double() - mu) @ w).float()
+    mu, w = fit_whitening(train)
+    return lambda x: whiten(x, mu, w)
 
 
 def anisotropy(x: torch.Tensor, pairs: int = 2000, seed: int = 0) -> float:

@@ -126,6 +126,9 @@ def evaluate(
                                                  "Repeatable"),
     k: int = typer.Option(20, help="knn: neighbours that vote (the accuracy at k=200 is reported beside it)"),
     temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
+    whiten: bool = typer.Option(False, "--whiten", help="linear, knn: BERT-whitening of the features (every model "
+                                "evaluated, baselines too), the mean and covariance fitted on --train: removes the "
+                                "common direction of a trained text encoder's anisotropic features (BENCHMARKS.md)"),
     epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
     layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
@@ -149,7 +152,7 @@ def evaluate(
     from selfsup.rundir import open_run
 
     baselines = baseline or []
-    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines)
+    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines, whiten)
     dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
@@ -178,7 +181,7 @@ def evaluate(
         result = transfer(task, run_dir, cfg, objective, tok, train, test, baselines, dev,
                           dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
                                lr=lr, layer_decay=layer_decay, patience=patience, freeze_blocks=freeze_blocks,
-                               l2sp=l2sp), progress=_progress)
+                               l2sp=l2sp, whiten=whiten), progress=_progress)
         _print(*tables.transfer(result, cfg.modality))
     _save(out, result)
     console.print(f"written: {out}")
