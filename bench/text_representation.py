@@ -118,7 +118,7 @@ def cached_features(key: str, trunk, inputs, texts) -> dict[str, torch.Tensor]:
     return feats
 
 
-def bench_run(run_dir: Path, sets: dict[str, Path]) -> dict:
+def bench_run(run_dir: Path, sets: dict[str, Path], only: set[int] | None = None) -> dict:
     cfg, objective, tok = open_run(run_dir, torch.device("cpu"))
     labeled = {}
     for name, folder in sets.items():
@@ -126,6 +126,7 @@ def bench_run(run_dir: Path, sets: dict[str, Path]) -> dict:
         test = read_labeled(str(folder / "test.jsonl"), train.classes)
         labeled[name] = (train, test)
     steps = {0: None} | {int(p.name.split("-")[1]): p for p in checkpoints(run_dir)}
+    steps = {s: p for s, p in steps.items() if only is None or s in only}
     tokens_per_step = cfg.train.batch_size * cfg.model.context
     out = {"recipe": cfg.recipe, "tokens_per_step": tokens_per_step, "steps": {}}
     last = max(steps)
@@ -166,12 +167,13 @@ def main():
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--set", action="append", required=True, help="NAME=FOLDER with train.jsonl and test.jsonl")
     p.add_argument("--out", type=Path, default=OUT_DIR / "text_representation.json")
+    p.add_argument("--steps", type=int, nargs="*", help="only these checkpoints' steps (0: the random init)")
     args = p.parse_args()
     torch.set_num_threads(1)
     sets = {s.split("=", 1)[0]: Path(s.split("=", 1)[1]) for s in args.set}
     results = {"machine": machine_info(), "sets": {k: str(v) for k, v in sets.items()}, "runs": {}}
     for run in args.runs:
-        results["runs"][str(run)] = bench_run(run, sets)
+        results["runs"][str(run)] = bench_run(run, sets, set(args.steps) if args.steps else None)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
     print(f"written {args.out}")
