@@ -126,6 +126,9 @@ def evaluate(
                                                  "Repeatable"),
     k: int = typer.Option(20, help="knn: neighbours that vote (the accuracy at k=200 is reported beside it)"),
     temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
+    whiten: bool = typer.Option(False, "--whiten", help="linear, knn: BERT-whitening of the features (every model "
+                                "evaluated, baselines too), the mean and covariance fitted on --train: removes the "
+                                "common direction of a trained text encoder's anisotropic features (BENCHMARKS.md)"),
     epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
     layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
@@ -149,7 +152,7 @@ def evaluate(
     from selfsup.rundir import open_run
 
     baselines = baseline or []
-    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines)
+    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines, whiten)
     dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
@@ -178,7 +181,7 @@ def evaluate(
         result = transfer(task, run_dir, cfg, objective, tok, train, test, baselines, dev,
                           dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
                                lr=lr, layer_decay=layer_decay, patience=patience, freeze_blocks=freeze_blocks,
-                               l2sp=l2sp), progress=_progress)
+                               l2sp=l2sp, whiten=whiten), progress=_progress)
         _print(*tables.transfer(result, cfg.modality))
     _save(out, result)
     console.print(f"written: {out}")
@@ -230,8 +233,9 @@ def embed(
     console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
-                       "moving-digits), clean them (dedup, filter) and tokenize text ahead of training (tokenize).")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, labeled-packages, docstrings, "
+                       "digits, tones, moving-digits), clean them (dedup, filter) and tokenize text ahead of training "
+                       "(tokenize).")
 app.add_typer(data_app, name="data")
 
 
@@ -416,6 +420,32 @@ def labeled_docstrings(
 
     summary = build(out, classes, per_class)
     table = Table(title=f"stdlib docstrings by package: {len(summary['classes'])} classes")
+    for col in ("class", "train", "test"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in summary["classes"]:
+        table.add_row(c, str(summary["train"]["per_class"].get(c, 0)), str(summary["test"]["per_class"].get(c, 0)))
+    table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
+    console.print(table)
+    console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
+
+
+@data_app.command("labeled-packages")
+def labeled_packages(
+    out: Path = typer.Option(..., help="output folder for train.jsonl and test.jsonl"),
+    classes: int = typer.Option(12, help="the N Sections with the most package descriptions become the classes"),
+    per_class: Optional[int] = typer.Option(400, help="at most this many texts per class (classes are balanced: "
+                                            "each has the size of the smallest kept one, at most this)"),
+    min_per_class: int = typer.Option(50, help="Sections with fewer descriptions than this are dropped"),
+    source: Optional[Path] = typer.Option(None, help="a file in dpkg's status format to read instead of "
+                                          "`apt-cache dumpavail` (else /var/lib/dpkg/status)"),
+):
+    """A second real labeled text set on Debian-based machines: package descriptions labeled by their Section
+    (libs, python, games, ...), from `apt-cache dumpavail` or dpkg's status database, split 80/20 by a hash of the
+    text. Unlike the labeled docstrings, the built-in pretraining corpus does not hold these texts."""
+    from selfsup.data.builtin.labeled_packages import build
+
+    summary = build(out, classes, per_class, min_per_class, source=source)
+    table = Table(title=f"package descriptions by Section ({summary['source']}): {len(summary['classes'])} classes")
     for col in ("class", "train", "test"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in summary["classes"]:

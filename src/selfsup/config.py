@@ -339,6 +339,9 @@ class PLMConfig(Section):
 class SimCSEConfig(Section):
     mask_p: float = Field(0.0, ge=0, lt=1, description="besides dropout (model.dropout), each of the two views "
                           "masks this share of tokens as MLM does (0: SimCSE's dropout-only views)")
+    crop: float = Field(0.0, ge=0, lt=1, description="an option beyond SimCSE, Contriever's independent cropping "
+                        "(Izacard et al. 2021): each view is a random contiguous span of this share of the text, "
+                        "drawn independently per view (0: SimCSE's whole text)")
 
 
 class ViewsConfig(Section):
