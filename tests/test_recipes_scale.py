@@ -45,8 +45,8 @@ COUNTS = {
     "beit-vitb16": (86_000_000, VIT_B - 197 * 768 + 12 * 2 * 768),  # the paper's 86M; layer scale 2 x 768 a block
     "clip-vitb32": (151_277_313, 151_277_313),
     "siglip-b16": (203_155_970, 203_155_970),
-    # HuBERT's waveform CNN, feature projection and convolutional positions -> a log-mel front end, rotary positions
-    "hubert-base": (94_371_712, 12 * (12 * 768 * 768 + 13 * 768) + (80 * 3 + 1) * 768 + (768 * 3 + 1) * 768),
+    # HubertModel's masked_spec_embed is the objective's mask embedding, not the encoder's
+    "hubert-base": (94_371_712, 94_371_712 - 768),
     # the text tower is bert-base at 77 positions, the audio tower a transformer, not CNN14
     "clap-base": (None, 197_107_969),
 }
