@@ -94,6 +94,32 @@ def recipes(scale: bool = typer.Option(False, "--scale", help="also list the pap
                 console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
 
 
+@app.command()
+def plan(
+    recipe: str = typer.Argument(..., help="a recipe name (see `selfsup recipes --scale`) or a YAML file"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. dist.strategy=fsdp"),
+    gpus: int = typer.Option(8, "--gpus", min=1, help="devices per node"),
+    gpu: str = typer.Option("h100", "--gpu", help="the device: h100, h200, a100-80gb, a100-40gb, l4, mi300x"),
+    nodes: int = typer.Option(1, "--nodes", min=1, help="machines"),
+    mfu: Optional[float] = typer.Option(None, "--mfu", min=0.01, max=1.0, help="model FLOPs utilisation to assume "
+                                        "(default 0.40, bf16 transformer training)"),
+    price: Optional[float] = typer.Option(None, "--price", min=0.0, help="$ per device-hour, for a cost"),
+):
+    """What a run will take before it starts: memory per device (weights, gradients, optimizer state, activations;
+    per strategy, with and without activation checkpointing), the largest micro-batch that fits, FLOPs per step,
+    step time, throughput, wall-clock, device-hours, energy and cost. Nothing is allocated: the model is built on
+    the meta device and its passes run on fake tensors."""
+    cfg = config_mod.load(recipe, overrides or [])
+    from selfsup.plan.devices import DEVICES
+
+    if gpu not in DEVICES:
+        raise config_mod.ConfigError(f"--gpu {gpu!r} is not in the device table; expected one of {', '.join(DEVICES)}")
+    from selfsup.plan.estimate import MFU, make_plan, table_lines
+
+    for line in table_lines(make_plan(cfg, DEVICES[gpu], gpus, nodes, mfu or MFU, price)):
+        console.print(line, markup=False, highlight=False)
+
+
 @app.command(name="eval")
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),

@@ -153,11 +153,11 @@ def trainable_passes(cfg: RunConfig, obj: nn.Module, B: int) -> list[torch.Tenso
         return [out for term in obj.terms.values() for out in trainable_passes(cfg, term, B)]
     if isinstance(obj, CausalLM):
         T = obj.model.cfg.context
-        hidden = obj.model(tokens(B, T))  # (B, T, D)
+        hidden = obj.model(tokens(B, T), tokens(B, T) if obj.doc_mask else None)  # (B, T, D); one document a row
         return [linear_cross_entropy(hidden.flatten(0, 1), obj.model.out_weight, tokens(B * T, 1).flatten())[0]]
     if isinstance(obj, MaskedLM):
         T = obj.model.cfg.context
-        hidden = obj.model(tokens(B, T))  # (B, T, D)
+        hidden = obj.model(tokens(B, T), tokens(B, T) if obj.doc_mask else None)  # (B, T, D)
         n = math.ceil(obj.p * B * T)  # the chosen tokens
         h = obj.head(hidden.flatten(0, 1)[:n])  # (n, D)
         return [linear_cross_entropy(h, obj.model.embed.weight, tokens(n, 1).flatten(), obj.head.bias)[0]]
