@@ -49,9 +49,8 @@ def predicted(recipe: str, overrides: list[str]) -> dict:
     from selfsup.plan.state import objective_on_meta, state_memory
     cfg = load(recipe, overrides)
     state = state_memory(cfg, objective_on_meta(cfg), processes=1, per_node=1)
-    mb = micro_batch(cfg, objective_on_meta(cfg), cfg.train.batch_size)
-    acts = mb.activations(cfg.train.activation_checkpointing)
-    return dict(state=state.total, activations=acts, total=state.total + acts, flops=mb.flops)
+    mb = micro_batch(cfg, objective_on_meta(cfg), cfg.train.batch_size, cfg.train.activation_checkpointing)
+    return dict(state=state.total, activations=mb.working, total=state.total + mb.working, flops=mb.flops)
 
 
 def measure(recipe: str, overrides: list[str]) -> dict:
@@ -99,7 +98,7 @@ def measure(recipe: str, overrides: list[str]) -> dict:
     step(objective, batch, opt)
     step(objective, batch, opt)
     peak = peak_rss_bytes() - start
-    flops, _ = count_flops(lambda: objective(batch).loss.backward())  # fp32 or bf16 count the same FLOPs
+    flops, _ = count_flops(lambda: step(objective, batch, opt))
     return dict(measured=peak, private=anonymous_bytes() - start, flops=flops)
 
 

@@ -4,6 +4,7 @@ arguments and printing results only; the work is done on the floors below (docs/
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,6 +60,12 @@ def train(
     from selfsup.report import summary_table, write_report  # torch: only once the config holds
     from selfsup.train import launch
 
+    if "RANK" not in os.environ:  # once, before any worker starts: what the run will hold and take
+        from selfsup.plan.estimate import make_plan, run_device, summary_lines
+
+        d = cfg.dist
+        for line in summary_lines(make_plan(cfg, run_device(cfg), d.nproc_per_node, d.nnodes)):
+            console.print(line, markup=False, highlight=False, style="yellow" if line.startswith("warning") else None)
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,
                                      allow_changes or [])

@@ -1,33 +1,35 @@
 """The activation memory of one micro-batch per device, and its FLOPs: the objective's trainable passes (the
-trunk on each view, heads, decoders, the language model's output layer) run on fake tensors (FakeTensorMode: shapes,
-dtypes and devices without a byte of data), under the run's autocast, while autograd's saved-tensor hooks count
-what backward will read and FlopCounterMode counts the matmuls and convolutions as the trainer does (train/mfu.py).
+trunk on each view, heads, decoders, the language model's output layer) and their backward run on fake tensors
+(FakeTensorMode: shapes, dtypes and devices without a byte of data), under the run's autocast and activation
+checkpointing (train/parallel.py's, recomputation included), while a dispatch mode follows every tensor made until
+it is freed and FlopCounterMode counts the matmuls and convolutions as the trainer does (train/mfu.py).
 
 A whole objective cannot run on fake tensors: views draw crop sizes with .item(), masking lists positions with
 nonzero(). So the passes below are each objective's forward without its data-dependent parts, with the mask shares
 of its config (MAE's visible patches, MLM's chosen tokens); teachers, momentum encoders and targets run without
-gradient and keep nothing for backward, so they are left out of the memory (their FLOPs are counted: a forward).
+gradient (their FLOPs are counted, and their transient tensors are freed before the student's backward).
 
-Saved tensors are counted once per storage, the parameters' own storages excluded (they are the training state,
-plan/state.py); autocast's bf16 copies of the weights are counted, as they live until backward. Under activation
-checkpointing each transformer block keeps only its input, and one block's saved tensors exist again while it is
-recomputed in backward: `checkpointed` = what is kept outside blocks + the blocks' inputs + the largest block.
+The peak of the tensors alive at once, parameters apart, holds the saved activations, the temporaries of the
+largest op and the gradients made so far; `working` is that peak less the trained parameters' fp32 gradients,
+which plan/state.py counts: weights + gradients + optimizer state + working is the peak of a step.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.autograd.graph import saved_tensors_hooks
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from selfsup.config import RunConfig
-from selfsup.models.blocks import Block
 from selfsup.objectives.align import Towers
 from selfsup.objectives.beit import BEiT
 from selfsup.objectives.byol import BYOL
@@ -45,20 +47,17 @@ from selfsup.objectives.plm import PermutationLM
 from selfsup.objectives.simclr import SimCLR
 from selfsup.objectives.simcse import SimCSE
 from selfsup.objectives.swav import SwAV
+from selfsup.train.parallel import checkpoint_activations
 
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class MicroBatch:
-    """Per device, for one micro-batch of `rows`."""
+    """One micro-batch of `rows` on one device, with or without activation checkpointing."""
     rows: int
-    kept: int  # bytes saved for backward without activation checkpointing
-    checkpointed: int  # with it
-    flops: float  # forward and backward of the trainable passes, plus the no-grad forwards (teachers, targets)
-
-    def activations(self, checkpointing: bool) -> int:
-        return self.checkpointed if checkpointing else self.kept
+    working: int  # bytes at the step's peak beyond the training state: activations, temporaries
+    flops: float  # forward and backward of the trainable passes (recomputation included), no-grad forwards
 
 
 def fake_objective(objective: nn.Module, mode: FakeTensorMode) -> nn.Module:
@@ -81,66 +80,58 @@ def fake_objective(objective: nn.Module, mode: FakeTensorMode) -> nn.Module:
     return objective
 
 
-class SavedBytes:
-    """Counts the storages autograd saves for backward, apart from the parameters', and which block saved them."""
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the storages that ops make, from their making until they are freed, and their peak."""
 
     def __init__(self, objective: nn.Module):
-        self.params = {p.untyped_storage()._cdata for p in objective.parameters()}
-        self.outside: dict[int, int] = {}  # storage -> bytes, saved outside any block
-        self.blocks: list[dict[int, int]] = []  # one per block call
-        self.block_inputs = 0  # what checkpointed blocks keep
-        self.current: dict[int, int] | None = None
-        self.handles = [h for b in objective.modules() if isinstance(b, Block)
-                        for h in (b.register_forward_pre_hook(self.enter), b.register_forward_hook(self.leave))]
+        super().__init__()
+        self.owned = {t.untyped_storage()._cdata for t in [*objective.parameters(), *objective.buffers()]}
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
 
-    def enter(self, block, args):
-        self.current = {}
-        self.block_inputs += args[0].numel() * args[0].element_size()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self.owned and key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.now += self.live[key]
+                    weakref.finalize(storage, self.free, key)
+        self.peak = max(self.peak, self.now)
+        return out
 
-    def leave(self, block, args, out):
-        self.blocks.append(self.current)
-        self.current = None
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = t.untyped_storage()._cdata
-        if key not in self.params:
-            (self.outside if self.current is None else self.current)[key] = t.untyped_storage().nbytes()
-        return t
-
-    def totals(self) -> tuple[int, int]:
-        for h in self.handles:
-            h.remove()
-        inner = [sum(b.values()) for b in self.blocks]
-        outside = sum(v for k, v in self.outside.items() if all(k not in b for b in self.blocks))
-        return outside + sum(inner), outside + self.block_inputs + max(inner, default=0)
+    def free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)
 
 
-def micro_batch(cfg: RunConfig, objective: nn.Module, rows: int) -> MicroBatch:
-    """Activations and FLOPs of one micro-batch of `rows` samples of `objective` (built on the meta device by
+def micro_batch(cfg: RunConfig, objective: nn.Module, rows: int, checkpointing: bool) -> MicroBatch:
+    """The working memory and FLOPs of one micro-batch of `rows` samples of `objective` (built on the meta device by
     plan/state.objective_on_meta; its tensors are made fake here, so build one per call)."""
     mode = FakeTensorMode()
     objective = fake_objective(objective, mode)
-    saved = SavedBytes(objective)
+    if checkpointing:
+        checkpoint_activations(objective)
+    grads = sum(4 * p.numel() for p in objective.parameters() if p.requires_grad)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16" else nullcontext()
-    with mode, cast, FlopCounterMode(display=False) as counter:
-        with saved_tensors_hooks(saved.pack, lambda t: t):
-            losses = trainable_passes(cfg, objective, rows)
-        with torch.no_grad():
+    # checkpointing's recomputed tensors are freed by the garbage collector, as in a real run: when it runs moves the
+    # peak by a few percent; starting from a collected heap makes that the same for the same config
+    gc.collect()
+    with mode, FlopCounterMode(display=False) as counter, LiveBytes(objective) as live:
+        with torch.no_grad(), cast:
             untrained_passes(cfg, objective, rows)
-        for loss in losses:
-            loss.float().sum().backward(retain_graph=True)
-    kept, checkpointed = saved.totals()
-    return MicroBatch(rows, kept, checkpointed, float(counter.get_total_flops()))
+        with cast:
+            losses = trainable_passes(cfg, objective, rows)
+        sum(loss.float().sum() for loss in losses).backward()
+        del losses
+    return MicroBatch(rows, max(live.peak - grads, 0), float(counter.get_total_flops()))
 
 
 def images(rows: int, cfg: RunConfig, size: int | None = None) -> torch.Tensor:
     """(rows, C, S, S) float: a view as the trunk receives it (normalised, after the no-grad augmentations)."""
     s = size or cfg.image.size
     return torch.randn(rows, cfg.image.channels, s, s)
-
-
-def local_size(cfg: RunConfig) -> int:
-    return cfg.views.local_size or round(cfg.image.size * 3 / 7)
 
 
 def tokens(rows: int, length: int) -> torch.Tensor:
@@ -177,13 +168,13 @@ def trainable_passes(cfg: RunConfig, obj: nn.Module, B: int) -> list[torch.Tenso
         return [obj.predictor(obj.projector(obj.model(images(2 * B, cfg))))]
     if isinstance(obj, DINO):
         outs = [obj.head(obj.model(images(obj.n_global * B, cfg)))]
-        if cfg.views.local_crops:
-            outs.append(obj.head(obj.model(images(cfg.views.local_crops * B, cfg, local_size(cfg)))))
+        if obj.views.n_local:  # the local crops at the size the objective's views make them
+            outs.append(obj.head(obj.model(images(obj.views.n_local * B, cfg, obj.views.local.settings["size"]))))
         return outs
     if isinstance(obj, SwAV):
         outs = [obj.scores(images(obj.n_global * B, cfg))[2]]
-        if cfg.views.local_crops:
-            outs.append(obj.scores(images(cfg.views.local_crops * B, cfg, local_size(cfg)))[2])
+        if obj.views.n_local:
+            outs.append(obj.scores(images(obj.views.n_local * B, cfg, obj.views.local.settings["size"]))[2])
         return outs
     if isinstance(obj, MAE):
         return [mae_pass(obj, images(B, cfg))]

@@ -25,7 +25,7 @@ class Memory:
     strategy: str
     checkpointing: bool
     state: StateMemory
-    activations: int
+    activations: int  # the working memory at the step's peak: activations and temporaries
     largest_batch: int  # the most rows a micro-batch can have on the device (0: not even one)
 
     @property
@@ -42,7 +42,7 @@ class Plan:
     mfu: float
     price: float | None
     memory: list[Memory]  # per strategy and checkpointing
-    micro: MicroBatch  # one micro-batch of train.batch_size rows on one device
+    micro: MicroBatch  # one micro-batch of train.batch_size rows on one device, as configured
     unit: str
     units_per_row: int  # tokens per sequence for text, else 1
     params: int
@@ -66,10 +66,7 @@ class Plan:
     def step_seconds(self) -> float:
         """One optimizer step: the device's share of the step's FLOPs (recomputation included) at the stated MFU."""
         peak = (self.device.bf16_tflops if self.cfg.train.precision == "bf16" else self.device.fp32_tflops) * 1e12
-        flops = self.micro.flops * self.cfg.train.grad_accum
-        if self.cfg.train.activation_checkpointing:
-            flops *= 4 / 3  # the blocks' forward once more: a forward is about a third of forward and backward
-        return flops / (peak * self.mfu)
+        return self.micro.flops * self.cfg.train.grad_accum / (peak * self.mfu)
 
     @property
     def units_per_step(self) -> int:
@@ -80,26 +77,54 @@ class Plan:
         return self.step_seconds * self.cfg.train.max_steps / 3600
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """What a config's micro-batch takes on any device: train.batch_size rows without and with activation
+    checkpointing, and `fixed`, the working memory that does not grow with the rows (autocast's bf16 copies of the
+    weights), from two rows and train.batch_size rows as configured."""
+    plain: MicroBatch
+    checkpointed: MicroBatch
+    fixed: float
+
+    def of(self, checkpointing: bool) -> MicroBatch:
+        return self.checkpointed if checkpointing else self.plain
+
+    def per_row(self, checkpointing: bool) -> float:
+        m = self.of(checkpointing)
+        return max(m.working - self.fixed, 0) / m.rows
+
+
+def footprint(cfg: RunConfig) -> Footprint:
+    rows, configured = cfg.train.batch_size, cfg.train.activation_checkpointing
+    plain, checkpointed = (micro_batch(cfg, objective_on_meta(cfg), rows, c) for c in (False, True))
+    full = checkpointed if configured else plain
+    fixed = 0.0
+    if rows > 2:  # a straight line through two rows (batch normalisation needs two) and the configured rows
+        two = micro_batch(cfg, objective_on_meta(cfg), 2, configured)
+        fixed = max(two.working - 2 * (full.working - two.working) / (rows - 2), 0.0)
+    return Footprint(plain, checkpointed, fixed)
+
+
 def make_plan(cfg: RunConfig, device: Device, per_node: int, nodes: int = 1, mfu: float = MFU,
-              price: float | None = None) -> Plan:
+              price: float | None = None, feet: Footprint | None = None) -> Plan:
+    """The plan of `cfg` on `nodes` × `per_node` of `device`; `feet`: its footprint, when already made (it does not
+    depend on the device)."""
+    feet = feet or footprint(cfg)
     processes = per_node * nodes
     objective = objective_on_meta(cfg)
-    unit = objective.unit
     params = sum(p.numel() for p in objective.model.parameters())
     rows = cfg.train.batch_size
-    one, micro = micro_batch(cfg, objective_on_meta(cfg), 1), micro_batch(cfg, objective_on_meta(cfg), rows)
     memory = []
     for strategy in STRATEGIES:
         state = state_memory(cfg.model_copy(update={"dist": cfg.dist.model_copy(update={"strategy": strategy})}),
                              objective, processes, per_node)
         for checkpointing in (False, True):
-            acts = micro.activations(checkpointing)
-            # activations grow by the same bytes per row: fitted through one row and the configured rows
-            per_row = (acts - one.activations(checkpointing)) / max(rows - 1, 1)
-            fixed = one.activations(checkpointing) - per_row
-            room = USABLE * device.memory_gib * GIB - state.total - fixed
+            per_row = feet.per_row(checkpointing)
+            room = USABLE * device.memory_gib * GIB - state.total - feet.fixed
             largest = max(int(room // per_row), 0) if per_row > 0 else rows
-            memory.append(Memory(strategy, checkpointing, state, acts, largest))
+            memory.append(Memory(strategy, checkpointing, state, feet.of(checkpointing).working, largest))
+    micro = feet.of(cfg.train.activation_checkpointing)
+    unit = objective.unit
     units_per_row = cfg.model.context if unit == "token" else 1
     return Plan(cfg, device, per_node, nodes, mfu, price, memory, micro, unit, units_per_row, params)
 
@@ -118,10 +143,10 @@ def advice(plan: Plan) -> list[str]:
     limit = USABLE * plan.device.memory_gib * GIB
     tips = []
     chosen = plan.chosen
-    if 0 < chosen.largest_batch < t.batch_size:
-        b = chosen.largest_batch
-        accum = -(-t.batch_size * t.grad_accum // b)
-        tips.append(f"train.batch_size={b} train.grad_accum={accum}")
+    if 0 < chosen.largest_batch < t.batch_size:  # the same global batch in smaller micro-batches
+        rows = t.batch_size * t.grad_accum
+        b = max(d for d in range(1, chosen.largest_batch + 1) if rows % d == 0)
+        tips.append(f"train.batch_size={b} train.grad_accum={rows // b}")
     for m in plan.memory:
         if m.total <= limit and m.strategy != cfg.dist.strategy and m.checkpointing == t.activation_checkpointing:
             tips.append(f"dist.strategy={m.strategy}")
@@ -179,3 +204,28 @@ def table_lines(plan: Plan) -> list[str]:
     if not plan.fits:
         lines.append("does not fit; to fit: " + "; ".join(advice(plan) or ["a device with more memory"]))
     return lines
+
+
+def run_device(cfg: RunConfig) -> Device:
+    """The device a run will train on, as the planner sees it: a GPU of the table by its CUDA name, or this machine's
+    CPU (its memory; its peak from train.peak_tflops or measured once, train/mfu.py)."""
+    import os
+
+    import torch
+
+    from selfsup.plan.devices import DEVICES
+    from selfsup.train.mfu import peak_flops
+
+    if cfg.train.device != "cpu" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name().lower().replace(" ", "")
+        gib = torch.cuda.get_device_properties(0).total_memory / GIB
+        for key in ("h200", "h100", "mi300x", "l4"):
+            if key in name:
+                return DEVICES[key]
+        if "a100" in name:
+            return DEVICES["a100-80gb" if gib > 40 else "a100-40gb"]
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    peak = (cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else peak_flops(torch.device("cpu"), dtype)) / 1e12
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    return Device("cpu", peak, peak, memory, 10.0 * torch.get_num_threads(),
+                  "this machine: its memory, its measured matmul peak (train/mfu.py)")
