@@ -1,2 +1,2 @@
-"""What a run will cost before it starts (issue 19, part 2; begun): the accelerators it may run on and the memory
-its training state takes per device."""
+"""What a run will cost before it starts (issue 19): the accelerators it may run on, the memory its training state
+and one micro-batch take per device, its FLOPs, time, energy and cost."""
