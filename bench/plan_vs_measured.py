@@ -4,9 +4,9 @@ real training steps in a child process, and the predicted FLOPs of a step agains
 real step (what the trainer's MFU reads).
 
 Memory is measured as bench/ does (bench/common.py): each configuration in its own child process, one torch thread;
-the high-water mark of the resident set (VmHWM) is reset once the data and imports are in place, and the figure is
-that peak over two full steps (forward, backward, optimizer step; the second has the optimizer's state) less the
-resident private memory before the objective was built. Allocator slack and autograd's transient gradient buffers
+a one-row step first makes the library code a step runs resident, then the high-water mark of the resident set
+(VmHWM) is reset, and the figure is that peak over two full steps (forward, backward, optimizer step; the second
+has the optimizer's state) less the resident set at the reset. Allocator slack and autograd's transient gradient buffers
 are in the measurement and not in the plan: hence a tolerance (TOLERANCE below), stated in BENCHMARKS.md.
 
     python bench/plan_vs_measured.py            # the table, and bench/out/plan_vs_measured.json
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import anonymous_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, write_json  # noqa: E402
+from common import peak_rss_bytes, reset_peak_rss, rss_bytes, run_child, write_json  # noqa: E402
 
 MIB = 1024 * 1024
 TOLERANCE = 0.25  # |predicted − measured| / measured, memory; FLOPs must agree within 1%
@@ -77,7 +77,8 @@ def measure(recipe: str, overrides: list[str]) -> dict:
             batch = {"images": torch.randint(0, 256, (B, cfg.image.channels, S, S), dtype=torch.uint8),
                      "index": torch.arange(B)}
         else:
-            batch = {"tokens": torch.randint(0, cfg.model.vocab_size, (B, cfg.model.context + objective.window_overlap))}
+            T = cfg.model.context + objective.window_overlap
+            batch = {"tokens": torch.randint(0, cfg.model.vocab_size, (B, T))}
         if cfg.train.activation_checkpointing:
             checkpoint_activations(objective)
         return objective, batch, optim.build(objective, cfg.optim, torch.device("cpu"))
@@ -99,7 +100,7 @@ def measure(recipe: str, overrides: list[str]) -> dict:
     step(objective, batch, opt)
     peak = peak_rss_bytes() - start
     flops, _ = count_flops(lambda: step(objective, batch, opt))
-    return dict(measured=peak, private=anonymous_bytes() - start, flops=flops)
+    return dict(measured=peak, flops=flops)
 
 
 def main() -> None:

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from selfsup import config
 from selfsup.plan.activations import micro_batch
 from selfsup.plan.state import objective_on_meta, state_memory

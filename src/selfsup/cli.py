@@ -1,5 +1,5 @@
-"""The `selfsup` command line: train, recipes, eval, embed, generate, export, compare, report, inspect and data. Parsing
-arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
+"""The `selfsup` command line: train, recipes, plan, eval, embed, generate, export, compare, report, inspect and data.
+Parsing arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
 
 from __future__ import annotations
 
