@@ -27,7 +27,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from selfsup.config import RunConfig
 from selfsup.objectives.align import Towers
@@ -50,6 +50,20 @@ from selfsup.objectives.swav import SwAV
 from selfsup.train.parallel import checkpoint_activations
 
 CPU = torch.device("cpu")
+
+
+def _attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q, k, v)
+
+
+def _attention_backward(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad, q, k, v)
+
+
+# torch counts attention's FLOPs for its GPU kernels only; its CPU kernel, the one fake CPU tensors run, gets the same
+# formulas here, so that a plan counts what FlopCounterMode counts of the run on a GPU
+ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+                   torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ def micro_batch(cfg: RunConfig, objective: nn.Module, rows: int, checkpointing: 
     # checkpointing's recomputed tensors are freed by the garbage collector, as in a real run: when it runs moves the
     # peak by a few percent; starting from a collected heap makes that the same for the same config
     gc.collect()
-    with mode, FlopCounterMode(display=False) as counter, LiveBytes(objective) as live:
+    with mode, FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter, LiveBytes(objective) as live:
         with torch.no_grad(), cast:
             untrained_passes(cfg, objective, rows)
         with cast:
