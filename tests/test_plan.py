@@ -15,7 +15,7 @@ from selfsup.data.read.tokenizer import train_bpe
 from selfsup.objectives.build import build_objective
 from selfsup.plan.activations import ATTENTION_FLOPS, micro_batch
 from selfsup.plan.devices import DEVICES
-from selfsup.plan.estimate import GIB, advice, footprint, make_plan, summary_lines, table_lines
+from selfsup.plan.estimate import GIB, advice, footprint, make_plan, start_lines, summary_lines, table_lines
 from selfsup.plan.state import objective_on_meta
 from selfsup.seed import seed_everything
 from selfsup.train.parallel import checkpoint_activations
@@ -80,17 +80,20 @@ def test_a_run_that_will_not_fit_is_told_the_keys_that_would_fit_it():
     feet = footprint(cfg)
     state = make_plan(cfg, DEVICES["l4"], 1, feet=feet).chosen.state.total
     small = dataclasses.replace(DEVICES["l4"], name="small",  # room for the state and a few rows
-                                memory_gib=(state + feet.fixed + 40 * feet.per_row(False)) / 0.9 / GIB)
+                                memory_gib=(state + feet.fixed + 48 * feet.per_row(False)) / 0.9 / GIB)
     plan = make_plan(cfg, small, 1, feet=feet)
     lines = summary_lines(plan)
     assert not plan.fits and lines[0].startswith("plan: ") and lines[1].startswith("warning: ")
     tips = advice(plan)
     assert tips[0].startswith("train.batch_size=") and "train.grad_accum=" in tips[0]
     b, accum = (int(kv.split("=")[1]) for kv in tips[0].split())
-    assert b <= 40 and b * accum == 64  # the same global batch
+    assert b <= 48 and b * accum == 64  # the same global batch
     assert "train.activation_checkpointing=true" in tips and any(t.startswith("train.precision=bf16") for t in tips)
     keys = set(config.all_keys())
     assert all(kv.split("=")[0] in keys for tip in tips for kv in tip.split(" (")[0].split())
+    start = start_lines(cfg, small, 1)  # what the run prints: the same warning
+    assert start[1].startswith("warning: ") and "train.activation_checkpointing=true" in start[1]
+    assert start_lines(config.load("gpt-clm", [*deep, "train.batch_size=8"]), small, 1)[1:] == []  # it fits
     fixed = config.load("gpt-clm", [*deep, "train.activation_checkpointing=true"])
     assert make_plan(fixed, small, 1, feet=feet).fits
 
@@ -110,4 +113,4 @@ def test_a_run_prints_its_plan_first(corpus, tmp_path):
     out = invoke("train", "gpt-clm", f"data.path={corpus}", f"out_dir={tmp_path / 'run'}", *TINY,
                  "train.max_steps=1", "train.device=cpu")
     first = out.splitlines()[0]
-    assert first.startswith("plan: ") and "GiB per device" in first and "1 steps in about" in first
+    assert first.startswith("plan: ") and "MiB per device of" in first and "1 steps in about" in first

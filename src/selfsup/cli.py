@@ -61,10 +61,9 @@ def train(
     from selfsup.train import launch
 
     if "RANK" not in os.environ:  # once, before any worker starts: what the run will hold and take
-        from selfsup.plan.estimate import make_plan, run_device, summary_lines
+        from selfsup.plan.estimate import run_device, start_lines
 
-        d = cfg.dist
-        for line in summary_lines(make_plan(cfg, run_device(cfg), d.nproc_per_node, d.nnodes)):
+        for line in start_lines(cfg, run_device(cfg), cfg.dist.nproc_per_node, cfg.dist.nnodes):
             console.print(line, markup=False, highlight=False, style="yellow" if line.startswith("warning") else None)
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,

@@ -129,12 +129,35 @@ def make_plan(cfg: RunConfig, device: Device, per_node: int, nodes: int = 1, mfu
     return Plan(cfg, device, per_node, nodes, mfu, price, memory, micro, unit, units_per_row, params)
 
 
+def start_lines(cfg: RunConfig, device: Device, per_node: int, nodes: int = 1) -> list[str]:
+    """What a run prints at its start (summary_lines), from one fake micro-batch as configured; the whole plan, for
+    the settings that would fit, only when that one does not."""
+    processes = per_node * nodes
+    objective = objective_on_meta(cfg)
+    state = state_memory(cfg, objective, processes, per_node)
+    t = cfg.train
+    micro = micro_batch(cfg, objective_on_meta(cfg), t.batch_size, t.activation_checkpointing)
+    if state.total + micro.working > USABLE * device.memory_gib * GIB:
+        return summary_lines(make_plan(cfg, device, per_node, nodes))
+    chosen = Memory(cfg.dist.strategy, t.activation_checkpointing, state, micro.working, t.batch_size)
+    units_per_row = cfg.model.context if objective.unit == "token" else 1
+    params = sum(p.numel() for p in objective.model.parameters())
+    return summary_lines(Plan(cfg, device, per_node, nodes, MFU, None, [chosen], micro, objective.unit, units_per_row,
+                              params))
+
+
 def gib(n: float) -> str:
     return f"{n / GIB:.1f}"
 
 
+def size(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2 ** 20:.0f} MiB"
+
+
 def duration(hours: float) -> str:
-    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+    if hours < 1:
+        return f"{hours * 3600:.0f} s" if hours < 1 / 60 else f"{hours * 60:.0f} min"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 
 def advice(plan: Plan) -> list[str]:
@@ -161,8 +184,8 @@ def advice(plan: Plan) -> list[str]:
 def summary_lines(plan: Plan) -> list[str]:
     """The one or two lines a run prints at its start."""
     t = plan.cfg.train
-    lines = [f"plan: {gib(plan.chosen.total)} GiB per device of {plan.device.memory_gib:.0f} GiB ({plan.device.name}: "
-             f"state {gib(plan.chosen.state.total)}, activations {gib(plan.chosen.activations)}); "
+    lines = [f"plan: {size(plan.chosen.total)} per device of {plan.device.memory_gib:.0f} GiB ({plan.device.name}: "
+             f"state {size(plan.chosen.state.total)}, activations {size(plan.chosen.activations)}); "
              f"{t.max_steps} steps in about {duration(plan.hours)} at {plan.mfu:.0%} MFU"]
     if not plan.fits:
         lines.append("warning: the plan says this run will not fit the device's memory; to fit: "
