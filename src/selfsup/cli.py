@@ -263,7 +263,7 @@ def embed(
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
-                       "moving-digits) and clean them (dedup, filter).")
+                       "moving-digits), clean them (dedup, filter) and tokenize text ahead of training (tokenize).")
 app.add_typer(data_app, name="data")
 
 
@@ -351,6 +351,61 @@ def filter_data(
             table.add_row(key.replace("_", " "), f"{value:,}")
     console.print(table)
     console.print(f"kept documents in {out}; removals in {out}/removed.jsonl")
+
+
+@data_app.command("tokenize")
+def tokenize(
+    corpus: str = typer.Argument(..., help="text as data.path reads it: a .txt/.jsonl/.parquet file or a folder of "
+                                 "them, a datasets folder, hf:datasets/ORG/NAME or builtin:python-docstrings"),
+    settings: Optional[list[str]] = typer.Argument(None, help="data.KEY=VALUE settings the shards depend on, as a "
+                                                   "run's: data.document, data.extensions, data.text_field, "
+                                                   "data.val_fraction, data.max_doc_chars (a run reading the shards "
+                                                   "must have the same)"),
+    out: Path = typer.Option(..., help="a new or empty folder, neither inside CORPUS nor holding it: .bin shards, "
+                             "tokenizer.json and meta.json; train with data.path=OUT"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenize with this tokenizer.json (e.g. a run's)"),
+    vocab_size: Optional[int] = typer.Option(None, help="or train a byte-level BPE of this many tokens on the "
+                                             "training documents, as a run with model.vocab_size=N does"),
+    workers: Optional[int] = typer.Option(None, help="tokenizing processes (default: min(cores, 8); 0: in this "
+                                          "process, on tokenizers' own threads); the shards are the same bytes for "
+                                          "any number"),
+):
+    """Tokenize a corpus into token shards ahead of training, on every core, so that runs on many machines read the
+    same shards (data.path=OUT) instead of each tokenizing it. A run on OUT gets the batches a run on CORPUS would,
+    given the same data settings and model.vocab_size. Bad documents and unreadable files are skipped and counted."""
+    from selfsup.data.cache.tokens import SETTINGS, tokenize as write_tokens
+    from selfsup.data.errors import DataError
+
+    if (tokenizer is None) == (vocab_size is None):
+        raise DataError("expected one of --tokenizer FILE (tokenize with it) and --vocab-size N (train a BPE of N "
+                        "tokens first)")
+    if vocab_size is not None and vocab_size < 260:
+        raise DataError(f"--vocab-size {vocab_size}: expected at least 260 (256 bytes, 3 special tokens, a merge)")
+    if workers is not None and workers < 0:
+        raise DataError(f"--workers {workers}: expected 0 (in this process) or more")
+    data = {"path": corpus, "tokenizer": str(tokenizer) if tokenizer else None, "workers": workers}
+    for text in settings or []:
+        key, value = config_mod.parse_override(text)
+        if key not in [f"data.{k}" for k in SETTINGS]:
+            raise config_mod.ConfigError(f"'{key}' is not a setting token shards depend on; expected one of "
+                                         + ", ".join(f"data.{k}" for k in SETTINGS))
+        data[key.removeprefix("data.")] = value
+    cfg = config_mod.validate({"data": data}).data
+    meta = write_tokens(cfg, vocab_size, out, log=lambda line: err.print(line, soft_wrap=True, markup=False,
+                                                                         highlight=False))
+    table = Table(title=f"token shards of {corpus}")
+    for col in ("", "train", "val"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key in ("documents", "tokens"):
+        table.add_row(key, *(f"{meta[key][s]:,}" for s in ("train", "val")))
+    table.add_row("shards", *(str(len(meta["shards"][s])) for s in ("train", "val")))
+    console.print(table)
+    console.print(f"skipped: {', '.join(f'{k}: {v:,}' for k, v in meta['skipped'].items()) or 'none'}")
+    keys = " ".join(f"data.{k}={','.join(v) if isinstance(v, list) else v}"
+                    for k, v in cfg.model_dump(include=set(SETTINGS)).items()
+                    if v != config_mod.DataConfig.model_fields[k].default)
+    console.print(f"{meta['vocab']:,}-token tokenizer; train with data.path={out} model.vocab_size={meta['vocab']}"
+                  + (f" {keys}" if keys else ""))
 
 
 @data_app.command("tones")
