@@ -21,7 +21,7 @@ FLOORS = [
     ("train", ["selfsup.train"]),
     ("eval · export · report", ["selfsup.eval", "selfsup.export", "selfsup.report", "selfsup.generate",
                                 "selfsup.quantize", "selfsup.rundir", "selfsup.inspect", "selfsup.model_card",
-                                "selfsup.onnx_export"]),
+                                "selfsup.onnx_export", "selfsup.plan"]),
     ("cli", ["selfsup.cli", "selfsup.__main__"]),
 ]
 

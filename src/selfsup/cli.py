@@ -1,9 +1,10 @@
-"""The `selfsup` command line: train, recipes, eval, embed, generate, export, compare, report, inspect and data. Parsing
-arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
+"""The `selfsup` command line: train, recipes, plan, eval, embed, generate, export, compare, report, inspect and data.
+Parsing arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,6 +60,11 @@ def train(
     from selfsup.report import summary_table, write_report  # torch: only once the config holds
     from selfsup.train import launch
 
+    if "RANK" not in os.environ:  # once, before any worker starts: what the run will hold and take
+        from selfsup.plan.estimate import run_device, start_lines
+
+        for line in start_lines(cfg, run_device(cfg), cfg.dist.nproc_per_node, cfg.dist.nnodes):
+            console.print(line, markup=False, highlight=False, style="yellow" if line.startswith("warning") else None)
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,
                                      allow_changes or [])
@@ -92,6 +98,32 @@ def recipes(scale: bool = typer.Option(False, "--scale", help="also list the pap
                 with torch.device("meta"):
                     params = sum(p.numel() for p in network(config_mod.load(name)).parameters())
                 console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
+
+
+@app.command()
+def plan(
+    recipe: str = typer.Argument(..., help="a recipe name (see `selfsup recipes --scale`) or a YAML file"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. dist.strategy=fsdp"),
+    gpus: int = typer.Option(8, "--gpus", min=1, help="devices per node"),
+    gpu: str = typer.Option("h100", "--gpu", help="the device: h100, h200, a100-80gb, a100-40gb, l4, mi300x"),
+    nodes: int = typer.Option(1, "--nodes", min=1, help="machines"),
+    mfu: Optional[float] = typer.Option(None, "--mfu", min=0.01, max=1.0, help="model FLOPs utilisation to assume "
+                                        "(default 0.40, bf16 transformer training)"),
+    price: Optional[float] = typer.Option(None, "--price", min=0.0, help="$ per device-hour, for a cost"),
+):
+    """What a run will take before it starts: memory per device (weights, gradients, optimizer state, activations;
+    per strategy, with and without activation checkpointing), the largest micro-batch that fits, FLOPs per step,
+    step time, throughput, wall-clock, device-hours, energy and cost. Nothing is allocated: the model is built on
+    the meta device and its passes run on fake tensors."""
+    cfg = config_mod.load(recipe, overrides or [])
+    from selfsup.plan.devices import DEVICES
+
+    if gpu not in DEVICES:
+        raise config_mod.ConfigError(f"--gpu {gpu!r} is not in the device table; expected one of {', '.join(DEVICES)}")
+    from selfsup.plan.estimate import MFU, make_plan, table_lines
+
+    for line in table_lines(make_plan(cfg, DEVICES[gpu], gpus, nodes, mfu or MFU, price)):
+        console.print(line, markup=False, highlight=False)
 
 
 @app.command(name="eval")
