@@ -63,7 +63,11 @@ def train(
     if "RANK" not in os.environ:  # once, before any worker starts: what the run will hold and take
         from selfsup.plan.estimate import run_device, start_lines
 
-        for line in start_lines(cfg, run_device(cfg), cfg.dist.nproc_per_node, cfg.dist.nnodes):
+        try:
+            lines = start_lines(cfg, run_device(cfg), cfg.dist.nproc_per_node, cfg.dist.nnodes)
+        except Exception as e:  # a plan informs; one the planner cannot make never stops the run it describes
+            lines = [f"plan: not made ({type(e).__name__}: {e})"]
+        for line in lines:
             console.print(line, markup=False, highlight=False, style="yellow" if line.startswith("warning") else None)
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,

@@ -247,6 +247,10 @@ def run_device(cfg: RunConfig) -> Device:
                 return DEVICES[key]
         if "a100" in name:
             return DEVICES["a100-80gb" if gib > 40 else "a100-40gb"]
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        peak = cfg.train.peak_tflops or peak_flops(torch.device("cuda"), dtype) / 1e12
+        return Device(torch.cuda.get_device_name(), peak, peak, gib, 300.0,
+                      "a GPU the table lacks: its memory, its measured matmul peak, 300 W assumed")
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     peak = (cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else peak_flops(torch.device("cpu"), dtype)) / 1e12
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
