@@ -26,6 +26,8 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from selfsup.config import RunConfig
+from selfsup.data.read import tokenizer as toks
+from selfsup.data.read.captions import closes
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.model_card import model_card
 from selfsup.models.hf import bert, clip, gpt2, llama, modernbert, resnet, siglip
@@ -158,12 +160,25 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
     for family in HF_FAMILIES:
         why = family.unfit(cfg)
         if why is None:
-            return *family.to_hf(cfg, objective, _special_ids(run_dir)), (
-                family.processor_files(cfg) if family in PROCESSORS else {})
+            if family in PROCESSORS:
+                _closed_captions(run_dir, family.ARCHITECTURE)
+            specials = _special_ids(run_dir)
+            return *family.to_hf(cfg, objective, specials), (
+                family.processor_files(cfg, specials) if family in PROCESSORS else {})
         whys.append(f"{family.ARCHITECTURE} needs {why}")
     m = cfg.model
     raise ExportError(f"--format hf: this run (objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}) "
                       f"maps onto none of: {'; '.join(whys)}; use --format safetensors")
+
+
+def _closed_captions(run_dir: Path, architecture: str) -> None:
+    """CLIPModel and SiglipModel read a caption up to its end-of-text token: the run's tokenizer must close every
+    caption with it (data/read/captions.py), as a model's own does and the BPE a run trains for text.pooling=last."""
+    if not closes(toks.load(run_dir / "tokenizer.json", "the run's tokenizer")):
+        raise ExportError(f"--format hf: {architecture} pools the text at the end-of-text token, but this run's "
+                          f"tokenizer.json does not close captions with {EOS} (a run whose BPE was trained before "
+                          "selfsup closed captions for text.pooling=last); expected a run trained with this version, "
+                          "or with data.tokenizer a model's tokenizer.json")
 
 
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, processor: dict,

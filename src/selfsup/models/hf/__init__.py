@@ -23,6 +23,6 @@ A family module has the same few plain functions, so init.py and export.py read 
     weights(theirs, objective)       yields (our state-dict name, tensor), one at a time (a missing one is one line)
     unfit(cfg) -> str | None         export: why this run does not map onto it, or None
     to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
-    processor_files(cfg)             export, two-tower families (export.PROCESSORS): tokenizer_config.json and
+    processor_files(cfg, specials)   export, two-tower families (export.PROCESSORS): tokenizer_config.json and
                                      preprocessor_config.json, so AutoProcessor prepares inputs as training did
 """

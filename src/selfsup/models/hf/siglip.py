@@ -103,8 +103,6 @@ def unfit(cfg: RunConfig) -> str | None:
         return "text.causal=false, text.learned_positions=true, text.embed_norm=false, text.pooling=last"
     if a.media_proj or not a.attend_padding:
         return "align.media_proj=false, align.attend_padding=true"
-    if cfg.data.tokenizer is None:
-        return "captions closed by the tokenizer's own end-of-text token: data.tokenizer a model's tokenizer.json"
     return tower_unfit(m, "model") or tower_unfit(t, "text")
 
 
@@ -130,7 +128,7 @@ def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tup
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}, config
 
 
-def processor_files(cfg: RunConfig) -> dict[str, dict]:
+def processor_files(cfg: RunConfig, specials: dict[str, int]) -> dict[str, dict]:
     """tokenizer_config.json and preprocessor_config.json for AutoProcessor: captions by the run's tokenizer with its
     own special tokens, padded to text.context (call it with padding="max_length", as SigLIP's); images resized to
     image.size × image.size (bicubic; SiglipImageProcessor squashes a non-square image where training's decoding
