@@ -66,8 +66,7 @@ demo-multimodal: setup
 	$(BIN)/selfsup data digits --out runs/digits
 	$(BIN)/selfsup data tones --out runs/tones
 	$(BIN)/selfsup data moving-digits --out runs/moving-digits
-	@$(foreach r,clip siglip,echo "--- $(r)" && $(BIN)/selfsup train $(r) out_dir=runs/mm/$(r) $(MM_IMAGE) \
-		$(if $(filter siglip,$(r)),align.embed_dim=128) && \
+	@$(foreach r,clip siglip,echo "--- $(r)" && $(BIN)/selfsup train $(r) out_dir=runs/mm/$(r) $(MM_IMAGE) && \
 		$(BIN)/selfsup eval runs/mm/$(r) --task zeroshot --test runs/digits/test --baseline random \
 			--prompt "a handwritten {label}" --prompt "the digit {label}" --prompt "the number {label}" && \
 		$(BIN)/selfsup eval runs/mm/$(r) --task retrieval --test runs/digits/test.jsonl --baseline random && ) true

@@ -370,7 +370,8 @@ class DeepClusterConfig(Section):
 class AlignConfig(Section):
     modality: Literal["image", "audio", "video"] = Field("image", description="what the text is paired with: the "
                                                           "key of a pair in the data")
-    embed_dim: int = Field(256, gt=0, description="the joint embedding both towers project to")
+    embed_dim: int = Field(256, gt=0, description="the joint embedding both towers project to (not given, with "
+                           "align.media_proj=false: model.dim)")
     logit_scale: float | None = Field(None, description="initial log of the logit scale (default: ln(1/0.07) for "
                                       "clip, ln 10 for siglip); learned")
     max_logit_scale: float = Field(100.0, gt=0, description="the learned scale is clamped to at most this")
@@ -596,6 +597,8 @@ class RunConfig(Section):
             raise ValueError(f"model.pooling=last pools a text trunk; this run's modality is {self.modality}")
         if self.text.pooling == "map":
             raise ValueError("text.pooling=map pools a ViT; expected cls, mean or last for the text tower")
+        if self.pairs and not self.align.media_proj and "embed_dim" not in self.align.model_fields_set:
+            self.align.embed_dim = m.dim  # the media tower's features are the embedding: its width, unless given
         if self.pairs and not self.align.media_proj and self.align.embed_dim != m.dim:
             raise ValueError(f"align.media_proj=false makes the media tower's features (model.dim={m.dim}) the joint "
                              f"embedding; expected align.embed_dim={m.dim} (got {self.align.embed_dim})")

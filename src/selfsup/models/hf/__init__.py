@@ -12,6 +12,7 @@ serves both directions, so an import and an export cannot disagree:
     resnet.py       ResNetModel (and a ResNetForImageClassification's trunk) <-> our ResNet-18/50, teachers included
     clip.py         CLIPModel <-> the two towers of a clip run (ViT + causal text tower)
     siglip.py       SiglipModel <-> the two towers of a siglip run (ViT with attention pooling + text tower)
+    open_clip.py    export only, not transformers: a clip run as open_clip's CLIP (--format open_clip)
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 
