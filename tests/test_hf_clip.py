@@ -326,3 +326,28 @@ def test_zeroshot_and_retrieval_through_the_export_equal_selfsup_eval(scratch, p
     for k in (1, 5, 10):
         assert (m2t < k).float().mean().item() == retrieval["media_to_text"][str(k)]
         assert (t2m < k).float().mean().item() == retrieval["text_to_media"][str(k)]
+
+
+def test_a_tokenizer_that_does_not_close_captions_is_refused(scratch, tmp_path):
+    """A run whose BPE leaves captions open ([EOS] + text, as before this version) would be pooled elsewhere by
+    CLIPModel: refused in one line, nothing written."""
+    import shutil
+
+    from selfsup.export import ExportError, export
+    from selfsup.rundir import open_run
+
+    run, _ = scratch
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    tok = load(old / "tokenizer.json")
+    tok.post_processor = None
+    tok.save(str(old / "tokenizer.json"))
+    cfg, objective, _ = open_run(old, torch.device("cpu"))
+    for fmt, what in (("hf", "CLIPModel"), ("open_clip", "open_clip's CLIP")):
+        with pytest.raises(ExportError) as e:
+            export(old, cfg, objective, fmt, tmp_path / fmt)
+        assert str(e.value) == (f"--format {fmt}: {what} pools the text at the end-of-text token, but this run's "
+                                "tokenizer.json does not close captions with <|endoftext|> (a run whose BPE was "
+                                "trained before selfsup closed captions for text.pooling=last); expected a run "
+                                "trained with this version, or with data.tokenizer a model's tokenizer.json")
+        assert not (tmp_path / fmt).exists()

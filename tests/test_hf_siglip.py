@@ -209,3 +209,5 @@ def test_a_run_from_scratch_with_the_recipe_exports(pairs, tmp_path):  # noqa: F
     inputs = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")(text=CAPTIONS, padding="max_length",
                                                                          truncation=True)
     assert inputs["input_ids"] == ids.tolist()
+    invoke("eval", out, "--task", "retrieval", "--test", pairs)  # the joint space of a tower without projection
+    assert json.loads((out / "eval" / "retrieval.json").read_text())["pretrained"]["items"] == 24

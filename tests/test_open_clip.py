@@ -97,6 +97,7 @@ def test_a_clip_run_in_open_clips_layout(scratch, tmp_path):  # noqa: F811
     invoke("export", run, "--format", "open_clip", "--out", out)
     assert {"open_clip_model.safetensors", "open_clip_config.json", "tokenizer.json", "tokenizer_config.json",
             "README.md"} <= {f.name for f in out.iterdir()}
+    assert "library_name: open_clip" in (out / "README.md").read_text()  # the model card says what loads it
     config = json.loads((out / "open_clip_config.json").read_text())
     model_cfg = config["model_cfg"]
     assert set(model_cfg["vision_cfg"]) <= VISION_FIELDS and set(model_cfg["text_cfg"]) <= TEXT_FIELDS

@@ -42,7 +42,7 @@ class JointMedia(nn.Module):
     def __init__(self, objective: nn.Module):
         super().__init__()
         self.objective = objective
-        self.out_dim = objective.media_proj.out_features
+        self.out_dim = objective.text_proj.out_features  # the joint width (a media tower without projection has it)
         self.train(objective.training)  # encode() restores this flag: it must be the objective's
 
     def forward(self, *args) -> Tensor:

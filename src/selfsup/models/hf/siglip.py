@@ -132,7 +132,8 @@ def processor_files(cfg: RunConfig, specials: dict[str, int]) -> dict[str, dict]
     """tokenizer_config.json and preprocessor_config.json for AutoProcessor: captions by the run's tokenizer with its
     own special tokens, padded to text.context (call it with padding="max_length", as SigLIP's); images resized to
     image.size × image.size (bicubic; SiglipImageProcessor squashes a non-square image where training's decoding
-    centre-crops it), scaled to [0, 1] and normalised by image.mean and image.std."""
+    centre-crops it), scaled to [0, 1] and normalised by image.mean and image.std. specials: unused (SigLIP's
+    tokenizer has no start token to name)."""
     from selfsup.data.read.tokenizer import EOS
 
     size = cfg.image.size
