@@ -52,6 +52,23 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def anonymous_bytes() -> int:
+    """Resident private (anonymous) memory: what a copy of data in the process costs. File pages a library maps
+    (safetensors) are page cache, shared and evictable, and not counted."""
+    kib = _status_kib("RssAnon")
+    if kib is None:
+        raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+    return kib * 1024
+
+
+def selfsup_cli(*args: str) -> str:
+    """`python -m selfsup ARGS` in a child process, its output; a failure stops the benchmark with the child's tail."""
+    done = subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"selfsup {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return done.stdout + done.stderr
+
+
 def rss_bytes() -> int:
     """Resident set size now (second field of /proc/self/statm, in pages)."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -17,21 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
+
+from common import selfsup_cli
 
 SHAPE = ["model.dim=128", "model.depth=4", "model.heads=4", "model.context=128", "model.vocab_size=4096",
          "train.batch_size=16", "train.eval_every=100000", "train.checkpoint_every=100000", "train.log_every=50"]
 B_PACKAGES = ("rich", "pydantic", "typer", "click", "yaml")
-
-
-def selfsup(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"selfsup {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return done.stdout + done.stderr
 
 
 def write_domains(out: Path) -> dict[str, Path]:
@@ -60,12 +52,8 @@ def write_domains(out: Path) -> dict[str, Path]:
 
 
 def perplexity(run: Path, data: Path) -> float:
-    said = selfsup("eval", str(run), "--task", "perplexity", "--data", str(data))
-    found = json.loads((run / "eval" / "perplexity.json").read_text())
-    value = found.get("perplexity")
-    if value is None:  # fall back on the printed table
-        value = float(re.findall(r"perplexity\s+([\d.]+)", said)[-1])
-    return float(value)
+    selfsup_cli("eval", str(run), "--task", "perplexity", "--data", str(data))
+    return float(json.loads((run / "eval" / "perplexity.json").read_text())["perplexity"])
 
 
 def main() -> None:
@@ -79,20 +67,20 @@ def main() -> None:
     d = write_domains(a.out)
     public, hf = a.out / "public-run", a.out / "public-hf"
     if not (public / "model.safetensors").is_file():
-        selfsup("train", "gpt-clm", f"data.path={d['a_train']}", f"out_dir={public}", f"train.max_steps={a.steps}",
+        selfsup_cli("train", "gpt-clm", f"data.path={d['a_train']}", f"out_dir={public}", f"train.max_steps={a.steps}",
                 *SHAPE)
     if not (hf / "config.json").is_file():
-        selfsup("export", str(public), "--format", "hf", "--out", str(hf))
+        selfsup_cli("export", str(public), "--format", "hf", "--out", str(hf))
     runs = {"public model (A only)": public}
     plain = a.out / "continued"
     if not (plain / "model.safetensors").is_file():
-        selfsup("train", "gpt-clm", f"model.init={hf}", f"data.path={d['b_train']}", f"out_dir={plain}",
+        selfsup_cli("train", "gpt-clm", f"model.init={hf}", f"data.path={d['b_train']}", f"out_dir={plain}",
                 f"train.max_steps={a.continue_steps}", *SHAPE[5:])
     runs["continued on B"] = plain
     replay = a.out / "continued-replay"
     try:
         if not (replay / "model.safetensors").is_file():
-            selfsup("train", "gpt-clm", f"model.init={hf}", f"data.path={d['b_train']}", f"out_dir={replay}",
+            selfsup_cli("train", "gpt-clm", f"model.init={hf}", f"data.path={d['b_train']}", f"out_dir={replay}",
                     f"continual.old_data={d['a_train']}", f"continual.replay={a.replay}",
                     f"train.max_steps={a.continue_steps}", *SHAPE[5:])
         runs[f"continued on B, {a.replay:.0%} replay of A"] = replay
@@ -101,7 +89,7 @@ def main() -> None:
     results = {name: {"A": perplexity(run, d["a_test"]), "B": perplexity(run, d["b_test"])}
                for name, run in runs.items()}
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"| model | perplexity, held-out A (docstrings) | perplexity, held-out B (package source) |\n|---|---|---|")
+    print("| model | perplexity, held-out A (docstrings) | perplexity, held-out B (package source) |\n|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['A']:.2f} | {r['B']:.2f} |")
 

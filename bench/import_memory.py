@@ -21,21 +21,14 @@ import threading
 import time
 from pathlib import Path
 
-
-def anonymous() -> int:
-    """Resident private (anonymous) memory in bytes, Linux: what a copy of the weights costs. Pages of a file mapped
-    by safetensors are page cache, shared and evictable, and not counted."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+from common import anonymous_bytes
 
 
 class Peak:
     """The highest anonymous memory seen while the block runs, sampled every millisecond by a thread."""
 
     def __enter__(self) -> Peak:
-        self.before = self.high = anonymous()
+        self.before = self.high = anonymous_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -43,12 +36,12 @@ class Peak:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.001):
-            self.high = max(self.high, anonymous())
+            self.high = max(self.high, anonymous_bytes())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.high = max(self.high, anonymous())
+        self.high = max(self.high, anonymous_bytes())
 
     @property
     def rise(self) -> int:

@@ -177,7 +177,7 @@ def test_image_run_continues_with_its_normalisation_and_replay(tmp_path):
 def test_one_line_errors(parent, new_corpus, child, tmp_path):
     with pytest.raises(ConfigError, match="continual.replay"):
         load_config(str(parent), [f"continual.data={new_corpus}", "continual.replay=1.0"])
-    with pytest.raises(ConfigError, match="continual.replay needs continual.data"):
+    with pytest.raises(ConfigError, match="continual.replay needs the old domain to replay"):
         load_config("gpt-clm", ["continual.replay=0.2"])
     with pytest.raises(ConfigError, match="not a run directory"):
         load_config("gpt-clm", [f"continual.data={new_corpus}"])

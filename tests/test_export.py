@@ -20,7 +20,7 @@ def test_hf_export_matches_selfsup_logits(run, tmp_path):
     _, objective, ours_tok = open_run(run, torch.device("cpu"))
     text = "Return the number of items in the container."
     ids = tok(text)["input_ids"]
-    assert ids == ours_tok.encode(text).ids
+    assert ids == [ours_tok.token_to_id("<|endoftext|>")] + ours_tok.encode(text).ids  # EOS opens it, as in training
     x = torch.tensor([ids])
     with torch.no_grad():
         expected = objective.model.logits(objective.model(x))
@@ -61,8 +61,8 @@ def test_mlm_export_loads_as_modernbert_with_the_same_logits(which, request, tmp
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     _, objective, _ = open_run(mlm_run, torch.device("cpu"))
     head = objective.terms["mlm"].head if which == "hybrid_mlm_run" else objective.head
-    batch = tok(["<|endoftext|>Return the number of items.", "<|endoftext|>Split a <|mask|> into parts, then more."],
-                padding=True, return_tensors="pt")
+    batch = tok(["Return the number of items.", "Split a <|mask|> into parts, then more."], padding=True,
+                return_tensors="pt")  # the tokenizer opens each with EOS
     pad_mask = batch["attention_mask"].bool()
     with torch.no_grad():
         h = head(objective.model(batch["input_ids"], pad_mask=pad_mask))

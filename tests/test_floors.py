@@ -20,7 +20,8 @@ FLOORS = [
     ("objectives", ["selfsup.objectives"]),
     ("train", ["selfsup.train"]),
     ("eval · export · report", ["selfsup.eval", "selfsup.export", "selfsup.report", "selfsup.generate",
-                                "selfsup.quantize", "selfsup.rundir", "selfsup.inspect", "selfsup.model_card"]),
+                                "selfsup.quantize", "selfsup.rundir", "selfsup.inspect", "selfsup.model_card",
+                                "selfsup.onnx_export"]),
     ("cli", ["selfsup.cli", "selfsup.__main__"]),
 ]
 

@@ -131,19 +131,21 @@ def test_bad_settings_are_one_line(notes):
 
 
 @pytest.mark.parametrize("tool", ["dedup", "filter"])
-def test_cleaning_tools_refuse_parquet_in_one_line_before_writing(tool, tmp_path):
+def test_cleaning_tools_refuse_parquet_without_the_text_column_in_one_line_before_writing(tool, tmp_path):
+    """They read .parquet (tests/test_clean_parquet.py); a file without the column is refused from its footer."""
     from selfsup.data.quality.dedup import dedup
     from selfsup.data.quality.filters import filter_corpus
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("one\ntwo\n")
-    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "in" / "b.parquet")
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "in" / "b.parquet")
     clean = {"dedup": dedup, "filter": filter_corpus}[tool]
     with pytest.raises(DataError) as err:
         clean(str(tmp_path / "in"), str(tmp_path / "out"))
-    assert str(err.value) == (f"{tool} '{tmp_path / 'in'}': b.parquet is Parquet, which {tool} does not read; "
-                              f"expected .txt or .jsonl files (training reads .parquet as it is)")
+    assert str(err.value) == "--text-field 'text': b.parquet has columns body; expected one of them"
     assert not (tmp_path / "out").exists()
+    clean(str(tmp_path / "in"), str(tmp_path / "out"), field="body")
+    assert pq.read_table(tmp_path / "out" / "b.parquet").equals(pq.read_table(tmp_path / "in" / "b.parquet"))
 
 
 def test_labeled_sets_read_parquet_text_and_label_columns(tmp_path):

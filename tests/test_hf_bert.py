@@ -13,6 +13,7 @@ from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.train.continual import load_config
 from tests.conftest import TINY
 from tests.test_cli import invoke, runner
+from tests.test_init_llama import byte_bpe
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,25 +37,19 @@ def wordpiece(texts):
     return tok
 
 
-def byte_bpe(texts):
+def roberta_bpe(texts):
     """RoBERTa's tokenizer: byte-level BPE, <s> <pad> </s> <unk> <mask> = 0..4, <s> text </s>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    return tok
+    return byte_bpe(texts, 400, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                    processors.RobertaProcessing(("</s>", 2), ("<s>", 0)))
 
 
 def bert_folder(root, corpus, kind="bert", cls="ForMaskedLM", **changes):
     """A tiny random BERT or RoBERTa saved by transformers itself, with its kind of tokenizer.json. Its biases,
     norms and token types are random too (not transformers' zeros and ones), so any tensor mapped wrong shows."""
     texts = (corpus / "a.txt").read_text().splitlines()
-    tok = wordpiece(texts) if kind == "bert" else byte_bpe(texts)
+    tok = wordpiece(texts) if kind == "bert" else roberta_bpe(texts)
     settings = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
                     vocab_size=tok.get_vocab_size(), max_position_embeddings=66 if kind == "roberta" else 64,
                     type_vocab_size=2 if kind == "bert" else 1, layer_norm_eps=1e-12 if kind == "bert" else 1e-5)
@@ -237,7 +232,7 @@ def test_a_run_with_bert_options_exports_as_bert(corpus, tmp_path):
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     assert type(back).__name__ == "BertForMaskedLM" and back.config.layer_norm_eps == 1e-5
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    batch = tok([EOS + TEXTS[0], EOS + "Split a <|mask|> into parts, then more."], padding=True, return_tensors="pt")
+    batch = tok([TEXTS[0], "Split a <|mask|> into parts, then more."], padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     _, objective, _ = open_run(out, torch.device("cpu"))
     again, _ = built(load_config("bert-mlm", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))

@@ -14,6 +14,7 @@ from selfsup.train.continual import load_config
 from tests.conftest import TINY
 from tests.test_cli import invoke
 from tests.test_hf_bert import built, mlm_logits, squeeze
+from tests.test_init_llama import byte_bpe
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,17 +27,10 @@ TEXTS = ["Return the number of items in the container.",
 
 def bpe(texts):
     """ModernBERT's tokenizer: byte-level BPE, [UNK] [CLS] [SEP] [PAD] [MASK] = 0..4, [CLS] text [SEP]."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
-    return tok
+    return byte_bpe(texts, 400, ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
+                    processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]))
 
 
 def modernbert_folder(root, corpus, cls="ForMaskedLM", config_json=None, **changes):
@@ -158,7 +152,7 @@ def test_a_run_trained_from_scratch_exports_with_its_layers(options, corpus, tmp
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     assert type(back).__name__ == "ModernBertForMaskedLM"
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    batch = tok([EOS + TEXTS[0], EOS + "Split a <|mask|> into parts."], padding=True, return_tensors="pt")
+    batch = tok([TEXTS[0], "Split a <|mask|> into parts."], padding=True, return_tensors="pt")
     mask = batch["attention_mask"].bool()
     _, objective, _ = open_run(out, torch.device("cpu"))
     again, _ = built(load_config("bert-mlm", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))

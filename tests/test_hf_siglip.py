@@ -127,6 +127,8 @@ def test_train_from_the_model_and_export_back(hf_siglip, pairs, tmp_path):  # no
     inputs = processor(text=CAPTIONS, images=pictures, padding="max_length", truncation=True, return_tensors="pt")
     assert inputs["input_ids"].tolist() == caption_arrays(tok, CAPTIONS, cfg.text.context)[0].tolist()
     assert inputs["pixel_values"].shape == (3, 3, 16, 16)
+    invoke("eval", out, "--task", "retrieval", "--test", pairs)  # the joint space of a media tower without projection
+    assert json.loads((out / "eval" / "retrieval.json").read_text())["pretrained"]["mean_recall"] >= 0
 
 
 def test_a_run_from_scratch_with_siglips_shape_exports(pairs, tmp_path):  # noqa: F811

@@ -65,7 +65,29 @@ def test_an_unknown_old_domain_is_one_line(continued, corpus):
     assert isinstance(result.exception, ConfigError)
     assert str(result.exception) == (f"--task forgetting: '{out}' started from model.init '{continued[0]}', whose "
                                      "training data selfsup does not know; name data of its old domain with "
-                                     "--old-data PATH (read like data.path; its validation split is scored)")
+                                     "--old-data PATH (read like data.path; its validation split is scored), or "
+                                     "train with continual.old_data=PATH")
     result = CliRunner().invoke(app, ["eval", str(out), "--task", "perplexity", "--data", str(corpus),
                                       "--old-data", str(corpus)])
     assert str(result.exception) == "--old-data is for --task forgetting (got --task perplexity)"
+
+
+def test_an_imported_model_replays_and_watches_its_old_domain(continued, corpus, tmp_path):
+    """continual.old_data names a model.init run's old domain: a share of each batch replays it, its validation loss
+    is logged as training goes, and --task forgetting reads it without --old-data."""
+    folder, _, _ = continued
+    out = tmp_path / "run"
+    old = str(corpus / "a.txt")
+    with pytest.raises(ConfigError, match="continual.replay needs the old domain to replay"):
+        from selfsup.train.continual import load_config
+
+        load_config("gpt-clm", [f"model.init={folder}", f"data.path={corpus / 'sub'}", "continual.replay=0.25"])
+    invoke("train", "gpt-clm", f"model.init={folder}", f"data.path={corpus / 'sub'}", f"out_dir={out}", *SMALL,
+           f"continual.old_data={old}", "continual.replay=0.25")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["replay"]["path"] == old and summary["data"]["replay"]["share"] == 0.25
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss_old" in r for r in logged)  # forgetting as it happens
+    result = CliRunner().invoke(app, ["eval", str(out), "--task", "forgetting", "--batch-size", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((out / "eval" / "forgetting.json").read_text())["old"]["data"] == old

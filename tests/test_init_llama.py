@@ -19,18 +19,27 @@ SMALL = ["train.batch_size=4", "train.eval_batches=2", "model.context=32", "sche
          "train.max_steps=2", "train.eval_every=2", "train.log_every=1"]
 
 
-def llama_tokenizer(texts):
-    """A byte-level BPE with Llama 2's special tokens (<unk>, <s>, </s> = 0, 1, 2) and its BOS template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def byte_bpe(texts, vocab_size: int, specials: list[str], post_processor):
+    """A byte-level BPE trained on `texts` whose special tokens come first (ids 0, 1, ...), with `post_processor`:
+    the tokenizer shape of Llama, RoBERTa and ModernBERT, each with its own specials and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                        show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1), ("</s>", 2)])
+    tok.post_processor = post_processor
     return tok
+
+
+def llama_tokenizer(texts):
+    """A byte-level BPE with Llama 2's special tokens (<unk>, <s>, </s> = 0, 1, 2) and its BOS template."""
+    from tokenizers import processors
+
+    return byte_bpe(texts, 320, ["<unk>", "<s>", "</s>"],
+                    processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1), ("</s>", 2)]))
 
 
 def llama_folder(root, corpus, llama_tokens=False, **changes):
@@ -144,7 +153,8 @@ def test_what_our_trunk_cannot_hold_is_refused(corpus, tmp_path, changes, says):
 
 def test_other_objectives_are_refused(llama, corpus, tmp_path):
     folder, _ = llama
-    with pytest.raises(ConfigError, match="is a LlamaForCausalLM, which starts objective clm; this run has objective=mlm"):
+    with pytest.raises(ConfigError, match="is a LlamaForCausalLM, which starts objective clm; this run has "
+                                          "objective=mlm"):
         load_config("bert-mlm", [f"model.init={folder}", f"data.path={corpus}"])
     with pytest.raises(ConfigError, match=r"model.kv_heads \(3\) must divide model.heads \(4\)"):
         load_config("gpt-clm", ["model.heads=4", "model.kv_heads=3", f"data.path={corpus}"])
@@ -160,6 +170,9 @@ def test_other_objectives_are_refused(llama, corpus, tmp_path):
         load_config("simclr", ["model.backbone=resnet18", "model.mlp_hidden=64"])
     with pytest.raises(ConfigError, match="model.tied shapes the text trunk; this run's modality is image"):
         load_config("dino", ["model.tied=false"])
+    with pytest.raises(ConfigError, match="model.learned_positions shapes the text trunk or a ViT; this run's modality "
+                                          "is audio"):
+        load_config("audio-mask", ["model.learned_positions=true"])
     with pytest.raises(ConfigError, match="no readable config.json"):
         load_config("gpt-clm", [f"model.init={tmp_path}", f"data.path={corpus}"])
 

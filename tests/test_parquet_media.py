@@ -210,7 +210,7 @@ def test_rows_are_read_a_batch_at_a_time(tmp_path, monkeypatch):
 
     seen = []
 
-    def rows_of(batches, skipped):
+    def rows_of(batches, skipped, name):
         for batch in batches:
             seen.append(batch.num_rows)
             yield from batch.to_pylist()
@@ -240,7 +240,7 @@ def test_decoding_does_not_hold_the_rows_it_has_read(tmp_path):
         for i in range(6 * CHUNK):
             blob = Blob(png(i % 5))
             refs.append(weakref.ref(blob))
-            yield Item(f"t#{i}", f"caption {i}", i % 3, blob)
+            yield Item("t", i, f"caption {i}", i % 3, blob)
             del blob
             alive.append(sum(r() is not None for r in refs))
 

@@ -74,10 +74,24 @@ def train(
 
 
 @app.command()
-def recipes():
+def recipes(scale: bool = typer.Option(False, "--scale", help="also list the paper-scale recipes: the published "
+                                       "architectures and hyper-parameters, sized for 8 processes")):
     """List the built-in recipes, one line each."""
-    for name, path in sorted(config_mod.recipe_files().items()):
-        console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+    found = sorted(config_mod.recipe_files().items())
+    for name, path in found:
+        if not config_mod.paper_scale(path):
+            console.print(f"{name:<16} {config_mod.recipe_summary(path)}")
+    if scale:
+        import torch  # the parameter counts: each model built on the meta device, without memory or data
+
+        from selfsup.objectives.build import network
+
+        console.print("\npaper scale (global batch = train.batch_size × train.grad_accum × 8 processes):")
+        for name, path in found:
+            if config_mod.paper_scale(path):
+                with torch.device("meta"):
+                    params = sum(p.numel() for p in network(config_mod.load(name)).parameters())
+                console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
 
 
 @app.command(name="eval")
@@ -187,13 +201,20 @@ def _progress(it, what):
 @app.command()
 def embed(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line) or a "
-                                "folder of them; image runs: an image, a folder (recursive), .tar shards or .npz; "
-                                "audio / video runs: a file, a folder, a .jsonl or .tar shards"),
-    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read"),
-    jsonl: Optional[Path] = typer.Option(None, help="text runs: also write a .jsonl of {\"text\", \"embedding\"}"),
-    joint: bool = typer.Option(False, help="clip / siglip runs: unit vectors in the joint media-text space "
-                               "(after the projection) instead of the media tower's features"),
+    input: str = typer.Argument(..., help="text runs: a .txt (one per line), a .jsonl ('text' per line), a .parquet "
+                                "or a folder of them; image runs: an image, a folder (recursive), .tar shards, .npz, "
+                                ".parquet or a .jsonl of pairs; audio / video runs: a file, a folder, a .jsonl or .tar shards; "
+                                "with --joint also texts (see --joint)"),
+    out: Path = typer.Option(..., help="output .npy: (N, D) float32, row i for the i-th item read; beside it "
+                             "OUT.rows.jsonl names each row's source ({row, file, key}, + text for texts) and "
+                             "OUT.skipped.jsonl each item skipped ({file, key, skipped: reason}); .parquet files "
+                             "instead when the input is .parquet"),
+    jsonl: Optional[Path] = typer.Option(None, help="texts: also write a .jsonl of {\"text\", \"embedding\"}"),
+    joint: bool = typer.Option(False, help="clip / siglip / clap / videoclip runs: unit vectors in the joint "
+                               "media-text space (after the projection) instead of the media tower's features. "
+                               "Texts go through the text tower when INPUT is one file of them: a .txt (a text a "
+                               "line), or a .jsonl / .parquet whose rows have data.caption_field ('text') and no "
+                               "media field (data.image_field, 'audio' / 'video', 'path'); else INPUT is media"),
     batch_size: int = typer.Option(32, help="items per forward pass"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
 ):
@@ -203,10 +224,10 @@ def embed(
 
     r = run_embed(run_dir, input, out, jsonl, joint, batch_size, resolve_device(device, "--device"),
                   progress=lambda it: track(it, "embedding", "batches", err))
-    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}"
+    console.print(f"embedded {r.items:,} {r.what} -> {r.shape} float32: {r.out}, {r.rows}"
                   + (f", {r.jsonl}" if r.jsonl is not None else ""))
     console.print(f"protocol: {r.protocol}")
-    console.print(f"skipped: {r.skipped or 'none'}")
+    console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
@@ -226,10 +247,14 @@ def digits(out: Path = typer.Option(..., help="output folder for train/ and test
                   f"with generated captions in {out}/train.jsonl and {out}/test.jsonl")
 
 
+TEXT_FIELD_HELP = ("the text of a .jsonl line or a .parquet row, as data.text_field: .jsonl lines without it and rows "
+                   "where it is null are kept unjudged (kept unparsed); a .parquet file without it is refused")
+
+
 @data_app.command("dedup")
 def dedup(
-    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl ('text' per line) file, an image, "
-                                "or a folder of them (recursive)"),
+    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl (a record per line) / .parquet (a "
+                                "row per document) file, an image, or a folder of them (recursive)"),
     out: Path = typer.Option(..., help="a new folder: the kept data (same relative paths), removed.jsonl, "
                              "summary.json; the input is never changed"),
     near: float = typer.Option(0.8, help="near-duplicate threshold. Text of 50+ words: estimated Jaccard similarity "
@@ -238,12 +263,13 @@ def dedup(
                                "is at most 1 − near of the text; under 5 words: exact copies only. Images: 1 − "
                                "Hamming distance / 64 of perceptual hashes"),
     num_perm: int = typer.Option(128, help="MinHash permutations, at least 8 (more: a finer similarity estimate)"),
+    text_field: str = typer.Option("text", help=TEXT_FIELD_HELP),
 ):
     """Remove exact and near-duplicate documents (and near-duplicate images), keeping the first occurrence; every
     removal is logged with what it duplicates."""
     from selfsup.data.quality.dedup import dedup as run_dedup
 
-    summary = run_dedup(input, str(out), near, num_perm)
+    summary = run_dedup(input, str(out), near, num_perm, field=text_field)
     table = Table(title=f"dedup of {input} (near ≥ {near})")
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
@@ -257,7 +283,8 @@ def dedup(
 
 @data_app.command("filter")
 def filter_data(
-    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl ('text' per line) file or a folder"),
+    input: str = typer.Argument(..., help="a .txt (a document per line) / .jsonl (a record per line) / .parquet (a "
+                                "row per document) file or a folder of them (recursive)"),
     out: Path = typer.Option(..., help="a new folder: the kept documents (same relative paths), removed.jsonl "
                              "(rule and measured value), summary.json; the input is never changed"),
     min_chars: int = typer.Option(0, help="shorter documents are removed"),
@@ -269,6 +296,7 @@ def filter_data(
     ppl_model: Optional[str] = typer.Option(None, help="a gpt-clm run directory scoring each document"),
     max_ppl: Optional[float] = typer.Option(None, help="with --ppl-model: remove documents above this perplexity"),
     device: str = typer.Option("cpu", help="device of the perplexity model"),
+    text_field: str = typer.Option("text", help=TEXT_FIELD_HELP),
 ):
     """Remove documents by length, symbol share, repetition and perplexity under a small trained LM; every removal
     is logged with the rule and the value measured."""
@@ -282,7 +310,7 @@ def filter_data(
     dev = resolve_device(device, "--device")
     scorer = (lambda: Perplexity(ppl_model, dev)) if ppl_model else None
     s = filter_corpus(input, str(out), min_chars, max_chars, max_symbol_ratio, max_repetition, scorer, max_ppl,
-                      ppl_model)
+                      ppl_model, text_field)
     table = Table(title=f"filter of {input}")
     for col in ("", "count"):
         table.add_column(col, justify="left" if not col else "right")
@@ -387,12 +415,15 @@ def export_run(
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
                                "(the GPT maps onto Llama, a ResNet onto ResNetModel); open_clip: a clip run as "
                                "open_clip's state dict and open_clip_config.json; safetensors: weights + "
-                               "config.yaml + tokenizer.json"),
+                               "config.yaml + tokenizer.json; onnx: each encoder as an ONNX graph of its features "
+                               "(media-text runs: text.onnx and the media tower's, joint embeddings; the GPT: "
+                               "logits) + onnx.json, for onnxruntime"),
     out: Path = typer.Option(..., help="output folder: a new or empty one (never the run directory, inside it or "
                              "holding it); written whole or not at all"),
     quantize: Optional[str] = typer.Option(None, help="with --format safetensors: int8 (dynamic quantization of the "
                                            "trunk's linear layers, for CPU inference) or bf16 (every weight); "
-                                           "`selfsup eval` and `embed` open the export like a run"),
+                                           "`selfsup eval` and `embed` open the export like a run; with --format "
+                                           "onnx: int8 (onnxruntime's dynamic quantization of the linear layers)"),
     force: bool = typer.Option(False, "--force", help="--out may hold files: the export replaces them, once it is "
                                "written"),
     license: Optional[str] = typer.Option(None, help="the model card's license (a Hub license id, e.g. apache-2.0, "

@@ -6,6 +6,7 @@ A bad config fails before any work with one line that names the key, what was gi
 from __future__ import annotations
 
 import difflib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -141,8 +142,42 @@ class AudioConfig(Section):
     hop: int = Field(160, gt=0, description="STFT hop in samples (10 ms at 16 kHz)")
     stride: int = Field(2, ge=1, description="the convolutional front end emits a token every `stride` frames")
     mean: float | None = Field(None, description="log-mel normalisation mean (default: measured on the training "
-                               "clips)")
+                               "clips; audio.input=waveform normalises each clip instead)")
     std: float | None = Field(None, gt=0, description="log-mel normalisation std (default: measured)")
+    input: Literal["logmel", "waveform"] = Field("logmel", description="what the audio encoder reads: log-mel "
+                                                 "frames through a two-convolution front end, or the raw waveform "
+                                                 "(cached as float32 samples, each clip normalised to zero mean "
+                                                 "and unit variance over its real samples) through HuBERT / "
+                                                 "wav2vec 2.0's convolutional feature encoder (audio.conv_*)")
+    conv_dim: list[Annotated[int, Field(gt=0)]] = Field([512] * 7, min_length=1, description="audio.input="
+                                                        "waveform: channels of each feature-encoder convolution")
+    conv_kernel: list[Annotated[int, Field(gt=0)]] = Field([10, 3, 3, 3, 3, 2, 2], min_length=1,
+                                                           description="audio.input=waveform: their kernel sizes")
+    conv_stride: list[Annotated[int, Field(gt=0)]] = Field([5, 2, 2, 2, 2, 2, 2], min_length=1,
+                                                           description="audio.input=waveform: their strides (a token "
+                                                           "every product of them samples: 320, 20 ms at 16 kHz)")
+    conv_norm: Literal["group", "layer"] = Field("group", description="audio.input=waveform: GroupNorm on the first "
+                                                 "convolution only (HuBERT Base) or LayerNorm on each (Large)")
+    conv_bias: bool = Field(False, description="audio.input=waveform: the convolutions have biases")
+    positions: Literal["rope", "conv"] = Field("rope", description="audio positions: rotary in every block, or "
+                                               "HuBERT / wav2vec 2.0's convolutional position embedding (a grouped, "
+                                               "weight-normed convolution over time with GELU, added to the tokens "
+                                               "once; a post-norm trunk then normalises them before its first "
+                                               "block, a pre-norm one ends with its final norm)")
+    conv_positions: int = Field(128, ge=2, description="audio.positions=conv: the convolution's kernel in tokens")
+    conv_position_groups: int = Field(16, gt=0, description="audio.positions=conv: its groups (divide model.dim)")
+
+    @model_validator(mode="after")
+    def _waveform(self) -> AudioConfig:
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(f"audio.conv_dim, conv_kernel and conv_stride have {len(self.conv_dim)}, "
+                             f"{len(self.conv_kernel)} and {len(self.conv_stride)} entries; expected one each per "
+                             "convolution")
+        per_token = math.prod(self.conv_stride)
+        if self.input == "waveform" and per_token % self.hop:
+            raise ValueError(f"audio.hop={self.hop} must divide the waveform encoder's {per_token} samples per token "
+                             "(HuBERT's targets stack the log-mel frames of each token)")
+        return self
 
 
 class VideoConfig(Section):
@@ -157,8 +192,8 @@ class VideoConfig(Section):
 
 
 TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
-TEXT_TRUNK_OPTIONS = ("tied", "local_attention", "global_every", "local_rope_theta")
-VIT_OPTIONS = ("learned_positions", "embed_norm")  # a ViT's (learned positions: a text trunk's too)
+TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
+VIT_OPTIONS = ("learned_positions", "embed_norm", "position_grid")  # a ViT's (learned positions: a text trunk's too)
 
 
 class ModelConfig(Section):
@@ -192,7 +227,12 @@ class ModelConfig(Section):
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
-                                    "(CLIP, SigLIP) instead of the fixed sin-cos ones")
+                                    "(ViT, DINOv2, CLIP, SigLIP; the class token's position is part of the class "
+                                    "token) instead of the fixed sin-cos ones")
+    position_grid: int | None = Field(None, gt=0, description="ViT with learned_positions: side in patches of the "
+                                      "learned table (model.init sets a model's image_size / patch_size, 37 for "
+                                      "DINOv2); other grids are interpolated from it bicubically, as transformers "
+                                      "does; None: image.size / model.patch")
     causal: bool = Field(False, description="text tower of clip/siglip (text.causal): each token attends only to "
                          "those before it (CLIP's text transformer)")
     embed_norm: bool | None = Field(None, description="a norm on the embedded tokens before the first block; None: "
@@ -215,8 +255,9 @@ class ModelConfig(Section):
                              "RoBERTa, ModernBERT) for mlm, simcse or a hybrid of them, each with its tokenizer.json "
                              "as data.tokenizer; a ResNetModel of ResNet-18/50 layout for image objectives (it sets "
                              "model.backbone, model.small_stem=false and image.channels; teachers start equal to "
-                             "it); a CLIPModel or SiglipModel for objective clip or siglip: both towers, and "
-                             "image.mean/std from its preprocessor_config.json")
+                             "it); a ViTModel or Dinov2Model for image objectives with a ViT (its shape and learned "
+                             "positions; image.size stays the run's); a CLIPModel or SiglipModel for objective clip "
+                             "or siglip: both towers, and image.mean/std from its preprocessor_config.json")
     pooling: Literal["cls", "mean", "last", "map"] = Field(
         "cls", description="encoders: sequence feature from the first token (EOS opens every document), the mean over "
         "tokens, the last token (text tower: the last real one, CLIP's end-of-text; the last position when "
@@ -442,11 +483,14 @@ class ContinualConfig(Section):
                              "from RUN_DIR's final weights (model and heads; a fresh optimizer), tokenizer and image "
                              "normalisation; its lr schedule starts again at step 0 (sched.warmup_steps of warm-up, "
                              "then decay over train.max_steps, the continued phase's steps)")
-    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the parent's training "
-                          "data (continual.old_data), exact to one row per process over the run")
+    replay: float = Field(0.0, ge=0, lt=1, description="share of every batch's rows drawn from the old domain's "
+                          "training data (continual.old_data), exact to one row per process over the run")
     parent: str | None = Field(None, description="set automatically: the run directory this run continues")
-    old_data: str | None = Field(None, description="set automatically: the parent's training data, the replay stream "
-                                 "and the old domain of `selfsup eval RUN_DIR --task forgetting`")
+    old_data: str | None = Field(None, description="the old domain: the replay stream (continual.replay), validated on "
+                                 "as training goes (forgetting as it happens) and the old domain of `selfsup eval "
+                                 "RUN_DIR --task forgetting`. Set automatically to the parent's data.path by "
+                                 "continual.data; with model.init, data of the imported model's old domain, given by "
+                                 "you (selfsup cannot know what it was trained on)")
 
 
 class LogConfig(Section):
@@ -557,14 +601,20 @@ class RunConfig(Section):
                    if getattr(m, k) != getattr(default, k) and not (k == "kv_heads" and m.kv_heads == m.heads)]
         resnet = self.modality in ("image", "video") and m.backbone != "vit"
         pixels = self.modality in ("image", "video")
-        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text" or resnet
-                 or k == "learned_positions" and self.modality == "audio" or k == "embed_norm" and not pixels]
+        vit = pixels and m.backbone == "vit"
+        given = [k for k in changed if k in TEXT_TRUNK_OPTIONS and self.modality != "text"
+                 and not (vit and k in VIT_OPTIONS) or resnet or k in VIT_OPTIONS and k not in TEXT_TRUNK_OPTIONS
+                 and not pixels]
         if given:
-            shapes = {"tied": "the text trunk", "learned_positions": "a text trunk or a ViT",
-                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)"}.get(given[0],
-                                                                                              "a transformer")
+            shapes = {"tied": "the text trunk", "learned_positions": "the text trunk or a ViT",
+                      "embed_norm": "a ViT (text.embed_norm: the text tower of clip/siglip)",
+                      "position_grid": "a ViT"}.get(given[0], "the text trunk" if given[0] in TEXT_TRUNK_OPTIONS
+                                                    else "a transformer")
             backbone = f" with model.backbone={m.backbone}" if resnet else ""
             raise ValueError(f"model.{given[0]} shapes {shapes}; this run's modality is {self.modality}{backbone}")
+        if m.position_grid is not None and not (vit and m.learned_positions):
+            raise ValueError(f"model.position_grid={m.position_grid} sizes a ViT's learned position table; expected "
+                             "model.backbone=vit with model.learned_positions=true")
         if changed and "plm" in self.parts:
             raise ValueError(f"model.{changed[0]}={getattr(m, changed[0])}: xlnet-plm's two-stream attention needs "
                              f"the trunk's defaults (model.{changed[0]}={getattr(default, changed[0])})")
@@ -580,6 +630,14 @@ class RunConfig(Section):
         if not m.tied and self.parts != ["clm"]:
             raise ValueError(f"model.tied=false gives the GPT decoder (objective clm) an output head of its own; "
                              f"objective {self.objective} ties its head to the embedding")
+        return self
+
+    @model_validator(mode="after")
+    def _audio_positions(self) -> RunConfig:
+        a = self.audio
+        if self.modality == "audio" and a.positions == "conv" and self.model.dim % a.conv_position_groups:
+            raise ValueError(f"audio.conv_position_groups={a.conv_position_groups} must divide model.dim "
+                             f"({self.model.dim})")
         return self
 
     @model_validator(mode="after")
@@ -692,9 +750,15 @@ class RunConfig(Section):
 # ----------------------------------------------------------------------------------------------- recipes
 
 def recipe_files() -> dict[str, Path]:
-    """Built-in recipes by name (file stem)."""
+    """Built-in recipes by name (file stem): the CPU-sized ones in recipes/, the paper-scale ones in recipes/scale/."""
     folder = resources.files("selfsup") / "recipes"
-    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+    return {Path(f.name).stem: Path(str(f)) for sub in (folder, folder / "scale") for f in sub.iterdir()
+            if f.name.endswith(".yaml")}
+
+
+def paper_scale(path: Path) -> bool:
+    """A recipe at the size of its paper (recipes/scale/), for many accelerators, rather than for a laptop CPU."""
+    return path.parent.name == "scale"
 
 
 def recipe_summary(path: Path) -> str:

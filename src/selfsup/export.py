@@ -6,7 +6,10 @@ permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokeniz
 table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM or Qwen2ForCausalLM
 (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel (models/hf/gpt2.py), the masked-LM encoder as
 ModernBertForMaskedLM (models/hf/modernbert.py) or, with BERT's options (post-norm, learned positions, biases), as
-BertForMaskedLM (models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py).
+BertForMaskedLM (models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py), a ViT as ViTModel or
+Dinov2Model (models/hf/vit.py, dinov2.py), the towers of clip and siglip runs as CLIPModel and SiglipModel
+(models/hf/clip.py, siglip.py), a waveform HuBERT as HubertModel (models/hf/hubert.py, with a
+`preprocessor_config.json` for Wav2Vec2FeatureExtractor).
 
 `open_clip`: a clip run as open_clip's CLIP (models/hf/open_clip.py): open_clip_model.safetensors,
 open_clip_config.json and the run's tokenizer, which `open_clip.create_model_and_transforms("local-dir:FOLDER")` and
@@ -15,6 +18,12 @@ open_clip_config.json and the run's tokenizer, which `open_clip.create_model_and
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
 (selfsup/quantize.py).
+
+`onnx`: each encoder as an ONNX graph of the features `selfsup embed` computes (the GPT: logits; media-text runs: the
+joint embeddings of each tower), with onnx.json saying how to feed it, for onnxruntime (selfsup/onnx_export.py).
+
+The tokenizer goes along (`write_tokenizer`) so that transformers' default encoding gives the ids training fed the
+model: EOS opening each text.
 """
 
 from __future__ import annotations
@@ -30,16 +39,16 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from selfsup.config import RunConfig
-from selfsup.data.read import tokenizer as toks
 from selfsup.data.read.captions import closes
-from selfsup.data.read.tokenizer import EOS, MASK, PAD
+from selfsup.data.read.tokenizer import EOS, MASK, PAD, opening_eos
+from selfsup.data.read.tokenizer import load as load_tokenizer
 from selfsup.model_card import model_card
-from selfsup.models.hf import bert, clip, gpt2, llama, modernbert, open_clip, resnet, siglip
+from selfsup.models.hf import bert, clip, dinov2, gpt2, hubert, llama, modernbert, open_clip, resnet, siglip, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
-HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, clip, siglip)  # --format hf: each says why a run does not fit
-# it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a tokenizer_config.json and
-# preprocessor_config.json of its own
+# --format hf: each says why a run does not fit it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a
+# tokenizer_config.json and preprocessor_config.json of its own
+HF_FAMILIES = (llama, gpt2, modernbert, bert, resnet, vit, dinov2, clip, siglip, hubert)
 PROCESSORS = (clip, siglip)
 
 
@@ -52,16 +61,21 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
            datasets: tuple[str, ...] = (), name: str | None = None) -> Path:
     """Write the run's model in `fmt` to the folder `out` (see `check_out`), whole or not at all (`_staged`), with
     its model card (README.md: `license`, `datasets` and the Hub `name` go into its metadata)."""
-    if quantize is not None and (fmt != "safetensors" or quantize not in MODES):
-        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors")
-    if fmt not in ("hf", "safetensors", "open_clip"):
-        raise ExportError(f"--format '{fmt}': expected 'hf', 'open_clip' or 'safetensors'")
+    if fmt == "onnx":
+        _check_onnx(cfg, objective, quantize)
+    elif quantize is not None and (fmt != "safetensors" or quantize not in MODES):
+        raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors "
+                          "(or int8 with --format onnx)")
+    if fmt not in ("hf", "safetensors", "onnx", "open_clip"):
+        raise ExportError(f"--format '{fmt}': expected 'hf', 'safetensors', 'onnx' or 'open_clip'")
     target = check_out(run_dir, out, force)
     # an unmappable model fails before any write
     hf = _hf_model(run_dir, cfg, objective) if fmt == "hf" else None
     oc = _open_clip_model(run_dir, cfg, objective, target) if fmt == "open_clip" else None
     with _staged(target) as tmp:
-        if hf is not None:
+        if fmt == "onnx":
+            _write_onnx(run_dir, cfg, objective, quantize, tmp)
+        elif hf is not None:
             _write_hf(run_dir, cfg, *hf, tmp)
         elif oc is not None:
             _write_open_clip(run_dir, cfg, *oc, tmp)
@@ -69,6 +83,34 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
             _write_safetensors(run_dir, objective, quantize, tmp)
         (tmp / "README.md").write_text(model_card(run_dir, cfg, fmt, tmp, license, list(datasets), name))
     return out
+
+
+def _check_onnx(cfg: RunConfig, objective: nn.Module, quantize: str | None) -> None:
+    """What --format onnx cannot export, in one line before any work."""
+    from selfsup import onnx_export
+
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {quantize} with --format onnx: expected int8 (onnxruntime's dynamic "
+                          "quantization of the linear layers)")
+    why = onnx_export.unfit(cfg, objective)
+    if why is not None:
+        raise ExportError(f"--format onnx: {why}")
+
+
+def _write_onnx(run_dir: Path, cfg: RunConfig, objective: nn.Module, quantize: str | None, out: Path) -> None:
+    """The graphs and onnx.json (selfsup/onnx_export.py), and the tokenizer of a text or media-text run."""
+    from selfsup import onnx_export
+
+    scratch = out / ".fp32"  # the float graphs int8 is made from, removed before the folder is whole
+    scratch.mkdir()
+    try:
+        onnx_export.write_onnx(cfg, objective, quantize, out, scratch)
+    except onnx_export.Untraceable as e:
+        raise ExportError(f"--format onnx: {e}") from None
+    shutil.rmtree(scratch)
+    if (run_dir / "tokenizer.json").is_file():
+        write_tokenizer(run_dir, cfg, out)
+        (out / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(cfg), indent=1))
 
 
 def check_push(repo: str) -> None:
@@ -173,8 +215,12 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
             specials = _special_ids(run_dir)
             return *family.to_hf(cfg, objective, specials), (
                 family.processor_files(cfg, specials) if family in PROCESSORS else {})
-        whys.append(f"{family.ARCHITECTURE} needs {why}")
+        if {cfg.objective, *cfg.parts} & set(family.OBJECTIVES):  # the families of this objective say what they need
+            whys.append(f"{family.ARCHITECTURE} needs {why}")
     m = cfg.model
+    if not whys:
+        raise ExportError(f"--format hf: no transformers class holds a run of objective {cfg.objective}; use "
+                          "--format safetensors")
     raise ExportError(f"--format hf: this run (objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}) "
                       f"maps onto none of: {'; '.join(whys)}; use --format safetensors")
 
@@ -204,7 +250,7 @@ def _write_open_clip(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Ten
 def _closed_captions(run_dir: Path, fmt: str, architecture: str) -> None:
     """CLIPModel and SiglipModel read a caption up to its end-of-text token: the run's tokenizer must close every
     caption with it (data/read/captions.py), as a model's own does and the BPE a run trains for text.pooling=last."""
-    if not closes(toks.load(run_dir / "tokenizer.json", "the run's tokenizer")):
+    if not closes(load_tokenizer(run_dir / "tokenizer.json", "the run's tokenizer")):
         raise ExportError(f"--format {fmt}: {architecture} pools the text at the end-of-text token, but this run's "
                           f"tokenizer.json does not close captions with {EOS} (a run whose BPE was trained before "
                           "selfsup closed captions for text.pooling=last); expected a run trained with this version, "
@@ -219,15 +265,31 @@ def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], c
     if cfg.is_image:  # no tokenizer: AutoImageProcessor prepares a picture as our evaluation does
         (out / "preprocessor_config.json").write_text(json.dumps(_image_processor(cfg), indent=1))
         return
-    shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
-    files = {"tokenizer_config.json": {
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
-        "mask_token": MASK, "model_max_length": cfg.model.context, "add_prefix_space": False}} | processor
+    if cfg.modality == "audio":  # no tokenizer: AutoFeatureExtractor prepares a waveform as our view does
+        (out / "preprocessor_config.json").write_text(json.dumps(hubert.feature_extractor(cfg), indent=1))
+        return
+    write_tokenizer(run_dir, cfg, out)
+    files = {"tokenizer_config.json": _tokenizer_config(cfg)} | processor
     if cfg.objective == "clm":  # generate() stops at our end-of-text token and pads with ours
         ids = {k: config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         files["generation_config.json"] = ids | {"max_length": cfg.model.context}
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, indent=1))
+
+
+def write_tokenizer(run_dir: Path, cfg: RunConfig, out: Path) -> None:
+    """The run's tokenizer.json with the post-processor that makes transformers' default encoding (special tokens
+    added) give the ids training fed the model: EOS + text (`opening_eos`), as documents were packed and `selfsup
+    embed` reads; the captions of a media-text run whose tokenizer has a post-processor of its own (a CLIP or SigLIP
+    from model.init) were made with that one (data/read/captions.py), which stays."""
+    tok = load_tokenizer(run_dir / "tokenizer.json", "the run's tokenizer")
+    (tok if cfg.pairs and tok.post_processor is not None else opening_eos(tok)).save(str(out / "tokenizer.json"))
+
+
+def _tokenizer_config(cfg: RunConfig) -> dict:
+    context = cfg.text.context if cfg.pairs else cfg.model.context
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS, "pad_token": PAD,
+            "mask_token": MASK, "model_max_length": context, "add_prefix_space": False}
 
 
 def _image_processor(cfg: RunConfig) -> dict:

@@ -53,10 +53,12 @@ def inspect_model(source: str) -> list[tuple[str, str]]:
             rows += [("model.init", f"maps onto objective {' or '.join(family.OBJECTIVES)} ({family.ARCHITECTURE})"),
                      ("model", f"dim {v['model.dim']}, depth {v['model.depth']}, heads {v['model.heads']}, kv heads "
                                f"{v['model.kv_heads']}, vocab {v['model.vocab_size']}, context up to "
-                               f"{hf.get('max_position_embeddings', '-')}")]
+                               f"{hf.get('max_position_embeddings', '-')}" if "model.vocab_size" in v else
+                               ", ".join(f"{k}={x}" for k, x in v.items()))]  # an image model: the keys it sets
         except Unsupported as why:
             rows.append(("model.init", f"not supported: {why}"))
-    return rows + _model_weights(folder) + _model_tokenizer(folder, hf)
+    image = family is not None and not family.TOKENIZER  # an image model has no tokenizer to read
+    return rows + _model_weights(folder) + ([] if image else _model_tokenizer(folder, hf))
 
 
 def _model_weights(folder: Path) -> list[tuple[str, str]]:

@@ -22,7 +22,8 @@ def model_card(run_dir: Path, cfg: RunConfig, fmt: str, folder: Path, license: s
                name: str | None) -> str:
     """README.md for the export written in `folder` (its config.json says which transformers class loads it)."""
     architecture = _architecture(folder)
-    meta = {"library_name": {"hf": "transformers", "open_clip": "open_clip"}.get(fmt, "selfsup"), "license": license,
+    meta = {"library_name": {"hf": "transformers", "onnx": "onnx", "open_clip": "open_clip"}.get(fmt, "selfsup"),
+            "license": license,
             "tags": ["selfsup", "self-supervised", cfg.objective] + ([cfg.recipe] if cfg.recipe else []),
             "datasets": datasets or None, "base_model": _base_model(cfg), "pipeline_tag": _pipeline(cfg)}
     meta = {k: v for k, v in meta.items() if v}
@@ -69,6 +70,8 @@ def _pooling(cfg: RunConfig) -> str:
     """How `selfsup embed` pools the trunk's hidden states into one vector, in words."""
     if cfg.modality == "image" and cfg.model.backbone != "vit":
         return "the mean over the last feature map (ResNetModel's pooler_output, flattened)"
+    if cfg.modality == "audio":  # models/audio.py pools every clip so
+        return "the mean over the tokens of real audio"
     first = {"image": "the class token", "text": "the first token (the end-of-text token that opens every "
                                                 "document)"}.get(cfg.modality, "the first token")
     return first if cfg.model.pooling == "cls" else "the mean over real tokens (patches, for images)"
@@ -81,6 +84,8 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
                 f'tokenizer = open_clip.get_tokenizer("local-dir:{path}")\n'
                 'text = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)')
         return f"```python\nimport open_clip\n\n{code}\n```\n"
+    if fmt == "onnx":
+        return _onnx_usage(cfg, path)
     if fmt != "hf":
         return ("Weights and config for selfsup itself (`selfsup eval` and `selfsup embed` open this folder as they "
                 f"open a run directory):\n\n```bash\nselfsup embed {path} inputs --out embeddings.npy\n```\n")
@@ -102,6 +107,31 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
                 'mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)\n'
                 f"embeddings = {pool}  # {_pooling(cfg)}")
         return f"```python\nimport torch\nfrom transformers import AutoModel, AutoTokenizer\n\n{code}\n```\n"
+    if cfg.modality == "image" and not cfg.pairs and cfg.model.backbone == "vit":
+        pooler = ", add_pooling_layer=False" if architecture == "ViTModel" else ""  # its dense+tanh pooler is not ours
+        mode = "RGB" if cfg.image.channels == 3 else "L"
+        code = (f'processor = AutoImageProcessor.from_pretrained("{path}")  # resize, centre crop, normalise\n'
+                f'model = AutoModel.from_pretrained("{path}"{pooler}).eval()\n'
+                f'images = [Image.new("{mode}", (64, 48), "white"), Image.new("{mode}", (40, 40), "gray")]\n'
+                "with torch.no_grad():\n"
+                '    hidden = model(**processor(images, return_tensors="pt")).last_hidden_state  # (B, 1 + T, D)\n'
+                f"embeddings = {'hidden[:, 0]' if cfg.model.pooling == 'cls' else 'hidden[:, 1:].mean(1)'}  "
+                f"# {_pooling(cfg)}")
+        return ("```python\nimport torch\nfrom PIL import Image\nfrom transformers import AutoImageProcessor, "
+                f"AutoModel\n\n{code}\n```\n")
+    if cfg.modality == "audio" and not cfg.pairs:
+        code = (f'extractor = AutoFeatureExtractor.from_pretrained("{path}")\n'
+                f'model = AutoModel.from_pretrained("{path}").eval()\n'
+                "rate = extractor.sampling_rate\n"
+                "clips = [np.sin(np.arange(rate) * 0.05), np.sin(np.arange(rate // 2) * 0.2)]  # mono samples\n"
+                'batch = extractor(clips, sampling_rate=rate, padding=True, return_tensors="pt")\n'
+                "with torch.no_grad():\n"
+                "    hidden = model(**batch).last_hidden_state  # (B, T, D)\n"
+                'real = model._get_feature_vector_attention_mask(hidden.shape[1], batch["attention_mask"])\n'
+                "mask = real.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)\n"
+                f"embeddings = (hidden * mask).sum(1) / mask.sum(1)  # {_pooling(cfg)}")
+        return ("```python\nimport numpy as np\nimport torch\nfrom transformers import AutoFeatureExtractor, "
+                f"AutoModel\n\n{code}\n```\n")
     return (f"Load it with `AutoModel.from_pretrained(\"{path}\")` (transformers' `{architecture}`); features are "
             f"{_pooling(cfg)}, as `selfsup embed` computes them.\n")
 
@@ -146,3 +176,27 @@ def _evaluations(run_dir: Path) -> str:
         protocol = r.get("protocol", "as selfsup eval states it")
         lines.append(f"- **{r.get('task', f.stem)}**: {shown}. Protocol: {protocol}")
     return "\n".join(lines) + "\n" if lines else "No evaluation was run (`selfsup eval RUN_DIR --task ...`).\n"
+
+
+def _onnx_usage(cfg: RunConfig, path: str) -> str:
+    """onnxruntime on the text graph (a text run's, or a media-text run's text tower), fed as onnx.json says."""
+    about = ("Graphs for onnxruntime; `onnx.json` gives each graph's inputs (named axes are dynamic), outputs, "
+             "pooling and how to prepare its inputs (image size, mean and std; audio's log-mel settings).\n")
+    if cfg.modality != "text" and not cfg.pairs:
+        return about
+    graph, output = ("text.onnx", "embeddings") if cfg.pairs else ("model.onnx", "features")
+    context = cfg.text.context if cfg.pairs else cfg.model.context
+    code = (f'tokenizer = Tokenizer.from_file("{path}/tokenizer.json")  # opens each text with <|endoftext|>\n'
+            'pad = tokenizer.token_to_id("<|pad|>")\n'
+            'tokenizer.enable_padding(pad_id=pad if pad is not None else tokenizer.token_to_id("<|endoftext|>"))\n'
+            f"tokenizer.enable_truncation({context})\n"
+            'batch = tokenizer.encode_batch(["A first text.", "Another one, longer than the first."])\n'
+            'feeds = {"input_ids": np.array([e.ids for e in batch], dtype=np.int64),\n'
+            '         "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64)}\n'
+            f'session = onnxruntime.InferenceSession("{path}/{graph}")\n'
+            f'embeddings = session.run(["{output}"], feeds)[0]  # (B, D): '
+            + ("unit vectors in the joint space" if cfg.pairs else "mean over real tokens" if cfg.objective == "clm"
+               else _pooling(cfg)))
+    imports = "import numpy as np\nimport onnxruntime\nfrom tokenizers import Tokenizer"
+    return f"{about}\n```python\n{imports}\n\n{code}\n```\n"
+

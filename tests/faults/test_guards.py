@@ -260,7 +260,8 @@ def test_export_into_a_folder_that_holds_files_needs_force_and_then_replaces_the
                    "holds")
     assert _contents(out) == {"notes.txt": b"my notes"}
     assert _main_ok(monkeypatch, "export", made_run, "--out", out, "--force")
-    assert sorted(_contents(out)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(_contents(out)) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
+                                      "tokenizer.json", "tokenizer_config.json"]
     (tmp_path / "file").write_text("x")
     assert "is a file" in _one_line(*_main(monkeypatch, capsys, "export", made_run, "--out", tmp_path / "file"))
 
@@ -278,7 +279,8 @@ def _main_ok(monkeypatch, *args) -> bool:
 def test_export_into_an_empty_folder_and_a_new_nested_one(made_run, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert _main_ok(monkeypatch, "export", made_run, "--format", "safetensors", "--out", tmp_path / "empty")
-    assert sorted(_contents(tmp_path / "empty")) == ["config.yaml", "model.safetensors", "tokenizer.json"]
+    assert sorted(_contents(tmp_path / "empty")) == ["README.md", "config.yaml", "model.safetensors",
+                                                          "tokenizer.json"]
     assert _main_ok(monkeypatch, "export", made_run, "--format", "safetensors", "--quantize", "int8", "--out",
                     tmp_path / "a" / "b")
     assert "quantize.json" in _contents(tmp_path / "a" / "b")

@@ -26,8 +26,8 @@ class ImageBatch(TypedDict):
 
 class ClipBatch(TypedDict):
     """Audio clips on their own (HuBERT)."""
-    media: Tensor  # (B, M, F) float16 log-mel frames
-    lengths: Tensor  # (B,) int32 real frames (the rest is padding)
+    media: Tensor  # (B, M, F) float16 log-mel frames, or (B, 1, S) float32 samples (audio.input=waveform)
+    lengths: Tensor  # (B,) int32 real frames or samples (the rest is padding)
     index: Tensor  # (B,) int64
 
 

@@ -60,10 +60,10 @@ def old_domain(cfg: RunConfig, run_dir: Path, old_data: str | None) -> DataConfi
                           "continues no run (no continual.parent) and started from no model (no model.init): make "
                           "one with `selfsup train PARENT_RUN continual.data=NEW` or `selfsup train gpt-clm "
                           "model.init=MODEL data.path=NEW`")
-    if old_data is None and not cfg.continual.parent:
+    if old_data is None and not cfg.continual.old_data:
         raise ConfigError(f"--task forgetting: '{run_dir}' started from model.init '{cfg.model.init}', whose training "
                           "data selfsup does not know; name data of its old domain with --old-data PATH (read like "
-                          "data.path; its validation split is scored)")
+                          "data.path; its validation split is scored), or train with continual.old_data=PATH")
     return cfg.data.model_copy(update={"path": old_data}) if old_data else old_stream(cfg)
 
 

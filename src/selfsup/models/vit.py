@@ -4,16 +4,21 @@ encode a subset of patches, as MAE's encoder does.
 
 Positions are computed for the grid at hand, in units of the full-size grid, so smaller local crops (DINO,
 SwAV multi-crop) get the positions an interpolated embedding would give them. model.learned_positions: a learned
-embedding per patch instead (CLIP, SigLIP; bicubic-interpolated for another grid); model.embed_norm: a norm on the
-embedded tokens before the blocks (CLIP's pre_layrnorm); model.pooling=map: no class token, the features are a
-learned probe's attention over the patch tokens (SigLIP's multihead attention pooling head).
+table for a square grid of patches instead (ViT, DINOv2, CLIP, SigLIP; the class token's own position is part of
+the class token, the same sum), interpolated to other grids exactly as transformers' `interpolate_pos_encoding`
+does; model.embed_norm: a norm on the embedded tokens before the blocks (CLIP's pre_layrnorm); model.pooling=map:
+no class token, the features are a learned probe's attention over the patch tokens (SigLIP's multihead attention
+pooling head).
 
 Letters in shape comments: B batch, C channels, P patch side, T patches, D width.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import ModelConfig
@@ -36,6 +41,17 @@ def sincos_2d(rows: int, cols: int, dim: int, scale: float = 1.0) -> Tensor:
     return torch.nn.functional.pad(pos, (0, dim - pos.shape[1]))  # D not a multiple of 4: zero tail
 
 
+def interpolate_positions(table: Tensor, rows: int, cols: int) -> Tensor:
+    """(N, D) learned positions of a square grid -> (rows · cols, D): the table itself at its own grid, else bicubic
+    (align_corners false) in fp32, as transformers' ViT and DINOv2 `interpolate_pos_encoding`."""
+    side = math.isqrt(table.shape[0])
+    if rows == cols == side:
+        return table
+    grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()  # (1, D, side, side)
+    grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)  # (1, D, rows, cols)
+    return grid.permute(0, 2, 3, 1).reshape(rows * cols, -1).to(table.dtype)
+
+
 class ViT(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int, channels: int):
         super().__init__()
@@ -52,8 +68,9 @@ class ViT(nn.Module):
         self.norm = nn.Identity() if cfg.norm_position == "post" else make_norm(cfg.norm, cfg.dim, cfg.norm_eps,
                                                                                 cfg.bias == "all")
         self.attn_pool = AttentionPool(cfg, hidden) if cfg.pooling == "map" else None
-        if cfg.learned_positions:
-            self.pos = nn.Parameter(torch.zeros(self.grid ** 2, cfg.dim))  # (T, D), N(0, 0.02) by init_weights
+        if cfg.learned_positions:  # the patches' of a square grid (model.position_grid, else the training grid)
+            side = cfg.position_grid or self.grid
+            self.pos = nn.Parameter(torch.zeros(side * side, cfg.dim))  # (N, D), N(0, 0.02) by init_weights
         else:
             self.register_buffer("pos", sincos_2d(self.grid, self.grid, cfg.dim), persistent=False)  # (T, D)
         init_weights(self, cfg.depth)
@@ -66,12 +83,11 @@ class ViT(nn.Module):
             nn.init.normal_(self.cls, std=0.02)
 
     def positions(self, rows: int, cols: int) -> Tensor:
+        """(rows · cols, D) positions of the patches of a grid."""
+        if self.cfg.learned_positions:
+            return interpolate_positions(self.pos, rows, cols)
         if rows == cols == self.grid:
             return self.pos
-        if self.cfg.learned_positions:  # the learned grid resampled, as transformers' interpolate_pos_encoding
-            grid = self.pos.t().reshape(1, self.out_dim, self.grid, self.grid)  # (1, D, G, G)
-            grid = nn.functional.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
-            return grid.flatten(2)[0].t()  # (rows · cols, D)
         return sincos_2d(rows, cols, self.out_dim, scale=self.grid / max(rows, cols)).to(self.pos.device)
 
     def patch_tokens(self, images: Tensor) -> Tensor:

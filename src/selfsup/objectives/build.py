@@ -25,7 +25,7 @@ from selfsup.objectives.clm import CausalLM
 from selfsup.objectives.contract import Objective
 from selfsup.objectives.deepcluster import DeepCluster
 from selfsup.objectives.dino import DINO
-from selfsup.objectives.hubert import HuBERT
+from selfsup.objectives.hubert import HuBERT, LogMel
 from selfsup.objectives.hybrid import Hybrid
 from selfsup.objectives.mae import MAE
 from selfsup.objectives.mlm import MaskedLM
@@ -84,8 +84,10 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         h = cfg.hubert
         encoder, view = media_tower(cfg, "audio")
         rows, lengths = clips if clips is not None else (None, None)
+        a = cfg.audio
+        mel = LogMel(a.sample_rate, a.n_mels, a.n_fft, a.hop) if a.input == "waveform" else None
         return HuBERT(encoder, view, h.clusters, h.kmeans_frames, h.mask_prob, h.mask_length, h.temperature,
-                      h.proj_dim, rows, lengths, cfg.seed)
+                      h.proj_dim, rows, lengths, cfg.seed, mel)
     if not cfg.is_image:
         return _text_objective(cfg, tok, backbone)
     if cfg.image.mean is None or cfg.image.std is None:
@@ -163,8 +165,7 @@ def media_tower(cfg: RunConfig, modality: str, backbone: nn.Module | None = None
         a = cfg.audio
         if a.mean is None or a.std is None:
             raise ValueError("audio.mean and audio.std must be resolved (measured on the data) before building")
-        frames = clip_frames(a.sample_rate, a.seconds, a.hop)
-        return AudioEncoder(cfg.model, a.n_mels, frames, a.stride), AudioView(a.mean, a.std)
+        return audio_encoder(cfg), AudioView(a.mean, a.std, a.input == "waveform")
     im, v = cfg.image, cfg.views
     if im.mean is None or im.std is None:
         raise ValueError("image.mean and image.std must be resolved (measured on the data) before building")
@@ -176,6 +177,29 @@ def media_tower(cfg: RunConfig, modality: str, backbone: nn.Module | None = None
     augment = Augment(im.size, v.crop_scale, im.mean, im.std, flip_p=v.flip_p, jitter=v.jitter, jitter_p=v.jitter_p,
                       grayscale_p=v.grayscale_p, blur_p=v.blur_p[0], solarize_p=v.solarize_p[0])
     return net, ImageView(augment, im.size, im.mean, im.std)
+
+
+def network(cfg: RunConfig) -> nn.Module:
+    """What a config trains, built without its data (no tokenizer, images or clips, normalisation unmeasured): the
+    backbone, or for clip/siglip both towers with their projections; not the objective's training-only heads. For
+    counting parameters and sizing a run before it starts: under `with torch.device("meta"):` it holds no memory."""
+    if cfg.pairs:  # the statistics only shift inputs: any will do
+        audio = cfg.modality == "audio"
+        channels = cfg.image.channels
+        return _pair_objective(cfg.with_measured(0.0, 1.0) if audio else
+                               cfg.with_measured([0.5] * channels, [0.25] * channels), None, None)
+    if cfg.modality == "audio":
+        return audio_encoder(cfg)
+    if cfg.is_image:
+        return image_backbone(cfg)
+    return GPT(cfg.model) if cfg.causal else Encoder(cfg.model)
+
+
+def audio_encoder(cfg: RunConfig) -> AudioEncoder:
+    """The audio tower: over a clip's samples (audio.input=waveform) or its log-mel frames."""
+    a = cfg.audio
+    frames = round(a.seconds * a.sample_rate) if a.input == "waveform" else clip_frames(a.sample_rate, a.seconds, a.hop)
+    return AudioEncoder(cfg.model, a.n_mels, frames, a.stride, a)
 
 
 def image_backbone(cfg: RunConfig) -> nn.Module:

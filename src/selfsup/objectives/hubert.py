@@ -14,6 +14,10 @@ first-iteration features are 39-d MFCCs; here each token's unit is the k-means c
 normalised log-mel frames (the same frames the token's front end reads), fitted on the first training step on
 up to `kmeans_frames` real (unpadded) tokens of the training clips, and kept in the checkpoint. Iterating (new
 targets from the model's own features) is not done.
+
+With audio.input=waveform the encoder reads samples (HuBERT's own conv front end, a token every 320 samples), and
+the units stay k-means of log-mel frames: `LogMel` computes them from the (normalised) clips on the fly, as
+data/read/audio.log_mel does on decoding, and each token stacks the 320 / audio.hop frames its samples start.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from selfsup import batch_random
 from selfsup.data.batch import ClipBatch
+from selfsup.data.read.audio import LOG_FLOOR, hann, mel_filters
 from selfsup.dist import broadcast
 from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.contract import Objective
@@ -50,6 +55,25 @@ def token_frames(mel: Tensor, stride: int, T: int) -> Tensor:
     return x.view(B, M, T, stride).permute(0, 2, 1, 3).reshape(B, T, M * stride)
 
 
+class LogMel(nn.Module):
+    """(B, S) samples -> (B, M, 1 + S // hop) natural-log mel power: data/read/audio.log_mel in torch (a centred
+    STFT over zeros, periodic Hann, Slaney filters, floored log), for the targets of waveform input."""
+
+    def __init__(self, sample_rate: int, n_mels: int, n_fft: int, hop: int):
+        super().__init__()
+        self.n_mels, self.n_fft, self.hop = n_mels, n_fft, hop
+        self.register_buffer("window", torch.from_numpy(hann(n_fft).copy()), persistent=False)  # (n_fft,)
+        filters = torch.from_numpy(mel_filters(sample_rate, n_fft, n_mels).copy())  # (M, n_fft // 2 + 1)
+        self.register_buffer("filters", filters, persistent=False)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        with torch.autocast(wave.device.type, enabled=False):  # fp32: a bf16 product would move frames across units
+            x = F.pad(wave.float(), (self.n_fft // 2, self.n_fft - self.n_fft // 2))  # (B, S + n_fft), silence
+            frames = x.unfold(1, self.n_fft, self.hop)[:, :1 + wave.shape[1] // self.hop]  # (B, F, n_fft)
+            power = torch.fft.rfft(frames * self.window, dim=-1).abs().square()  # (B, F, n_fft // 2 + 1)
+            return torch.log((self.filters @ power.transpose(1, 2)).clamp(min=LOG_FLOOR))  # (B, M, F)
+
+
 class HuBERT(nn.Module, Objective):
     unit = "clip"
     fits_on_data = True  # its units are k-means of the training clips' frames,
@@ -57,7 +81,8 @@ class HuBERT(nn.Module, Objective):
 
     def __init__(self, encoder: AudioEncoder, view: nn.Module, clusters: int, kmeans_frames: int, mask_prob: float,
                  mask_length: int, temperature: float, proj_dim: int, clips: np.ndarray | None = None,
-                 lengths: np.ndarray | None = None, seed: int = 0):
+                 lengths: np.ndarray | None = None, seed: int = 0, mel: LogMel | None = None):
+        """mel: for an encoder that reads samples, what makes the log-mel frames its units are k-means of."""
         super().__init__()
         self.model = encoder
         self.view = view
@@ -66,8 +91,10 @@ class HuBERT(nn.Module, Objective):
         self.mask_embed = nn.Parameter(torch.empty(D).uniform_())  # as the paper's code
         self.proj = nn.Linear(D, proj_dim)
         self.units = nn.Embedding(clusters, proj_dim)  # one embedding per cluster (the paper's label embeddings)
-        n_mels = encoder.front[0].in_channels
-        self.register_buffer("centroids", torch.zeros(clusters, n_mels * encoder.stride))  # (K, M · stride)
+        self.mel = mel
+        self.frame_stride = encoder.stride if mel is None else encoder.stride // mel.hop  # log-mel frames per token
+        n_mels = encoder.n_mels if mel is None else mel.n_mels
+        self.register_buffer("centroids", torch.zeros(clusters, n_mels * self.frame_stride))  # (K, M · stride)
         self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
         self._clips, self._lengths, self._fit_frames, self._seed = clips, lengths, kmeans_frames, seed
 
@@ -81,10 +108,10 @@ class HuBERT(nn.Module, Objective):
         T = self.model.tokens_per_clip
         n = min(len(self._clips), -(-self._fit_frames // T))
         pick = np.sort(torch.randperm(len(self._clips), generator=g)[:n].numpy())
-        mel, lengths = self.view(torch.from_numpy(np.array(self._clips[pick])).to(device),
-                                 torch.from_numpy(self._lengths[pick]).to(device))
+        x, lengths = self.view(torch.from_numpy(np.array(self._clips[pick])).to(device),
+                               torch.from_numpy(self._lengths[pick]).to(device))
         real = self.model.token_mask(lengths, T)  # (n, T)
-        frames = token_frames(mel, self.model.stride, T)[real]  # (n_real, M · stride)
+        frames = self.frames(x, T)[real]  # (n_real, M · stride)
         k = self.centroids.shape[0]
         if len(frames) < k:
             raise ValueError(f"hubert.clusters={k} needs at least as many audio tokens; the training clips have "
@@ -94,15 +121,19 @@ class HuBERT(nn.Module, Objective):
         self.centroids.copy_(broadcast(centroids))  # the same targets on every process
         self.centroids_ready.fill_(True)
 
+    def frames(self, inputs: Tensor, T: int) -> Tensor:
+        """(B, M, F) log-mel or (B, S) samples -> (B, T, M · stride): each token's log-mel frames, stacked."""
+        return token_frames(inputs if self.mel is None else self.mel(inputs), self.frame_stride, T)
+
     def forward(self, batch: ClipBatch) -> LossOutput:
         if self.training and not self.centroids_ready:
             self.fit_units(batch["media"].device)
-        mel, lengths = self.view(batch["media"], batch["lengths"])  # (B, M, F), (B,)
-        x = self.model.embed(mel)  # (B, T, D)
+        inputs, lengths = self.view(batch["media"], batch["lengths"])  # (B, M, F) or (B, S), (B,)
+        x = self.model.embed(inputs)  # (B, T, D)
         B, T, _ = x.shape
         real = self.model.token_mask(lengths, T)  # (B, T)
         with torch.no_grad():
-            targets = nearest(token_frames(mel, self.model.stride, T).flatten(0, 1), self.centroids).view(B, T)
+            targets = nearest(self.frames(inputs, T).flatten(0, 1), self.centroids).view(B, T)
             masked = span_mask(real, self.mask_prob, self.mask_length)  # (B, T)
         x = torch.where(masked.unsqueeze(-1), self.mask_embed.to(x.dtype), x)
         h = self.model.encode(x, real)  # (B, T, D)

@@ -132,8 +132,9 @@ class MediaInputs:
         c = getattr(trunk, "cfg", None)
         shape = f" (dim {c.dim}, depth {c.depth})" if c is not None else ""
         if self.modality == "audio":
-            return (f"audio encoder{shape} final-norm tokens averaged over real audio; log-mel normalised by the "
-                    "run's mean/std, no augmentation")
+            read = ("the waveform, each clip normalised over its real samples" if getattr(trunk, "waveform", False)
+                    else "log-mel normalised by the run's mean/std")
+            return f"audio encoder{shape} final-norm tokens averaged over real audio; {read}, no augmentation"
         return (f"video encoder (dim {trunk.out_dim}, temporal {getattr(trunk, 'temporal', '?')}) clip feature; the "
                 "middle frame of each segment, normalised by the run's mean/std, no augmentation")
 

@@ -38,9 +38,15 @@ def load_config(source: str, overrides: list[str]) -> RunConfig:
         cfg = init_config(cfg, explicit, pinned(Path(cfg.out_dir), cfg.model.init))
     new = cfg.continual.data
     if new is None:
-        if cfg.continual.replay and not cfg.continual.parent:
-            raise ConfigError("continual.replay needs continual.data: continue a finished run with `selfsup train "
-                              "RUN_DIR continual.data=NEW continual.replay=0.2`")
+        c = cfg.continual
+        if c.old_data and not (c.parent or cfg.model.init):
+            raise ConfigError(f"continual.old_data={c.old_data} names the old domain of a run that continues "
+                              "pretraining: set by `selfsup train RUN_DIR continual.data=NEW`, or given with model.init "
+                              "(the imported model's old domain)")
+        if c.replay and not c.old_data:
+            raise ConfigError("continual.replay needs the old domain to replay: continue a finished run with "
+                              "`selfsup train RUN_DIR continual.data=NEW continual.replay=0.2`, or name the old "
+                              "domain of a model.init run with continual.old_data=OLD")
         return cfg
     run = Path(source)
     if not (run / "config.yaml").is_file():

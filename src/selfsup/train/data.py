@@ -57,7 +57,7 @@ class RunData:
         self.loader = PackedWindows(c.train, c.dtype, cfg.model.context, overlap, seed=cfg.seed)
         self.val_loader = PackedWindows(c.val, c.dtype, cfg.model.context, overlap, shuffle=False)
         self.window = (f"{len(self.loader):,} training windows of {cfg.model.context} tokens", cfg.model.context)
-        if cfg.continual.parent:  # continual pretraining: the parent's data too, tokenized alike
+        if cfg.continual.old_data:  # continual pretraining: the old domain too, tokenized alike
             old = prepare(old_stream(cfg), cfg.model.vocab_size, log=log)
             self.old_val_loader = PackedWindows(old.val, old.dtype, cfg.model.context, overlap, shuffle=False)
             if cfg.continual.replay:
@@ -78,7 +78,7 @@ class RunData:
         self.summary = dict(path=d.path, files=images.meta["files"], images=images.meta["images"],
                             skipped=images.meta["skipped"], classes=len(images.classes), mean=im.mean,
                             std=im.std, cache=str(images.dir))
-        if cfg.continual.parent:  # continual pretraining: the parent's images too
+        if cfg.continual.old_data:  # continual pretraining: the old domain's images too
             old = prepare_images(builtin.resolve(cfg.continual.old_data, self.cache),
                                  im.size, im.channels, d.val_fraction, d.cache_dir, d.workers, log=log,
                                  image_field=d.image_field, allow_outside=d.allow_outside)
@@ -88,7 +88,7 @@ class RunData:
                           images=old.meta["images"])
 
     def _mix(self, cfg: RunConfig, replay, what: str, **counts) -> None:
-        """Continual pretraining: each batch takes continual.replay of its rows from the parent's data."""
+        """Continual pretraining: each batch takes continual.replay of its rows from the old domain's data."""
         self.loader = Mixture(self.loader, replay, cfg.continual.replay)
         self.summary["replay"] = dict(path=cfg.continual.old_data, share=cfg.continual.replay, **counts)
         self.window = (f"{self.window[0]} + {100 * cfg.continual.replay:g}% of each batch replayed from "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from selfsup.data.skipped import skip
 from selfsup.progress import Progress
 
 CHUNK = 64  # items per worker task: amortises pickling, yet keeps the workers evenly loaded
@@ -65,12 +66,13 @@ def _decoded(items: Iterator, decode_chunk: Callable, args: tuple, workers: int)
             yield chunk, future.result()
 
 
-def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter,
+def tar_samples(f: Path, rel: str, wanted: tuple[str, ...], skipped: Counter,
                 max_bytes: int) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per webdataset sample of a .tar: as in webdataset, a sample is a run of
     consecutive members sharing a key (the member path up to the first dot of its basename); only members whose
     extension (lower case, no dot) is in `wanted` are read. A damaged archive counts as 'corrupt tar'; a sample
-    with a wanted member over `max_bytes` is skipped unread as 'file too large' (members are read into memory)."""
+    with a wanted member over `max_bytes` is skipped unread as 'file too large' (members are read into memory).
+    `rel`: the shard's name in what is skipped (data/skipped.py)."""
     key, sample, too_large = None, {}, False
     try:
         with tarfile.open(f) as tar:
@@ -86,21 +88,22 @@ def tar_samples(f: Path, wanted: tuple[str, ...], skipped: Counter,
                     key, sample, too_large = k, {}, False
                 if ext.lower() in wanted and not too_large:
                     if member.size > max_bytes:
-                        skipped["file too large"] += 1
+                        skip(skipped, "file too large", rel, k)
                         too_large, sample = True, {}
                     else:
                         sample[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError):
-        skipped["corrupt tar"] += 1
+        skip(skipped, "corrupt tar", rel)
         return
     if key is not None and not too_large:
         yield key, sample
 
 
 def build_cache(out: Path, what: str, files: int, workers: int | None, build: Callable[[Path, int], None],
-                log) -> None:
-    """A cache folder made once: a hit when `out` holds meta.json, else build(folder, workers) via build_once."""
-    if (out / "meta.json").is_file():
+                log, needs: tuple[str, ...] = ()) -> None:
+    """A cache folder made once: a hit when `out` holds meta.json and the files `needs` names (what a cache of the
+    same key built by an older version may lack), else build(folder, workers) via build_once."""
+    if (out / "meta.json").is_file() and all((out / name).is_file() for name in needs):
         log(f"{what} cache hit: {out}")
         return
     workers = default_workers(workers)

@@ -9,7 +9,8 @@ Decoding runs once, in worker processes; the cache key covers every source file'
 table's rows name, and the settings (with data.image_field when a table is read), so a second run starts at once
 and a changed file is never served stale. Images go to train or validation by a hash of their identity (relative
 path, plus the tar key, npz index or table row), stable under reordering. An image that cannot be decoded is
-skipped and counted by reason, never a crash.
+skipped and counted by reason, never a crash; the cache names each row's and each skipped image's source
+(data/cache/rows.py), for `selfsup embed`.
 
 Labels are for evaluation only. Loose image files take the name of their first-level sub-folder under the root
 (files directly in the root, or a single-file path, have none). Tar samples take an int from a `.cls` member or a
@@ -32,9 +33,10 @@ import numpy as np
 
 from selfsup.data.cache.decoding import build_cache, tar_samples
 from selfsup.data.cache.media import OUTSIDE, Links
-from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
+from selfsup.data.cache.rows import NAMES, Item, build_rows, cache_key, folder_label, relative
 from selfsup.data.cache.tokens import cache_root
 from selfsup.data.errors import DataError
+from selfsup.data.skipped import Skipped, skip
 from selfsup.data.read.hf_datasets import dataset_files, is_datasets_folder
 from selfsup.data.read.image import IMAGE_SUFFIXES, ArrayImage, ImageRows, array_peak
 from selfsup.data.read.table_media import check_tables, is_table, table_items, table_links
@@ -90,9 +92,10 @@ def image_files(path: str) -> list[Path]:
 
 def prepare_images(path: str, size: int, channels: int, val_fraction: float, cache_dir: str | None = None,
                    workers: int | None = None, log=print, image_field: str = "image",
-                   allow_outside: bool = False) -> ImageSet:
+                   allow_outside: bool = False, names: bool = False) -> ImageSet:
     """Decode every image under `path` once into `cache_dir/images/<key>` and open it memory-mapped. A table's
-    images are in its column `image_field` (data.image_field); `allow_outside` as data.allow_outside."""
+    images are in its column `image_field` (data.image_field); `allow_outside` as data.allow_outside. `names`: the
+    rows' and the skipped images' names are needed (a cache built before they were written is built again)."""
     if channels not in (1, 3):
         raise DataError(f"channels={channels}: expected 1 (grayscale) or 3 (RGB)")
     if size < 1:
@@ -112,13 +115,13 @@ def prepare_images(path: str, size: int, channels: int, val_fraction: float, cac
     out = cache / "images" / key
     build_cache(out, "image", len(files), workers,
                 lambda tmp, n: _build(path, root, files, tmp, size, channels, val_fraction, n, log, image_field,
-                                      links), log)
+                                      links), log, NAMES if names else ())
     return _open(out, content)
 
 
 def _build(path: str, root: Path, files: list[Path], out: Path, size: int, channels: int, val_fraction: float,
            workers: int, log, image_field: str, links: Links) -> None:
-    skipped = Counter()
+    skipped = Skipped()
     built = build_rows(out, _items(root, files, skipped, image_field, links), ImageRows(size, channels),
                        val_fraction, workers, skipped)
     n = built.rows
@@ -145,19 +148,19 @@ def _items(root: Path, files: list[Path], skipped: Counter, image_field: str, li
         elif suffix == ".npz":
             yield from _npz_items(f, rel, skipped)
         else:
-            yield Item(rel, None, folder_label(rel), f)
+            yield Item(rel, None, None, folder_label(rel), f)
 
 
 def _tar_items(f: Path, rel: str, skipped: Counter) -> Iterator[Item]:
     wanted = tuple(suffix[1:] for suffix in IMAGE_SUFFIXES) + LABEL_EXTS  # other members (json, ...) are not read
-    for key, sample in tar_samples(f, wanted, skipped, ImageRows.max_bytes):
+    for key, sample in tar_samples(f, rel, wanted, skipped, ImageRows.max_bytes):
         yield from _tar_sample(rel, key, sample, skipped)
 
 
 def _tar_sample(rel: str, key: str, sample: dict[str, bytes], skipped: Counter) -> Iterator[Item]:
     image = next((ext for ext in sample if f".{ext}" in IMAGE_SUFFIXES), None)  # the first, if a sample has several
     if image is None:
-        skipped["no image in tar sample"] += 1
+        skip(skipped, "no image in tar sample", rel, key)
         return
     label = None
     try:
@@ -168,23 +171,24 @@ def _tar_sample(rel: str, key: str, sample: dict[str, bytes], skipped: Counter) 
             label = sample.get("label", sample.get("txt")).decode().strip() or None
     except ValueError:  # UnicodeDecodeError included; the image is kept without a label
         skipped["bad label"] += 1
-    yield Item(f"{rel}#{key}", None, label, sample[image])
+    yield Item(rel, key, None, label, sample[image])
 
 
 def _npz_items(f: Path, rel: str, skipped: Counter) -> Iterator[Item]:
     try:
         with np.load(f, allow_pickle=False) as z:
             if "images" not in z.files:
-                skipped["no images array in npz"] += 1
+                skip(skipped, "no images array in npz", rel)
                 return
             images = z["images"]
             labels = z["labels"] if "labels" in z.files else None
     except Exception:  # zipfile, zlib and numpy raise many kinds of exception on a damaged archive
-        skipped["corrupt npz"] += 1
+        skip(skipped, "corrupt npz", rel)
         return
     hwc = _hwc(images)  # (N, H, W, C)
     if hwc is None:
-        skipped["bad array shape"] += len(images) if images.ndim else 1
+        skip(skipped, "bad array shape", rel)  # named once, as the whole file; counted once per image
+        skipped["bad array shape"] += len(images) - 1 if images.ndim else 0
         return
     if labels is not None and (labels.shape != (len(hwc),) or labels.dtype.kind not in "iu"):
         skipped["bad labels array"] += 1  # the images are kept without labels
@@ -192,7 +196,7 @@ def _npz_items(f: Path, rel: str, skipped: Counter) -> Iterator[Item]:
     peak = array_peak(images)
     for i in range(len(hwc)):
         label = int(labels[i]) if labels is not None and labels[i] >= 0 else None
-        yield Item(f"{rel}#{i}", None, label, ArrayImage(hwc[i], peak))
+        yield Item(rel, i, None, label, ArrayImage(hwc[i], peak))
 
 
 def _hwc(a: np.ndarray) -> np.ndarray | None:

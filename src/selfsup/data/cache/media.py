@@ -20,11 +20,13 @@ A folder holding any .jsonl, .tar (or, for images, .parquet) is read through tho
 point at are not read twice); otherwise its media files are.
 
 Rows: images uint8 (C, S, S) as data/read/image.py decodes them; audio float16 log-mel (n_mels, frames) with the
-number of frames that hold real audio (data/read/audio.py); video uint8 (F, C, S, S), F frames at segment centres
+number of frames that hold real audio, or (audio.input=waveform) float32 samples (1, n) with the real
+samples (data/read/audio.py); video uint8 (F, C, S, S), F frames at segment centres
 (data/read/video.py). A sample whose media is missing or corrupt is skipped and counted by reason, and so is a
 pair without a caption when captions are asked for (alignment); what decoding did to a kept clip (resampled,
 mixed to mono, clipped, padded, cropped, repeated frames) is counted as notes. Samples go to train or validation
-by a hash of their identity, as images do.
+by a hash of their identity, as images do. The cache names each row's and each skipped sample's source
+(data/cache/rows.py), for `selfsup embed`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from typing import NamedTuple
 import numpy as np
 
 from selfsup.data.cache.decoding import Skip, build_cache, tar_samples
-from selfsup.data.cache.rows import Item, build_rows, cache_key, folder_label, relative
+from selfsup.data.cache.rows import NAMES, Item, build_rows, cache_key, folder_label, relative
 from selfsup.data.cache.tokens import cache_root
 from selfsup.data.errors import DataError
+from selfsup.data.skipped import Skipped, skip
 from selfsup.data.read.audio import AUDIO_SUFFIXES, AudioRows
 from selfsup.data.read.hf_datasets import dataset_files, is_datasets_folder
 from selfsup.data.read.image import IMAGE_SUFFIXES, ImageRows
@@ -58,8 +61,8 @@ OUTSIDE = "outside the data folder"
 
 @dataclass
 class Split:
-    rows: np.ndarray  # (N, ...) memory-mapped: uint8 images or frames, float16 log-mel
-    lengths: np.ndarray  # (N,) int32: log-mel frames holding real audio; the full row otherwise
+    rows: np.ndarray  # (N, ...) memory-mapped: uint8 images or frames, float16 log-mel, float32 samples
+    lengths: np.ndarray  # (N,) int32: log-mel frames (or samples) holding real audio; the full row otherwise
     captions: list[str] | None  # one per row, or None when the source has none
     labels: np.ndarray  # (N,) int64 indices into MediaSet.classes, -1 = none
 
@@ -79,8 +82,9 @@ def settings(modality: str, cfg) -> dict:
     """The decoding settings of a run's config for one modality (they key the cache)."""
     if modality == "audio":
         a = cfg.audio
-        return dict(sample_rate=a.sample_rate, seconds=a.seconds, n_mels=a.n_mels, n_fft=a.n_fft, hop=a.hop,
-                    min_seconds=a.min_seconds)
+        logmel = dict(sample_rate=a.sample_rate, seconds=a.seconds, n_mels=a.n_mels, n_fft=a.n_fft, hop=a.hop,
+                      min_seconds=a.min_seconds)
+        return logmel if a.input == "logmel" else logmel | {"input": a.input}  # log-mel caches keep their key
     if modality == "video":
         return dict(size=cfg.image.size, channels=cfg.image.channels, frames=cfg.video.cache_frames)
     return dict(size=cfg.image.size, channels=cfg.image.channels)
@@ -126,12 +130,14 @@ def pair_suffixes(modality: str) -> tuple[str, ...]:
 
 def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, cache_dir: str | None = None,
                   workers: int | None = None, log=print, captions: bool = False,
-                  allow_outside: bool = False, image_field: str = "image", caption_field: str = "text") -> MediaSet:
+                  allow_outside: bool = False, image_field: str = "image", caption_field: str = "text",
+                  names: bool = False) -> MediaSet:
     """Decode every sample under `path` once into `cache_dir/media/<key>` and open it memory-mapped. With
     `captions` (pairs for alignment) a .jsonl line or table row without a caption is skipped and counted; without,
     a .jsonl line is kept (and a table's captions are not read). `allow_outside`: read media a .jsonl or a table
     names outside the data folder (data.allow_outside). `image_field`, `caption_field`: data.image_field and
-    data.caption_field."""
+    data.caption_field. `names`: the rows' and the skipped samples' names are needed (a cache built before they
+    were written is built again)."""
     files = source_files(path, modality)
     fields = Fields(image_field if modality == "image" else modality, caption_field)
     check_tables(files, fields.media, caption_field if captions else None)
@@ -145,7 +151,7 @@ def prepare_media(path: str, modality: str, decode: dict, val_fraction: float, c
     out = cache_root(cache_dir) / "media" / key
     build_cache(out, modality, len(files), workers,
                 lambda tmp, n: _build(path, root, files, tmp, modality, decode, val_fraction, n, log, captions,
-                                      links, fields), log)
+                                      links, fields), log, NAMES if names else ())
     return _open(out, content)
 
 
@@ -189,7 +195,7 @@ def _pair_lines(f: Path) -> Iterator[tuple[int, object]]:
             yield number, json_line(raw)
 
 
-def _member(record: object, field: str) -> str | None:
+def pair_member(record: object, field: str) -> str | None:
     """The media path a pair line names under `field` (or `path`), or None."""
     member = record.get(field, record.get("path")) if isinstance(record, dict) else None
     return member if isinstance(member, str) and member else None
@@ -208,7 +214,7 @@ def _linked(f: Path, field: str, links: Links) -> Iterator[tuple[str, Path]]:
     except OSError:  # counted when the items are read
         return
     for _, record in lines:
-        member = _member(record, field)
+        member = pair_member(record, field)
         if member is not None:
             try:
                 yield member, links.target(f, member)
@@ -218,7 +224,7 @@ def _linked(f: Path, field: str, links: Links) -> Iterator[tuple[str, Path]]:
 
 def _build(path: str, root: Path, files: list[Path], out: Path, modality: str, decode: dict, val_fraction: float,
            workers: int, log, captions: bool, links: Links, fields: Fields) -> None:
-    skipped = Counter()
+    skipped = Skipped()
     built = build_rows(out, _items(root, files, modality, skipped, captions, links, fields),
                        row_decoder(modality, decode), val_fraction, workers, skipped)
     n = built.rows
@@ -250,7 +256,7 @@ def _items(root: Path, files: list[Path], modality: str, skipped: Counter, capti
         elif suffix == ".tar":
             yield from _tar_items(f, rel, modality, skipped, captions)
         else:
-            yield Item(rel, None, folder_label(rel), f)
+            yield Item(rel, None, None, folder_label(rel), f)
 
 
 def _jsonl_items(f: Path, rel: str, skipped: Counter, captions: bool, links: Links,
@@ -258,32 +264,32 @@ def _jsonl_items(f: Path, rel: str, skipped: Counter, captions: bool, links: Lin
     try:
         lines = list(_pair_lines(f))
     except OSError:
-        skipped["unreadable file"] += 1
+        skip(skipped, "unreadable file", rel)
         return
     for number, record in lines:
         if not isinstance(record, dict):  # None: not JSON, nested too deeply, or a lone surrogate
-            skipped["bad json line"] += 1
+            skip(skipped, "bad json line", rel, number)
             continue
-        member, caption = _member(record, fields.media), record.get(fields.caption)
+        member, caption = pair_member(record, fields.media), record.get(fields.caption)
         if member is None:
-            skipped[f"no '{fields.media}' in pair"] += 1
+            skip(skipped, f"no '{fields.media}' in pair", rel, number)
             continue
         caption = caption.strip() if isinstance(caption, str) and caption.strip() else None
         if captions and caption is None:
-            skipped["no caption"] += 1
+            skip(skipped, "no caption", rel, number)
             continue
         try:
             target = links.target(f, member)
         except Skip as e:
-            skipped[e.reason] += 1
+            skip(skipped, e.reason, rel, number)
             continue
         label = record.get("label")
         label = label if isinstance(label, (int, str)) and not isinstance(label, bool) else None
-        yield Item(f"{rel}#{number}", caption, label, target)
+        yield Item(rel, number, caption, label, target)
 
 
 def _tar_items(f: Path, rel: str, modality: str, skipped: Counter, captions: bool) -> Iterator[Item]:
-    for key, sample in tar_samples(f, tar_members(modality), skipped, MAX_BYTES[modality]):
+    for key, sample in tar_samples(f, rel, tar_members(modality), skipped, MAX_BYTES[modality]):
         item = tar_item(rel, key, sample, modality, skipped, captions)
         if item is not None:
             yield item
@@ -300,19 +306,19 @@ def tar_item(rel: str, key: str, sample: dict[str, bytes], modality: str, skippe
     media = SUFFIXES[modality]
     ext = next((e for e in sample if f".{e}" in media), None)
     if ext is None:
-        skipped[f"no {modality} in tar sample"] += 1
+        skip(skipped, f"no {modality} in tar sample", rel, key)
         return None
     try:
         caption = sample["txt"].decode().strip() if "txt" in sample else None
         label = int(sample["cls"].decode()) if "cls" in sample else None
         label = sample["label"].decode().strip() if "label" in sample else label
     except ValueError:  # UnicodeDecodeError included
-        skipped["bad caption or label"] += 1
+        skip(skipped, "bad caption or label", rel, key)
         return None
     if captions and not caption:
-        skipped["no caption"] += 1
+        skip(skipped, "no caption", rel, key)
         return None
-    return Item(f"{rel}#{key}", caption or None, label, sample[ext])
+    return Item(rel, key, caption or None, label, sample[ext])
 
 
 def _open(out: Path, content: str) -> MediaSet:

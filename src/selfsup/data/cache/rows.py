@@ -8,8 +8,11 @@ row arrays, split into train and validation, with their lengths, captions, label
 they skip on the way); a row decoder (ImageRows, AudioRows, VideoRows) turns an item's payload into one row in a
 worker. A sample that cannot be decoded is skipped and counted by reason, never a crash; what decoding did to a
 kept one is counted as notes. Samples go to train or validation by a hash of their identity, stable under
-reordering. The folder gets, per split: `<split>.npy` rows, `<split>_lengths.npy`, `<split>_labels.npy` and
-`<split>_captions.json` (null when a sample has none); the caller writes meta.json.
+reordering. The folder gets, per split: `<split>.npy` rows, `<split>_lengths.npy`, `<split>_labels.npy`,
+`<split>_captions.json` (null when a sample has none) and `<split>_ids.jsonl` (each row's [file, key], a JSON line
+a row, written as rows are, so memory stays bounded); and `skipped.jsonl`, [file, key, reason] per skipped sample
+(data/skipped.py: names, never bytes). `selfsup embed` joins its rows back to their sources through them. The
+caller writes meta.json.
 
 A file payload reaches the decoder as its path, after a look at what it is: only a regular file is read ('not a
 regular file': a device such as /dev/zero, a FIFO), and only up to the decoder's `max_bytes` ('file too large');
@@ -28,7 +31,7 @@ import json
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,16 +41,24 @@ import numpy as np
 from selfsup.data.cache.decoding import NpyWriter, Skip, decoded, digest
 from selfsup.data.cache.stats import LogMelStats, PixelStats
 from selfsup.data.cache.tokens import is_val
+from selfsup.data.skipped import Skipped, skip
 
 SPLITS = ("train", "val")
 MAX_CLASS_ID = 2**31 - 1  # an integer label above this is a corrupt one, not a class
+NAMES = ("train_ids.jsonl", "val_ids.jsonl", "skipped.jsonl")  # what a cache built before they were lacks
 
 
 class Item(NamedTuple):
-    ident: str  # what the split hashes: the relative path, plus '#key' (tar), '#line' (jsonl) or '#index' (npz)
+    file: str  # the source file's path under the data path (relative())
+    key: str | int | None  # inside it: a tar sample's key, a .jsonl line number, an npz or table row index; or None
     caption: str | None
     label: int | str | None
     payload: object  # what a worker decodes: a Path (the decoder opens it), a tar member's bytes, or an npz image
+
+    @property
+    def ident(self) -> str:
+        """What the split hashes: the file, plus '#key' inside it."""
+        return self.file if self.key is None else f"{self.file}#{self.key}"
 
 
 @dataclass
@@ -72,6 +83,7 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
     start = time.perf_counter()
     notes = Counter()
     writers = {split: NpyWriter(out / f"{split}.npy", decoder.shape, decoder.dtype) for split in SPLITS}
+    ids = {split: open(out / f"{split}_ids.jsonl", "w", encoding="utf-8") for split in SPLITS}
     # what is kept of a decoded item: its caption and label, not its payload (a table's or a shard's image bytes
     # would hold the whole set in memory)
     kept: dict[str, list[tuple[str | None, int | str | None]]] = {"train": [], "val": []}
@@ -80,17 +92,20 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
     try:
         for chunk, (rows, lens, reasons, item_notes) in decoded(items, _decode_chunk, (decoder,), workers,
                                                                 "decoding"):
-            skipped.update(r for r in reasons if r is not None)
+            for item, reason in zip(chunk, reasons):
+                if reason is not None:
+                    skip(skipped, reason, item.file, item.key)
             notes.update(n for ns in item_notes for n in ns)
             good = [item for item, r in zip(chunk, reasons) if r is None]
             val = np.array([is_val(item.ident, val_fraction) for item in good], dtype=bool)  # (k,)
             for split, sel in (("train", ~val), ("val", val)):
                 writers[split].write(rows[sel])
                 kept[split] += [(item.caption, item.label) for item, s in zip(good, sel) if s]
+                ids[split].writelines(json.dumps([item.file, item.key]) + "\n" for item, s in zip(good, sel) if s)
                 lengths[split] += lens[sel].tolist()
             stats.add(rows[~val], lens[~val])
     finally:
-        for w in writers.values():
+        for w in (*writers.values(), *ids.values()):
             w.close()
     n = {split: w.rows for split, w in writers.items()}
     classes, ids = class_ids([label for split in SPLITS for _, label in kept[split]], skipped)
@@ -99,7 +114,22 @@ def build_rows(out: Path, items: Iterable[Item], decoder, val_fraction: float, w
         np.save(out / f"{split}_labels.npy", ids[:n["train"]] if split == "train" else ids[n["train"]:])
         captions = [caption for caption, _ in kept[split]]
         (out / f"{split}_captions.json").write_text(json.dumps(captions if all(captions) else None))
+    named = skipped.named if isinstance(skipped, Skipped) else []
+    (out / "skipped.jsonl").write_text("".join(json.dumps(list(s)) + "\n" for s in named), encoding="utf-8")
     return Built(n, skipped, notes, classes, stats, time.perf_counter() - start)
+
+
+def row_names(folder: Path, split: str = "train") -> Iterator[tuple[str, str | int | None]]:
+    """(file, key) of each row of a split of a cache folder, in row order, read a line at a time."""
+    with open(folder / f"{split}_ids.jsonl", encoding="utf-8") as f:
+        for line in f:
+            yield tuple(json.loads(line))
+
+
+def skipped_names(folder: Path) -> list[tuple[str, str | int | None, str]]:
+    """(file, key, reason) of each sample a cache folder's build skipped, in the order met."""
+    lines = (folder / "skipped.jsonl").read_text(encoding="utf-8").splitlines()
+    return [tuple(json.loads(line)) for line in lines]
 
 
 def _decode_chunk(items: list[Item], decoder):

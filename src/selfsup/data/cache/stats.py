@@ -33,7 +33,8 @@ class PixelStats:
 
 
 class LogMelStats:
-    """One mean/std over the real (unpadded) frames of float16 log-mel rows (k, n_mels, frames)."""
+    """One mean/std over the real (unpadded) frames of float16 log-mel rows (k, n_mels, frames), or the real samples of
+    waveform rows (k, 1, samples)."""
 
     def __init__(self):
         self.sums = np.zeros(3)  # count, Σx, Σx²

@@ -1,7 +1,8 @@
 """Duplicate removal that never touches its input: the kept data is written to a new folder, every removal is
 logged with its reason and what it duplicates, and a summary is printed and written.
 
-Text (.txt: a document per line; .jsonl: a record per line, deduplicated on its `text`): exact copies by a hash of
+Text (.txt: a document per line; .jsonl: a record per line, .parquet: a row, deduplicated on their `field`, default
+`text`): exact copies by a hash of
 the text with whitespace collapsed and case folded; near-duplicates by a similarity ≥ `near` to an earlier kept
 document that depends on its length (data/quality/similarity.py): for 50 words and more, the estimated Jaccard
 similarity of word 5-grams (MinHash, datasketch); for 5 to 49 words, the Jaccard similarity of character 5-grams,
@@ -14,8 +15,9 @@ Images: near-duplicates by perceptual hash (imagehash's pHash, 64 bits) within a
 Documents stream a batch at a time and the indexes live on disk (data/quality/dedup_index.py, a scratch folder in OUT
 removed at the end), so memory does not grow with the corpus.
 
-    OUT/<same relative paths>   the kept lines (byte for byte) or the kept image files
-    OUT/removed.jsonl           {"file", "line" or null, "reason": "exact" | "near", "duplicate_of": {"file", "line"}}
+    OUT/<same relative paths>   the kept lines (byte for byte), the kept rows (same schema) or the kept image files
+    OUT/removed.jsonl           {"file", "line" (from 1; null for an image) or "row" (.parquet, from 0), "reason":
+                                "exact" | "near", "duplicate_of": {"file", "line" or "row"}}
     OUT/summary.json            counts read, kept and removed by reason, skipped lines by reason, settings
     OUT/.selfsup-logs.json      names the two logs, so no selfsup reader (filter, train) takes them for data
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, line_files, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_files, text_pass, where
 from selfsup.data.quality.dedup_index import ImageIndex, TextIndex, band_keys
 from selfsup.data.quality.similarity import char_grams, char_signature, deletion_keys, kind, short_similar
 from selfsup.data.quality.similarity import word_shingles, words_of
@@ -41,17 +43,18 @@ from selfsup.data.read.listing import data_files, mark_logs
 from selfsup.progress import track
 
 
-def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_size: int = 1024) -> dict:
+def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_size: int = 1024,
+          field: str = "text") -> dict:
     if not 0 < near <= 1:
         raise DataError(f"--near {near}: expected a similarity in (0, 1]")
     if num_perm < 8:
         raise DataError(f"--num-perm {num_perm}: expected at least 8 (MinHash estimates the similarity from them)")
     src, dst = check_paths(path, out)
     files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
-    texts = line_files(files, path, "dedup")
+    texts = text_files(files, path, "dedup", field)
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if not texts and not images:
-        raise DataError(f"'{path}' holds no text (.txt, .jsonl) or image files")
+        raise DataError(f"'{path}' holds no text (.txt, .jsonl, .parquet) or image files")
     root = src if src.is_dir() else src.parent
     check_log_names(texts + images, root, path, "dedup")  # what it copies
     dst.mkdir(parents=True, exist_ok=True)
@@ -62,11 +65,11 @@ def dedup(path: str, out: str, near: float = 0.8, num_perm: int = 128, batch_siz
         if texts:
             judge = TextJudge(Path(scratch) / "text.sqlite", [f.relative_to(root).as_posix() for f in texts], near,
                               num_perm)
-            text_pass(texts, root, dst, judge, log, counts, "dedup", batch_size)
+            text_pass(texts, root, dst, judge, log, counts, "dedup", field, batch_size)
             judge.index.close()
         if images:
             _dedup_images(images, root, dst, near, Path(scratch), log, counts)
-    summary = dict(input=str(src), out=str(dst), near=near, num_perm=num_perm, **dict(sorted(counts.items())))
+    summary = dict(input=str(src), out=str(dst), near=near, num_perm=num_perm, text_field=field, **dict(sorted(counts.items())))
     (dst / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -170,8 +173,8 @@ class TextJudge:
             self.grams[norm] = char_grams(norm)
         return self.grams[norm]
 
-    def _original(self, where: tuple[int, int]) -> dict:
-        return {"duplicate_of": {"file": self.rels[where[0]], "line": where[1]}}
+    def _original(self, at: tuple[int, int]) -> dict:
+        return {"duplicate_of": where(self.rels[at[0]], at[1])}
 
 
 def _banding(threshold: float, num_perm: int) -> tuple[int, int]:

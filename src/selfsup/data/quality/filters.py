@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from selfsup.data.errors import DataError
-from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, line_files, text_pass
+from selfsup.data.quality.cleaning import LOGS, Doc, check_log_names, check_paths, text_files, text_pass
 from selfsup.data.read.listing import data_files, mark_logs
 
 
@@ -41,15 +41,15 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
                   max_symbol_ratio: float | None = None, max_repetition: float | None = None,
                   perplexity: Callable[[], Callable[[list[str]], list[float]]] | None = None,
                   max_ppl: float | None = None,
-                  ppl_model: str | None = None) -> dict:
+                  ppl_model: str | None = None, field: str = "text") -> dict:
     """`perplexity` (with `max_ppl`) makes the scorer of a batch of documents, one value each, once the paths are
     known to be right (opening a model takes seconds); documents above `max_ppl` are removed. `ppl_model` names
-    the scorer's run in summary.json."""
+    the scorer's run in summary.json. `field`: the text of a .jsonl line or a .parquet row."""
     src, dst = check_paths(path, out)
     files = [src] if src.is_file() else data_files(src)  # a former pass's logs are not data
-    files = line_files(files, path, "filter")
+    files = text_files(files, path, "filter", field)
     if not files:
-        raise DataError(f"'{path}' holds no .txt or .jsonl files")
+        raise DataError(f"'{path}' holds no .txt, .jsonl or .parquet files")
     root = src if src.is_dir() else src.parent
     check_log_names(files, root, path, "filter")
     score = perplexity() if perplexity is not None else None
@@ -79,9 +79,9 @@ def filter_corpus(path: str, out: str, min_chars: int = 0, max_chars: int | None
     dst.mkdir(parents=True, exist_ok=True)
     mark_logs(dst, LOGS)  # before they exist: never read as data
     with open(dst / "removed.jsonl", "w", encoding="utf-8") as log:
-        text_pass(files, root, dst, judge, log, counts, "filter")
+        text_pass(files, root, dst, judge, log, counts, "filter", field)
     stated = dict(min_chars=min_chars, max_chars=max_chars, max_symbol_ratio=max_symbol_ratio,
                  max_repetition=max_repetition, ppl_model=ppl_model, max_ppl=max_ppl)
-    summary = dict(input=str(src), out=str(dst), rules=stated, **dict(sorted(counts.items())))
+    summary = dict(input=str(src), out=str(dst), text_field=field, rules=stated, **dict(sorted(counts.items())))
     (dst / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

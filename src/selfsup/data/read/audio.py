@@ -1,7 +1,9 @@
-"""Decoding one audio file (its bytes, or its path) into a fixed-length log-mel spectrogram, for the audio cache.
+"""Decoding one audio file (its bytes, or its path) into a fixed-length log-mel spectrogram (or, audio.input=
+waveform, the clip's samples), for the audio cache.
 
     mel, valid, notes = decode_audio(data, sample_rate=16000, seconds=10.0, n_mels=80, n_fft=400, hop=160,
                                      min_seconds=0.5)   # mel: float16 (80, 1001)
+    wave, valid, notes = decode_audio(..., waveform=True)  # wave: float32 (1, 160000), valid: real samples
 
 The pipeline, in order:
 
@@ -18,6 +20,8 @@ The pipeline, in order:
    librosa and Whisper, and the natural log floored at 1e-10 (−23): silence has a fixed, finite value.
 5. Stored as float16: half the disk and page cache of float32, and log values in [−23, 30] keep ~3 significant
    digits, far finer than the noise in any real recording.
+   A waveform row skips 4 and 5: the clip's samples as float32 (1, samples), exactly what soundfile and soxr gave,
+   so an encoder that reads samples (HuBERT's) sees what transformers' feature extractor would be given.
 
 What makes a file unusable raises `Skip(reason)` ("empty file", "corrupt audio", "too short", "silent"); what is
 worth knowing but harmless comes back as notes ("mixed to mono", "resampled", "clipped", "padded", "cropped"),
@@ -50,19 +54,26 @@ MAX_BYTES = 4 << 30  # a file or tar member above 4 GiB (WAV's own limit) is not
 
 @dataclass(frozen=True)
 class AudioRows:
-    """A row of the audio cache: float16 log-mel (n_mels, clip_frames) from a file's bytes (data/cache/rows.py)."""
+    """A row of the audio cache: float16 log-mel (n_mels, clip_frames), or with input "waveform" float32 samples
+    (1, sample_rate × seconds), from a file's bytes (data/cache/rows.py)."""
     sample_rate: int
     seconds: float
     n_mels: int
     n_fft: int
     hop: int
     min_seconds: float
+    input: str = "logmel"
 
-    dtype = np.dtype(np.float16)
     max_bytes = MAX_BYTES
 
     @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.input == "waveform" else np.float16)
+
+    @property
     def shape(self) -> tuple[int, ...]:
+        if self.input == "waveform":
+            return (1, round(self.seconds * self.sample_rate))
         return (self.n_mels, clip_frames(self.sample_rate, self.seconds, self.hop))
 
     def stats(self) -> LogMelStats:
@@ -70,7 +81,8 @@ class AudioRows:
 
     def __call__(self, data: bytes | Path) -> tuple[np.ndarray, int, list[str]]:
         """(row, frames holding real audio, notes)."""
-        return decode_audio(data, self.sample_rate, self.seconds, self.n_mels, self.n_fft, self.hop, self.min_seconds)
+        return decode_audio(data, self.sample_rate, self.seconds, self.n_mels, self.n_fft, self.hop, self.min_seconds,
+                            self.input == "waveform")
 
 
 def clip_frames(sample_rate: int, seconds: float, hop: int) -> int:
@@ -79,9 +91,10 @@ def clip_frames(sample_rate: int, seconds: float, hop: int) -> int:
 
 
 def decode_audio(data: bytes | Path, sample_rate: int, seconds: float, n_mels: int, n_fft: int, hop: int,
-                 min_seconds: float) -> tuple[np.ndarray, int, list[str]]:
+                 min_seconds: float, waveform: bool = False) -> tuple[np.ndarray, int, list[str]]:
     """(log-mel float16 (n_mels, clip_frames), frames covering real audio, notes) of a file's bytes or of the file
-    itself (only the frames the clip needs are read); raises Skip for unusable files."""
+    itself (only the frames the clip needs are read); raises Skip for unusable files. waveform: (float32 samples
+    (1, n), real samples, notes) instead."""
     if not data:
         raise Skip("empty file")
     n = round(seconds * sample_rate)
@@ -118,6 +131,8 @@ def decode_audio(data: bytes | Path, sample_rate: int, seconds: float, n_mels: i
     if real < n:
         x = np.pad(x, (0, n - real))
         notes.append("padded")
+    if waveform:
+        return x[None], real, notes
 
     frames = clip_frames(sample_rate, seconds, hop)
     valid = min(frames, 1 + real // hop)
@@ -150,14 +165,14 @@ def log_mel(x: np.ndarray, sample_rate: int, n_mels: int, n_fft: int, hop: int) 
     # frame fits and the count stays 1 + T // hop.
     padded = np.pad(x.astype(np.float32, copy=False), (n_fft // 2, n_fft - n_fft // 2))  # (T + n_fft,)
     windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:frames]  # (F, n_fft), a view
-    spectrum = np.fft.rfft(windows * _hann(n_fft), axis=-1)  # (F, n_fft // 2 + 1) complex
+    spectrum = np.fft.rfft(windows * hann(n_fft), axis=-1)  # (F, n_fft // 2 + 1) complex
     power = spectrum.real ** 2 + spectrum.imag ** 2  # (F, K)
-    mel = _mel_filters(sample_rate, n_fft, n_mels) @ power.T  # (n_mels, K) @ (K, F) -> (n_mels, F)
+    mel = mel_filters(sample_rate, n_fft, n_mels) @ power.T  # (n_mels, K) @ (K, F) -> (n_mels, F)
     return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32, copy=False)
 
 
 @lru_cache(maxsize=8)
-def _hann(n_fft: int) -> np.ndarray:
+def hann(n_fft: int) -> np.ndarray:
     """Periodic Hann (n_fft,): the STFT convention (scipy's fftbins=True), so overlapped windows sum flat."""
     w = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
     w.flags.writeable = False  # shared by every call through the cache
@@ -165,7 +180,7 @@ def _hann(n_fft: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     """Slaney mel filter bank (n_mels, n_fft // 2 + 1), float32, as librosa's defaults and Whisper use."""
     import librosa.filters  # imported here: librosa takes a second to import, and only this needs it
 

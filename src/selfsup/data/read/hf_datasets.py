@@ -19,6 +19,7 @@ from pathlib import Path
 
 from selfsup.data.errors import DataError
 from selfsup.data.read.parquet import BATCH_ROWS, batch_rows, missing
+from selfsup.data.skipped import skip
 
 STATE = "state.json"  # a Dataset folder
 SPLITS = "dataset_dict.json"  # a DatasetDict folder
@@ -57,9 +58,9 @@ def check_arrow_field(files: list[Path], field: str) -> None:
 
 
 def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expected: str,
-               batch: int = BATCH_ROWS) -> Iterator[dict]:
+               batch: int = BATCH_ROWS, name: str | None = None) -> Iterator[dict]:
     """Rows of `columns` of one .arrow stream file as dicts, `batch` at a time; a file lacking one of them is one
-    line naming its folder."""
+    line naming its folder. `name`: the file's in what is skipped (default its own)."""
     import pyarrow as pa
 
     try:
@@ -68,11 +69,11 @@ def arrow_rows(path: Path, columns: list[str], skipped: Counter, what: str, expe
         reader = pa.ipc.open_stream(pa.OSFile(str(path)))
         names = reader.schema.names
     except (OSError, pa.ArrowException):
-        skipped["unreadable_file"] += 1
+        skip(skipped, "unreadable_file", name or path.name)
         return
     if any(c not in names for c in columns):
         raise missing(shown(path), names, what, expected)
-    yield from batch_rows(_slices(reader, columns, batch), skipped)
+    yield from batch_rows(_slices(reader, columns, batch), skipped, name or path.name)
 
 
 def _slices(reader, columns: list[str], rows: int):

@@ -31,6 +31,7 @@ from selfsup.data.cache.rows import Item
 from selfsup.data.errors import DataError
 from selfsup.data.read.hf_datasets import arrow_rows, arrow_schema, shown
 from selfsup.data.read.parquet import missing, parquet_rows, parquet_schema
+from selfsup.data.skipped import skip
 
 MEDIA_ROWS = CHUNK  # rows held at once: an image may be megabytes, so a decoding task's worth, not parquet's 1024
 TABLE_SUFFIXES = (".parquet", ".arrow")  # .arrow: the files a datasets folder lists (hf_datasets.dataset_files)
@@ -69,25 +70,25 @@ def table_items(f: Path, rel: str, image_field: str, caption_field: str | None, 
     labeled = schema is not None and LABEL in schema.names and _label_type(schema.field(LABEL).type)
     columns = [image_field] + ([caption_field] if caption_field else []) + ([LABEL] if labeled else [])
     columns = list(dict.fromkeys(columns))  # a column named twice is read once
-    for number, row in enumerate(_rows(f, columns, skipped)):
+    for number, row in enumerate(_rows(f, columns, skipped, rel)):
         caption = None
         if caption_field:
             caption = row[caption_field].strip() if isinstance(row[caption_field], str) else ""
             if not caption:
-                skipped["no caption"] += 1
+                skip(skipped, "no caption", rel, number)
                 continue
         value = row[image_field]
         if isinstance(value, dict):  # datasets.Image(): the bytes when it stored them, else the file they came from
             value = value.get("path") if value.get("bytes") is None else value["bytes"]
         if value is None or value == "":
-            skipped[f"no '{image_field}' in row"] += 1
+            skip(skipped, f"no '{image_field}' in row", rel, number)
             continue
         try:
             payload = target(f, value) if isinstance(value, str) else _sized(value, max_bytes)
         except Skip as e:
-            skipped[e.reason] += 1
+            skip(skipped, e.reason, rel, number)
             continue
-        yield Item(f"{rel}#{number}", caption, _label(row.get(LABEL)) if labeled else None, payload)
+        yield Item(rel, number, caption, _label(row.get(LABEL)) if labeled else None, payload)
 
 
 def table_links(f: Path, image_field: str, target: Callable[[Path, str], Path]) -> Iterator[tuple[str, Path]]:
@@ -96,7 +97,7 @@ def table_links(f: Path, image_field: str, target: Callable[[Path, str], Path]) 
     schema = _schema(f)
     if schema is None or image_field not in schema.names or _bytes_type(schema.field(image_field).type):
         return
-    for row in _rows(f, [image_field], Counter()):  # what is skipped is counted when the items are read
+    for row in _rows(f, [image_field], Counter(), f.name):  # what is skipped is counted when the items are read
         value = row[image_field]
         if isinstance(value, dict):
             value = value.get("path") if value.get("bytes") is None else None
@@ -107,9 +108,9 @@ def table_links(f: Path, image_field: str, target: Callable[[Path, str], Path]) 
                 continue
 
 
-def _rows(f: Path, columns: list[str], skipped: Counter) -> Iterator[dict]:
+def _rows(f: Path, columns: list[str], skipped: Counter, rel: str) -> Iterator[dict]:
     read = parquet_rows if f.suffix.lower() == ".parquet" else arrow_rows
-    yield from read(f, columns, skipped, "data.image_field", f"columns {', '.join(columns)}", MEDIA_ROWS)
+    yield from read(f, columns, skipped, "data.image_field", f"columns {', '.join(columns)}", MEDIA_ROWS, name=rel)
 
 
 def _sized(data: bytes, max_bytes: int) -> bytes:

@@ -19,6 +19,7 @@ from selfsup.data.read.hf_datasets import arrow_rows, check_arrow_field, dataset
 from selfsup.data.read.jsonl import json_line
 from selfsup.data.read.listing import data_files
 from selfsup.data.read.parquet import check_text_field, parquet_texts, texts_of
+from selfsup.data.skipped import skip
 from selfsup.hub import snapshot
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -56,110 +57,129 @@ def read_documents(files: list[Path], skipped: Counter, max_chars: int, builtin:
                    field: str = "text", document: str = "line") -> Iterator[str]:
     """Yield documents from `files`; count what was skipped in `skipped` by reason. `field` is the text of a .jsonl
     line, a .parquet or datasets .arrow row; `document` splits every other file: 'line', 'file' or 'paragraph'."""
+    for _, _, text in named_documents(files, None, skipped, max_chars, builtin, field, document):
+        yield text
+
+
+def named_documents(files: list[Path], root: Path | None, skipped: Counter, max_chars: int, builtin: bool = False,
+                    field: str = "text", document: str = "line") -> Iterator[tuple[str, int | None, str]]:
+    """(file, key, document) as read_documents reads them: `file` its path under `root` (its own name when `root` is
+    None or not above it), `key` where in it: the line number (a .txt line or a paragraph's first line, a .jsonl
+    line; from 1), the row index (.parquet, .arrow, a built-in module's docstrings; from 0), or None (a whole
+    file). A `Skipped` (data/skipped.py) gets each skipped document by the same names."""
     check_text_field(files, field)
     check_arrow_field(files, field)
     for f in files:
+        name = f.relative_to(root).as_posix() if root is not None and f.is_relative_to(root) and f != root else f.name
         if builtin:
-            yield from _keep(stdlib_docs.docstrings(f), skipped, max_chars)
+            texts = enumerate(stdlib_docs.docstrings(f))
         elif f.suffix == ".parquet":
-            yield from _keep(parquet_texts(f, field, skipped), skipped, max_chars)
+            texts = parquet_texts(f, field, skipped, name)
         elif f.suffix == ".arrow":  # only a datasets folder lists them (source_files)
-            rows = arrow_rows(f, [field], skipped, f"data.text_field '{field}'", "one of them")
-            yield from _keep(texts_of(rows, field, skipped), skipped, max_chars)
+            rows = arrow_rows(f, [field], skipped, f"data.text_field '{field}'", "one of them", name=name)
+            texts = texts_of(rows, field, skipped, name)
         elif f.suffix == ".jsonl":
-            texts = (_json_text(line, field, skipped) for _, line in read_lines(f, skipped))
-            yield from _keep((t for t in texts if t is not None), skipped, max_chars)
+            texts = ((number, _json_text(line, field, skipped, name, number))
+                     for number, line in read_lines(f, skipped, name))
+            texts = ((number, t) for number, t in texts if t is not None)
         elif document == "file":
-            yield from _keep(_whole_file(f, skipped, max_chars), skipped, max_chars)
+            texts = _whole_file(f, skipped, max_chars, name)
         elif document == "paragraph":
-            yield from _keep(_paragraphs(f, skipped, max_chars), skipped, max_chars)
+            texts = _paragraphs(f, skipped, max_chars, name)
         else:
-            yield from _keep((line for _, line in read_lines(f, skipped)), skipped, max_chars)
+            texts = read_lines(f, skipped, name)
+        for key, text in _keep(texts, skipped, max_chars, name):
+            yield name, key, text
 
 
-def _whole_file(f: Path, skipped: Counter, max_chars: int) -> Iterator[str]:
+def _whole_file(f: Path, skipped: Counter, max_chars: int, name: str) -> Iterator[tuple[None, str]]:
     """The file as one document; one far past max_chars is skipped without reading it (UTF-8: <= 4 bytes a char)."""
     try:
         if f.stat().st_size > 4 * max_chars:
-            skipped["too_long"] += 1
+            skip(skipped, "too_long", name)
             return
         data = f.read_bytes()
     except OSError:
-        skipped["unreadable_file"] += 1
+        skip(skipped, "unreadable_file", name)
         return
     try:
-        yield data.decode("utf-8")
+        yield None, data.decode("utf-8")
     except UnicodeDecodeError:
-        skipped["invalid_utf8"] += 1
+        skip(skipped, "invalid_utf8", name)
 
 
-def _paragraphs(f: Path, skipped: Counter, max_chars: int) -> Iterator[str]:
-    """Blocks of lines between blank lines, streamed; a block with an invalid UTF-8 line is skipped whole, and one
-    past max_chars stops growing (it is counted too_long once, whatever its length)."""
+def _paragraphs(f: Path, skipped: Counter, max_chars: int, name: str) -> Iterator[tuple[int, str]]:
+    """(first line number, block) of the blocks of lines between blank lines, streamed; a block with an invalid
+    UTF-8 line is skipped whole, and one past max_chars stops growing (it is counted too_long once, whatever its
+    length)."""
     try:
         handle = open(f, "rb")
     except OSError:
-        skipped["unreadable_file"] += 1
+        skip(skipped, "unreadable_file", name)
         return
     block: list[bytes] = []
-    size, over = 0, False
+    size, over, first = 0, False, 0
     with handle:
-        for line in chain(handle, [b""]):  # a last empty line ends the last block
+        for number, line in enumerate(chain(handle, [b""]), 1):  # a last empty line ends the last block
             if line.strip():
+                first = first or number
                 size += len(line)
                 over = over or size > 4 * max_chars
                 if not over:
                     block.append(line)
                 continue
             if over:
-                skipped["too_long"] += 1
+                skip(skipped, "too_long", name, first)
             elif block:
                 try:
-                    yield b"".join(block).decode("utf-8")
+                    yield first, b"".join(block).decode("utf-8")
                 except UnicodeDecodeError:
-                    skipped["invalid_utf8"] += 1
-            block, size, over = [], 0, False
+                    skip(skipped, "invalid_utf8", name, first)
+            block, size, over, first = [], 0, False, 0
 
 
-def read_lines(f: Path, skipped: Counter) -> Iterator[tuple[int, str]]:
+def read_lines(f: Path, skipped: Counter, name: str | None = None) -> Iterator[tuple[int, str]]:
     """(line number, decoded line) for the non-blank lines of a file, read a line at a time so a file larger than
-    memory streams; an unreadable file, a line of whitespace and invalid UTF-8 are counted in `skipped`."""
+    memory streams; an unreadable file, a line of whitespace and invalid UTF-8 are counted in `skipped` (and named
+    `name`, default the file's own, with the line number)."""
+    name = name or f.name
     try:
         handle = open(f, "rb")
     except OSError:
-        skipped["unreadable_file"] += 1
+        skip(skipped, "unreadable_file", name)
         return
     with handle:
         for number, line in enumerate(handle, 1):
             line = line.removesuffix(b"\n")
             if not line.strip():
                 if line:  # a line of whitespace is an empty document; a bare newline separates nothing
-                    skipped["empty"] += 1
+                    skip(skipped, "empty", name, number)
                 continue
             try:
                 yield number, line.decode("utf-8")
             except UnicodeDecodeError:
-                skipped["invalid_utf8"] += 1
+                skip(skipped, "invalid_utf8", name, number)
 
 
-def _json_text(line: str, field: str, skipped: Counter) -> str | None:
+def _json_text(line: str, field: str, skipped: Counter, name: str, number: int) -> str | None:
     record = json_line(line)
     if record is None:
-        skipped["bad_json"] += 1
+        skip(skipped, "bad_json", name, number)
         return None
     text = record.get(field) if isinstance(record, dict) else None
     if not isinstance(text, str):
-        skipped[f"no_{field}_field"] += 1
+        skip(skipped, f"no_{field}_field", name, number)
         return None
     return text
 
 
-def _keep(texts, skipped: Counter, max_chars: int) -> Iterator[str]:
-    for text in texts:
+def _keep(texts: Iterable[tuple[int | None, str]], skipped: Counter, max_chars: int,
+          name: str) -> Iterator[tuple[int | None, str]]:
+    for key, text in texts:
         text = text.strip()
         if not text:
-            skipped["empty"] += 1
+            skip(skipped, "empty", name, key)
         elif len(text) > max_chars:
-            skipped["too_long"] += 1
+            skip(skipped, "too_long", name, key)
         else:
-            yield text
+            yield key, text

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from selfsup.data.errors import DataError
 
@@ -45,3 +45,14 @@ def load(path: str | Path, key: str = "tokenizer") -> Tokenizer:
 
 def eos_id(tok: Tokenizer) -> int:
     return tok.token_to_id(EOS)
+
+
+def opening_eos(tok: Tokenizer) -> Tokenizer:
+    """A copy of `tok` whose encode (add_special_tokens, the default of transformers' tokenizers) puts EOS before
+    the text, as every document is opened in training and in `selfsup embed`: [EOS] + text; a pair is two packed
+    documents, [EOS] + a + [EOS] + b. For the exported tokenizers, which other libraries call without our code."""
+    out = Tokenizer.from_str(tok.to_str())
+    eos = eos_id(tok)
+    out.post_processor = processors.TemplateProcessing(single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B:1",
+                                                       special_tokens=[(EOS, eos)])
+    return out

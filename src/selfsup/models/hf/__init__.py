@@ -10,6 +10,8 @@ serves both directions, so an import and an export cannot disagree:
     gpt2.py         GPT2LMHeadModel <-> the GPT decoder with learned positions, biases, LayerNorm, gelu_tanh
     modernbert.py   ModernBertForMaskedLM (and the bare model) <-> the masked-LM encoder, local layers included
     resnet.py       ResNetModel (and a ResNetForImageClassification's trunk) <-> our ResNet-18/50, teachers included
+    vit.py          ViTModel <-> the ViT of image objectives (learned or sin-cos positions; no pooler)
+    dinov2.py       Dinov2Model <-> the ViT with model.layer_scale (vit.py's table, DINOv2's block names)
     clip.py         CLIPModel <-> the two towers of a clip run (ViT + causal text tower)
     siglip.py       SiglipModel <-> the two towers of a siglip run (ViT with attention pooling + text tower)
     open_clip.py    export only, not transformers: a clip run as open_clip's CLIP (--format open_clip)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
-from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
+from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows, positive
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
@@ -89,9 +89,7 @@ def config_values(hf: dict) -> dict[str, object]:
     """Our model keys from a BERT or RoBERTa config.json (BertConfig's defaults where it is silent); model.context:
     the most positions it holds."""
     hf = {"layer_norm_eps": 1e-12, "max_position_embeddings": 512} | hf
-    absent = [k for k in SHAPE.values() if not isinstance(hf.get(k), (int, float)) or hf[k] <= 0]
-    if absent:
-        raise Unsupported(f"config.json has no positive number '{absent[0]}'")
+    positive(hf, SHAPE.values())
     why = _unsupported(hf)
     if why:
         raise Unsupported(why)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig
-from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
+from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows, positive
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
@@ -80,12 +80,6 @@ def clip_names(text_depth: int, vision_depth: int) -> dict[str, str | tuple[str,
     return (text_names(text_depth, "final_layer_norm") | encoder_names("model", "vision_model", vision_depth)
             | modules({"model.embed_norm": "vision_model.pre_layrnorm", "model.norm": "vision_model.post_layernorm"})
             | {"text_proj.weight": "text_projection.weight", "media_proj.weight": "visual_projection.weight"})
-
-
-def positive(hf: dict, keys, where: str) -> None:
-    absent = [k for k in keys if not isinstance(hf.get(k), (int, float)) or hf[k] <= 0]
-    if absent:
-        raise Unsupported(f"config.json has no positive number '{where}.{absent[0]}'")
 
 
 def tower_values(hf: dict, section: str, where: str) -> dict[str, object]:

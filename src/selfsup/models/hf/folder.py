@@ -26,6 +26,13 @@ class Unsupported(ValueError):
     """What our modules cannot hold of a model, as a phrase ("hidden_act 'gelu' (our SwiGLU is silu)")."""
 
 
+def positive(hf: dict, keys, where: str = "") -> None:
+    """Each of `keys` is a positive number in a config.json (`where`: the sub-config's name, as text_config)."""
+    absent = [k for k in keys if not isinstance(hf.get(k), (int, float)) or hf[k] <= 0]
+    if absent:
+        raise Unsupported(f"config.json has no positive number '{where + '.' if where else ''}{absent[0]}'")
+
+
 class Tensors(Mapping):
     """A model's tensors by name, each read from its safetensors file when asked for (so an import holds one of
     them at a time beside the model); asking for one it does not have is one line naming it. `read`: the names

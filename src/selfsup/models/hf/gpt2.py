@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
-from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
+from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows, positive
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
@@ -70,9 +70,7 @@ def _unsupported(hf: dict) -> str | None:
 def config_values(hf: dict) -> dict[str, object]:
     """Our model keys from a GPT-2 config.json (GPT2Config's defaults where it is silent)."""
     hf = {"layer_norm_epsilon": 1e-5} | hf
-    absent = [k for k in SHAPE.values() if not isinstance(hf.get(k), (int, float)) or hf[k] <= 0]
-    if absent:
-        raise Unsupported(f"config.json has no positive number '{absent[0]}'")
+    positive(hf, SHAPE.values())
     why = _unsupported(hf)
     if why:
         raise Unsupported(why)

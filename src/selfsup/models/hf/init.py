@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import ConfigError, RunConfig, validate
 from selfsup.data.read.tokenizer import EOS, MASK, PAD
-from selfsup.models.hf import bert, clip, gpt2, llama, modernbert, resnet, siglip
+from selfsup.models.hf import bert, clip, dinov2, gpt2, hubert, llama, modernbert, resnet, siglip, vit
 from selfsup.models.hf.folder import (Unsupported, context_limit, described, image_normalisation, provenance,
                                       read_config, read_weights, renames, resolve, token_ids, tokenizer)
 
 if TYPE_CHECKING:
     from torch import nn
 
-FAMILIES = (llama, gpt2, bert, modernbert, resnet, clip, siglip)  # each reads the model_types it names
+FAMILIES = (llama, gpt2, bert, modernbert, resnet, vit, dinov2, clip, siglip, hubert)  # by their model_types
 
 
 def family_of(source: str, hf: dict):
@@ -109,7 +109,7 @@ def load_init(cfg: RunConfig, objective: nn.Module, pinned: str | None = None) -
         line += f"; not used: {', '.join(unused[:4])}" + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
     fresh = sorted({".".join(n.split(".")[:3 if n.startswith("terms.") else 1]) for n, _ in
                     objective.named_parameters() if n not in copied and not n.startswith("model.")})
-    if fresh and cfg.modality == "text":  # heads the folder does not hold (a bare encoder's MLM head, SimCSE's projector)
+    if fresh and cfg.modality == "text":  # heads the folder lacks (a bare encoder's MLM head, SimCSE's projector)
         line += f"; {', '.join(fresh)} start{'s' if len(fresh) == 1 else ''} fresh (not in the folder)"
     if family.TOKENIZER and Path(cfg.data.tokenizer) != folder / "tokenizer.json":
         import json

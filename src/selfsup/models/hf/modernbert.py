@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
 from selfsup.models.hf.bert import head_prefix
-from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
+from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows, positive
 
 if TYPE_CHECKING:
     import torch
@@ -110,9 +110,7 @@ def _unsupported(hf: dict) -> str | None:
 def config_values(hf: dict) -> dict[str, object]:
     """Our model keys from a ModernBERT config.json (ModernBertConfig's defaults where it is silent)."""
     hf = DEFAULTS | hf
-    absent = [k for k in SHAPE.values() if not isinstance(hf.get(k), (int, float)) or hf[k] <= 0]
-    if absent:
-        raise Unsupported(f"config.json has no positive number '{absent[0]}'")
+    positive(hf, SHAPE.values())
     why = _unsupported(hf)
     if why:
         raise Unsupported(why)

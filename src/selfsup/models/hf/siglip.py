@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from selfsup.config import RunConfig
-from selfsup.models.hf.clip import (encoder_names, logit_scale, modules, positive, split, text_names, text_values,
+from selfsup.models.hf.clip import KEYS as CLIP_KEYS
+from selfsup.models.hf.clip import (encoder_names, logit_scale, modules, split, text_names, text_values,
                                     tower_config, tower_unfit, tower_values)
-from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows
+from selfsup.models.hf.folder import Tensors, Unsupported, pad_rows, positive
 
 if TYPE_CHECKING:  # torch is imported where weights move: a config error answers at once
     import torch
@@ -38,15 +39,7 @@ TEXT = {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 3072, "num
 VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
           "num_channels": 3, "image_size": 224, "patch_size": 16, "hidden_act": "gelu_pytorch_tanh",
           "layer_norm_eps": 1e-6, "vision_use_head": True}
-SHAPE = {"dim": "hidden_size", "depth": "num_hidden_layers", "heads": "num_attention_heads",
-         "mlp_hidden": "intermediate_size", "norm_eps": "layer_norm_eps"}
-KEYS = ({f"model.{k}": f"vision_config.{v}" for k, v in SHAPE.items()}
-        | {f"text.{k}": f"text_config.{v}" for k, v in SHAPE.items()}
-        | {"image.size": "vision_config.image_size", "model.patch": "vision_config.patch_size",
-           "image.channels": "vision_config.num_channels", "text.vocab_size": "text_config.vocab_size",
-           "text.context": "text_config.max_position_embeddings", "model.mlp": "vision_config.hidden_act",
-           "text.mlp": "text_config.hidden_act", "align.embed_dim": "vision_config.hidden_size",
-           "image.mean": "preprocessor_config.json's image_mean", "image.std": "preprocessor_config.json's image_std"})
+KEYS = CLIP_KEYS | {"align.embed_dim": "vision_config.hidden_size"}  # for messages: CLIP's, but no projection
 
 
 def siglip_names(text_depth: int, vision_depth: int) -> dict[str, str | tuple[str, ...]]:
