@@ -191,7 +191,7 @@ class VideoConfig(Section):
     temporal_depth: int = Field(1, ge=1, description="temporal transformer blocks")
 
 
-TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
+TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale", "weight_init")
 TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
 VIT_OPTIONS = ("learned_positions", "embed_norm", "position_grid")  # a ViT's (learned positions: a text trunk's too)
 
@@ -225,6 +225,11 @@ class ModelConfig(Section):
                                                   "(pre, GPT-2 onwards) or each residual sum (post, BERT)")
     layer_scale: float | None = Field(None, gt=0, description="transformers: a learned per-channel scale on each "
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
+    weight_init: Literal["gpt2", "clip"] = Field("gpt2", description="transformer: how the blocks start: gpt2 "
+                                                 "(N(0, 0.02), residual outputs / sqrt(2·depth)) or clip (scaled by "
+                                                 "the width D as CLIP's text transformer: query/key/value D^-0.5, "
+                                                 "residual outputs D^-0.5 / sqrt(2·depth), MLP up (2D)^-0.5, learned "
+                                                 "text positions N(0, 0.01)); the clip and siglip recipes' towers")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
                                     "(ViT, DINOv2, CLIP, SigLIP; the class token's position is part of the class "
