@@ -25,6 +25,9 @@ from tests.test_hf_clip import CAPTIONS, MEAN, SMALL, STD, WORDS, clip_tokenizer
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
+# the keys that make the siglip recipe SigLIP's architecture (with align.embed_dim=model.dim)
+SIGLIP_SHAPE = ["model.pooling=map", "text.learned_positions=true", "text.embed_norm=false", "text.pooling=last",
+                "align.media_proj=false", "align.attend_padding=true"]
 
 
 def siglip_tokenizer():
@@ -179,25 +182,31 @@ def test_what_does_not_map_is_one_line(hf_siglip, pairs, tmp_path):  # noqa: F81
                             "117")
     cfg = load_config("siglip", [f"model.init={folder}", f"data.path={pairs}", "align.max_logit_scale=117"])
     load_init(cfg, build_objective(cfg, load(cfg.data.tokenizer)))
-    assert siglip.unfit(load_config("siglip", [])) is None  # the recipe is SigLIP's shape
-    assert siglip.unfit(load_config("siglip", ["model.pooling=cls"])) == ("model.pooling=map (SigLIP's attention "
-                                                                         "pooling head) and no model.embed_norm")
+    # the recipe is not SigLIP's shape (it learns faster): its run is told every key at once, in one line
+    assert siglip.unfit(load_config("siglip", [])) == (
+        "model.pooling=map (SigLIP's attention pooling head) and no model.embed_norm, and text.causal=false, "
+        "text.learned_positions=true, text.embed_norm=false, text.pooling=last, and align.media_proj=false "
+        "(align.embed_dim=model.dim), align.attend_padding=true")
+    assert siglip.unfit(load_config("siglip", [*SIGLIP_SHAPE, "align.embed_dim=192"])) is None
+    assert siglip.unfit(load_config("siglip", [*SIGLIP_SHAPE, "align.embed_dim=192", "model.pooling=cls"])) == (
+        "model.pooling=map (SigLIP's attention pooling head) and no model.embed_norm")
     with pytest.raises(ConfigError, match="model.pooling=map pools a ViT without class token for clip/siglip on "
                                           "images; this run is objective dino"):
         load_config("dino", ["model.pooling=map"])
     with pytest.raises(ConfigError, match="align.media_proj=false makes the media tower's features"):
-        load_config("siglip", ["align.embed_dim=256"])
+        load_config("siglip", ["align.media_proj=false", "align.embed_dim=256"])
     assert json.loads((folder / "config.json").read_text())["model_type"] == "siglip"
 
 
 def test_a_run_from_scratch_with_the_recipe_exports(pairs, tmp_path):  # noqa: F811
-    """The recipe is SigLIP's architecture and the BPE it trains closes every caption with <|endoftext|> and pads
-    with it, read whole to the last position: SiglipModel gives our embeddings, its processor our captions."""
+    """The recipe with SigLIP's keys (SIGLIP_SHAPE) is SigLIP's architecture and the BPE it trains closes every
+    caption with <|endoftext|> and pads with it, read whole to the last position: SiglipModel gives our embeddings,
+    its processor our captions."""
     from selfsup.rundir import open_run
 
     out = tmp_path / "run"
     shape = ["model.dim=32", "model.depth=2", "model.heads=2", "text.dim=32", "text.depth=2", "text.heads=2",
-             "text.vocab_size=600", "text.context=16", "align.embed_dim=32", "image.size=16"]  # sizes alone
+             "text.vocab_size=600", "text.context=16", "align.embed_dim=32", "image.size=16", *SIGLIP_SHAPE]
     invoke("train", "siglip", f"data.path={pairs}", f"out_dir={out}", *shape, *SMALL, "optim.lr=0.01")
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
     cfg, objective, tok = open_run(out, torch.device("cpu"))

@@ -229,7 +229,7 @@ class ModelConfig(Section):
                                                  "(N(0, 0.02), residual outputs / sqrt(2·depth)) or clip (scaled by "
                                                  "the width D as CLIP's text transformer: query/key/value D^-0.5, "
                                                  "residual outputs D^-0.5 / sqrt(2·depth), MLP up (2D)^-0.5, learned "
-                                                 "text positions N(0, 0.01)); the clip and siglip recipes' towers")
+                                                 "text positions N(0, 0.01)); the clip recipe's towers")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
                                     "(ViT, DINOv2, CLIP, SigLIP; the class token's position is part of the class "
