@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from selfsup import config
+from selfsup.data.cache.encode import is_val
 from selfsup.data.cache.media import prepare_media
-from selfsup.data.cache.tokens import is_val
 from selfsup.data.read.captions import caption_arrays
 from selfsup.data.read.tokenizer import train_bpe
 from selfsup.dist import gather, rank_and_world

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from selfsup import config
 from selfsup.cli import app
-from selfsup.config import ConfigError
+from selfsup.config import ConfigError, DataConfig
+from selfsup.data.cache import tokens
 from selfsup.data.errors import DataError
 from selfsup.data.load.mixture import Mixture
 from selfsup.data.load.rows import RowLoader
@@ -172,6 +173,18 @@ def test_image_run_continues_with_its_normalisation_and_replay(tmp_path):
     assert summary["data"]["replay"]["images"]["train"] > 0 and summary["data"]["images"]["train"] < 500
     assert all("val_loss_old" in json.loads(line)
                for line in (tmp_path / "mae-continual" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_continuation_on_token_shards_is_the_continuation_on_their_corpus(parent, child, new_corpus, tmp_path):
+    """The new stream tokenized ahead with the parent's tokenizer (`selfsup data tokenize --tokenizer`), which the
+    shards hold re-saved: the continuation reads them in place and trains as it does on the corpus."""
+    shards = tmp_path / "shards"
+    tokens.tokenize(DataConfig(path=str(new_corpus), tokenizer=str(parent / "tokenizer.json")), None, shards,
+                    log=lambda s: None)
+    out = tmp_path / "on-shards"
+    trainer.train(load_config(str(parent), [f"continual.data={shards}", "continual.replay=0.25", *CHILD,
+                                            f"out_dir={out}"]), quiet())
+    assert losses(out) == losses(parent.with_name("parent-continual"))
 
 
 def test_one_line_errors(parent, new_corpus, child, tmp_path):

@@ -26,6 +26,7 @@ from selfsup.probe.metrics import accuracy, macro_f1
 from selfsup.train import trainer
 from tests.conftest import TINY
 from tests.test_cli import invoke, runner
+from tests.test_vision import run_main
 
 
 
@@ -335,6 +336,29 @@ def test_cli_embed_writes_npy_and_jsonl(mlm_run, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "emb.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == ["Return the number of items.", "Split the path into a pair.", "Open a file."]
     np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), emb, rtol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["knn", "linear"])
+def test_cli_eval_whiten_states_it_and_whitens_the_baseline_too(mlm_run, docstring_set, task):
+    data, _ = docstring_set
+    labeled = ["--train", data / "train.jsonl", "--test", data / "test.jsonl", "--device", "cpu"]
+    invoke("eval", mlm_run, "--task", task, *labeled, "--baseline", "random")
+    plain = json.loads((mlm_run / "eval" / f"{task}.json").read_text())
+    invoke("eval", mlm_run, "--task", task, *labeled, "--baseline", "random", "--whiten")
+    r = json.loads((mlm_run / "eval" / f"{task}.json").read_text())
+    for model in ("pretrained", "random"):
+        assert "BERT-whitening" in r[model]["protocol"] and "BERT-whitening" not in plain[model]["protocol"]
+        assert 0 <= r[model]["accuracy"] <= 1
+    assert (r["pretrained"]["accuracy"], r["random"]["accuracy"]) != (plain["pretrained"]["accuracy"],
+                                                                      plain["random"]["accuracy"])
+
+
+def test_eval_whiten_with_another_task_is_a_one_line_error(mlm_run, docstring_set, monkeypatch, capsys):
+    data, _ = docstring_set
+    code, _, err = run_main(monkeypatch, capsys, "eval", mlm_run, "--task", "finetune", "--whiten",
+                            "--train", data / "train.jsonl", "--test", data / "test.jsonl")
+    assert code == 2 and err.strip().splitlines() == ["error: --whiten is for --task linear and knn (got --task "
+                                                      "finetune)"]
 
 
 def test_cli_data_labeled_docstrings(tmp_path):

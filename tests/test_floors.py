@@ -13,15 +13,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 
 # lowest first; a name is a module or a package (every module under it)
 FLOORS = [
-    ("ground", ["selfsup", "selfsup.config", "selfsup.dist", "selfsup.batch_random", "selfsup.seed",
-                "selfsup.progress", "selfsup.files", "selfsup.hub"]),
+    ("ground", ["selfsup", "selfsup.config", "selfsup.budget", "selfsup.dist", "selfsup.batch_random",
+                "selfsup.seed", "selfsup.progress", "selfsup.files", "selfsup.hub"]),
     ("data", ["selfsup.data"]),
     ("models · views · probe", ["selfsup.models", "selfsup.views", "selfsup.probe"]),
     ("objectives", ["selfsup.objectives"]),
     ("train", ["selfsup.train"]),
     ("eval · export · report", ["selfsup.eval", "selfsup.export", "selfsup.report", "selfsup.generate",
                                 "selfsup.quantize", "selfsup.rundir", "selfsup.inspect", "selfsup.model_card",
-                                "selfsup.onnx_export"]),
+                                "selfsup.onnx_export", "selfsup.plan"]),
     ("cli", ["selfsup.cli", "selfsup.__main__"]),
 ]
 

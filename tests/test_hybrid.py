@@ -16,7 +16,8 @@ from selfsup import config
 from selfsup.data.read.tokenizer import train_bpe
 from selfsup.objectives.build import build_objective
 from selfsup.objectives.hybrid import Hybrid, weight_at
-from selfsup.objectives.simcse import SimCSE, longest_segment
+from selfsup import batch_random
+from selfsup.objectives.simcse import SimCSE, crop_span, longest_segment
 from selfsup.report import write_report
 from selfsup.seed import seed_everything
 from tests.conftest import TINY
@@ -151,6 +152,40 @@ def test_simcse_views_differ_and_the_loss_is_info_nce(tok):
     sim = torch.nn.functional.normalize(z1, dim=-1) @ torch.nn.functional.normalize(z2, dim=-1).t() / 0.5
     expected = -(sim.diag() - sim.logsumexp(dim=1)).sum()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_crop_span_is_a_contiguous_share_of_each_text_drawn_independently():
+    segment = torch.zeros(64, 20, dtype=torch.bool)
+    segment[:, 4:14] = True  # a text of 10 tokens at positions 4..13
+    segment[::2, 4:6] = False  # every other row: 8 tokens at 6..13
+    batch_random.seed(0)
+    a, b = crop_span(segment, 0.5), crop_span(segment, 0.5)
+    for crop in (a, b):
+        assert (crop & ~segment).sum() == 0  # inside the text
+        assert crop.sum(1).tolist() == [4, 5] * 32  # round(0.5 · length)
+        ends = crop.int().diff(dim=1).abs().sum(1)
+        assert (ends <= 2).all()  # one contiguous run
+    assert not torch.equal(a, b)  # the two views' spans are drawn independently
+    starts = a.int().argmax(1)[1::2]  # the 10-token rows: starts 4..9, each possible
+    assert set(starts.tolist()) <= set(range(4, 10)) and len(set(starts.tolist())) > 3
+
+
+def test_simcse_crop_embeds_each_view_from_its_span_alone(tok):
+    cfg = config.load("simcse", [*TINY, "model.dropout=0", "simcse.crop=0.5"])
+    torch.manual_seed(0)
+    simcse = build_objective(cfg, tok).eval()
+    tokens = torch.randint(10, 250, (4, 16))
+    tokens[:, 0] = 0
+    batch_random.seed(3)
+    out = simcse({"tokens": tokens})
+    z1, z2 = out.projections
+    assert out.count == 4 and torch.isfinite(out.loss) and not torch.allclose(z1, z2)  # no dropout: the crops differ
+    batch_random.seed(3)
+    span = crop_span(longest_segment(torch.cumsum(tokens == 0, dim=1)), 0.5)[:1]  # the first view of row 0
+    alone = tokens[:1][span].unsqueeze(0)  # (1, 8): the span's tokens by themselves
+    with torch.no_grad():
+        expected = simcse.model(alone).mean(dim=1)  # (1, D)
+    torch.testing.assert_close(out.embeddings[0][:1], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_simcse_without_any_noise_is_a_one_line_config_error(tok):

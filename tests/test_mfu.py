@@ -7,6 +7,7 @@ from selfsup.train import mfu
 
 def test_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path))
+    monkeypatch.setattr(mfu.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     calls = []
     monkeypatch.setattr(mfu, "_measure", lambda device, dtype: calls.append(dtype) or 1.5e11)
     assert mfu.peak_flops(torch.device("cpu"), torch.float32) == 1.5e11
@@ -15,6 +16,18 @@ def test_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
     assert calls == [torch.float32, torch.bfloat16]  # one measurement per precision
     cached = json.loads((tmp_path / "peak_flops.json").read_text())
     assert len(cached) == 2 and all("threads=" in k for k in cached)
+
+
+def test_a_peak_measured_on_a_busy_cpu_serves_its_run_only(monkeypatch, tmp_path):
+    """Measured while other processes hold the cores, the peak reads low and every later run's MFU would read high."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path))
+    monkeypatch.setattr(mfu.os, "getloadavg", lambda: (float(mfu.os.cpu_count()), 0.0, 0.0))
+    calls = []
+    monkeypatch.setattr(mfu, "_busy", {})
+    monkeypatch.setattr(mfu, "_measure", lambda device, dtype: calls.append(dtype) or 4e10)
+    assert mfu.peak_flops(torch.device("cpu"), torch.float32) == 4e10
+    assert mfu.peak_flops(torch.device("cpu"), torch.float32) == 4e10
+    assert calls == [torch.float32] and not (tmp_path / "peak_flops.json").exists()
 
 
 def test_measured_peak_is_a_plausible_matmul_rate():

@@ -147,7 +147,7 @@ def test_training_prints_one_plain_line_per_logged_step(trained):
     assert [bool(m[3]) for m in shown] == [True, True, False]  # time left, until the end
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [f"{r['loss']:.4f}" for r in metrics] == [m[2] for m in shown]  # the lines show what was logged
-    assert re.search(r"^tokenizing \d+ documents  [\d,]+ documents/s$", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^tokenizing \d+ documents  [\d,]+ tokens  [\d,]+ documents/s$", proc.stderr, re.M), proc.stderr
 
 
 def test_eval_and_embed_print_their_progress(trained, tmp_path):

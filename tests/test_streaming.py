@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from selfsup import config
-from selfsup.data.cache.tokens import is_val
+from selfsup.data.cache.encode import is_val
 from selfsup.data.errors import DataError
 from selfsup.data.load.rows import RowLoader
 from selfsup.data.stream.index import shard_index

@@ -1,9 +1,10 @@
-"""The `selfsup` command line: train, recipes, eval, embed, generate, export, compare, report, inspect and data. Parsing
-arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
+"""The `selfsup` command line: train, recipes, plan, eval, embed, generate, export, compare, report, inspect and data.
+Parsing arguments and printing results only; the work is done on the floors below (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,6 +60,11 @@ def train(
     from selfsup.report import summary_table, write_report  # torch: only once the config holds
     from selfsup.train import launch
 
+    if "RANK" not in os.environ:  # once, before any worker starts: what the run will hold and take
+        from selfsup.plan.estimate import run_device, start_lines
+
+        for line in start_lines(cfg, run_device(cfg), cfg.dist.nproc_per_node, cfg.dist.nnodes):
+            console.print(line, markup=False, highlight=False, style="yellow" if line.startswith("warning") else None)
     allowed = [f"--allow-changes={k}" for k in allow_changes or []]
     summary = launch.train_or_launch(cfg, ["train", source, *allowed, *(overrides or [])], console,
                                      allow_changes or [])
@@ -94,6 +100,32 @@ def recipes(scale: bool = typer.Option(False, "--scale", help="also list the pap
                 console.print(f"{name:<16} {params / 1e6:>7.1f}M  {config_mod.recipe_summary(path)}")
 
 
+@app.command()
+def plan(
+    recipe: str = typer.Argument(..., help="a recipe name (see `selfsup recipes --scale`) or a YAML file"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. dist.strategy=fsdp"),
+    gpus: int = typer.Option(8, "--gpus", min=1, help="devices per node"),
+    gpu: str = typer.Option("h100", "--gpu", help="the device: h100, h200, a100-80gb, a100-40gb, l4, mi300x"),
+    nodes: int = typer.Option(1, "--nodes", min=1, help="machines"),
+    mfu: Optional[float] = typer.Option(None, "--mfu", min=0.01, max=1.0, help="model FLOPs utilisation to assume "
+                                        "(default 0.40, bf16 transformer training)"),
+    price: Optional[float] = typer.Option(None, "--price", min=0.0, help="$ per device-hour, for a cost"),
+):
+    """What a run will take before it starts: memory per device (weights, gradients, optimizer state, activations;
+    per strategy, with and without activation checkpointing), the largest micro-batch that fits, FLOPs per step,
+    step time, throughput, wall-clock, device-hours, energy and cost. Nothing is allocated: the model is built on
+    the meta device and its passes run on fake tensors."""
+    cfg = config_mod.load(recipe, overrides or [])
+    from selfsup.plan.devices import DEVICES
+
+    if gpu not in DEVICES:
+        raise config_mod.ConfigError(f"--gpu {gpu!r} is not in the device table; expected one of {', '.join(DEVICES)}")
+    from selfsup.plan.estimate import MFU, make_plan, table_lines
+
+    for line in table_lines(make_plan(cfg, DEVICES[gpu], gpus, nodes, mfu or MFU, price)):
+        console.print(line, markup=False, highlight=False)
+
+
 @app.command(name="eval")
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory"),
@@ -126,6 +158,9 @@ def evaluate(
                                                  "Repeatable"),
     k: int = typer.Option(20, help="knn: neighbours that vote (the accuracy at k=200 is reported beside it)"),
     temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
+    whiten: bool = typer.Option(False, "--whiten", help="linear, knn: BERT-whitening of the features (every model "
+                                "evaluated, baselines too), the mean and covariance fitted on --train: removes the "
+                                "common direction of a trained text encoder's anisotropic features (BENCHMARKS.md)"),
     epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
     layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
@@ -149,7 +184,7 @@ def evaluate(
     from selfsup.rundir import open_run
 
     baselines = baseline or []
-    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines)
+    spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines, whiten)
     dev = resolve_device(device, "--device")
     out = run_dir / "eval" / f"{task}.json"
     if task == "forgetting":
@@ -178,7 +213,7 @@ def evaluate(
         result = transfer(task, run_dir, cfg, objective, tok, train, test, baselines, dev,
                           dict(batch_size=batch_size, seed=cfg.seed, k=k, temperature=temperature, epochs=epochs,
                                lr=lr, layer_decay=layer_decay, patience=patience, freeze_blocks=freeze_blocks,
-                               l2sp=l2sp), progress=_progress)
+                               l2sp=l2sp, whiten=whiten), progress=_progress)
         _print(*tables.transfer(result, cfg.modality))
     _save(out, result)
     console.print(f"written: {out}")
@@ -230,8 +265,9 @@ def embed(
     console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, docstrings, digits, tones, "
-                       "moving-digits) and clean them (dedup, filter).")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, labeled-packages, docstrings, "
+                       "digits, tones, moving-digits), clean them (dedup, filter) and tokenize text ahead of training "
+                       "(tokenize).")
 app.add_typer(data_app, name="data")
 
 
@@ -321,6 +357,61 @@ def filter_data(
     console.print(f"kept documents in {out}; removals in {out}/removed.jsonl")
 
 
+@data_app.command("tokenize")
+def tokenize(
+    corpus: str = typer.Argument(..., help="text as data.path reads it: a .txt/.jsonl/.parquet file or a folder of "
+                                 "them, a datasets folder, hf:datasets/ORG/NAME or builtin:python-docstrings"),
+    settings: Optional[list[str]] = typer.Argument(None, help="data.KEY=VALUE settings the shards depend on, as a "
+                                                   "run's: data.document, data.extensions, data.text_field, "
+                                                   "data.val_fraction, data.max_doc_chars (a run reading the shards "
+                                                   "must have the same)"),
+    out: Path = typer.Option(..., help="a new or empty folder, neither inside CORPUS nor holding it: .bin shards, "
+                             "tokenizer.json and meta.json; train with data.path=OUT"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenize with this tokenizer.json (e.g. a run's)"),
+    vocab_size: Optional[int] = typer.Option(None, help="or train a byte-level BPE of this many tokens on the "
+                                             "training documents, as a run with model.vocab_size=N does"),
+    workers: Optional[int] = typer.Option(None, help="tokenizing processes (default: min(cores, 8); 0: in this "
+                                          "process, on tokenizers' own threads); the shards are the same bytes for "
+                                          "any number"),
+):
+    """Tokenize a corpus into token shards ahead of training, on every core, so that runs on many machines read the
+    same shards (data.path=OUT) instead of each tokenizing it. A run on OUT gets the batches a run on CORPUS would,
+    given the same data settings and model.vocab_size. Bad documents and unreadable files are skipped and counted."""
+    from selfsup.data.cache.tokens import SETTINGS, tokenize as write_tokens
+    from selfsup.data.errors import DataError
+
+    if (tokenizer is None) == (vocab_size is None):
+        raise DataError("expected one of --tokenizer FILE (tokenize with it) and --vocab-size N (train a BPE of N "
+                        "tokens first)")
+    if vocab_size is not None and vocab_size < 260:
+        raise DataError(f"--vocab-size {vocab_size}: expected at least 260 (256 bytes, 3 special tokens, a merge)")
+    if workers is not None and workers < 0:
+        raise DataError(f"--workers {workers}: expected 0 (in this process) or more")
+    data = {"path": corpus, "tokenizer": str(tokenizer) if tokenizer else None, "workers": workers}
+    for text in settings or []:
+        key, value = config_mod.parse_override(text)
+        if key not in [f"data.{k}" for k in SETTINGS]:
+            raise config_mod.ConfigError(f"'{key}' is not a setting token shards depend on; expected one of "
+                                         + ", ".join(f"data.{k}" for k in SETTINGS))
+        data[key.removeprefix("data.")] = value
+    cfg = config_mod.validate({"data": data}).data
+    meta = write_tokens(cfg, vocab_size, out, log=lambda line: err.print(line, soft_wrap=True, markup=False,
+                                                                         highlight=False))
+    table = Table(title=f"token shards of {corpus}")
+    for col in ("", "train", "val"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key in ("documents", "tokens"):
+        table.add_row(key, *(f"{meta[key][s]:,}" for s in ("train", "val")))
+    table.add_row("shards", *(str(len(meta["shards"][s])) for s in ("train", "val")))
+    console.print(table)
+    console.print(f"skipped: {', '.join(f'{k}: {v:,}' for k, v in meta['skipped'].items()) or 'none'}")
+    keys = " ".join(f"data.{k}={','.join(v) if isinstance(v, list) else v}"
+                    for k, v in cfg.model_dump(include=set(SETTINGS)).items()
+                    if v != config_mod.DataConfig.model_fields[k].default)
+    console.print(f"{meta['vocab']:,}-token tokenizer; train with data.path={out} model.vocab_size={meta['vocab']}"
+                  + (f" {keys}" if keys else ""))
+
+
 @data_app.command("tones")
 def tones(out: Path = typer.Option(..., help="output folder for train/ and test/ (one sub-folder per sound)"),
           seed: int = typer.Option(0, help="the same seed writes the same files")):
@@ -361,6 +452,32 @@ def labeled_docstrings(
 
     summary = build(out, classes, per_class)
     table = Table(title=f"stdlib docstrings by package: {len(summary['classes'])} classes")
+    for col in ("class", "train", "test"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in summary["classes"]:
+        table.add_row(c, str(summary["train"]["per_class"].get(c, 0)), str(summary["test"]["per_class"].get(c, 0)))
+    table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
+    console.print(table)
+    console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
+
+
+@data_app.command("labeled-packages")
+def labeled_packages(
+    out: Path = typer.Option(..., help="output folder for train.jsonl and test.jsonl"),
+    classes: int = typer.Option(12, help="the N Sections with the most package descriptions become the classes"),
+    per_class: Optional[int] = typer.Option(400, help="at most this many texts per class (classes are balanced: "
+                                            "each has the size of the smallest kept one, at most this)"),
+    min_per_class: int = typer.Option(50, help="Sections with fewer descriptions than this are dropped"),
+    source: Optional[Path] = typer.Option(None, help="a file in dpkg's status format to read instead of "
+                                          "`apt-cache dumpavail` (else /var/lib/dpkg/status)"),
+):
+    """A second real labeled text set on Debian-based machines: package descriptions labeled by their Section
+    (libs, python, games, ...), from `apt-cache dumpavail` or dpkg's status database, split 80/20 by a hash of the
+    text. Unlike the labeled docstrings, the built-in pretraining corpus does not hold these texts."""
+    from selfsup.data.builtin.labeled_packages import build
+
+    summary = build(out, classes, per_class, min_per_class, source=source)
+    table = Table(title=f"package descriptions by Section ({summary['source']}): {len(summary['classes'])} classes")
     for col in ("class", "train", "test"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in summary["classes"]:

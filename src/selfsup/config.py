@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from selfsup import budget
+
 BUILTIN_CORPUS = "builtin:python-docstrings"
 TEXT_OBJECTIVES = ("clm", "mlm", "plm")
 IMAGE_OBJECTIVES = ("simclr", "mocov2", "mocov3", "byol", "dino", "mae", "beit", "swav", "deepcluster")
@@ -101,7 +103,9 @@ class DataConfig(Section):
     doc_mask: bool = Field(True, description="packed documents do not attend to each other")
     cache_dir: str | None = Field(None, description="where token shards and decoded images are cached (default "
                                   "~/.cache/selfsup)")
-    workers: int | None = Field(None, ge=0, description="image decoding processes (default: min(cores, 8))")
+    workers: int | None = Field(None, ge=0, description="processes that decode images and media or tokenize text "
+                                "(default: min(cores, 8); 0: in the run's own process); the data made is the same "
+                                "for any number")
     streaming: bool = Field(False, description="images and pairs in webdataset .tar shards: decode on the fly instead "
                             "of into a cache first; each process and decoding worker reads its own shards, whole "
                             "shards are held out for validation by a hash of their name, statistics are measured on "
@@ -340,6 +344,9 @@ class PLMConfig(Section):
 class SimCSEConfig(Section):
     mask_p: float = Field(0.0, ge=0, lt=1, description="besides dropout (model.dropout), each of the two views "
                           "masks this share of tokens as MLM does (0: SimCSE's dropout-only views)")
+    crop: float = Field(0.0, ge=0, lt=1, description="an option beyond SimCSE, Contriever's independent cropping "
+                        "(Izacard et al. 2021): each view is a random contiguous span of this share of the text, "
+                        "drawn independently per view (0: SimCSE's whole text)")
 
 
 class ViewsConfig(Section):
@@ -362,7 +369,8 @@ class ViewsConfig(Section):
 class SSLConfig(Section):
     temperature: float = Field(0.2, gt=0, description="softmax temperature of contrastive and swapped losses")
     momentum: float = Field(0.99, ge=0, le=1, description="EMA of the momentum encoder/teacher (MoCo v2: constant; "
-                            "MoCo v3, BYOL, DINO: start of a cosine schedule to 1)")
+                            "MoCo v3, BYOL, DINO: start of a cosine schedule to 1); unless set, capped at a teacher "
+                            "half-life of half of train.max_steps (budget.py)")
     queue_size: int = Field(4096, gt=0, description="MoCo v2: negative keys kept")
     proj_hidden: int = Field(2048, gt=0, description="projection MLP hidden width (also the DINO head's)")
     proj_dim: int = Field(128, gt=0, description="projection output (the embedding the loss or the DeepCluster "
@@ -378,9 +386,11 @@ class DINOConfig(Section):
     student_temp: float = Field(0.1, gt=0)
     teacher_temp: float = Field(0.04, gt=0, description="teacher temperature after warm-up")
     warmup_teacher_temp: float = Field(0.04, gt=0, description="teacher temperature at step 0")
-    teacher_temp_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the teacher temperature")
+    teacher_temp_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the teacher temperature; unless "
+                                           "set, at most 30% of train.max_steps (budget.py)")
     center_momentum: float = Field(0.9, ge=0, lt=1)
-    freeze_last_layer_steps: int = Field(0, ge=0, description="the last layer gets no update for this many steps")
+    freeze_last_layer_steps: int = Field(0, ge=0, description="the last layer gets no update for this many steps; "
+                                         "unless set, at most a third of train.max_steps (budget.py)")
     head_bn: bool = Field(False, description="BatchNorm in the head's hidden layers (DINO's use_bn_in_head, its "
                           "ResNet setting): keeps small-data runs from collapsing to a uniform teacher")
 
@@ -403,12 +413,14 @@ class SwAVConfig(Section):
     prototypes: int = Field(512, gt=1, description="(3000 in the paper for ImageNet)")
     epsilon: float = Field(0.05, gt=0, description="Sinkhorn-Knopp entropy regularisation")
     sinkhorn_iters: int = Field(3, gt=0)
-    freeze_prototypes_steps: int = Field(0, ge=0, description="prototypes get no update for this many steps")
+    freeze_prototypes_steps: int = Field(0, ge=0, description="prototypes get no update for this many steps; unless "
+                                         "set, at most a third of train.max_steps (budget.py)")
 
 
 class DeepClusterConfig(Section):
     clusters: int = Field(100, gt=1, description="k of k-means (10000 in the paper for ImageNet)")
-    recluster_every: int = Field(100, gt=0, description="steps between re-clusterings (the paper: every epoch)")
+    recluster_every: int = Field(100, gt=0, description="steps between re-clusterings (the paper: every epoch); unless "
+                                 "set, at most two thirds of train.max_steps (budget.py)")
     pca_dim: int = Field(64, gt=0, description="features are PCA-whitened to this many dimensions before k-means")
     kmeans_iters: int = Field(20, gt=0)
 
@@ -572,6 +584,9 @@ class RunConfig(Section):
     continual: ContinualConfig = ContinualConfig()
     log: LogConfig = LogConfig()
     probe: ProbeConfig = ProbeConfig()
+    fitted: list[str] = Field([], description="written by selfsup: the step-count settings of momentum and "
+                              "clustering objectives that neither the command line nor a YAML file set, fitted to "
+                              "train.max_steps (budget.py), each as 'key=value (why)'; informative")
 
     @model_validator(mode="after")
     def _default_out_dir(self) -> RunConfig:
@@ -742,6 +757,30 @@ class RunConfig(Section):
         measured = section.model_copy(update=dict(zip(("mean", "std"), rounded)))
         return self.model_copy(update={key: measured})
 
+    def fitted_to_steps(self, explicit: set[str]) -> RunConfig:
+        """A copy whose step-count settings (budget.RULES) that `explicit` does not name, and this run's objectives
+        read, follow train.max_steps; each is recorded in `fitted` with why."""
+        tree, notes = self.model_dump(), []
+        for key, objectives, rule in budget.RULES:
+            section, name = key.split(".")
+            fit = None if key in explicit or not set(objectives) & set(self.parts) else \
+                rule(tree[section][name], self.train.max_steps)
+            if fit is not None:
+                tree[section][name] = fit[0]
+                notes.append(f"{key}={fit[0]:g} ({fit[1]})")
+        tree["fitted"] = notes
+        return RunConfig.model_validate(tree)
+
+    def fitted_as(self, started: RunConfig) -> RunConfig:
+        """A copy whose fitted settings are those of the run `started` (config.yaml): a resumed run keeps what was
+        fitted to its length when it started, whatever train.max_steps is now."""
+        tree = self.model_dump()
+        for line in self.fitted:
+            section, name = line.partition("=")[0].split(".")
+            tree[section][name] = getattr(getattr(started, section), name)
+        tree["fitted"] = started.fitted
+        return RunConfig.model_validate(tree)
+
     @property
     def modality(self) -> str:
         """What the trained trunk reads: text, image, audio or video."""
@@ -885,15 +924,18 @@ def load(source: str, overrides: list[str] = ()) -> RunConfig:
     """A recipe name, a YAML file or a run directory, then `key=value` overrides applied in order."""
     recipes = recipe_files()
     path = Path(source)
+    explicit: set[str] | None = set()  # the keys the user set, whose values are never fitted to the run's length
     if source in recipes:
         tree = load_yaml(recipes[source])
         tree.setdefault("recipe", source)
     elif path.is_dir() and (path / "config.yaml").is_file():
         tree = load_yaml(path / "config.yaml")
         tree["out_dir"] = str(path)
+        explicit = None  # a run's config.yaml: fitted when it started
     elif path.is_file():
         tree = load_yaml(path)
         tree.setdefault("recipe", path.stem)
+        explicit = set(_flatten(tree))
     else:
         close = difflib.get_close_matches(source, list(recipes), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -904,7 +946,10 @@ def load(source: str, overrides: list[str] = ()) -> RunConfig:
         if key not in all_keys():
             raise ConfigError(_unknown_key_message(key))
         _set(tree, key, value)
-    return validate(tree)
+        if explicit is not None:
+            explicit.add(key)
+    cfg = validate(tree)
+    return cfg if explicit is None else cfg.fitted_to_steps(explicit)
 
 
 def dump(cfg: RunConfig) -> str:

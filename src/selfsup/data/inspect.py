@@ -10,6 +10,7 @@ reads a header), and nothing here imports torch.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import zipfile
 from collections import Counter
@@ -19,9 +20,11 @@ import numpy as np
 
 from selfsup.config import DataConfig
 from selfsup.data.cache import images, media
+from selfsup.data.cache.tokens import is_shard_folder
 from selfsup.data.cache.rows import folder_label
 from selfsup.data.errors import DataError
 from selfsup.data.read import text
+from selfsup.data.read import tokenizer as toks
 from selfsup.data.read.audio import AUDIO_SUFFIXES
 from selfsup.data.read.image import IMAGE_SUFFIXES
 from selfsup.data.read.hf_datasets import arrow_rows, arrow_schema
@@ -46,6 +49,9 @@ def inspect_data(path: str, kind: str | None = None) -> list[tuple[str, str]]:
     if path.startswith("hf:") and kind in (None, "text"):  # a hub dataset: its text files, as data.path reads them
         files = text.source_files(path)
         return [("path", path), ("read as", "text (an hf: dataset)"), *_file_rows(files), *_text(files, path)]
+    if is_shard_folder(path) and kind in (None, "text"):
+        return [("path", path), ("read as", "token shards (selfsup data tokenize; data.path reads them in place)"),
+                *_shards(Path(path).expanduser())]
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"'{path}' does not exist; expected a data file or folder, or a run directory")
@@ -174,6 +180,26 @@ def _classes(labels: Counter, where: str) -> list[tuple[str, str]]:
 def _short(s: str) -> str:
     s = " ".join(s.split())
     return repr(s if len(s) <= SAMPLE_CHARS else s[:SAMPLE_CHARS] + "…")
+
+
+def _shards(folder: Path) -> list[tuple[str, str]]:
+    """What meta.json says of a shard folder, and the start of its first training shard, decoded."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        splits = ", ".join(f"{s} {meta['documents'][s]:,} documents, {meta['tokens'][s]:,} tokens in "
+                           f"{len(meta['shards'][s])} shard(s)" for s in ("train", "val"))
+        tok = toks.load(folder / "tokenizer.json", "its tokenizer")
+        ids = np.fromfile(folder / meta["shards"]["train"][0], dtype=meta["dtype"], count=SAMPLE_CHARS).tolist()
+        first = ids[:ids.index(meta["eos_id"])] if meta["eos_id"] in ids else ids  # a document ends at EOS
+    except (OSError, ValueError, KeyError, TypeError, IndexError, DataError) as e:
+        return [("meta.json", f"not readable as token shards' ({e})")]
+    settings = meta.get("settings", {})
+    return [("made from", f"{meta.get('path')} ({meta.get('files')} file(s))"), ("splits", splits),
+            ("tokenizer", f"{meta['vocab']:,} tokens ({meta['dtype']})"),
+            ("settings", ", ".join(f"data.{k}={v}" for k, v in settings.items()) or "unrecorded"),
+            ("skipped", ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in meta.get("skipped", {}).items())
+             or "nothing"),
+            ("first document", _short(tok.decode(first)))]
 
 
 def _text(files: list[Path], path: str) -> list[tuple[str, str]]:

@@ -22,9 +22,10 @@ TASKS = ("linear", "knn", "finetune")
 def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, device: torch.device,
              batch_size: int = 16, seed: int = 0, k: int = 20, temperature: float = 0.07, epochs: int = 10,
              lr: float = 3e-4, layer_decay: float = 0.75, patience: int = 3, freeze_blocks: int = 0,
-             l2sp: float = 0.0, progress=None, measure=None) -> dict:
+             l2sp: float = 0.0, whiten: bool = False, progress=None, measure=None) -> dict:
     """One transfer task on one trunk: accuracy, macro_f1, protocol and the task's own figures. `inputs` (see
-    probe/inputs.py) says how items reach the trunk; `measure`: see finetune."""
+    probe/inputs.py) says how items reach the trunk; `whiten` (linear, knn): the features BERT-whitened with the
+    training split's mean and covariance; `measure`: see finetune."""
     from selfsup.probe.inputs import encode
 
     n = len(train.classes)
@@ -41,6 +42,11 @@ def evaluate(task: str, trunk, inputs, train: LabeledSet, test: LabeledSet, devi
     train_x = encode(trunk, inputs, train.items, batch_size, device, wrap("encoding train"))
     test_x = encode(trunk, inputs, test.items, batch_size, device, wrap("encoding test"))
     described = inputs.describe(trunk)
+    if whiten:
+        from selfsup.probe.whitening import PROTOCOL, fit_whitening, whiten as apply
+
+        mu, w = fit_whitening(train_x)
+        train_x, test_x, described = apply(train_x, mu, w), apply(test_x, mu, w), f"{described}; {PROTOCOL}"
     if task == "linear":
         from selfsup.probe.linear import linear_probe
 

@@ -53,10 +53,14 @@ TASKS = {t.name: t for t in (
 )}
 
 
-def check_options(name: str, options: dict[str, str | None], baselines: list[str]) -> Task:
-    """The task named, once the options given (`options`: option name -> value or None) suit it."""
+def check_options(name: str, options: dict[str, str | None], baselines: list[str],
+                  whiten: bool = False) -> Task:
+    """The task named, once the options given (`options`: option name -> value or None; `whiten`: --whiten) suit
+    it."""
     if name not in TASKS:
         raise ConfigError(f"--task '{name}': expected one of: {', '.join(TASKS)}")
+    if whiten and name not in ("linear", "knn"):
+        raise ConfigError(f"--whiten is for --task linear and knn (got --task {name})")
     task = TASKS[name]
     if options.get("old_data") and name != "forgetting":
         raise ConfigError(f"--old-data is for --task forgetting (got --task {name})")

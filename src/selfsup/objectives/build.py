@@ -233,11 +233,11 @@ def _text_objective(cfg: RunConfig, tok: Tokenizer, encoder: nn.Module | None = 
     if cfg.objective == "simcse":
         if not cfg.data.doc_mask:
             raise ConfigError("simcse embeds each window's longest document alone: it needs data.doc_mask=true")
-        if cfg.model.dropout == 0 and cfg.simcse.mask_p == 0:
+        if cfg.model.dropout == 0 and cfg.simcse.mask_p == 0 and cfg.simcse.crop == 0:
             raise ConfigError("simcse's two views of a text would be identical: expected model.dropout > 0 (SimCSE: "
-                              "0.1) or simcse.mask_p > 0")
+                              "0.1), simcse.mask_p > 0 or simcse.crop > 0")
         s = cfg.ssl
         return SimCSE(encoder, MaskingTable(tok, encoder.vocab), eos, s.proj_hidden, s.proj_dim, s.temperature,
-                      cfg.simcse.mask_p)
+                      cfg.simcse.mask_p, cfg.simcse.crop)
     return PermutationLM(encoder, MaskingTable(tok, encoder.vocab).special, eos, cfg.plm.p, cfg.plm.max_span,
                          doc_mask=cfg.data.doc_mask)

@@ -101,13 +101,14 @@ def _check_modality(cfg: RunConfig, run: Path, new: str) -> None:
     """The new stream must be data of the parent's modality: one line naming both, before any decoding."""
     from selfsup.data import builtin
     from selfsup.data.cache.images import image_files
-    from selfsup.data.cache.tokens import cache_root
+    from selfsup.data.cache.tokens import cache_root, is_shard_folder
     from selfsup.data.read.table_media import check_tables
     from selfsup.data.read.text import source_files
 
     try:
         if cfg.modality == "text":
-            source_files(new, cfg.data.extensions)
+            if not is_shard_folder(new):  # shards of text, from `selfsup data tokenize`
+                source_files(new, cfg.data.extensions)
         else:
             cache = cache_root(cfg.data.cache_dir)
             check_tables(image_files(builtin.resolve(new, cache)), cfg.data.image_field, None)  # a text table too

@@ -48,9 +48,10 @@ def allowed_keys(keys: list[str]) -> set[str]:
 
 
 def resume_config(cfg: RunConfig, run_dir: Path, allowed: set[str]) -> tuple[RunConfig, dict]:
-    """`cfg` as it resumes the run in `run_dir` (the measured normalisation the run started with; a text run whose
-    data change is allowed keeps its tokenizer), and what changed: {key: [was, now]}. A change that may not happen
-    is one ConfigError listing every difference. A new run: (cfg, {})."""
+    """`cfg` as it resumes the run in `run_dir` (the measured normalisation and the settings fitted to its length
+    that the run started with; a text run whose data change is allowed keeps its tokenizer), and what changed:
+    {key: [was, now]}. A change that may not happen is one ConfigError listing every difference. A new run:
+    (cfg, {})."""
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
         return cfg, {}
@@ -58,6 +59,7 @@ def resume_config(cfg: RunConfig, run_dir: Path, allowed: set[str]) -> tuple[Run
     norm = saved.normalisation
     if norm.mean is not None and norm.std is not None:  # measured on the data when the run started
         cfg = cfg.with_measured(norm.mean, norm.std)
+    cfg = cfg.fitted_as(saved)  # fitted to the run's length when it started, whatever train.max_steps is now
     if "data.path" in allowed and cfg.modality == "text" and not cfg.data.tokenizer:
         tokenizer = str((run_dir / "tokenizer.json").resolve())
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tokenizer": tokenizer})})
@@ -97,9 +99,9 @@ def admit(cfg: RunConfig, fingerprint: str, tokenizer: Tokenizer | None, run_dir
                               f"or pass --allow-changes data.tokenizer data.tokenizer={tok_file}")
     if ident is not None and ident.get("data") != fingerprint:
         changes["data"] = [ident.get("data"), fingerprint]
-    (run_dir / "config.yaml").write_text(config_mod.dump(cfg))
+    replace_text(run_dir / "config.yaml", config_mod.dump(cfg))  # a resume killed here keeps the old config whole
     if tokenizer is not None and not tok_file.is_file():
-        tokenizer.save(str(tok_file))
+        replace_text(tok_file, tokenizer.to_str(pretty=True))
     replace_text(ident_file, json.dumps({"data": fingerprint, "data_path": cfg.data.path, "tokenizer": tok_hash},
                                         indent=1))
 

@@ -242,6 +242,8 @@ def _banner(run: Run) -> None:
     if cfg.continual.parent:
         run.console.print(f"continuing {cfg.continual.parent} (its final weights) on {cfg.data.path}; the lr schedule "
                           f"starts again: {cfg.sched.warmup_steps} warm-up steps")
+    for line in cfg.fitted:  # budget.py: what a setting the user left alone is for a run of this length
+        run.console.print(f"fitted to the run's length: {line}", markup=False)
     run.console.print(f"global batch {b['global_batch']:,} = {t.batch_size} per process × {t.grad_accum} "
                       f"accumulated × {b['processes']} process(es) = {b['global_batch'] * per_sample:,} {unit}s per "
                       f"step; peak lr {b['lr']:.3g} (optim.lr × {run.lr_factor:.3g}, "

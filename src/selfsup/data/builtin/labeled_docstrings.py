@@ -32,7 +32,7 @@ from selfsup.data.errors import DataError
 EXCLUDED = {"idlelib"}
 
 
-def _hash(text: str, salt: str = "split") -> int:
+def text_hash(text: str, salt: str = "split") -> int:
     """64 bits of SHA-1(salt + text); the cap and the split use different salts, so they are independent."""
     return int.from_bytes(hashlib.sha1(f"{salt}:{text}".encode("utf-8")).digest()[:8], "big")
 
@@ -60,7 +60,7 @@ def labeled_docstrings(classes: int = 8, per_class: int | None = None, min_chars
     for texts in found.values():
         for t in texts:
             owners[t] += 1
-    unique = {pkg: sorted((t for t in texts if owners[t] == 1), key=lambda t: _hash(t, "cap")) for pkg, texts in found.items()}
+    unique = {pkg: sorted((t for t in texts if owners[t] == 1), key=lambda t: text_hash(t, "cap")) for pkg, texts in found.items()}
     ranked = sorted(unique, key=lambda pkg: (-len(unique[pkg]), pkg))[:classes]
     if len(ranked) < 2:
         raise DataError(f"the standard library at '{_root()}' has docstrings in {len(ranked)} package(s); "
@@ -75,16 +75,21 @@ def build(out_dir: str | Path, classes: int = 8, per_class: int | None = None, t
     """Write out_dir/train.jsonl and out_dir/test.jsonl; return counts per split and class."""
     if classes < 2:
         raise DataError(f"--classes {classes}: expected at least 2")
+    return write_splits(out_dir, labeled_docstrings(classes, per_class), test_fraction)
+
+
+def write_splits(out_dir: str | Path, data: dict[str, list[str]], test_fraction: float = 0.2) -> dict:
+    """label -> texts as out_dir/train.jsonl and out_dir/test.jsonl ({"text", "label"}), split by a hash of the
+    text and ordered by it; return counts per split and class (every labeled set of data/builtin writes this way)."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction={test_fraction}: expected a fraction between 0 and 1")
-    data = labeled_docstrings(classes, per_class)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cut = int(test_fraction * 2 ** 64)
     splits = {"train": [], "test": []}
     for label, texts in data.items():
         for t in texts:
-            splits["test" if _hash(t) < cut else "train"].append((_hash(t), label, t))
+            splits["test" if text_hash(t) < cut else "train"].append((text_hash(t), label, t))
     counts = {}
     for name, rows in splits.items():
         rows.sort()  # by hash: classes interleaved, order fixed

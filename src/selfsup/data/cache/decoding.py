@@ -43,13 +43,16 @@ def decoded(items: Iterable, decode_chunk: Callable, args: tuple, workers: int,
             what: str) -> Iterator[tuple[list, object]]:
     """(chunk of items, decode_chunk(chunk, *args)) in input order; workers=0 decodes in this process."""
     with Progress(what, len(items) if hasattr(items, "__len__") else None, "items") as progress:
-        for chunk, result in _decoded(iter(items), decode_chunk, args, workers):
+        items = iter(items)
+        for chunk, result in in_order(iter(lambda: list(islice(items, CHUNK)), []), decode_chunk, args, workers):
             yield chunk, result
             progress.advance(len(chunk))
 
 
-def _decoded(items: Iterator, decode_chunk: Callable, args: tuple, workers: int) -> Iterator[tuple[list, object]]:
-    chunks = iter(lambda: list(islice(items, CHUNK)), [])
+def in_order(chunks: Iterable[list], decode_chunk: Callable, args: tuple,
+             workers: int) -> Iterator[tuple[list, object]]:
+    """(chunk, decode_chunk(chunk, *args)) for chunks of the caller's making, in their order, at most two a worker
+    in flight; workers=0 decodes in this process."""
     if workers == 0:
         for chunk in chunks:
             yield chunk, decode_chunk(chunk, *args)

@@ -39,8 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from selfsup.data.cache.decoding import NpyWriter, Skip, decoded, digest
+from selfsup.data.cache.encode import is_val
 from selfsup.data.cache.stats import LogMelStats, PixelStats
-from selfsup.data.cache.tokens import is_val
 from selfsup.data.skipped import Skipped, skip
 
 SPLITS = ("train", "val")

@@ -1,19 +1,18 @@
-"""Tokenizing a corpus once into memory-mapped token shards, cached by content hash.
+"""A corpus as memory-mapped token shards: tokenized once and cached by content hash, or ahead of training by
+`selfsup data tokenize` into a folder that data.path then names.
 
 The cache key covers every source file's bytes, the data settings and the tokenizer, so a second run on the
-same corpus starts at once and a changed file is never served stale. Documents are split into train and
-validation by a hash of their text (stable under reordering; exact duplicates land on the same side), each
-document is followed by EOS, and a split's tokens are written as flat `.bin` shards of uint16 or uint32.
+same corpus starts at once and a changed file is never served stale. A shard folder, the cache's or the
+command's (encode.py writes both), holds meta.json, tokenizer.json and the `.bin` shards; its meta records the
+settings it was made with and the digest of the files it was made from, so a run reading the folder reads what a
+run on the corpus would: the same batches, the same identity (train/identity.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import shutil
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,15 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from selfsup.config import BUILTIN_CORPUS, DataConfig
+from selfsup.data.cache.decoding import build_once, default_workers
+from selfsup.data.cache.encode import FORMAT, is_val, write_shards
 from selfsup.data.errors import DataError
+from selfsup.data.quality.cleaning import check_paths
 from selfsup.data.read import tokenizer as toks
 from selfsup.data.read.hf_datasets import STATE, dataset_files, is_datasets_folder
 from selfsup.data.read.text import read_documents, source_files
-from selfsup.progress import Progress
 
-FORMAT = 1  # bump when the shard layout changes
-SHARD_TOKENS = 1 << 27  # 128 Mi tokens a shard
-ENCODE_CHUNK = 2048  # documents encoded per call (tokenizers parallelises inside a call)
+SETTINGS = ("document", "extensions", "text_field", "val_fraction", "max_doc_chars")  # the data keys shards depend on
 
 
 @dataclass
@@ -57,6 +56,8 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
+    if is_shard_folder(cfg.path):
+        return open_shards(cfg, vocab_size, log)
     given = toks.load(cfg.tokenizer, "data.tokenizer") if cfg.tokenizer else None  # a bad one fails before any work
     if given is not None and given.get_vocab_size() > vocab_size:
         raise DataError(f"data.tokenizer has {given.get_vocab_size()} tokens but model.vocab_size is {vocab_size}; "
@@ -72,21 +73,84 @@ def prepare(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
     if (out / "meta.json").is_file():
         log(f"token cache hit: {out}")
         return _open(out, content)
-    log(f"tokenizing {len(files)} file(s) into {out}")
-    tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _build(cfg, vocab_size, files, tmp, log, given)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)  # atomic: a killed run leaves no half-written cache
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    workers = default_workers(cfg.workers)
+    log(f"tokenizing {len(files)} file(s) into {out} with {workers or 'no'} worker process(es)")
+    build_once(out, lambda tmp: _build(cfg, vocab_size, files, tmp, log, given, content, workers))
     return _open(out, content)
 
 
-def is_val(text: str, fraction: float) -> bool:
-    return zlib.crc32(text.encode("utf-8")) % 1_000_000 < fraction * 1_000_000
+def tokenize(cfg: DataConfig, vocab_size: int | None, out: Path, log=print) -> dict:
+    """`selfsup data tokenize`: the shards of cfg.path written into `out` (a new or empty folder that overlaps
+    nothing read), which a run then names as its data.path; their meta. A byte-level BPE of `vocab_size` tokens is
+    trained on the training documents unless cfg.tokenizer names one."""
+    given = toks.load(cfg.tokenizer, "--tokenizer") if cfg.tokenizer else None
+    files = source_files(cfg.path, cfg.extensions)
+    _check_out(cfg.path, files, out)
+    content = _cache_key(cfg, vocab_size or 0, files)[1]
+    workers = default_workers(cfg.workers)
+    log(f"tokenizing {len(files)} file(s) of {cfg.path} into {out} with {workers or 'no'} worker process(es)")
+    build_once(out, lambda tmp: _build(cfg, vocab_size, files, tmp, log, given, content, workers))
+    return json.loads((out / "meta.json").read_text())
+
+
+def is_shard_folder(path: str) -> bool:
+    """A folder of token shards (selfsup data tokenize's, or a cache entry) rather than text to tokenize."""
+    p = Path(path).expanduser()
+    return (p / "meta.json").is_file() and (p / "tokenizer.json").is_file()
+
+
+def open_shards(cfg: DataConfig, vocab_size: int, log=print) -> Corpus:
+    """The shard folder data.path names, read in place (every machine may read the same one) once it is known to
+    be what a run with these settings would have made: each refusal is one line naming what differs."""
+    p, where = Path(cfg.path).expanduser(), f"data.path '{cfg.path}'"
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{where}: its meta.json could not be read ({e}); expected token shards written by "
+                        "`selfsup data tokenize`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not {"settings", "content"} <= meta.keys():
+        raise DataError(f"{where} holds a meta.json that is not that of token shards of this version (format "
+                        f"{FORMAT}); expected a folder written by `selfsup data tokenize`")
+    for key in SETTINGS:
+        if getattr(cfg, key) != meta["settings"][key]:
+            raise DataError(f"{where} was tokenized with data.{key}={_shown(meta['settings'][key])}, this run has "
+                            f"data.{key}={_shown(getattr(cfg, key))}; expected the same (set data.{key}), or the "
+                            "shards tokenized again")
+    tok = toks.load(p / "tokenizer.json", f"{where}'s tokenizer")
+    # data.tokenizer: set by the user, model.init or a continued run; the same tokenizer, however its file is laid out
+    if cfg.tokenizer and toks.load(cfg.tokenizer, "data.tokenizer").to_str() != tok.to_str():
+        raise DataError(f"data.tokenizer '{cfg.tokenizer}' is not the tokenizer {where} was made with "
+                        f"({p / 'tokenizer.json'}); expected no data.tokenizer, that tokenizer, or the shards "
+                        f"tokenized with --tokenizer {cfg.tokenizer}")
+    if tok.get_vocab_size() > vocab_size:
+        raise DataError(f"{where} was tokenized with {tok.get_vocab_size()} tokens but model.vocab_size is "
+                        f"{vocab_size}; expected model.vocab_size >= {tok.get_vocab_size()}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, names in meta["shards"].items():
+        held = sum((p / n).stat().st_size // itemsize if (p / n).is_file() else 0 for n in names)
+        if held != meta["tokens"][split]:
+            raise DataError(f"{where} holds {held:,} {split} tokens in {', '.join(names)}, its meta.json says "
+                            f"{meta['tokens'][split]:,}; expected the folder whole, as `selfsup data tokenize` "
+                            "wrote it (copied in full)")
+    log(f"token shards: {p} ({sum(meta['tokens'].values()):,} tokens of {meta['path']})")
+    return _open(p, meta["content"])
+
+
+def _shown(value) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def _check_out(path: str, files: list[Path], out: Path) -> None:
+    """`out` a new or empty folder, neither inside what is read nor holding it: users' data is never written over."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out '{out}' {'is a file' if out.is_file() else 'is not empty'}; expected a new or "
+                        "empty folder")
+    if path != BUILTIN_CORPUS and not path.startswith("hf:"):
+        check_paths(path, str(out))
+    d = out.expanduser().resolve()
+    if any(d in f.resolve().parents for f in files):
+        raise DataError(f"--out '{out}' holds files of '{path}', which writing there could overwrite while they are "
+                        "read; expected a new folder elsewhere")
 
 
 def _cache_key(cfg: DataConfig, vocab_size: int, files: list[Path]) -> tuple[str, str]:
@@ -120,98 +184,22 @@ def _documents(cfg: DataConfig, files: list[Path], skipped: Counter):
                           field=cfg.text_field, document=cfg.document)
 
 
-def _build(cfg: DataConfig, vocab_size: int, files: list[Path], out: Path, log, tok: Tokenizer | None) -> None:
+def _build(cfg: DataConfig, vocab_size: int | None, files: list[Path], out: Path, log, tok: Tokenizer | None,
+           content: str, workers: int) -> None:
     """Token shards of `files` in `out`, with `tok` (data.tokenizer) or a tokenizer trained on the training split."""
     if tok is None:
         log(f"training a byte-level BPE tokenizer ({vocab_size} tokens)")
         train_docs = (d for d in _documents(cfg, files, Counter()) if not is_val(d, cfg.val_fraction))
         tok = toks.train_bpe(train_docs, vocab_size)
-    tok.save(str(out / "tokenizer.json"))
-    eos = toks.eos_id(tok)
-    dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
-
     skipped: Counter = Counter()
-    writers = {"train": _ShardWriter(out, "train", dtype), "val": _ShardWriter(out, "val", dtype)}
-    counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)  # train token frequencies, for the unigram baseline
-    docs = {"train": 0, "val": 0}
-    batch: list[str] = []
-
-    def flush():
-        chunk = {"train": [], "val": []}
-        for text, enc in zip(batch, tok.encode_batch(batch, add_special_tokens=False)):
-            split = "val" if is_val(text, cfg.val_fraction) else "train"
-            chunk[split] += enc.ids
-            chunk[split].append(eos)
-            docs[split] += 1
-        for split, ids in chunk.items():
-            ids = np.array(ids, dtype=dtype)
-            writers[split].write(ids)
-            if split == "train":
-                counts[:] += np.bincount(ids, minlength=len(counts))
-        batch.clear()
-
-    with Progress("tokenizing", unit="documents") as progress:
-        for text in _documents(cfg, files, skipped):
-            batch.append(text)
-            if len(batch) == ENCODE_CHUNK:
-                flush()
-                progress.advance(ENCODE_CHUNK)
-        progress.advance(len(batch))
-        flush()
-    for w in writers.values():
-        w.close()
-    n_train, n_val = writers["train"].total, writers["val"].total
-    if docs["val"] == 0:
-        raise DataError(f"data.path '{cfg.path}': none of its {docs['train']} documents fell into the validation "
-                        f"split; expected more documents or a larger data.val_fraction (now {cfg.val_fraction})")
-    meta = dict(format=FORMAT, path=cfg.path, files=len(files), dtype=np.dtype(dtype).name,
-                vocab=tok.get_vocab_size(), eos_id=eos, documents=docs, skipped=dict(sorted(skipped.items())),
-                tokens={"train": n_train, "val": n_val},
-                shards={"train": writers["train"].names, "val": writers["val"].names},
-                unigram_ppl=_unigram_ppl(counts, [out / n for n in writers["val"].names], dtype))
+    meta = write_shards(_documents(cfg, files, skipped), out, tok, cfg.val_fraction, workers)
+    if meta["documents"]["val"] == 0:
+        raise DataError(f"data.path '{cfg.path}': none of its {meta['documents']['train']} documents fell into the "
+                        f"validation split; expected more documents or a larger data.val_fraction (now "
+                        f"{cfg.val_fraction})")
+    meta.update(path=cfg.path, files=len(files), skipped=dict(sorted(skipped.items())), content=content,
+                settings={key: getattr(cfg, key) for key in SETTINGS})
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-
-
-def _unigram_ppl(counts: np.ndarray, val_shards: list[Path], dtype) -> float:
-    """Perplexity of a unigram model of the training tokens (add-one smoothed) on the validation tokens:
-    the floor a language model must beat to have learned anything beyond token frequencies."""
-    logp = np.log((counts + 1) / (counts.sum() + len(counts)))
-    nll, n = 0.0, 0
-    for s in val_shards:
-        ids = np.memmap(s, dtype=dtype, mode="r")
-        nll -= float(logp[ids].sum())
-        n += len(ids)
-    return math.exp(nll / max(n, 1))
-
-
-class _ShardWriter:
-    def __init__(self, out: Path, split: str, dtype):
-        self.out, self.split, self.dtype = out, split, dtype
-        self.names: list[str] = []
-        self.total = 0
-        self._file = None
-        self._in_shard = 0
-
-    def write(self, ids: np.ndarray) -> None:
-        if not len(ids):
-            return
-        if self._file is None or self._in_shard >= SHARD_TOKENS:
-            self._open_next()
-        self._file.write(ids.tobytes())
-        self._in_shard += len(ids)
-        self.total += len(ids)
-
-    def _open_next(self) -> None:
-        self.close()
-        name = f"{self.split}-{len(self.names):05d}.bin"
-        self.names.append(name)
-        self._file = open(self.out / name, "wb")
-        self._in_shard = 0
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def _open(out: Path, content: str) -> Corpus:

@@ -26,8 +26,8 @@ from selfsup.config import RunConfig
 from selfsup.data.cache import images as image_data
 from selfsup.data.cache import media as media_data
 from selfsup.data.cache.decoding import CHUNK, Skip, decoded, default_workers
+from selfsup.data.cache.encode import is_val
 from selfsup.data.cache.stats import LogMelStats, PixelStats
-from selfsup.data.cache.tokens import is_val
 from selfsup.data.errors import DataError
 from selfsup.data.read.captions import caption_tokenizer
 from selfsup.data.stream.index import shard_index
