@@ -425,7 +425,7 @@ def test_audio_view_normalises():
 # ------------------------------------------------------------------------------------- CLIP / SigLIP objectives
 
 PAIRS = ["model.dim=32", "model.depth=1", "model.heads=2", "model.patch=4", "text.dim=32", "text.depth=1",
-         "text.heads=2", "text.context=12", "text.vocab_size=320", "align.embed_dim=16", "image.mean=[0.5]",
+         "text.heads=2", "text.context=12", "text.vocab_size=320", "align.embed_dim=32", "image.mean=[0.5]",
          "image.std=[0.25]", "image.channels=1", "image.size=16"]
 CAPTIONS = ["a red circle", "a blue square", "two green lines", "one small dot", "a big yellow star",
             "three black bars", "a white ring", "an orange cross"]

@@ -15,7 +15,7 @@ from tests.test_vision import NORM, TINY_VISION
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = ["model.dim=32", "model.depth=1", "model.heads=2", "model.context=16", "model.vocab_size=300",
-        "text.dim=32", "text.depth=1", "text.heads=2", "text.vocab_size=300", "align.embed_dim=16"]
+        "text.dim=32", "text.depth=1", "text.heads=2", "text.vocab_size=300", "align.embed_dim=32"]
 AUDIO = ["audio.mean=-4.0", "audio.std=3.0", "audio.sample_rate=8000", "audio.n_fft=200", "audio.hop=80",
          "audio.n_mels=32", "hubert.clusters=4"]
 # paper-scale recipes whose shape ties keys the tiny settings change: grouped-query heads, an unprojected tower

@@ -53,7 +53,7 @@ SMALL = ["image.size=16", "image.channels=1", "image.mean=[0.4]", "image.std=[0.
          "model.heads=2", "ssl.proj_hidden=32", "ssl.proj_dim=16", "ssl.pred_hidden=16", "ssl.queue_size=32",
          "dino.out_dim=32", "dino.bottleneck=16", "dino.head_bn=true", "swav.prototypes=8", "views.local_crops=0",
          "text.dim=32", "text.depth=1", "text.heads=2", "text.vocab_size=512", "text.context=8",
-         "align.embed_dim=16"]  # align.local_loss and align.gather_with_grad at their defaults (on)
+         "align.embed_dim=32"]  # align.local_loss and align.gather_with_grad at their defaults (on)
 GLOBAL_BATCH = 8
 
 

@@ -187,7 +187,8 @@ def test_a_run_from_scratch_with_clips_shape_exports(hf_clip, pairs, tmp_path):
     shape = ["model.dim=32", "model.depth=2", "model.heads=2", "text.dim=32", "text.depth=2", "text.heads=2",
              "text.vocab_size=600", "text.context=16", "align.embed_dim=16", "image.size=16", "model.embed_norm=true",
              "text.causal=true", "text.learned_positions=true", "text.embed_norm=false", "text.pooling=last",
-             "text.mlp=quick_gelu", f"data.tokenizer={folder / 'tokenizer.json'}"]
+             "text.mlp=quick_gelu", "model.bias=none", "text.bias=none", "model.learned_positions=false",
+             f"data.tokenizer={folder / 'tokenizer.json'}"]
     invoke("train", "clip", f"data.path={pairs}", f"out_dir={out}", *shape, *SMALL, "optim.lr=0.01")
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
     back = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
@@ -220,7 +221,9 @@ def test_what_does_not_map_is_one_line(hf_clip, pairs, tmp_path):
     assert str(e.value) == (f"model.init '{broken}': its preprocessor_config.json has no readable image_mean and "
                             "image_std (ValueError); expected the normalisation its images were trained with, lists "
                             "of numbers")
-    assert clip.unfit(load_config("clip", [])) == "model.embed_norm=true (CLIP's pre_layrnorm) and model.pooling=cls"
+    assert clip.unfit(load_config("clip", [])) is None  # the recipe is CLIP's shape
+    assert clip.unfit(load_config("clip", ["model.embed_norm=false"])) == ("model.embed_norm=true (CLIP's "
+                                                                          "pre_layrnorm) and model.pooling=cls")
     for recipe, key, says in [
             ("clip", "model.causal=true", "model.causal shapes the text tower of clip/siglip (text.causal)"),
             ("clip", "text.pooling=map", "text.pooling=map pools a ViT; expected cls, mean or last"),
@@ -230,5 +233,121 @@ def test_what_does_not_map_is_one_line(hf_clip, pairs, tmp_path):
         with pytest.raises(ConfigError) as e:
             load_config(recipe, [key])
         assert str(e.value).startswith(says)
-    shaped = load_config("clip", ["model.embed_norm=true"])
-    assert clip.unfit(shaped).startswith("text.causal=true, text.learned_positions=true")
+    assert clip.unfit(load_config("clip", ["text.causal=false"])).startswith("text.causal=true, "
+                                                                             "text.learned_positions=true")
+
+
+RECIPE_SHAPE = ["model.dim=32", "model.depth=2", "model.heads=2", "text.dim=32", "text.depth=2", "text.heads=2",
+                "text.vocab_size=600", "text.context=16", "align.embed_dim=16", "image.size=16"]  # sizes alone
+
+
+@pytest.fixture(scope="module")
+def scratch(pairs, tmp_path_factory):
+    """A clip run trained from scratch with the recipe as shipped (its own BPE; only the sizes made tiny), and its
+    export: (run directory, export folder)."""
+    root = tmp_path_factory.mktemp("scratch")
+    invoke("train", "clip", f"data.path={pairs}", f"out_dir={root / 'run'}", *RECIPE_SHAPE, *SMALL, "optim.lr=0.003",
+           "train.max_steps=40", "train.eval_every=40")  # enough to tell the colours apart
+    invoke("export", root / "run", "--format", "hf", "--out", root / "hf")
+    return root / "run", root / "hf"
+
+
+def test_a_run_from_scratch_with_the_recipe_exports(scratch, pairs):
+    """The recipe is CLIP's architecture and the BPE it trains closes every caption with <|endoftext|>, where the
+    causal text tower pools: CLIPModel gives our embeddings, its processor our captions."""
+    from selfsup.rundir import open_run
+
+    run, hf = scratch
+    cfg, objective, tok = open_run(run, torch.device("cpu"))
+    assert cfg.data.tokenizer is None and tok.post_processor is not None  # the run's own BPE
+    ids, mask = caption_arrays(tok, CAPTIONS, cfg.text.context)
+    ends = mask.sum(axis=1) - 1
+    assert (ids[np.arange(3), ends] == tok.token_to_id("<|endoftext|>")).all()  # cut or not, the end is kept
+    assert (ids[~mask] == tok.token_to_id("<|endoftext|>")).all()  # padded with it, as CLIP's
+    back = transformers.AutoModel.from_pretrained(hf).eval()
+    assert type(back).__name__ == "CLIPModel"
+    assert objective.model.embed.bias.abs().sum() > 0 and objective.text.positions.weight.requires_grad
+    for got, expected in zip(*ours_and_theirs(objective, back, tok, cfg.text.context)):
+        assert torch.allclose(got, expected, atol=1e-4)
+    inputs = transformers.AutoProcessor.from_pretrained(hf)(text=CAPTIONS, padding="max_length", truncation=True)
+    assert inputs["input_ids"] == ids.tolist() and inputs["attention_mask"] == mask.astype(int).tolist()
+
+
+def hf_features(model, processor, texts=None, pictures=None):
+    """(N, E) unit image or text features of the exported CLIPModel, prepared by its processor."""
+    with torch.no_grad():
+        if texts is not None:
+            inputs = processor(text=texts, padding="max_length", truncation=True, return_tensors="pt")
+            out = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        else:
+            out = model.get_image_features(pixel_values=processor(images=pictures, return_tensors="pt")
+                                           ["pixel_values"])
+    out = getattr(out, "pooler_output", out)  # transformers 5 returns an output object
+    return torch.nn.functional.normalize(out, dim=-1)
+
+
+def test_zeroshot_and_retrieval_through_the_export_equal_selfsup_eval(scratch, pairs, tmp_path):
+    """Part 2 of issue 16: zero-shot accuracy and the retrieval recalls computed with the exported CLIPModel
+    (get_image_features / get_text_features on its processor's inputs) are `selfsup eval`'s numbers."""
+    run, hf = scratch
+    labeled = tmp_path / "labeled"  # the pairs' pictures in a folder per colour
+    lines = [json.loads(line) for line in pairs.read_text().splitlines()]
+    for line in lines:
+        colour = next(c for c in COLOURS if c in line["text"])
+        (labeled / colour).mkdir(parents=True, exist_ok=True)
+        (labeled / colour / line["image"]).write_bytes((pairs.parent / line["image"]).read_bytes())
+    prompts = ["a {label} square", "a picture of {label}"]
+    invoke("eval", run, "--task", "zeroshot", "--test", labeled, *[a for p in prompts for a in ("--prompt", p)])
+    invoke("eval", run, "--task", "retrieval", "--test", pairs)
+    zeroshot = json.loads((run / "eval" / "zeroshot.json").read_text())["pretrained"]
+    retrieval = json.loads((run / "eval" / "retrieval.json").read_text())["pretrained"]
+
+    model, processor = (transformers.AutoModel.from_pretrained(hf).eval(),
+                        transformers.AutoProcessor.from_pretrained(hf))
+    classes = sorted(COLOURS)
+    files = sorted(labeled.glob("*/*.png"))
+    labels = torch.tensor([classes.index(f.parent.name) for f in files])
+    media = hf_features(model, processor, pictures=[Image.open(f) for f in files])  # (N, E)
+    weights = hf_features(model, processor, [p.format(label=c) for c in classes for p in prompts])  # (K·P, E)
+    weights = torch.nn.functional.normalize(weights.view(len(classes), len(prompts), -1).mean(1), dim=-1)
+    predicted = (media @ weights.t()).argmax(1)  # (N,)
+    assert len(predicted.unique()) > 1  # a model that tells items apart
+    assert predicted.eq(labels).sum().item() / len(labels) == zeroshot["accuracy"]
+
+    captions = [line["text"] for line in lines]
+    texts = sorted(set(captions))
+    own = torch.tensor([texts.index(c) for c in captions])  # (N,)
+    sims = hf_features(model, processor, pictures=[Image.open(pairs.parent / line["image"]) for line in lines]) @ \
+        hf_features(model, processor, texts).t()  # (N, U)
+    m2t = (sims > sims.gather(1, own[:, None])).sum(1)  # (N,) rank of the item's own caption
+    carried = own[:, None] == torch.arange(len(texts))  # (N, U)
+    t2m = (sims > sims.masked_fill(~carried, float("-inf")).max(0).values).sum(0)  # (U,) rank of the best carrier
+    assert len(m2t.unique()) > 1
+    for k in (1, 5, 10):
+        assert (m2t < k).float().mean().item() == retrieval["media_to_text"][str(k)]
+        assert (t2m < k).float().mean().item() == retrieval["text_to_media"][str(k)]
+
+
+def test_a_tokenizer_that_does_not_close_captions_is_refused(scratch, tmp_path):
+    """A run whose BPE leaves captions open ([EOS] + text, as before this version) would be pooled elsewhere by
+    CLIPModel: refused in one line, nothing written."""
+    import shutil
+
+    from selfsup.export import ExportError, export
+    from selfsup.rundir import open_run
+
+    run, _ = scratch
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    tok = load(old / "tokenizer.json")
+    tok.post_processor = None
+    tok.save(str(old / "tokenizer.json"))
+    cfg, objective, _ = open_run(old, torch.device("cpu"))
+    for fmt, what in (("hf", "CLIPModel"), ("open_clip", "open_clip's CLIP")):
+        with pytest.raises(ExportError) as e:
+            export(old, cfg, objective, fmt, tmp_path / fmt)
+        assert str(e.value) == (f"--format {fmt}: {what} pools the text at the end-of-text token, but this run's "
+                                "tokenizer.json does not close captions with <|endoftext|> (a run whose BPE was "
+                                "trained before selfsup closed captions for text.pooling=last); expected a run "
+                                "trained with this version, or with data.tokenizer a model's tokenizer.json")
+        assert not (tmp_path / fmt).exists()

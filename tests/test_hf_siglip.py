@@ -25,6 +25,9 @@ from tests.test_hf_clip import CAPTIONS, MEAN, SMALL, STD, WORDS, clip_tokenizer
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
+# the keys that make the siglip recipe SigLIP's architecture (with align.embed_dim=model.dim)
+SIGLIP_SHAPE = ["model.pooling=map", "text.learned_positions=true", "text.embed_norm=false", "text.pooling=last",
+                "align.media_proj=false", "align.attend_padding=true"]
 
 
 def siglip_tokenizer():
@@ -141,6 +144,7 @@ def test_a_run_from_scratch_with_siglips_shape_exports(pairs, tmp_path):  # noqa
              "text.vocab_size=600", "text.context=16", "align.embed_dim=32", "image.size=16", "model.pooling=map",
              "align.media_proj=false", "align.attend_padding=true", "text.learned_positions=true",
              "text.embed_norm=false", "text.pooling=last", "text.mlp=gelu_tanh", "model.mlp=gelu_tanh",
+             "model.bias=none", "text.bias=none", "model.learned_positions=false",
              f"data.tokenizer={tmp_path / 'tok' / 'tokenizer.json'}"]
     invoke("train", "siglip", f"data.path={pairs}", f"out_dir={out}", *shape, *SMALL, "optim.lr=0.01")
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
@@ -178,11 +182,43 @@ def test_what_does_not_map_is_one_line(hf_siglip, pairs, tmp_path):  # noqa: F81
                             "117")
     cfg = load_config("siglip", [f"model.init={folder}", f"data.path={pairs}", "align.max_logit_scale=117"])
     load_init(cfg, build_objective(cfg, load(cfg.data.tokenizer)))
-    assert siglip.unfit(load_config("siglip", [])) == ("model.pooling=map (SigLIP's attention pooling head) and no "
-                                                       "model.embed_norm")
+    # the recipe is not SigLIP's shape (it learns faster): its run is told every key at once, in one line
+    assert siglip.unfit(load_config("siglip", [])) == (
+        "model.pooling=map (SigLIP's attention pooling head) and no model.embed_norm, and text.causal=false, "
+        "text.learned_positions=true, text.embed_norm=false, text.pooling=last, and align.media_proj=false "
+        "(align.embed_dim=model.dim), align.attend_padding=true")
+    assert siglip.unfit(load_config("siglip", [*SIGLIP_SHAPE, "align.embed_dim=192"])) is None
+    assert siglip.unfit(load_config("siglip", [*SIGLIP_SHAPE, "align.embed_dim=192", "model.pooling=cls"])) == (
+        "model.pooling=map (SigLIP's attention pooling head) and no model.embed_norm")
     with pytest.raises(ConfigError, match="model.pooling=map pools a ViT without class token for clip/siglip on "
                                           "images; this run is objective dino"):
         load_config("dino", ["model.pooling=map"])
     with pytest.raises(ConfigError, match="align.media_proj=false makes the media tower's features"):
-        load_config("siglip", ["align.media_proj=false"])
+        load_config("siglip", ["align.media_proj=false", "align.embed_dim=256"])
     assert json.loads((folder / "config.json").read_text())["model_type"] == "siglip"
+
+
+def test_a_run_from_scratch_with_the_recipe_exports(pairs, tmp_path):  # noqa: F811
+    """The recipe with SigLIP's keys (SIGLIP_SHAPE) is SigLIP's architecture and the BPE it trains closes every
+    caption with <|endoftext|> and pads with it, read whole to the last position: SiglipModel gives our embeddings,
+    its processor our captions."""
+    from selfsup.rundir import open_run
+
+    out = tmp_path / "run"
+    shape = ["model.dim=32", "model.depth=2", "model.heads=2", "text.dim=32", "text.depth=2", "text.heads=2",
+             "text.vocab_size=600", "text.context=16", "align.embed_dim=32", "image.size=16", *SIGLIP_SHAPE]
+    invoke("train", "siglip", f"data.path={pairs}", f"out_dir={out}", *shape, *SMALL, "optim.lr=0.01")
+    invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
+    cfg, objective, tok = open_run(out, torch.device("cpu"))
+    assert cfg.data.tokenizer is None and tok.post_processor is not None  # the run's own BPE
+    ids, mask = caption_arrays(tok, CAPTIONS, cfg.text.context)
+    assert ids[0, mask[0].sum() - 1] == ids[0, -1] == tok.token_to_id(EOS) and ids[2, -1] == tok.token_to_id(EOS)
+    back = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    assert type(back).__name__ == "SiglipModel"
+    for got, expected in zip(*ours_and_theirs(objective, back, tok, cfg.text.context)):
+        assert torch.allclose(got, expected, atol=1e-4)
+    inputs = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")(text=CAPTIONS, padding="max_length",
+                                                                         truncation=True)
+    assert inputs["input_ids"] == ids.tolist()
+    invoke("eval", out, "--task", "retrieval", "--test", pairs)  # the joint space of a tower without projection
+    assert json.loads((out / "eval" / "retrieval.json").read_text())["pretrained"]["items"] == 24

@@ -33,6 +33,25 @@ def test_gpt2_init_scales_residual_projections():
     assert (m.blocks[0].norm1.weight == 1).all()
 
 
+def test_clip_init_scales_the_blocks_by_their_width():
+    """model.weight_init=clip: open_clip's text-transformer init, in the text trunk and in a ViT."""
+    from selfsup.models.transformer import Transformer
+    from selfsup.models.vit import ViT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=256, depth=8, heads=4, context=64, vocab_size=512, mlp="gelu", learned_positions=True,
+                      weight_init="clip")
+    for trunk in (Transformer(cfg, causal=True), ViT(cfg, image_size=32, channels=3)):
+        b = trunk.blocks[0]
+        for weight, std in ((b.attn.qkv.weight, 256 ** -0.5), (b.attn.out.weight, 256 ** -0.5 / 4),
+                            (b.mlp.up.weight, 512 ** -0.5), (b.mlp.down.weight, 256 ** -0.5 / 4)):
+            assert weight.std().item() == pytest.approx(std, rel=0.05)
+    assert trunk.pos.std().item() == pytest.approx(0.02, rel=0.1)  # the ViT's positions stay GPT-2's
+    text = Transformer(cfg, causal=True)
+    assert text.positions.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert text.embed.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
 def test_causal_future_tokens_do_not_change_past_logits(model):
     x = torch.randint(0, 300, (1, 12))
     y = x.clone()

@@ -27,7 +27,7 @@ from tests.test_vision import run_main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOWERS = ["model.dim=32", "model.depth=2", "model.heads=2", "text.dim=32", "text.depth=2", "text.heads=2",
-          "text.vocab_size=512", "align.embed_dim=16", "train.batch_size=16", "train.eval_batches=1",
+          "text.vocab_size=512", "align.embed_dim=32", "train.batch_size=16", "train.eval_batches=1",
           "sched.warmup_steps=1", "data.workers=0", "train.log_every=1"]
 IMAGE = ["image.size=16", "image.channels=1"]
 AUDIO = ["audio.sample_rate=8000", "audio.n_fft=200", "audio.hop=80", "audio.n_mels=32"]
@@ -193,7 +193,7 @@ def test_clap_and_audio_mask_train_and_audio_knn_runs(tones_dir, tmp_path, monke
                              "--joint")
     assert code in (0, None), text
     e = np.load(tmp_path / "j.npy")
-    assert e.shape == (36, 16) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert e.shape == (36, 32) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     code, text, _ = run_main(monkeypatch, capsys, "embed", hubert, tones_dir / "test", "--out", tmp_path / "h.npy")
     assert code in (0, None) and np.load(tmp_path / "h.npy").shape == (36, 32) and "audio encoder" in text
 

@@ -534,7 +534,8 @@ def generate(
 def export_run(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     format: str = typer.Option("hf", "--format", help="hf: a directory transformers loads with its Auto classes "
-                               "(the GPT maps onto Llama, a ResNet onto ResNetModel); safetensors: weights + "
+                               "(the GPT maps onto Llama, a ResNet onto ResNetModel); open_clip: a clip run as "
+                               "open_clip's state dict and open_clip_config.json; safetensors: weights + "
                                "config.yaml + tokenizer.json; onnx: each encoder as an ONNX graph of its features "
                                "(media-text runs: text.onnx and the media tower's, joint embeddings; the GPT: "
                                "logits) + onnx.json, for onnxruntime"),

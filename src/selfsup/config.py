@@ -195,7 +195,7 @@ class VideoConfig(Section):
     temporal_depth: int = Field(1, ge=1, description="temporal transformer blocks")
 
 
-TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale")
+TRANSFORMER_OPTIONS = ("kv_heads", "mlp_hidden", "norm_eps", "bias", "norm_position", "layer_scale", "weight_init")
 TEXT_TRUNK_OPTIONS = ("tied", "learned_positions", "local_attention", "global_every", "local_rope_theta")
 VIT_OPTIONS = ("learned_positions", "embed_norm", "position_grid")  # a ViT's (learned positions: a text trunk's too)
 
@@ -229,6 +229,11 @@ class ModelConfig(Section):
                                                   "(pre, GPT-2 onwards) or each residual sum (post, BERT)")
     layer_scale: float | None = Field(None, gt=0, description="transformers: a learned per-channel scale on each "
                                       "residual branch, starting at this value (DINOv2's LayerScale, 1e-5 in CaiT)")
+    weight_init: Literal["gpt2", "clip"] = Field("gpt2", description="transformer: how the blocks start: gpt2 "
+                                                 "(N(0, 0.02), residual outputs / sqrt(2·depth)) or clip (scaled by "
+                                                 "the width D as CLIP's text transformer: query/key/value D^-0.5, "
+                                                 "residual outputs D^-0.5 / sqrt(2·depth), MLP up (2D)^-0.5, learned "
+                                                 "text positions N(0, 0.01)); the clip recipe's towers")
     learned_positions: bool = Field(False, description="text trunk: a learned position embedding per position "
                                     "(GPT-2, BERT) instead of rotary embeddings; ViT: a learned embedding per patch "
                                     "(ViT, DINOv2, CLIP, SigLIP; the class token's position is part of the class "
@@ -423,7 +428,8 @@ class DeepClusterConfig(Section):
 class AlignConfig(Section):
     modality: Literal["image", "audio", "video"] = Field("image", description="what the text is paired with: the "
                                                           "key of a pair in the data")
-    embed_dim: int = Field(256, gt=0, description="the joint embedding both towers project to")
+    embed_dim: int = Field(256, gt=0, description="the joint embedding both towers project to (not given, with "
+                           "align.media_proj=false: model.dim)")
     logit_scale: float | None = Field(None, description="initial log of the logit scale (default: ln(1/0.07) for "
                                       "clip, ln 10 for siglip); learned")
     max_logit_scale: float = Field(100.0, gt=0, description="the learned scale is clamped to at most this")
@@ -669,6 +675,8 @@ class RunConfig(Section):
             raise ValueError(f"model.pooling=last pools a text trunk; this run's modality is {self.modality}")
         if self.text.pooling == "map":
             raise ValueError("text.pooling=map pools a ViT; expected cls, mean or last for the text tower")
+        if self.pairs and not self.align.media_proj and "embed_dim" not in self.align.model_fields_set:
+            self.align.embed_dim = m.dim  # the media tower's features are the embedding: its width, unless given
         if self.pairs and not self.align.media_proj and self.align.embed_dim != m.dim:
             raise ValueError(f"align.media_proj=false makes the media tower's features (model.dim={m.dim}) the joint "
                              f"embedding; expected align.embed_dim={m.dim} (got {self.align.embed_dim})")

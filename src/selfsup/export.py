@@ -11,6 +11,10 @@ Dinov2Model (models/hf/vit.py, dinov2.py), the towers of clip and siglip runs as
 (models/hf/clip.py, siglip.py), a waveform HuBERT as HubertModel (models/hf/hubert.py, with a
 `preprocessor_config.json` for Wav2Vec2FeatureExtractor).
 
+`open_clip`: a clip run as open_clip's CLIP (models/hf/open_clip.py): open_clip_model.safetensors,
+open_clip_config.json and the run's tokenizer, which `open_clip.create_model_and_transforms("local-dir:FOLDER")` and
+`open_clip.get_tokenizer("local-dir:FOLDER")` read.
+
 `safetensors`: the weights and the resolved config alone, for selfsup itself or your own code; with `quantize`
 int8 (the trunk's linear layers) or bf16 (every weight), which `selfsup eval` / `embed` open directly
 (selfsup/quantize.py).
@@ -35,10 +39,11 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from selfsup.config import RunConfig
+from selfsup.data.read.captions import closes
 from selfsup.data.read.tokenizer import EOS, MASK, PAD, opening_eos
 from selfsup.data.read.tokenizer import load as load_tokenizer
 from selfsup.model_card import model_card
-from selfsup.models.hf import bert, clip, dinov2, gpt2, hubert, llama, modernbert, resnet, siglip, vit
+from selfsup.models.hf import bert, clip, dinov2, gpt2, hubert, llama, modernbert, open_clip, resnet, siglip, vit
 from selfsup.quantize import MARKER, MODES, quantized_state
 
 # --format hf: each says why a run does not fit it (unfit) or writes it (to_hf); PROCESSORS: those whose folder has a
@@ -61,17 +66,21 @@ def export(run_dir: Path, cfg: RunConfig, objective: nn.Module, fmt: str, out: P
     elif quantize is not None and (fmt != "safetensors" or quantize not in MODES):
         raise ExportError(f"--quantize {quantize}: expected {' or '.join(MODES)}, with --format safetensors "
                           "(or int8 with --format onnx)")
-    if fmt not in ("hf", "safetensors", "onnx"):
-        raise ExportError(f"--format '{fmt}': expected 'hf', 'safetensors' or 'onnx'")
+    if fmt not in ("hf", "safetensors", "onnx", "open_clip"):
+        raise ExportError(f"--format '{fmt}': expected 'hf', 'safetensors', 'onnx' or 'open_clip'")
     target = check_out(run_dir, out, force)
-    hf = _hf_model(run_dir, cfg, objective) if fmt == "hf" else None  # an unmappable model fails before any write
+    # an unmappable model fails before any write
+    hf = _hf_model(run_dir, cfg, objective) if fmt == "hf" else None
+    oc = _open_clip_model(run_dir, cfg, objective, target) if fmt == "open_clip" else None
     with _staged(target) as tmp:
         if fmt == "onnx":
             _write_onnx(run_dir, cfg, objective, quantize, tmp)
-        elif hf is None:
-            _write_safetensors(run_dir, objective, quantize, tmp)
-        else:
+        elif hf is not None:
             _write_hf(run_dir, cfg, *hf, tmp)
+        elif oc is not None:
+            _write_open_clip(run_dir, cfg, *oc, tmp)
+        else:
+            _write_safetensors(run_dir, objective, quantize, tmp)
         (tmp / "README.md").write_text(model_card(run_dir, cfg, fmt, tmp, license, list(datasets), name))
     return out
 
@@ -201,8 +210,11 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
     for family in HF_FAMILIES:
         why = family.unfit(cfg)
         if why is None:
-            return *family.to_hf(cfg, objective, _special_ids(run_dir)), (
-                family.processor_files(cfg) if family in PROCESSORS else {})
+            if family in PROCESSORS:
+                _closed_captions(run_dir, "hf", family.ARCHITECTURE)
+            specials = _special_ids(run_dir)
+            return *family.to_hf(cfg, objective, specials), (
+                family.processor_files(cfg, specials) if family in PROCESSORS else {})
         if {cfg.objective, *cfg.parts} & set(family.OBJECTIVES):  # the families of this objective say what they need
             whys.append(f"{family.ARCHITECTURE} needs {why}")
     m = cfg.model
@@ -211,6 +223,38 @@ def _hf_model(run_dir: Path, cfg: RunConfig, objective: nn.Module) -> tuple[dict
                           "--format safetensors")
     raise ExportError(f"--format hf: this run (objective={cfg.objective}, model.mlp={m.mlp}, model.norm={m.norm}) "
                       f"maps onto none of: {'; '.join(whys)}; use --format safetensors")
+
+
+def _open_clip_model(run_dir: Path, cfg: RunConfig, objective: nn.Module, target: Path) -> tuple[dict, dict]:
+    """(state dict, open_clip_config.json) of a clip run in open_clip's layout (models/hf/open_clip.py)."""
+    why = open_clip.unfit(cfg, objective.model.blocks[0].mlp.down.in_features, objective.text.hidden)
+    if why is not None:
+        raise ExportError(f"--format open_clip: this run (objective={cfg.objective}) does not map onto open_clip's "
+                          f"CLIP, which needs {why}; use --format safetensors")
+    _closed_captions(run_dir, "open_clip", "open_clip's CLIP")
+    return open_clip.to_open_clip(cfg, objective, _special_ids(run_dir)[EOS], str(target))
+
+
+def _write_open_clip(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict,
+                     out: Path) -> None:
+    """The state dict as safetensors (open_clip's pickled .bin is not written), its config, and the run's tokenizer
+    with the tokenizer_config.json that transformers' AutoTokenizer (open_clip's HFTokenizer) reads."""
+    save_file(weights, out / "open_clip_model.safetensors", metadata={"format": "pt"})
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+    shutil.copyfile(run_dir / "tokenizer.json", out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "pad_token": EOS,
+        "model_max_length": cfg.text.context}, indent=1))
+
+
+def _closed_captions(run_dir: Path, fmt: str, architecture: str) -> None:
+    """CLIPModel and SiglipModel read a caption up to its end-of-text token: the run's tokenizer must close every
+    caption with it (data/read/captions.py), as a model's own does and the BPE a run trains for text.pooling=last."""
+    if not closes(load_tokenizer(run_dir / "tokenizer.json", "the run's tokenizer")):
+        raise ExportError(f"--format {fmt}: {architecture} pools the text at the end-of-text token, but this run's "
+                          f"tokenizer.json does not close captions with {EOS} (a run whose BPE was trained before "
+                          "selfsup closed captions for text.pooling=last); expected a run trained with this version, "
+                          "or with data.tokenizer a model's tokenizer.json")
 
 
 def _write_hf(run_dir: Path, cfg: RunConfig, weights: dict[str, torch.Tensor], config: dict, processor: dict,

@@ -22,7 +22,8 @@ def model_card(run_dir: Path, cfg: RunConfig, fmt: str, folder: Path, license: s
                name: str | None) -> str:
     """README.md for the export written in `folder` (its config.json says which transformers class loads it)."""
     architecture = _architecture(folder)
-    meta = {"library_name": {"hf": "transformers", "onnx": "onnx"}.get(fmt, "selfsup"), "license": license,
+    meta = {"library_name": {"hf": "transformers", "onnx": "onnx", "open_clip": "open_clip"}.get(fmt, "selfsup"),
+            "license": license,
             "tags": ["selfsup", "self-supervised", cfg.objective] + ([cfg.recipe] if cfg.recipe else []),
             "datasets": datasets or None, "base_model": _base_model(cfg), "pipeline_tag": _pipeline(cfg)}
     meta = {k: v for k, v in meta.items() if v}
@@ -78,6 +79,11 @@ def _pooling(cfg: RunConfig) -> str:
 
 def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str:
     """A snippet that loads the export and computes what it is for; tests run it with `path` replaced."""
+    if fmt == "open_clip":
+        code = (f'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{path}")\n'
+                f'tokenizer = open_clip.get_tokenizer("local-dir:{path}")\n'
+                'text = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)')
+        return f"```python\nimport open_clip\n\n{code}\n```\n"
     if fmt == "onnx":
         return _onnx_usage(cfg, path)
     if fmt != "hf":

@@ -111,7 +111,7 @@ class AudioEncoder(nn.Module):
         # post-norm blocks end on a norm; with conv positions they also start on one (HuBERT Base's encoder norm)
         post, bias = cfg.norm_position == "post", cfg.bias == "all"
         self.norm = nn.Identity() if post else make_norm(cfg.norm, cfg.dim, cfg.norm_eps, bias)
-        init_weights(self, cfg.depth)
+        init_weights(self, cfg.depth, scheme=cfg.weight_init)
         if self.waveform:  # a deep stack of convolutions, most without a norm: He init, as fairseq and transformers
             for layer in self.front.convs:
                 nn.init.kaiming_normal_(layer.conv.weight)

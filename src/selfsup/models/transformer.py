@@ -52,7 +52,7 @@ class Transformer(nn.Module):
         theta = cfg.local_rope_theta
         self.local_rotary = (Rotary(cfg.dim // cfg.heads, cfg.context, theta) if any(self.local) and self.rotary
                              is not None and theta not in (None, cfg.rope_theta) else None)
-        init_weights(self, cfg.depth)
+        init_weights(self, cfg.depth, scheme=cfg.weight_init)
 
     def forward(self, idx: Tensor, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None) -> Tensor:
         """idx: (B, T) token ids; doc_ids: (B, T) non-decreasing document index per token, or None;

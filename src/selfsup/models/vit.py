@@ -73,7 +73,7 @@ class ViT(nn.Module):
             self.pos = nn.Parameter(torch.zeros(side * side, cfg.dim))  # (N, D), N(0, 0.02) by init_weights
         else:
             self.register_buffer("pos", sincos_2d(self.grid, self.grid, cfg.dim), persistent=False)  # (T, D)
-        init_weights(self, cfg.depth)
+        init_weights(self, cfg.depth, scheme=cfg.weight_init)
         # the patch embedding as a linear layer with Xavier init (MAE): at N(0, 0.02) the image signal in a token is
         # a few percent of the sin-cos positions, and every image starts with nearly the same features (measured:
         # 1.4% spread across digits), which prototype methods (DINO, SwAV) never escape

@@ -121,7 +121,8 @@ class RunData:
                                 "path, \"text\": caption}) or .tar shards with .txt captions")
             saved = run_dir / "tokenizer.json"  # a resumed run keeps the tokenizer it started with
             self.tokenizer = caption_tokenizer(train.captions, cfg.text.vocab_size,
-                                               str(saved) if saved.is_file() else d.tokenizer)
+                                               str(saved) if saved.is_file() else d.tokenizer,
+                                               closed=cfg.text.pooling == "last")
             self.loader, self.val_loader = (self._pairs(cfg, split, seed=cfg.seed, shuffle=shuffle)
                                             for split, shuffle in ((train, True), (val, False)))
             what = f"{modality}-text pairs"

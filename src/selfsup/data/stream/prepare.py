@@ -181,4 +181,4 @@ def _tokenizer(cfg: RunConfig, train: ShardTable, run_dir: Path) -> Tokenizer:
         if not captions:
             raise DataError(f"the first {len(shards)} training samples carry no .txt caption; {cfg.objective} trains "
                             "on pairs: expected .tar shards whose samples hold a .txt caption")
-    return caption_tokenizer(captions, cfg.text.vocab_size, given)
+    return caption_tokenizer(captions, cfg.text.vocab_size, given, closed=cfg.text.pooling == "last")

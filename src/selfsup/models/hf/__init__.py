@@ -14,6 +14,7 @@ serves both directions, so an import and an export cannot disagree:
     dinov2.py       Dinov2Model <-> the ViT with model.layer_scale (vit.py's table, DINOv2's block names)
     clip.py         CLIPModel <-> the two towers of a clip run (ViT + causal text tower)
     siglip.py       SiglipModel <-> the two towers of a siglip run (ViT with attention pooling + text tower)
+    open_clip.py    export only, not transformers: a clip run as open_clip's CLIP (--format open_clip)
 
 A family module has the same few plain functions, so init.py and export.py read alike for each:
 
@@ -25,6 +26,6 @@ A family module has the same few plain functions, so init.py and export.py read 
     weights(theirs, objective)       yields (our state-dict name, tensor), one at a time (a missing one is one line)
     unfit(cfg) -> str | None         export: why this run does not map onto it, or None
     to_hf(cfg, objective, specials)  export: (tensors under its names, its config.json)
-    processor_files(cfg)             export, two-tower families (export.PROCESSORS): tokenizer_config.json and
+    processor_files(cfg, specials)   export, two-tower families (export.PROCESSORS): tokenizer_config.json and
                                      preprocessor_config.json, so AutoProcessor prepares inputs as training did
 """

@@ -9,7 +9,8 @@ positions hold added in on export (zero on import). Fixed sin-cos positions expo
 
 The text tower is our encoder made causal (text.causal), without the embedding norm (text.embed_norm=false), with
 learned positions, pooled at the last real token (text.pooling=last): CLIP's end-of-text token, which closes every
-caption its tokenizer makes (transformers picks the first end-of-text id, the same token).
+caption its tokenizer makes, and every caption of the BPE a run trains for such a tower (data/read/captions.py;
+transformers picks the first end-of-text id, the same token; export.py checks the run's tokenizer closes them).
 """
 
 from __future__ import annotations
@@ -163,9 +164,6 @@ def unfit(cfg: RunConfig) -> str | None:
         return "text.causal=true, text.learned_positions=true, text.embed_norm=false, text.pooling=last"
     if not a.media_proj or a.text_proj_bias or a.attend_padding:
         return "align.media_proj=true, align.text_proj_bias=false, align.attend_padding=false"
-    if cfg.data.tokenizer is None:
-        return ("captions closed by the tokenizer's own end-of-text token: data.tokenizer a CLIP tokenizer.json "
-                "(model.init sets it)")
     return tower_unfit(m, "model") or tower_unfit(t, "text")
 
 
@@ -222,18 +220,20 @@ def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tup
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}, config
 
 
-def processor_files(cfg: RunConfig) -> dict[str, dict]:
+def processor_files(cfg: RunConfig, specials: dict[str, int]) -> dict[str, dict]:
     """tokenizer_config.json and preprocessor_config.json, so AutoProcessor prepares inputs as training did:
-    captions by the run's tokenizer with its own special tokens, padded to text.context; images with their shorter
-    side resized to image.size (bicubic), centre-cropped, scaled to [0, 1] and normalised by image.mean and
-    image.std."""
+    captions by the run's tokenizer.json as it is (PreTrainedTokenizerFast: CLIPTokenizer would rebuild the BPE a
+    run trained, and add a start token it lacks) with its own special tokens, padded to text.context; images with
+    their shorter side resized to image.size (bicubic), centre-cropped, scaled to [0, 1] and normalised by image.mean
+    and image.std."""
     from selfsup.data.read.tokenizer import EOS
 
     size = cfg.image.size
+    bos = {"bos_token": "<|startoftext|>"} if "<|startoftext|>" in specials else {}  # CLIP's; our BPE has none
     return {
-        "tokenizer_config.json": {"tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>",
-                                  "eos_token": EOS, "pad_token": EOS, "unk_token": EOS,
-                                  "model_max_length": cfg.text.context, "processor_class": "CLIPProcessor"},
+        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", **bos, "eos_token": EOS,
+                                  "pad_token": EOS, "unk_token": EOS, "model_max_length": cfg.text.context,
+                                  "processor_class": "CLIPProcessor"},
         "preprocessor_config.json": {
             "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
             "do_resize": True, "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": True,

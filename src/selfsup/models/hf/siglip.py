@@ -90,15 +90,16 @@ def unfit(cfg: RunConfig) -> str | None:
     m, t, a = cfg.model, cfg.text, cfg.align
     if cfg.objective != "siglip" or a.modality != "image" or m.backbone != "vit":
         return "objective siglip on images with model.backbone=vit"
-    if m.embed_norm or m.pooling != "map":
-        return "model.pooling=map (SigLIP's attention pooling head) and no model.embed_norm"
-    if t.causal or not t.learned_positions or t.embed_norm is not False or t.pooling != "last":
-        return "text.causal=false, text.learned_positions=true, text.embed_norm=false, text.pooling=last"
-    if a.media_proj or not a.attend_padding:
-        return "align.media_proj=false, align.attend_padding=true"
-    if cfg.data.tokenizer is None:
-        return "captions closed by the tokenizer's own end-of-text token: data.tokenizer a model's tokenizer.json"
-    return tower_unfit(m, "model") or tower_unfit(t, "text")
+    # every key at once: the siglip recipe is not SigLIP's shape (it learns faster; BENCHMARKS.md), so a run of it
+    # is told all that makes a run exportable
+    needs = [why for wrong, why in (
+        (m.embed_norm or m.pooling != "map", "model.pooling=map (SigLIP's attention pooling head) and no "
+                                              "model.embed_norm"),
+        (t.causal or not t.learned_positions or t.embed_norm is not False or t.pooling != "last",
+         "text.causal=false, text.learned_positions=true, text.embed_norm=false, text.pooling=last"),
+        (a.media_proj or not a.attend_padding, "align.media_proj=false (align.embed_dim=model.dim), align.attend_padding=true"),
+        (True, tower_unfit(m, "model")), (True, tower_unfit(t, "text"))) if wrong and why]
+    return ", and ".join(needs) or None
 
 
 def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -123,11 +124,12 @@ def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tup
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}, config
 
 
-def processor_files(cfg: RunConfig) -> dict[str, dict]:
+def processor_files(cfg: RunConfig, specials: dict[str, int]) -> dict[str, dict]:
     """tokenizer_config.json and preprocessor_config.json for AutoProcessor: captions by the run's tokenizer with its
     own special tokens, padded to text.context (call it with padding="max_length", as SigLIP's); images resized to
     image.size × image.size (bicubic; SiglipImageProcessor squashes a non-square image where training's decoding
-    centre-crops it), scaled to [0, 1] and normalised by image.mean and image.std."""
+    centre-crops it), scaled to [0, 1] and normalised by image.mean and image.std. specials: unused (SigLIP's
+    tokenizer has no start token to name)."""
     from selfsup.data.read.tokenizer import EOS
 
     size = cfg.image.size
