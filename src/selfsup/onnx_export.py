@@ -131,7 +131,8 @@ def graphs(cfg: RunConfig, objective: nn.Module) -> list[Graph]:
     ids, mask = _text_example(objective.text)
     joint = "embeddings: projected into the joint space and L2-normalised; cosine = dot product"
     return [Graph("text.onnx", JointText(objective), (ids, mask), TEXT_IN, ["embeddings"],
-                  _text_about(objective.text, objective.text.cfg.pooling, joint), objective.text.cfg.context),
+                  _text_about(objective.text, objective.text.cfg.pooling, joint, objective.attend_padding),
+                  objective.text.cfg.context),
             Graph(f"{cfg.modality}.onnx", JointMedia(objective), media, names, ["embeddings"],
                   _media_about(cfg, f"{joint}; of the tower's features ({_media_pooling(cfg)})"))]
 
@@ -221,11 +222,15 @@ def _pooled(kind: str) -> str:
     return f"features: the final-norm hidden states at {where}"
 
 
-def _text_about(trunk: Transformer, pooling: str, what: str) -> dict:
+def _text_about(trunk: Transformer, pooling: str, what: str, attend_padding: bool = False) -> dict:
+    # a last-token tower's captions end with <|endoftext|> (its pooled token); every other text opens with it
+    where = "closes" if pooling == "last" else "opens"
+    padded = (f"ids right-padded with <|pad|> to exactly {trunk.cfg.context} tokens (the tower reads the padding, as "
+              "training did; attention_mask all 1)" if attend_padding else
+              f"ids right-padded with <|pad|>, attention_mask 1 on real tokens, at most {trunk.cfg.context} tokens")
     return {"pooling": pooling, "outputs_are": what, "max_sequence": trunk.cfg.context,
-            "prepare": ("tokenizer.json beside this file (Hugging Face tokenizers; it opens each text with "
-                        "<|endoftext|>, as training did): ids right-padded with <|pad|>, attention_mask 1 on real "
-                        f"tokens, at most {trunk.cfg.context} tokens")}
+            "prepare": (f"tokenizer.json beside this file (Hugging Face tokenizers; it {where} each text with "
+                        f"<|endoftext|>, as training did): {padded}")}
 
 
 def _media_pooling(cfg: RunConfig) -> str:
