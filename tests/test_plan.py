@@ -8,12 +8,12 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from selfsup import config
 from selfsup.data.read.tokenizer import train_bpe
 from selfsup.objectives.build import build_objective
-from selfsup.plan.activations import ATTENTION_FLOPS, micro_batch
+from selfsup.plan.activations import micro_batch
+from selfsup.train.mfu import count_flops
 from selfsup.plan.devices import DEVICES
 from selfsup.plan.estimate import GIB, advice, footprint, make_plan, start_lines, summary_lines, table_lines
 from selfsup.plan.state import objective_on_meta
@@ -59,9 +59,7 @@ def real_flops(cfg, checkpointing=False):
         batch = {"tokens": torch.randint(0, 512, (cfg.train.batch_size, T))}
     if checkpointing:
         checkpoint_activations(objective)
-    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:  # as the trainer, attention too
-        objective(batch).loss.backward()
-    return counter.get_total_flops()
+    return count_flops(lambda: objective(batch).loss.backward())[0]  # as the trainer counts a step
 
 
 @pytest.mark.parametrize("recipe, extra", [("gpt-clm", []), ("gpt-clm", ["train.activation_checkpointing=true"]),

@@ -27,7 +27,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from selfsup.config import RunConfig
 from selfsup.objectives.align import Towers
@@ -47,23 +47,10 @@ from selfsup.objectives.plm import PermutationLM
 from selfsup.objectives.simclr import SimCLR
 from selfsup.objectives.simcse import SimCSE
 from selfsup.objectives.swav import SwAV
+from selfsup.train.mfu import ATTENTION_FLOPS
 from selfsup.train.parallel import checkpoint_activations
 
 CPU = torch.device("cpu")
-
-
-def _attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(q, k, v)
-
-
-def _attention_backward(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad, q, k, v)
-
-
-# torch counts attention's FLOPs for its GPU kernels only; its CPU kernel, the one fake CPU tensors run, gets the same
-# formulas here, so that a plan counts what FlopCounterMode counts of the run on a GPU
-ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
-                   torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
 
 
 @dataclass(frozen=True)

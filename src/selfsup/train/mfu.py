@@ -14,6 +14,7 @@ import platform
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from selfsup.data.cache.tokens import default_cache
 from selfsup.files import replace_text
@@ -65,11 +66,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_flops(fn):
-    """Run fn() under torch's FlopCounterMode: (FLOPs of its matmuls and convolutions, forward and backward,
-    fn's result). Used where no closed formula is kept (image objectives: backbones, heads, teachers, views)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(q, k, v)
 
-    with FlopCounterMode(display=False) as counter:
+
+def _attention_backward(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad, q, k, v)
+
+
+# torch counts attention's FLOPs for its GPU kernels only; its CPU kernel gets the same formulas here, so a step on
+# the CPU (and the planner's fake CPU tensors) counts what the same step counts on a GPU
+ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+                   torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward}
+
+
+def count_flops(fn):
+    """Run fn() under torch's FlopCounterMode: (FLOPs of its matmuls, convolutions and attention, forward and
+    backward, fn's result). Used where no closed formula is kept (image objectives: backbones, heads, teachers,
+    views)."""
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
         result = fn()
     return counter.get_total_flops(), result
