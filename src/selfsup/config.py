@@ -82,7 +82,8 @@ class DataConfig(Section):
                       "Python's standard library, present on every machine. Images: a folder "
                       "(recursive), webdataset .tar shards, an .npz, .parquet files or a datasets folder (see "
                       "data.image_field); 'builtin:digits' is scikit-learn's bundled handwritten digits (training "
-                      "split)")
+                      "split). Audio: a folder of clips, or 'builtin:tones' (synthetic sounds) / 'builtin:speech' "
+                      "(synthetic spoken vowels of many voices), their training splits")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
                                                           ".parquet: a document per line, per file, or per block of "
                                                           "lines between blank lines")
