@@ -450,6 +450,10 @@ class HuBERTConfig(Section):
     mask_length: int = Field(10, ge=1, description="tokens per masked span")
     temperature: float = Field(0.1, gt=0, description="of the cosine logits against the cluster embeddings")
     proj_dim: int = Field(256, gt=0, description="projection and cluster-embedding width")
+    targets: Literal["log-mel", "mfcc"] = Field("log-mel", description="what the k-means units cluster, per token: "
+                                                "its stacked log-mel frames, or (the paper's first iteration) their "
+                                                "39 MFCCs, 13 cepstra with deltas and delta-deltas, which keep the "
+                                                "spectral envelope (formants) and drop the pitch harmonics")
 
 
 class HybridTerm(Section):
