@@ -167,8 +167,8 @@ def main() -> None:
         (out / "probes.json").write_text(json.dumps(figures, indent=1))
         f = figures["steps"][step][final]
         print(f"step {step:4d}: final mean kNN raw {f['raw']['knn']:.3f} centred {f['centred']['knn']:.3f} "
-              f"whitened {f['whitened']['knn']:.3f}; linear raw {f['raw']['linear']:.3f} whitened "
-              f"{f['whitened']['linear']:.3f}; anisotropy {f['raw']['anisotropy']:.2f} "
+              f"whitened {f['whitened']['knn']:.3f}; linear raw {f['raw'].get('linear', 0):.3f} whitened "
+              f"{f['whitened'].get('linear', 0):.3f}; anisotropy {f['raw']['anisotropy']:.2f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     print(tables(figures))
 
@@ -192,8 +192,9 @@ def tables(figures: dict) -> str:
         lines += ["", f"step {s}:", "", "| representation | " + " | ".join(f"{t} kNN" for t in TRANSFORMS)
                   + " | raw linear | whitened linear | anisotropy raw / centred |", "|---" + "|---:" * 6 + "|"]
         for rep, row in steps[s].items():
+            lin = [f"{row[t]['linear']:.3f}" if "linear" in row[t] else "–" for t in ("raw", "whitened")]
             lines.append(f"| {rep} | " + " | ".join(f"{row[t]['knn']:.3f}" for t in TRANSFORMS)
-                         + f" | {row['raw']['linear']:.3f} | {row['whitened']['linear']:.3f} | "
+                         + f" | {lin[0]} | {lin[1]} | "
                          f"{row['raw']['anisotropy']:.2f} / {row['centred']['anisotropy']:.2f} |")
     return "\n".join(lines)
 

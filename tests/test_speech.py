@@ -3,6 +3,8 @@ Peterson & Barney put them, whatever the voice."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import soundfile
 
@@ -61,3 +63,20 @@ def test_vowels_have_their_formants_in_every_voice(tmp_path):
     _, child = _spectrum(tmp_path / "train" / "hod" / "tr02-0.wav")
     low = freqs < 1600  # F1 and F2 of hod: the child's centroid is higher (a shorter vocal tract)
     assert (freqs[low] * child[low]).sum() / child[low].sum() > (freqs[low] * man[low]).sum() / man[low].sum()
+
+
+def test_builtin_speech_is_written_once_into_the_cache(tmp_path, monkeypatch):
+    """data.path=builtin:speech: the set is written on first use (a set with no .jsonl: its folder marks it whole)
+    and its training split is the data path."""
+    import selfsup.data.builtin as builtin
+
+    calls = []
+
+    def small(out):
+        calls.append(out)
+        write_speech(out, train_speakers=1, test_speakers=1, per_vowel=1)
+
+    monkeypatch.setitem(builtin.SETS, "builtin:speech", ("speech", small, "train"))
+    path = builtin.resolve("builtin:speech", tmp_path)
+    assert path == str(tmp_path / "builtin" / "speech" / "train") and len(list(Path(path).rglob("*.wav"))) == 10
+    assert builtin.resolve("builtin:speech", tmp_path) == path and len(calls) == 1
