@@ -16,7 +16,11 @@ init (`selfsup eval --baseline random`'s: the run's objective built from its see
 - kNN: probe/knn.py's (k=20, cosine, T=0.07), as `selfsup eval --task knn`; linear: probe/linear.py's (features
   standardized per dimension first, so raw and centred give the same number: reported once, as raw);
 - anisotropy: the mean cosine similarity of 4,000 seeded random pairs of distinct test clips, after the transform
-  (0: directions spread; 1: every clip points the same way).
+  (0: directions spread; 1: every clip points the same way);
+- what the last layer's mean varies with, on the speech set: the share of its variance the vowels' means explain
+  and the speakers' (from the file names), and its first principal direction's share of the variance, the share of
+  that the vowel and the speaker explain, and its correlation with the background level (the mean log power of each
+  clip's quietest 20 frames).
 
 Single-threaded torch; the probes take about 2 minutes a run on a quiet core, training 5-10 on 2 shared cores.
 
@@ -24,6 +28,7 @@ Single-threaded torch; the probes take about 2 minutes a run on a quiet core, tr
     .venv/bin/python bench/audio_representation.py --data runs/speech --out runs/audio-bench/shipped
     .venv/bin/python bench/audio_representation.py --data runs/speech --out runs/audio-bench/mfcc \\
         --set hubert.targets=mfcc
+    .venv/bin/python bench/audio_representation.py --tables A/probes.json B/probes.json   # one run probed in parts
 """
 
 from __future__ import annotations
@@ -98,6 +103,38 @@ def anisotropy(x: Tensor, seed: int = 0) -> float:
     return F.cosine_similarity(x[i], x[j], dim=1).mean().item()
 
 
+def variance_shares(x: Tensor, groups: Tensor) -> float:
+    """Share of the total variance of x (N, D) that the means of `groups` (N,) explain (between-group / total)."""
+    x = x - x.mean(dim=0)
+    between = sum((groups == g).sum() * x[groups == g].mean(dim=0).pow(2).sum() for g in groups.unique())
+    return (between / x.pow(2).sum()).item()
+
+
+def what_dominates(x: Tensor, vowel: Tensor, speaker: Tensor, floor: Tensor) -> dict:
+    """The test features' variance explained by vowel and by speaker, and the first principal direction: its share
+    of the variance, the share of it vowel and speaker explain, and its correlation with the background level."""
+    centred = x - x.mean(dim=0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    pc1 = centred @ v[0]  # (N,)
+    return dict(vowel=variance_shares(x, vowel), speaker=variance_shares(x, speaker),
+                pc1=(s[0] ** 2 / s.pow(2).sum()).item(), pc1_vowel=variance_shares(pc1[:, None], vowel),
+                pc1_speaker=variance_shares(pc1[:, None], speaker),
+                pc1_floor=torch.corrcoef(torch.stack([pc1, floor]))[0, 1].abs().item())
+
+
+def speech_speakers(test_dir: Path, test_set) -> Tensor | None:
+    """(N,) speaker ids of the test rows, from the speech set's file names (<speaker>-<i>.wav) in the order the
+    cache reads them (sorted); None for a set that is not laid out so."""
+    from selfsup.data.cache.media import source_files
+
+    files = source_files(str(test_dir), "audio")
+    if [f.parent.name for f in files] != [test_set.classes[i] for i in test_set.labels] or \
+            not all("-" in f.stem for f in files):
+        return None
+    names = sorted({f.stem.split("-")[0] for f in files})
+    return torch.tensor([names.index(f.stem.split("-")[0]) for f in files])
+
+
 def probe(train: dict[str, Tensor], test: dict[str, Tensor], y_train: Tensor, y_test: Tensor, classes: int,
           linear_reps: set[str] | None) -> dict:
     """{rep: {transform: {knn, linear (raw, whitened), anisotropy}}}; linear only for the reps in linear_reps
@@ -119,14 +156,22 @@ def probe(train: dict[str, Tensor], test: dict[str, Tensor], y_train: Tensor, y_
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="a `selfsup data speech` folder (train/, test/)")
-    p.add_argument("--out", required=True, help="folder for the run (out/run) and the figures (out/probes.json)")
+    p.add_argument("--tables", nargs="+", help="only print the tables of these probes.json files of one run (their "
+                   "steps merged: probes of a run's steps made in parts)")
+    p.add_argument("--data", help="a `selfsup data speech` folder (train/, test/)")
+    p.add_argument("--out", help="folder for the run (out/run) and the figures (out/probes.json)")
     p.add_argument("--run", help="probe this trained run instead of training one")
     p.add_argument("--set", action="append", default=[], help="a config key=value on top of the demo's settings")
     p.add_argument("--every", type=int, default=50, help="steps between the probed checkpoints")
     p.add_argument("--steps", help="probe only these steps, e.g. 0,150,300 (default: the random init and every "
                    "checkpoint)")
     args = p.parse_args()
+    if args.tables:
+        parts = [json.loads(Path(f).read_text()) for f in args.tables]
+        print(tables({**parts[0], "steps": {k: v for part in parts for k, v in part["steps"].items()}}))
+        return
+    if not args.data or not args.out:
+        p.error("--data and --out are needed to train and probe a run")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +192,9 @@ def main() -> None:
     train_set, inputs = labeled_set(cfg, objective, tok, str(Path(args.data) / "train"))
     test_set, _ = labeled_set(cfg, objective, tok, str(Path(args.data) / "test"), train_set.classes)
     n = len(train_set.classes)
+    speaker = None if cfg.audio.input == "waveform" else speech_speakers(Path(args.data) / "test", test_set)
+    energy = torch.from_numpy(test_set.items.rows[:].astype("float32")).exp().mean(dim=1).log()  # (N, F) log power
+    floor = energy.sort(dim=1).values[:, :20].mean(dim=1)  # (N,) the quietest 20 frames: the background's level
     steps = {0: None, **{int(c.name.split("-")[-1]): c / "model.safetensors" for c in checkpoints(run)}}
     if args.steps:
         steps = {s: steps[s] for s in map(int, args.steps.split(","))}
@@ -164,6 +212,8 @@ def main() -> None:
         final = f"L{cfg.model.depth}"
         linear = None if step in (0, last) else {final, "first+last"}  # every rep at the ends; the curve's two
         figures["steps"][step] = probe(train_f, test_f, train_set.labels, test_set.labels, n, linear)
+        if speaker is not None:
+            figures["steps"][step]["dominates"] = what_dominates(test_f[final], test_set.labels, speaker, floor)
         (out / "probes.json").write_text(json.dumps(figures, indent=1))
         f = figures["steps"][step][final]
         print(f"step {step:4d}: final mean kNN raw {f['raw']['knn']:.3f} centred {f['centred']['knn']:.3f} "
@@ -192,10 +242,21 @@ def tables(figures: dict) -> str:
         lines += ["", f"step {s}:", "", "| representation | " + " | ".join(f"{t} kNN" for t in TRANSFORMS)
                   + " | raw linear | whitened linear | anisotropy raw / centred |", "|---" + "|---:" * 6 + "|"]
         for rep, row in steps[s].items():
+            if rep == "dominates":
+                continue
             lin = [f"{row[t]['linear']:.3f}" if "linear" in row[t] else "–" for t in ("raw", "whitened")]
             lines.append(f"| {rep} | " + " | ".join(f"{row[t]['knn']:.3f}" for t in TRANSFORMS)
                          + f" | {lin[0]} | {lin[1]} | "
                          f"{row['raw']['anisotropy']:.2f} / {row['centred']['anisotropy']:.2f} |")
+    explained = [s for s in keys if "dominates" in steps[s]]
+    if explained:
+        lines += ["", f"what the {final} mean's variance is (test clips, raw):", "",
+                  "| step | vowel share | speaker share | PC1 share | PC1: vowel / speaker share, |corr| with background "
+                  "level |", "|---:|---:|---:|---:|---|"]
+        for s in explained:
+            d = steps[s]["dominates"]
+            lines.append(f"| {s} | {d['vowel']:.2f} | {d['speaker']:.2f} | {d['pc1']:.2f} | {d['pc1_vowel']:.2f} / "
+                         f"{d['pc1_speaker']:.2f}, {d['pc1_floor']:.2f} |")
     return "\n".join(lines)
 
 

@@ -452,8 +452,8 @@ class HuBERTConfig(Section):
     proj_dim: int = Field(256, gt=0, description="projection and cluster-embedding width")
     targets: Literal["log-mel", "mfcc"] = Field("log-mel", description="what the k-means units cluster, per token: "
                                                 "its stacked log-mel frames, or (the paper's first iteration) their "
-                                                "39 MFCCs, 13 cepstra with deltas and delta-deltas, which keep the "
-                                                "spectral envelope (formants) and drop the pitch harmonics")
+                                                "39 MFCCs, 13 liftered cepstra with deltas and delta-deltas: the "
+                                                "spectral envelope (formants), the overall level weighing little")
 
 
 class HybridTerm(Section):
