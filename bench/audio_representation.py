@@ -20,7 +20,9 @@ init (`selfsup eval --baseline random`'s: the run's objective built from its see
 - what the last layer's mean varies with, on the speech set: the share of its variance the vowels' means explain
   and the speakers' (from the file names), and its first principal direction's share of the variance, the share of
   that the vowel and the speaker explain, and its correlation with the background level (the mean log power of each
-  clip's quietest 20 frames).
+  clip's quietest 20 frames); and how the run's k-means units cover the background tokens (more than 17 dB below
+  their clip's loudest frame): how many units are mostly background, and how much of those tokens' level the units
+  tell.
 
 Single-threaded torch; the probes take about 2 minutes a run on a quiet core, training 5-10 on 2 shared cores.
 
@@ -122,6 +124,24 @@ def what_dominates(x: Tensor, vowel: Tensor, speaker: Tensor, floor: Tensor) -> 
                 pc1_floor=torch.corrcoef(torch.stack([pc1, floor]))[0, 1].abs().item())
 
 
+@torch.no_grad()
+def background_units(objective, clips, energy: Tensor) -> dict:
+    """How the run's k-means units cover the background (tokens over 17 dB below their clip's loudest frame): the
+    share of tokens that are background, the units at least 90% background, and the share of the background tokens'
+    level variance that their units explain (1: the units are a level meter)."""
+    from selfsup.objectives.kmeans import nearest
+
+    x, _ = objective.view(torch.from_numpy(clips.rows[:].astype("float32")), torch.from_numpy(clips.lengths[:]))
+    T = objective.model.tokens_per_clip
+    units = nearest(objective.frames(x, T).flatten(0, 1), objective.centroids).view(-1, T)  # (N, T)
+    level = energy[:, :objective.frame_stride * T:objective.frame_stride]  # (N, T) each token's first frame
+    background = level < energy.max(dim=1, keepdim=True).values - 4  # (N, T)
+    u = units[background]
+    quiet = sum((background[units == k].float().mean() > 0.9).item() for k in units.unique())
+    return dict(background_tokens=background.float().mean().item(), background_units=quiet,
+                units=len(units.unique()), level_explained=variance_shares(level[background][:, None], u))
+
+
 def speech_speakers(test_dir: Path, test_set) -> Tensor | None:
     """(N,) speaker ids of the test rows, from the speech set's file names (<speaker>-<i>.wav) in the order the
     cache reads them (sorted); None for a set that is not laid out so."""
@@ -214,6 +234,8 @@ def main() -> None:
         figures["steps"][step] = probe(train_f, test_f, train_set.labels, test_set.labels, n, linear)
         if speaker is not None:
             figures["steps"][step]["dominates"] = what_dominates(test_f[final], test_set.labels, speaker, floor)
+            if weights is not None:
+                figures["steps"][step]["dominates"]["units"] = background_units(model, test_set.items, energy)
         (out / "probes.json").write_text(json.dumps(figures, indent=1))
         f = figures["steps"][step][final]
         print(f"step {step:4d}: final mean kNN raw {f['raw']['knn']:.3f} centred {f['centred']['knn']:.3f} "
@@ -257,6 +279,11 @@ def tables(figures: dict) -> str:
             d = steps[s]["dominates"]
             lines.append(f"| {s} | {d['vowel']:.2f} | {d['speaker']:.2f} | {d['pc1']:.2f} | {d['pc1_vowel']:.2f} / "
                          f"{d['pc1_speaker']:.2f}, {d['pc1_floor']:.2f} |")
+            if "units" in d:
+                u = d["units"]
+                lines.append(f"|  | units: {u['background_tokens']:.0%} of the tokens are background, "
+                             f"{u['background_units']} of {u['units']} units are (>90%), their units explain "
+                             f"{u['level_explained']:.2f} of its level's variance | | | |")
     return "\n".join(lines)
 
 
