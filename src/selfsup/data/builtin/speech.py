@@ -1,11 +1,14 @@
-"""A labeled speech-like set made on the machine (no download): ten vowels spoken by synthetic speakers, with the
-test speakers never heard in training, for measuring whether an audio encoder's features generalise across voices.
+"""A labeled speech-like set made on the machine (no download): ten vowels, in h-vowel-d words, spoken by synthetic
+speakers, the test speakers never heard in training, for measuring whether an audio encoder's features generalise
+across voices.
 
     write_speech(DIR)   ->   DIR/train/<vowel>/<speaker>-<i>.wav, DIR/test/<vowel>/<speaker>-<i>.wav
 
 A source-filter (Klatt-style cascade) formant synthesiser: a glottal pulse train at the speaker's pitch (the
 KLGLOTT88 flow derivative, with jitter and shimmer, a falling or rising intonation, breathy aspiration in the open
-phase) through a low-pass of the speaker's spectral tilt and five second-order resonators at the vowel's formants.
+phase) through a low-pass of the speaker's spectral tilt and five second-order resonators at the vowel's formants;
+before it an /h/ (breath noise through the same resonators), after it the formants glide to /d/'s locus, voicing
+stops, and a short burst releases the /d/.
 The ten classes are the vowels of Peterson & Barney (1952) (heed, hid, head, had, hod, hawed, hood, who'd, hud,
 heard), with their men's average formants. A speaker is a pitch, a vocal-tract length (the formants scaled by
 0.9-1.35: men, women, children), a timbre (tilt, open quotient, breathiness, bandwidths, higher formants) and an
@@ -13,7 +16,8 @@ accent (each vowel's formants moved by a few percent, per speaker); each token m
 in from a neutral vowel. So the classes overlap across speakers as real vowels do, and telling a vowel of an
 unseen speaker needs what speaker normalisation needs: formant patterns relative to a voice, not pitch or timbre.
 
-Each clip is 1 s at 16 kHz: a vowel of 0.3-0.7 s at a random offset, 20 ms in and 40 ms out, over faint noise.
+Each clip is 1 s at 16 kHz: a word of 0.32-0.71 s (a vowel of 0.25-0.55 s) at a random offset, over a faint
+hiss of random level.
 Speakers, tokens and noise are drawn from numpy Generators seeded by (seed, split, speaker), so the set is the same
 on every machine and a split's files do not depend on the other split's size. The class folders give labels to
 evaluation only; pretraining reads DIR/train as unlabeled clips.
@@ -51,14 +55,14 @@ def write_speech(out: str | Path, train_speakers: int = 30, test_speakers: int =
     out = Path(out)
     counts = {}
     for s, (split, speakers) in enumerate((("train", train_speakers), ("test", test_speakers))):
-        tokens = []  # (folder, file name, rng, speaker, vowel) for every clip of the split
+        tokens = []  # (vowel, file name, rng, speaker) for every clip of the split
         for k in range(speakers):
             rng = np.random.default_rng([seed, s, k])
             speaker = _speaker(rng, k)
             for name in VOWELS:
                 for i in range(per_vowel):
-                    tokens.append((name, f"{split[:2]}{k:02d}-{i}", rng, speaker, name))
-        params = [_token(rng, speaker, vowel, sample_rate) for _, _, rng, speaker, vowel in tokens]
+                    tokens.append((name, f"{split[:2]}{k:02d}-{i}", rng, speaker))
+        params = [_token(rng, speaker, vowel, sample_rate) for vowel, _, rng, speaker in tokens]
         waves = _synthesise(params, sample_rate) if tokens else []
         for (name, stem, *_), wave in zip(tokens, waves):
             folder = out / split / name
