@@ -67,9 +67,9 @@ def layer_features(model, inputs, items, batch: int = 128) -> dict[str, Tensor]:
         mask = real[:, None, None, :].expand(B, 1, T, T)
         w = real.unsqueeze(-1).float()  # (b, T, 1)
         means = [(h * w).sum(1) / w.sum(1)]  # L0: the front end
-        if model.rotary is None:
-            h = model.norm_in(h.masked_fill(~real[..., None], 0.0) + model.positions(h.masked_fill(~real[..., None],
-                                                                                                   0.0)))
+        if model.rotary is None:  # audio.positions=conv: added once before the blocks, as AudioEncoder.encode
+            h = h.masked_fill(~real[..., None], 0.0)
+            h = model.norm_in(h + model.positions(h))
             rope = None
         else:
             rope = model.rotary(T, None)
