@@ -24,7 +24,7 @@ from selfsup.data.read.tokenizer import train_bpe
 from selfsup.dist import gather, rank_and_world
 from selfsup.models.audio import AudioEncoder
 from selfsup.objectives.build import build_objective
-from selfsup.objectives.hubert import span_mask, token_frames
+from selfsup.objectives.hubert import mfcc, span_mask, token_frames
 from selfsup.objectives.kmeans import nearest
 from selfsup.objectives.pair_losses import clip_loss, siglip_loss
 from selfsup.seed import seed_everything
@@ -240,6 +240,35 @@ def test_token_frames_equals_hand_loop(T):
                     f = t * stride + j
                     ref[b, t, m * stride + j] = mel[b, m, f] if f < Fr else 0.0
     assert torch.equal(out, ref)
+
+
+def test_mfcc_is_librosas_with_kaldis_lifter():
+    """13 cepstra of the log-mel (orthonormal DCT-II, Kaldi's lifter 1 + 11 sin(πn/22), c0 unliftered) and their
+    5-frame deltas and delta-deltas, the ends repeated: librosa's DCT and delta on the same frames."""
+    import librosa
+    import scipy.fft
+
+    mel = torch.randn(2, 64, 30, generator=torch.Generator().manual_seed(0))
+    out = mfcc(mel)  # (2, 39, 30)
+    assert out.shape == (2, 39, 30)
+    n = np.arange(13)[:, None]
+    c = scipy.fft.dct(mel[1].numpy(), type=2, norm="ortho", axis=0)[:13] * (1 + 11 * np.sin(np.pi * n / 22))
+    d = librosa.feature.delta(c, width=5, mode="nearest")
+    dd = librosa.feature.delta(d, width=5, mode="nearest")
+    assert np.allclose(out[1].numpy(), np.concatenate([c, d, dd]), atol=1e-4)
+
+
+def test_hubert_mfcc_units_cluster_39_coefficients_per_frame():
+    cfg = config.load("audio-mask", [*HUBERT, "hubert.targets=mfcc"])
+    rows, lengths = _clips(6)
+    seed_everything(0)
+    obj = build_objective(cfg, clips=(rows, lengths)).train()
+    out = obj(_batch(rows, lengths))
+    assert obj.centroids.shape == (8, 39 * 2) and torch.isfinite(out.loss)
+    mel, _ = obj.view(torch.from_numpy(np.array(rows[:2])), torch.from_numpy(lengths[:2]))
+    T = obj.model.tokens_per_clip
+    assert torch.equal(obj.frames(mel, T), token_frames(mfcc(mel), 2, T))  # a token stacks its frames' MFCCs
+    assert config.load("audio-mask", HUBERT).hubert.targets == "log-mel"  # the default is unchanged
 
 
 HUBERT = ["model.dim=32", "model.depth=1", "model.heads=2", "hubert.clusters=8", "hubert.kmeans_frames=400",

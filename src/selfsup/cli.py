@@ -270,8 +270,8 @@ def embed(
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, labeled-packages, docstrings, "
-                       "digits, tones, moving-digits), clean them (dedup, filter) and tokenize text ahead of training "
-                       "(tokenize).")
+                       "digits, tones, speech, moving-digits), clean them (dedup, filter) and tokenize text ahead of "
+                       "training (tokenize).")
 app.add_typer(data_app, name="data")
 
 
@@ -427,6 +427,19 @@ def tones(out: Path = typer.Option(..., help="output folder for train/ and test/
     counts = write_tones(out, seed=seed)
     console.print(f"written {counts['train']:,} train and {counts['test']:,} test clips to {out}/train and {out}/test, "
                   f"with captions in {out}/train.jsonl and {out}/test.jsonl")
+
+
+@data_app.command("speech")
+def speech(out: Path = typer.Option(..., help="output folder for train/ and test/ (one sub-folder per vowel)"),
+           seed: int = typer.Option(0, help="the same seed writes the same files")):
+    """Synthetic spoken words (h-vowel-d, ten vowels) from a formant synthesiser as 16 kHz WAV folders, by 30
+    training speakers and 10 other test speakers: pretrain audio-mask on OUT/train; evaluate with --train OUT/train
+    --test OUT/test (vowels of voices never heard in training)."""
+    from selfsup.data.builtin.speech import write_speech
+
+    counts = write_speech(out, seed=seed)
+    console.print(f"written {counts['train']:,} train and {counts['test']:,} test clips (other speakers) to "
+                  f"{out}/train and {out}/test")
 
 
 @data_app.command("moving-digits")

@@ -82,7 +82,8 @@ class DataConfig(Section):
                       "Python's standard library, present on every machine. Images: a folder "
                       "(recursive), webdataset .tar shards, an .npz, .parquet files or a datasets folder (see "
                       "data.image_field); 'builtin:digits' is scikit-learn's bundled handwritten digits (training "
-                      "split)")
+                      "split). Audio: a folder of clips, or 'builtin:tones' (synthetic sounds) / 'builtin:speech' "
+                      "(synthetic spoken vowels of many voices), their training splits")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
                                                           ".parquet: a document per line, per file, or per block of "
                                                           "lines between blank lines")
@@ -455,6 +456,10 @@ class HuBERTConfig(Section):
     mask_length: int = Field(10, ge=1, description="tokens per masked span")
     temperature: float = Field(0.1, gt=0, description="of the cosine logits against the cluster embeddings")
     proj_dim: int = Field(256, gt=0, description="projection and cluster-embedding width")
+    targets: Literal["log-mel", "mfcc"] = Field("log-mel", description="what the k-means units cluster, per token: "
+                                                "its stacked log-mel frames, or (the paper's first iteration) their "
+                                                "39 MFCCs, 13 liftered cepstra with deltas and delta-deltas: the "
+                                                "spectral envelope (formants), the overall level weighing little")
 
 
 class HybridTerm(Section):

@@ -87,7 +87,7 @@ def build_objective(cfg: RunConfig, tok: Tokenizer | None = None, images: np.nda
         a = cfg.audio
         mel = LogMel(a.sample_rate, a.n_mels, a.n_fft, a.hop) if a.input == "waveform" else None
         return HuBERT(encoder, view, h.clusters, h.kmeans_frames, h.mask_prob, h.mask_length, h.temperature,
-                      h.proj_dim, rows, lengths, cfg.seed, mel)
+                      h.proj_dim, rows, lengths, cfg.seed, mel, h.targets)
     if not cfg.is_image:
         return _text_objective(cfg, tok, backbone)
     if cfg.image.mean is None or cfg.image.std is None:

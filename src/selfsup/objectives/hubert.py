@@ -10,7 +10,8 @@ k-means the framework already has (BEiT's codebook, DeepCluster), and it is dete
 As the paper: spans of `mask_length` tokens start at a share `mask_prob` of tokens (about half the tokens end up
 masked at 0.08 × 10); the loss is on masked tokens only (α = 1, its best setting); logits are cosine
 similarities between a projection of the output and an embedding per cluster, over temperature 0.1. The paper's
-first-iteration features are 39-d MFCCs; here each token's unit is the k-means cluster of its `stride` stacked,
+first-iteration features are 39-d MFCCs (hubert.targets=mfcc: 13 cepstra of the log-mel frames, Kaldi's lifter,
+deltas and delta-deltas); by default each token's unit is the k-means cluster of its `stride` stacked,
 normalised log-mel frames (the same frames the token's front end reads), fitted on the first training step on
 up to `kmeans_frames` real (unpadded) tokens of the training clips, and kept in the checkpoint. Iterating (new
 targets from the model's own features) is not done.
@@ -55,6 +56,25 @@ def token_frames(mel: Tensor, stride: int, T: int) -> Tensor:
     return x.view(B, M, T, stride).permute(0, 2, 1, 3).reshape(B, T, M * stride)
 
 
+def mfcc(mel: Tensor, cepstra: int = 13, lifter: int = 22) -> Tensor:
+    """(B, M, F) log-mel -> (B, 3 · cepstra, F): the orthonormal DCT-II's first cepstra, liftered as Kaldi's
+    compute-mfcc-feats (which HuBERT's first iteration runs), then their deltas and delta-deltas over 5 frames
+    (torchaudio's compute_deltas: the ends repeated)."""
+    M = mel.shape[1]
+    n = torch.arange(cepstra, device=mel.device, dtype=torch.float32)[:, None]  # (C, 1)
+    m = torch.arange(M, device=mel.device, dtype=torch.float32)[None, :]  # (1, M)
+    dct = torch.cos(torch.pi / M * (m + 0.5) * n) * torch.sqrt(torch.where(n == 0, 1.0, 2.0) / M)  # (C, M)
+    lift = 1 + lifter / 2 * torch.sin(torch.pi * n / lifter)  # (C, 1)
+    c = lift * (dct @ mel.float())  # (B, C, F)
+
+    def delta(x: Tensor) -> Tensor:  # Σ_k k (x[t+k] − x[t−k]) / (2 Σ k²), k = 1, 2
+        p = F.pad(x, (2, 2), mode="replicate")
+        return (p[..., 3:-1] - p[..., 1:-3] + 2 * (p[..., 4:] - p[..., :-4])) / 10
+
+    d = delta(c)
+    return torch.cat([c, d, delta(d)], dim=1)  # (B, 3C, F)
+
+
 class LogMel(nn.Module):
     """(B, S) samples -> (B, M, 1 + S // hop) natural-log mel power: data/read/audio.log_mel in torch (a centred
     STFT over zeros, periodic Hann, Slaney filters, floored log), for the targets of waveform input."""
@@ -81,8 +101,10 @@ class HuBERT(nn.Module, Objective):
 
     def __init__(self, encoder: AudioEncoder, view: nn.Module, clusters: int, kmeans_frames: int, mask_prob: float,
                  mask_length: int, temperature: float, proj_dim: int, clips: np.ndarray | None = None,
-                 lengths: np.ndarray | None = None, seed: int = 0, mel: LogMel | None = None):
-        """mel: for an encoder that reads samples, what makes the log-mel frames its units are k-means of."""
+                 lengths: np.ndarray | None = None, seed: int = 0, mel: LogMel | None = None,
+                 targets: str = "log-mel"):
+        """mel: for an encoder that reads samples, what makes the log-mel frames its units are k-means of;
+        targets: 'log-mel' (the frames) or 'mfcc' (their cepstra, the paper's first iteration)."""
         super().__init__()
         self.model = encoder
         self.view = view
@@ -94,7 +116,9 @@ class HuBERT(nn.Module, Objective):
         self.mel = mel
         self.frame_stride = encoder.stride if mel is None else encoder.stride // mel.hop  # log-mel frames per token
         n_mels = encoder.n_mels if mel is None else mel.n_mels
-        self.register_buffer("centroids", torch.zeros(clusters, n_mels * self.frame_stride))  # (K, M · stride)
+        self.mfcc = targets == "mfcc"
+        per_frame = 39 if self.mfcc else n_mels
+        self.register_buffer("centroids", torch.zeros(clusters, per_frame * self.frame_stride))  # (K, M · stride)
         self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
         self._clips, self._lengths, self._fit_frames, self._seed = clips, lengths, kmeans_frames, seed
 
@@ -122,8 +146,10 @@ class HuBERT(nn.Module, Objective):
         self.centroids_ready.fill_(True)
 
     def frames(self, inputs: Tensor, T: int) -> Tensor:
-        """(B, M, F) log-mel or (B, S) samples -> (B, T, M · stride): each token's log-mel frames, stacked."""
-        return token_frames(inputs if self.mel is None else self.mel(inputs), self.frame_stride, T)
+        """(B, M, F) log-mel or (B, S) samples -> (B, T, M · stride): each token's log-mel frames (or their 39
+        MFCCs), stacked."""
+        mel = inputs if self.mel is None else self.mel(inputs)  # (B, M, F)
+        return token_frames(mfcc(mel) if self.mfcc else mel, self.frame_stride, T)
 
     def forward(self, batch: ClipBatch) -> LossOutput:
         if self.training and not self.centroids_ready:

@@ -4,6 +4,7 @@
     builtin:digit-pairs    the same images with generated captions, a .jsonl of pairs
     builtin:tones          synthetic labeled sounds, the training clips (data/builtin/tones.py)
     builtin:tone-pairs     the same clips with generated captions
+    builtin:speech         synthetic spoken vowels of many voices, the training clips (data/builtin/speech.py)
     builtin:moving-digits  digits moving across a frame, clips with captions (data/builtin/moving_digits.py)
 
 Each set is written once into the cache, atomically, and its training part returned as a data path.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from selfsup.data.builtin.digits import write_digits
 from selfsup.data.builtin.moving_digits import write_moving_digits
+from selfsup.data.builtin.speech import write_speech
 from selfsup.data.builtin.tones import write_tones
 from selfsup.data.cache.decoding import build_once
 
@@ -23,6 +25,7 @@ SETS = {  # name: (cache folder, writer, the training part's path inside it)
     "builtin:digit-pairs": ("digits", write_digits, "train.jsonl"),
     "builtin:tones": ("tones", write_tones, "train"),
     "builtin:tone-pairs": ("tones", write_tones, "train.jsonl"),
+    "builtin:speech": ("speech", write_speech, "train"),
     "builtin:moving-digits": ("moving-digits", write_moving_digits, "train.jsonl"),
 }
 
@@ -33,6 +36,6 @@ def resolve(path: str, cache: Path) -> str:
         return path
     folder, write, part = SETS[path]
     root = cache / "builtin" / folder
-    if not (root / "train.jsonl").is_file():
-        build_once(root, write)  # atomic: a killed run leaves no half-written set
+    if not root.is_dir():
+        build_once(root, write)  # atomic: a folder there is a whole set, a killed run leaves none
     return str(root / part)
