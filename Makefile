@@ -54,8 +54,8 @@ demo-vision: setup
 # synthetic speech):
 # towers of dim 128 (4 media blocks, 2 text blocks), 300 steps each, 1000 for video (about 1-3 minutes per recipe on
 # 2 CPU cores); zero-shot and retrieval beside a random init (video: zero-shot by direction, which needs the order of
-# the frames, and by digit); the HuBERT encoder (its units k-means of MFCCs, the paper's first iteration: log-mel
-# units leave it below its random init, BENCHMARKS.md "Audio representations") by kNN and a linear probe on the
+# the frames, and by digit); the HuBERT encoder (its recipe's units k-means of MFCCs, the paper's first iteration:
+# log-mel units leave it below its random init, BENCHMARKS.md "Audio representations") by kNN and a linear probe on the
 # vowels of the synthetic speech set's held-out voices.
 MM := model.dim=128 model.depth=4 model.heads=4 text.dim=128 text.depth=2 text.heads=4 train.max_steps=300 \
 	sched.warmup_steps=30 optim.lr=0.001
@@ -84,8 +84,7 @@ demo-multimodal: setup
 	$(BIN)/selfsup eval runs/mm/videoclip --task zeroshot --test runs/moving-digits/test.jsonl --baseline random \
 		--prompt "the digit {label}" --prompt "a {label} moving"
 	$(BIN)/selfsup eval runs/mm/videoclip --task retrieval --test runs/moving-digits/test.jsonl --baseline random
-	$(BIN)/selfsup train audio-mask out_dir=runs/mm/audio-mask data.path=runs/speech/train $(MM_AUDIO) \
-		hubert.targets=mfcc
+	$(BIN)/selfsup train audio-mask out_dir=runs/mm/audio-mask data.path=runs/speech/train $(MM_AUDIO)
 	$(BIN)/selfsup eval runs/mm/audio-mask --task knn --train runs/speech/train --test runs/speech/test --baseline random
 	$(BIN)/selfsup eval runs/mm/audio-mask --task linear --train runs/speech/train --test runs/speech/test \
 		--baseline random
