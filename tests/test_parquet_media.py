@@ -144,7 +144,7 @@ def test_a_missing_or_unusable_column_is_one_line(tmp_path, monkeypatch, capsys)
                                  "data.image_field=picture", f"out_dir={tmp_path / 'run'}",
                                  f"data.cache_dir={tmp_path / 'cache'}")
     assert code == 2 and [line for line in out.splitlines() if not line.startswith("plan: ")] == []  # its plan alone
-    assert stderr.strip() == "error: data.image_field 'picture'': a.parquet has columns image, n; expected one of them"
+    assert stderr.strip() == "error: data.image_field 'picture': a.parquet has columns image, n; expected one of them"
 
     vision = tmp_path / "vision"  # a finished image run continued on a table of text: one line
     vision.mkdir()
