@@ -117,8 +117,10 @@ def micro_batch(cfg: RunConfig, objective: nn.Module, rows: int, checkpointing: 
     grads = sum(4 * p.numel() for p in objective.parameters() if p.requires_grad)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16" else nullcontext()
     # checkpointing's recomputed tensors are freed by the garbage collector, as in a real run: when it runs moves the
-    # peak by a few percent; starting from a collected heap makes that the same for the same config
-    gc.collect()
+    # peak by a few percent; starting from a collected heap makes that the same for the same config (a full collection
+    # of a large heap takes a second: only where it matters)
+    if checkpointing:
+        gc.collect()
     with mode, FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter, LiveBytes(objective) as live:
         with torch.no_grad(), cast:
             untrained_passes(cfg, objective, rows)
