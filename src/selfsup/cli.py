@@ -468,14 +468,7 @@ def labeled_docstrings(
     from selfsup.data.builtin.labeled_docstrings import build
 
     summary = build(out, classes, per_class)
-    table = Table(title=f"stdlib docstrings by package: {len(summary['classes'])} classes")
-    for col in ("class", "train", "test"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for c in summary["classes"]:
-        table.add_row(c, str(summary["train"]["per_class"].get(c, 0)), str(summary["test"]["per_class"].get(c, 0)))
-    table.add_row("total", f"{summary['train']['examples']:,}", f"{summary['test']['examples']:,}")
-    console.print(table)
-    console.print(f"written: {summary['train']['path']}, {summary['test']['path']}")
+    _print_labeled(f"stdlib docstrings by package: {len(summary['classes'])} classes", summary)
 
 
 @data_app.command("labeled-packages")
@@ -494,7 +487,12 @@ def labeled_packages(
     from selfsup.data.builtin.labeled_packages import build
 
     summary = build(out, classes, per_class, min_per_class, source=source)
-    table = Table(title=f"package descriptions by Section ({summary['source']}): {len(summary['classes'])} classes")
+    _print_labeled(f"package descriptions by Section ({summary['source']}): {len(summary['classes'])} classes", summary)
+
+
+def _print_labeled(title: str, summary: dict) -> None:
+    """A labeled set's texts per class and split, and where it was written."""
+    table = Table(title=title)
     for col in ("class", "train", "test"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in summary["classes"]:

@@ -56,19 +56,28 @@ def _root() -> Path:
 def labeled_docstrings(classes: int = 8, per_class: int | None = None, min_chars: int = 30) -> dict[str, list[str]]:
     """label -> texts, `classes` labels, balanced."""
     found = _package_docstrings(min_chars)
+    return balanced(found, classes, per_class, 0, lambda kept: DataError(
+        f"the standard library at '{_root()}' has docstrings in {kept} package(s); need at least 2 classes"))
+
+
+def balanced(found: dict, classes: int, per_class: int | None, min_per_class: int, too_few) -> dict[str, list[str]]:
+    """label -> texts: texts under one label only, the `classes` labels with the most (each at least
+    `min_per_class`), each cut to the smallest kept label's size (at most `per_class`) in a hash order; `too_few(n)`:
+    the error when fewer than 2 labels are kept."""
     owners: dict[str, int] = defaultdict(int)
     for texts in found.values():
         for t in texts:
             owners[t] += 1
-    unique = {pkg: sorted((t for t in texts if owners[t] == 1), key=lambda t: text_hash(t, "cap")) for pkg, texts in found.items()}
-    ranked = sorted(unique, key=lambda pkg: (-len(unique[pkg]), pkg))[:classes]
+    unique = {label: sorted((t for t in texts if owners[t] == 1), key=lambda t: text_hash(t, "cap"))
+              for label, texts in found.items()}
+    ranked = sorted((label for label in unique if len(unique[label]) >= min_per_class),
+                    key=lambda label: (-len(unique[label]), label))[:classes]
     if len(ranked) < 2:
-        raise DataError(f"the standard library at '{_root()}' has docstrings in {len(ranked)} package(s); "
-                        "need at least 2 classes")
-    cap = min(len(unique[pkg]) for pkg in ranked)
+        raise too_few(len(ranked))
+    cap = min(len(unique[label]) for label in ranked)
     if per_class is not None:
         cap = min(cap, per_class)
-    return {pkg: unique[pkg][:cap] for pkg in sorted(ranked)}
+    return {label: unique[label][:cap] for label in sorted(ranked)}
 
 
 def build(out_dir: str | Path, classes: int = 8, per_class: int | None = None, test_fraction: float = 0.2) -> dict:

@@ -25,7 +25,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from selfsup.data.builtin.labeled_docstrings import text_hash, write_splits
+from selfsup.data.builtin.labeled_docstrings import balanced, write_splits
 from selfsup.data.errors import DataError
 
 DPKG_STATUS = Path("/var/lib/dpkg/status")
@@ -72,20 +72,9 @@ def labeled_packages(text: str, classes: int = 12, per_class: int | None = 400, 
     for section, description in stanzas(text):
         if len(description) >= min_chars:
             found[section].add(description)
-    owners: dict[str, int] = defaultdict(int)
-    for texts in found.values():
-        for t in texts:
-            owners[t] += 1
-    unique = {s: sorted((t for t in texts if owners[t] == 1), key=lambda t: text_hash(t, "cap")) for s, texts in found.items()}
-    ranked = sorted((s for s in unique if len(unique[s]) >= min_per_class), key=lambda s: (-len(unique[s]), s))
-    ranked = ranked[:classes]
-    if len(ranked) < 2:
-        raise DataError(f"{len(ranked)} Section(s) have at least {min_per_class} package descriptions; need at least "
-                        "2 classes (lower --min-per-class)")
-    cap = min(len(unique[s]) for s in ranked)
-    if per_class is not None:
-        cap = min(cap, per_class)
-    return {s: unique[s][:cap] for s in sorted(ranked)}
+    return balanced(found, classes, per_class, min_per_class, lambda kept: DataError(
+        f"{kept} Section(s) have at least {min_per_class} package descriptions; need at least 2 classes (lower "
+        "--min-per-class)"))
 
 
 def build(out_dir: str | Path, classes: int = 12, per_class: int | None = 400, min_per_class: int = 50,
