@@ -41,11 +41,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_model
 from torch import Tensor
 
-from common import selfsup_cli
+from common import anisotropy, selfsup_cli
 
 DEMO = ["model.dim=128", "model.depth=4", "model.heads=4", "train.max_steps=300", "sched.warmup_steps=30",
         "optim.lr=0.001", "train.batch_size=64"]
@@ -95,14 +94,6 @@ def transform(kind: str, train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
     values, vectors = torch.linalg.eigh(x.t() @ x / len(x))  # (D,), (D, D)
     w = vectors / values.clamp(min=values.max() * 1e-6).sqrt()  # (D, D): x @ w has identity covariance
     return ((train - mean).double() @ w).float(), ((test - mean).double() @ w).float()
-
-
-def anisotropy(x: Tensor, seed: int = 0) -> float:
-    """Mean cosine of PAIRS seeded random pairs of distinct rows."""
-    g = torch.Generator().manual_seed(seed)
-    i = torch.randint(len(x), (PAIRS,), generator=g)
-    j = (i + torch.randint(1, len(x), (PAIRS,), generator=g)) % len(x)  # never i itself
-    return F.cosine_similarity(x[i], x[j], dim=1).mean().item()
 
 
 def variance_shares(x: Tensor, groups: Tensor) -> float:
@@ -167,7 +158,7 @@ def probe(train: dict[str, Tensor], test: dict[str, Tensor], y_train: Tensor, y_
         result[rep] = {}
         for kind in TRANSFORMS:
             a, b = transform(kind, train[rep], test[rep])
-            row = dict(knn=knn_eval(a, y_train, b, y_test, classes)["accuracy"], anisotropy=anisotropy(b))
+            row = dict(knn=knn_eval(a, y_train, b, y_test, classes)["accuracy"], anisotropy=anisotropy(b, PAIRS))
             if kind != "centred" and (linear_reps is None or rep in linear_reps):
                 row["linear"] = linear_probe(a, y_train, b, y_test, classes)["accuracy"]
             result[rep][kind] = row

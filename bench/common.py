@@ -161,3 +161,11 @@ def training_args(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager, compiled or both")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one memory measurement in a fresh process
     return ap
+
+
+def anisotropy(x: torch.Tensor, pairs: int, seed: int = 0) -> float:
+    """Mean cosine of `pairs` seeded random pairs of distinct rows of x (N, D): how narrow a cone features sit in."""
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(len(x), (pairs,), generator=g)
+    j = (i + torch.randint(1, len(x), (pairs,), generator=g)) % len(x)  # never i itself
+    return torch.nn.functional.cosine_similarity(x[i], x[j], dim=1).mean().item()

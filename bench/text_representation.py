@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model
 
-from common import OUT_DIR, machine_info
+from common import OUT_DIR, anisotropy, machine_info
 from selfsup.data.labeled import read_labeled
 from selfsup.eval.baseline import random_objective
 from selfsup.probe.inputs import TextInputs
@@ -89,19 +89,12 @@ def fit_transform(train: torch.Tensor, kind: str):
     return lambda x: whiten(x, mu, w)
 
 
-def anisotropy(x: torch.Tensor, pairs: int = 2000, seed: int = 0) -> float:
-    g = torch.Generator().manual_seed(seed)
-    i = torch.randint(len(x), (pairs,), generator=g)
-    j = (i + torch.randint(1, len(x), (pairs,), generator=g)) % len(x)  # never i itself
-    return torch.nn.functional.cosine_similarity(x[i], x[j], dim=1).mean().item()
-
-
 def measure(train, train_y, test, test_y, n: int, transforms, linear_on) -> dict:
     res = {}
     for kind in transforms:
         f = fit_transform(train, kind)
         a, b = f(train), f(test)
-        r = dict(knn=knn_eval(a, train_y, b, test_y, n)["accuracy"], aniso=anisotropy(b))
+        r = dict(knn=knn_eval(a, train_y, b, test_y, n)["accuracy"], aniso=anisotropy(b, pairs=2000))
         if kind in linear_on:
             r["linear"] = linear_probe(a, train_y, b, test_y, n)["accuracy"]
         res[kind] = r
