@@ -11,8 +11,8 @@ As the paper: spans of `mask_length` tokens start at a share `mask_prob` of toke
 masked at 0.08 × 10); the loss is on masked tokens only (α = 1, its best setting); logits are cosine
 similarities between a projection of the output and an embedding per cluster, over temperature 0.1. The paper's
 first-iteration features are 39-d MFCCs (hubert.targets=mfcc: 13 cepstra of the log-mel frames, Kaldi's lifter,
-deltas and delta-deltas); by default each token's unit is the k-means cluster of its `stride` stacked,
-normalised log-mel frames (the same frames the token's front end reads), fitted on the first training step on
+deltas and delta-deltas; the audio-mask recipe's); with the key's default, log-mel, each token's unit is the
+k-means cluster of its `stride` stacked, normalised log-mel frames (the same frames the token's front end reads), fitted on the first training step on
 up to `kmeans_frames` real (unpadded) tokens of the training clips, and kept in the checkpoint. Iterating (new
 targets from the model's own features) is not done.
 
