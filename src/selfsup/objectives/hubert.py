@@ -12,8 +12,9 @@ masked at 0.08 × 10); the loss is on masked tokens only (α = 1, its best setti
 similarities between a projection of the output and an embedding per cluster, over temperature 0.1. The paper's
 first-iteration features are 39-d MFCCs (hubert.targets=mfcc: 13 cepstra of the log-mel frames, Kaldi's lifter,
 deltas and delta-deltas; the audio-mask recipe's); with the key's default, log-mel, each token's unit is the
-k-means cluster of its `stride` stacked, normalised log-mel frames (the same frames the token's front end reads), fitted on the first training step on
-up to `kmeans_frames` real (unpadded) tokens of the training clips, and kept in the checkpoint. Iterating (new
+k-means cluster of its `stride` stacked, normalised log-mel frames (the same frames the token's front end reads),
+fitted on the first training step on up to `kmeans_frames` real (unpadded) tokens of the training clips, and kept
+in the checkpoint. Iterating (new
 targets from the model's own features) is not done.
 
 With audio.input=waveform the encoder reads samples (HuBERT's own conv front end, a token every 320 samples), and
