@@ -40,6 +40,16 @@ def test_builtin_corpus_is_the_stdlib_docstrings():
     assert docs and all(isinstance(d, str) and d for d in docs)
 
 
+def test_builtin_corpus_as_files_is_each_modules_docstrings_in_one_document():
+    """data.document=file on the built-in corpus: a module's docstrings in source order, one document (what the
+    contriever recipe crops: two spans of one module share its topic); the default stays a docstring each."""
+    files = [f for f in source_files(BUILTIN_CORPUS) if f.stem in ("decoder", "shlex")][:2]
+    per_doc = list(read_documents(files, Counter(), 200_000, builtin=True))
+    per_file = list(read_documents(files, Counter(), 200_000, builtin=True, document="file"))
+    assert len(per_file) == len(files) < len(per_doc)
+    assert per_file == ["\n\n".join(stdlib_docs.docstrings(f)) for f in files]
+
+
 def test_prepare_splits_by_document_packs_eos_and_caches(corpus, tmp_path):
     cfg = DataConfig(path=str(corpus), cache_dir=str(tmp_path), val_fraction=0.1)
     logs = []

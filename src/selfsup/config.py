@@ -86,7 +86,8 @@ class DataConfig(Section):
                       "(synthetic spoken vowels of many voices), their training splits")
     document: Literal["line", "file", "paragraph"] = Field("line", description="text files other than .jsonl and "
                                                           ".parquet: a document per line, per file, or per block of "
-                                                          "lines between blank lines")
+                                                          "lines between blank lines; the built-in corpus: a "
+                                                          "docstring each, or with 'file' a module's docstrings")
     extensions: list[str] | None = Field(None, description="text: which files of a data.path folder are read, e.g. "
                                          "'.md,.py,.rst' (default .txt, .jsonl and .parquet); .jsonl and .parquet "
                                          "keep their format, any other suffix is plain text split by data.document")
