@@ -269,9 +269,9 @@ def embed(
     console.print(f"skipped: {r.skipped or 'none'}" + (f" (named in {r.skipped_file})" if r.skipped else ""))
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, labeled-packages, docstrings, "
-                       "digits, tones, speech, moving-digits), clean them (dedup, filter) and tokenize text ahead of "
-                       "training (tokenize).")
+data_app = typer.Typer(no_args_is_help=True, help="Make data sets (labeled-docstrings, labeled-packages, "
+                       "labeled-libraries, docstrings, digits, tones, speech, moving-digits), clean them (dedup, "
+                       "filter) and tokenize text ahead of training (tokenize).")
 app.add_typer(data_app, name="data")
 
 
@@ -488,6 +488,28 @@ def labeled_packages(
 
     summary = build(out, classes, per_class, min_per_class, source=source)
     _print_labeled(f"package descriptions by Section ({summary['source']}): {len(summary['classes'])} classes", summary)
+
+
+@data_app.command("labeled-libraries")
+def labeled_libraries(
+    libraries: Optional[list[str]] = typer.Argument(None, help="installed packages or source folders, each a class "
+                                                    "(default: selfsup's own dependencies torch numpy scipy sklearn "
+                                                    "sympy matplotlib networkx kornia pydantic huggingface_hub rich)"),
+    out: Path = typer.Option(..., help="output folder for train.jsonl, test.jsonl and unlabeled/"),
+    per_class: Optional[int] = typer.Option(500, help="at most this many texts per class (classes are balanced: "
+                                            "each has the size of the smallest, at most this)"),
+    min_chars: int = typer.Option(40, help="shorter docstrings are not labeled (they stay in unlabeled/)"),
+):
+    """A labeled text set with its own unlabeled corpus, on every machine: docstrings of installed libraries labeled
+    by library, split 80/20 by a hash of the text, and the libraries' other docstrings in OUT/unlabeled (a file
+    per module, no labeled text in it) to pretrain on: `selfsup train contriever data.path=OUT/unlabeled`, then
+    `selfsup eval RUN --task knn --train OUT/train.jsonl --test OUT/test.jsonl --baseline random`."""
+    from selfsup.data.builtin.labeled_libraries import build
+
+    summary = build(out, libraries, per_class, min_chars)
+    _print_labeled(f"library docstrings by library: {len(summary['classes'])} classes", summary)
+    pool = summary["unlabeled"]
+    console.print(f"unlabeled: {pool['texts']:,} other docstrings in {pool['files']:,} files under {pool['path']}")
 
 
 def _print_labeled(title: str, summary: dict) -> None:

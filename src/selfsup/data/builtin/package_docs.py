@@ -24,6 +24,11 @@ def package_root(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def package_files(root: Path) -> list[Path]:
+    """A package's source files in sorted order, its test suites left out."""
+    return sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts))
+
+
 def write_docstrings(packages: list[str], out: Path, min_chars: int = 1) -> dict:
     """One {"text", "package"} line per docstring of at least `min_chars` characters; returns counts per package."""
     counts = {}
@@ -31,10 +36,8 @@ def write_docstrings(packages: list[str], out: Path, min_chars: int = 1) -> dict
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for name in packages:
-            root = package_root(name)
-            files = sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts))
             counts[name] = 0
-            for path in files:
+            for path in package_files(package_root(name)):
                 for doc in docstrings(path):
                     if len(doc) >= min_chars:
                         f.write(json.dumps({"text": doc, "package": name}) + "\n")
