@@ -1,10 +1,12 @@
 """model.init: a Hugging Face ModernBERT (masked LM or bare model) with alternating local (sliding-window) and global
 layers of their own rotary bases starts an mlm run with transformers' own outputs on a padded batch; the run, and
-one trained from scratch with local layers, export back as ModernBertForMaskedLM with their logits; what our
-encoder cannot hold is refused in one line."""
+one trained from scratch with local layers, export back as ModernBertForMaskedLM with their logits; a run without
+an mlm term (contriever's simcse) exports as the bare ModernBertModel with its states and `selfsup embed`'s vectors;
+what our encoder cannot hold is refused in one line."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +162,69 @@ def test_a_run_trained_from_scratch_exports_with_its_layers(options, corpus, tmp
         ours = mlm_logits(objective, batch["input_ids"], mask)
         assert torch.allclose(back(**batch).logits[mask], ours[mask], atol=1e-4)
         assert torch.allclose(mlm_logits(again, batch["input_ids"], mask)[mask], ours[mask], atol=1e-4)  # and back
+
+
+@pytest.fixture(scope="module")
+def contriever_run(corpus, tmp_path_factory):
+    """A simcse run (the contriever recipe: mean pooling, geglu, layernorm), two steps; a document a line, as the
+    corpus holds too few files for data.document=file."""
+    out = tmp_path_factory.mktemp("contriever") / "run"
+    invoke("train", "contriever", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=2",
+           "data.document=line", "ssl.proj_hidden=32", "ssl.proj_dim=16")
+    return out
+
+
+def exported_batch(folder):
+    """TEXTS as the export's tokenizer encodes them (EOS + text, right-padded, cut at the context): (ids, mask)."""
+    batch = transformers.AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, truncation=True,
+                                                               return_tensors="pt")
+    mask = batch["attention_mask"].bool()
+    assert not mask.all()  # a padded batch
+    return batch["input_ids"], mask
+
+
+def test_a_run_without_mlm_exports_as_a_bare_modernbert_with_our_states_and_embeddings(contriever_run, tmp_path):
+    from safetensors import safe_open
+
+    from selfsup.rundir import open_run
+    from tests.test_model_card import card, snippet
+
+    out = tmp_path / "hf"
+    invoke("export", contriever_run, "--format", "hf", "--out", out)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ModernBertModel"]
+    with safe_open(out / "model.safetensors", "pt") as f:  # the bare model's names: no "model.", no MLM head
+        assert f.keys() and not any(k.startswith(("model.", "head.", "decoder.")) for k in f.keys())
+    back = transformers.AutoModel.from_pretrained(out).eval()
+    assert type(back) is transformers.ModernBertModel
+    x, mask = exported_batch(out)
+    _, objective, _ = open_run(contriever_run, torch.device("cpu"))
+    with torch.no_grad():
+        ours = objective.model(x, pad_mask=mask)  # (B, T, D) the trunk's final-norm states
+        expected = back(input_ids=x, attention_mask=mask.long()).last_hidden_state
+        assert torch.allclose(expected[mask], ours[mask], atol=1e-4)  # padded positions carry no meaning
+
+    _, body = card(out)
+    assert "ModernBertModel" in body and "model.pooling=mean" in body
+    scope = {}
+    exec(snippet(body, out), scope)  # the card's usage code: AutoModel, then mean pooling over real tokens
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
+    invoke("embed", contriever_run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
+    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
+    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
+
+
+def test_a_bare_modernbert_export_imports_back_into_simcse(contriever_run, corpus, tmp_path):
+    """model.init reads the bare export (prefix-free names) into the trunk; the projector, never exported, starts
+    fresh."""
+    from selfsup.rundir import open_run
+
+    invoke("export", contriever_run, "--format", "hf", "--out", tmp_path / "hf")
+    again, _ = built(load_config("contriever", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))
+    _, objective, _ = open_run(contriever_run, torch.device("cpu"))
+    x, mask = exported_batch(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.allclose(again.model(x, pad_mask=mask)[mask], objective.model(x, pad_mask=mask)[mask], atol=1e-4)
 
 
 def test_local_layers_with_a_window_over_everything_are_global_ones():

@@ -74,7 +74,11 @@ def _pooling(cfg: RunConfig) -> str:
         return "the mean over the tokens of real audio"
     first = {"image": "the class token", "text": "the first token (the end-of-text token that opens every "
                                                 "document)"}.get(cfg.modality, "the first token")
-    return first if cfg.model.pooling == "cls" else "the mean over real tokens (patches, for images)"
+    if cfg.model.pooling == "cls":
+        return first
+    if cfg.modality == "text":  # probe/inputs.py: the EOS that opens each text counts, padding does not
+        return "the mean over the real tokens, the opening end-of-text token included"
+    return "the mean over real tokens (patches, for images)"
 
 
 def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str:
@@ -101,12 +105,13 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
         code = (f'tokenizer = AutoTokenizer.from_pretrained("{path}")\n'
                 f'model = AutoModel.from_pretrained("{path}").eval()\n'
                 'batch = tokenizer(["A first text.", "Another one, longer than the first."], padding=True, '
-                'return_tensors="pt")\n'
+                'truncation=True, return_tensors="pt")  # EOS + text, cut at the training context\n'
                 "with torch.no_grad():\n"
                 "    hidden = model(**batch).last_hidden_state  # (B, T, D)\n"
                 'mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)\n'
                 f"embeddings = {pool}  # {_pooling(cfg)}")
-        return f"```python\nimport torch\nfrom transformers import AutoModel, AutoTokenizer\n\n{code}\n```\n"
+        return (f"```python\nimport torch\nfrom transformers import AutoModel, AutoTokenizer\n\n{code}\n```\n\n"
+                f"`embeddings` are what `selfsup embed` writes for these texts (model.pooling={cfg.model.pooling}).\n")
     if cfg.modality == "image" and not cfg.pairs and cfg.model.backbone == "vit":
         pooler = ", add_pooling_layer=False" if architecture == "ViTModel" else ""  # its dense+tanh pooler is not ours
         mode = "RGB" if cfg.image.channels == 3 else "L"

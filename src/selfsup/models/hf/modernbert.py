@@ -1,6 +1,7 @@
 """Our masked-LM encoder and Hugging Face transformers' ModernBertForMaskedLM (and the bare ModernBertModel), tensor
 for tensor: one table (`modernbert_names`) that the export reads one way (`to_hf`) and `model.init` the other
-(`weights`).
+(`weights`). A run with an mlm term exports as ModernBertForMaskedLM; one without (simcse) has no MLM head to give,
+so its encoder exports as the bare ModernBertModel.
 
 Normalised embedding, LayerNorm (eps norm_eps) without biases or, with model.bias=all, with them on every layer
 (ModernBERT's attention_bias, mlp_bias, norm_bias and classifier_bias all true), no norm before the first attention,
@@ -147,9 +148,9 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
 
 def unfit(cfg: RunConfig) -> str | None:
     m = cfg.model
-    if ("mlm" not in cfg.parts or (m.mlp, m.norm, m.norm_position, m.learned_positions)
+    if (not set(cfg.parts) <= set(OBJECTIVES) or (m.mlp, m.norm, m.norm_position, m.learned_positions)
             != ("geglu", "layernorm", "pre", False)):
-        return "a masked LM (or a hybrid with an mlm term) with model.mlp=geglu, model.norm=layernorm"
+        return "a masked LM, simcse or a hybrid of them with model.mlp=geglu, model.norm=layernorm"
     if m.kv_heads not in (None, m.heads):
         return f"multi-head attention (ModernBERT has no grouped-query attention; model.kv_heads={m.kv_heads})"
     if m.bias == "qkv" or m.layer_scale is not None:
@@ -158,19 +159,23 @@ def unfit(cfg: RunConfig) -> str | None:
 
 
 def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
-    """The run's encoder and its MLM head as ModernBertForMaskedLM: (tensors, config.json)."""
+    """The run's encoder and its MLM head as ModernBertForMaskedLM, or, for a run without an mlm term (simcse), the
+    encoder alone as the bare ModernBertModel: (tensors, config.json). SimCSE's projector is training-only (embed
+    pools the trunk), so it stays behind."""
     from selfsup.data.read.tokenizer import EOS, PAD
 
     model, m = objective.model, cfg.model
     ours, bias = objective.state_dict(), m.bias == "all"
-    sd = {theirs: ours["model." + name] for name, theirs in modernbert_names(m.depth, bias).items()}
     head = head_prefix(objective)
-    sd.update({theirs: ours[head + name] for name, theirs in HEAD.items() if bias or not name.endswith(".bias")})
+    prefix = "" if head is None else "model."  # the bare model's tensors have no "model." in front
+    sd = {theirs: ours["model." + name] for name, theirs in modernbert_names(m.depth, bias, prefix).items()}
+    if head is not None:
+        sd.update({theirs: ours[head + name] for name, theirs in HEAD.items() if bias or not name.endswith(".bias")})
     full = {"rope_type": "default", "rope_theta": m.rope_theta}
     local = {"rope_type": "default", "rope_theta": m.local_rope_theta or m.rope_theta}
     config = {
-        "architectures": [ARCHITECTURE], "model_type": "modernbert", "vocab_size": model.vocab,
-        "hidden_size": m.dim, "intermediate_size": model.hidden,
+        "architectures": [ARCHITECTURE if head is not None else "ModernBertModel"], "model_type": "modernbert",
+        "vocab_size": model.vocab, "hidden_size": m.dim, "intermediate_size": model.hidden,
         "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "hidden_activation": "gelu",
         "max_position_embeddings": m.context, "norm_eps": m.norm_eps or 1e-5, "norm_bias": bias,
         "attention_bias": bias, "mlp_bias": bias, "decoder_bias": True, "classifier_bias": bias,
