@@ -20,7 +20,6 @@ Construction, deterministic for given installed versions:
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
 from pathlib import Path
 
 from selfsup.data.builtin.labeled_docstrings import balanced, write_splits
