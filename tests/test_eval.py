@@ -345,7 +345,8 @@ def test_cli_eval_whiten_states_it_and_whitens_the_baseline_too(mlm_run, docstri
     invoke("eval", mlm_run, "--task", task, *labeled, "--baseline", "random")
     plain = json.loads((mlm_run / "eval" / f"{task}.json").read_text())
     invoke("eval", mlm_run, "--task", task, *labeled, "--baseline", "random", "--whiten")
-    r = json.loads((mlm_run / "eval" / f"{task}.json").read_text())
+    r = json.loads((mlm_run / "eval" / f"{task}-whitened.json").read_text())
+    assert json.loads((mlm_run / "eval" / f"{task}.json").read_text()) == plain  # both kept
     for model in ("pretrained", "random"):
         assert "BERT-whitening" in r[model]["protocol"] and "BERT-whitening" not in plain[model]["protocol"]
         assert 0 <= r[model]["accuracy"] <= 1

@@ -164,7 +164,8 @@ def evaluate(
     temperature: float = typer.Option(0.07, help="knn: votes are exp(cosine / temperature)"),
     whiten: bool = typer.Option(False, "--whiten", help="linear, knn: BERT-whitening of the features (every model "
                                 "evaluated, baselines too), the mean and covariance fitted on --train: removes the "
-                                "common direction of a trained text encoder's anisotropic features (BENCHMARKS.md)"),
+                                "common direction of a trained text encoder's anisotropic features (BENCHMARKS.md); "
+                                "written to eval/TASK-whitened.json, beside the raw features' eval/TASK.json"),
     epochs: int = typer.Option(10, help="finetune: most epochs (early stopping on a validation split)"),
     lr: float = typer.Option(3e-4, help="finetune: peak learning rate of the head and final norm"),
     layer_decay: float = typer.Option(0.75, help="finetune: learning rate × this per layer below the head"),
@@ -190,7 +191,7 @@ def evaluate(
     baselines = baseline or []
     spec = check_options(task, dict(data=data, train=train, test=test, old_data=old_data), baselines, whiten)
     dev = resolve_device(device, "--device")
-    out = run_dir / "eval" / f"{task}.json"
+    out = run_dir / "eval" / f"{task}{'-whitened' if whiten else ''}.json"  # beside the raw features' result
     if task == "forgetting":
         result, parent = forgetting(run_dir, dev, batch_size, old_data=old_data,
                                     log=lambda text: err.print(f"[dim]{text}"))
