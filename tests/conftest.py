@@ -32,6 +32,17 @@ def _cache(tmp_path_factory):
     os.environ["SELFSUP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """Under pytest-xdist (`make test` runs a worker per core) a worker, and the processes it starts, compute on one
+    thread: two workers of two threads each on two cores would wait on each other."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def why_failed(r) -> str:
     """A failed multi-process run's stderr: the workers' last lines, which the launcher's long traceback after
     them would push out of a plain tail, then the launcher's summary of which worker failed and how."""
