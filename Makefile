@@ -110,8 +110,8 @@ demo-hybrid: setup
 		--test runs/labeled/test.jsonl --baseline random && ) true
 	$(BIN)/selfsup compare $(addprefix runs/hybrid/,$(HYBRID_VISION) $(HYBRID_TEXT))
 
-# Two pytest-xdist workers, one per core of a 2-core machine: 8.5 minutes of tests instead of 13.5 (each worker, and what it
-# starts, computes on one thread; tests/conftest.py). TEST_WORKERS=0 runs them in one process.
+# Two pytest-xdist workers, one per core of a 2-core machine: 8.5 minutes of tests instead of 13.5 (each worker,
+# and what it starts, computes on one thread; tests/conftest.py). TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
 
 test: setup

@@ -34,7 +34,7 @@ def _cache(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread_per_worker():
-    """Under pytest-xdist (`make test` runs a worker per core) a worker, and the processes it starts, compute on one
+    """Under pytest-xdist (`make test` runs two workers) a worker, and the processes it starts, compute on one
     thread: two workers of two threads each on two cores would wait on each other."""
     if "PYTEST_XDIST_WORKER" in os.environ:
         import torch
