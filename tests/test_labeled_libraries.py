@@ -59,6 +59,13 @@ def test_labeled_libraries_say_what_was_wrong(libraries, tmp_path):
         build(tmp_path / "a", libraries[:1])
     with pytest.raises(DataError, match="neither an installed package nor a folder"):
         build(tmp_path / "b", [libraries[0], "no_such_library_here"])
+    (tmp_path / "elsewhere" / "geo").mkdir(parents=True)
+    with pytest.raises(DataError, match="two libraries would both be labeled 'geo'"):
+        build(tmp_path / "d", [*libraries, str(tmp_path / "elsewhere" / "geo")])
+    with pytest.raises(DataError, match="overlaps the library 'geo'"):
+        build(tmp_path / "src" / "geo" / "out", libraries, min_chars=20)  # its unlabeled/ would sit in geo's sources
+    with pytest.raises(DataError, match="overlaps the library"):
+        build(tmp_path / "src", libraries, min_chars=20)
     build(tmp_path / "c", libraries, min_chars=20)
     with pytest.raises(DataError, match="already holds files; expected a new --out folder"):
         build(tmp_path / "c", libraries, min_chars=20)

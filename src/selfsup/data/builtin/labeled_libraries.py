@@ -33,12 +33,20 @@ LIBRARIES = ("huggingface_hub", "kornia", "matplotlib", "networkx", "numpy", "py
              "sklearn", "sympy", "torch")
 
 
-def read_libraries(libraries: list[str]) -> dict[str, dict[Path, list[str]]]:
-    """library -> source file (relative to the library's folder) -> its docstrings in source order."""
-    out = {}
+def read_libraries(libraries: list[str], out_dir: Path) -> dict[str, dict[Path, list[str]]]:
+    """library -> source file (relative to the library's folder) -> its docstrings in source order; a library
+    folder that holds out_dir, or is inside it, is refused (what this writes never lands among what it reads)."""
+    out, target = {}, out_dir.expanduser().resolve()
     for name in libraries:
         root = package_root(name)
-        out[Path(name).name] = {path.relative_to(root): list(docstrings(path)) for path in package_files(root)}
+        where = root.resolve()
+        if where == target or where in target.parents or target in where.parents:
+            raise DataError(f"--out '{out_dir}' overlaps the library '{Path(name).name}' at '{where}'; expected a "
+                            "folder outside the sources it reads")
+        label = Path(name).name
+        if label in out:
+            raise DataError(f"two libraries would both be labeled '{label}'; expected folders of different names")
+        out[label] = {path.relative_to(root): list(docstrings(path)) for path in package_files(root)}
     return out
 
 
@@ -53,7 +61,7 @@ def build(out_dir: str | Path, libraries: list[str] | None = None, per_class: in
     if pool.exists() and any(pool.iterdir()):
         raise DataError(f"'{pool}' already holds files; expected a new --out folder (or remove that one), so that "
                         "the unlabeled corpus holds these libraries only")
-    files = read_libraries(libraries)
+    files = read_libraries(libraries, Path(out_dir))
     found = {lib: {d for docs in by_file.values() for d in docs if len(d) >= min_chars}
              for lib, by_file in files.items()}
     data = balanced(found, len(found), per_class, 0, lambda kept: DataError(
