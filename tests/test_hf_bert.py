@@ -1,8 +1,11 @@
 """model.init: a Hugging Face BERT or RoBERTa (masked LM or bare model) starts an mlm, simcse or hybrid run with
 transformers' own outputs on a padded batch, its tokenizer's special tokens renamed ours; the run exports back as a
-BertForMaskedLM with its logits; what our encoder cannot hold is refused in one line."""
+BertForMaskedLM with its logits; a run without an mlm term (contriever's simcse) exports as the bare BertModel with
+its states and `selfsup embed`'s vectors; what our encoder cannot hold is refused in one line."""
 
 import json
+
+import numpy as np
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["train.batch_size=4", "train.eval_batches=2", "sched.warmup_steps=2", "train.max_steps=2",
          "train.eval_every=2", "train.log_every=1", "model.context=32"]
 TEXTS = ["Return the number of items in the container.", "Split a string into parts."]
+BERT = ["model.mlp=gelu", "model.bias=all", "model.norm_position=post", "model.learned_positions=true"]  # our options
 
 
 def wordpiece(texts):
@@ -226,8 +230,7 @@ def test_a_run_with_bert_options_exports_as_bert(corpus, tmp_path):
     from selfsup.rundir import open_run
 
     out = tmp_path / "run"
-    invoke("train", "bert-mlm", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=2", "model.mlp=gelu",
-           "model.bias=all", "model.norm_position=post", "model.learned_positions=true")
+    invoke("train", "bert-mlm", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=2", *BERT)
     invoke("export", out, "--format", "hf", "--out", tmp_path / "hf")
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     assert type(back).__name__ == "BertForMaskedLM" and back.config.layer_norm_eps == 1e-5
@@ -245,6 +248,63 @@ def test_a_run_with_bert_options_exports_as_bert(corpus, tmp_path):
            "model.norm_position=post")
     result = runner.invoke(app, ["export", str(geglu), "--format", "hf", "--out", str(tmp_path / "y")])
     assert "maps onto none of" in str(result.exception) and "BertForMaskedLM needs a masked LM" in str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def contriever_run(corpus, tmp_path_factory):
+    """A simcse run with BERT's options (the contriever recipe: mean pooling), two steps; a document a line, as the
+    corpus holds too few files for data.document=file."""
+    out = tmp_path_factory.mktemp("contriever") / "run"
+    invoke("train", "contriever", f"data.path={corpus}", f"out_dir={out}", *TINY, "train.max_steps=2",
+           "data.document=line", "ssl.proj_hidden=32", "ssl.proj_dim=16", *BERT)
+    return out
+
+
+def test_a_run_without_mlm_exports_as_a_bare_bert_with_our_states_and_embeddings(contriever_run, tmp_path):
+    from safetensors import safe_open
+
+    from selfsup.rundir import open_run
+    from tests.test_hf_modernbert import exported_batch  # here, as that module imports this one
+    from tests.test_model_card import card, snippet
+
+    out = tmp_path / "hf"
+    invoke("export", contriever_run, "--format", "hf", "--out", out)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    with safe_open(out / "model.safetensors", "pt") as f:  # the bare model's names: no "bert.", no MLM head, no pooler
+        assert f.keys() and not any(k.startswith(("bert.", "cls.", "pooler.")) for k in f.keys())
+    back, info = transformers.AutoModel.from_pretrained(out, add_pooling_layer=False, output_loading_info=True)
+    assert type(back) is transformers.BertModel and not info["missing_keys"] and not info["unexpected_keys"]
+    x, mask = exported_batch(out)
+    _, objective, _ = open_run(contriever_run, torch.device("cpu"))
+    with torch.no_grad():
+        ours = objective.model(x, pad_mask=mask)  # (B, T, D) the last block's post-norm states
+        expected = back.eval()(input_ids=x, attention_mask=mask.long()).last_hidden_state
+        assert torch.allclose(expected[mask], ours[mask], atol=1e-4)  # padded positions carry no meaning
+
+    _, body = card(out)
+    assert "BertModel" in body and "add_pooling_layer=False" in body and "model.pooling=mean" in body
+    scope = {}
+    exec(snippet(body, out), scope)  # the card's usage code: AutoModel, then mean pooling over real tokens
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
+    invoke("embed", contriever_run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
+    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
+    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
+
+
+def test_a_bare_bert_export_imports_back_into_simcse(contriever_run, corpus, tmp_path):
+    """model.init reads the bare export (prefix-free names) into the trunk; the projector, never exported, starts
+    fresh."""
+    from selfsup.rundir import open_run
+    from tests.test_hf_modernbert import exported_batch
+
+    invoke("export", contriever_run, "--format", "hf", "--out", tmp_path / "hf")
+    again, line = built(load_config("contriever", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))
+    assert "projector starts fresh" in line
+    _, objective, _ = open_run(contriever_run, torch.device("cpu"))
+    x, mask = exported_batch(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.allclose(again.model(x, pad_mask=mask)[mask], objective.model(x, pad_mask=mask)[mask], atol=1e-4)
 
 
 @pytest.mark.parametrize("changes, says", [

@@ -6,10 +6,11 @@ permuted; the tokenizer goes along as `tokenizer.json`, which `PreTrainedTokeniz
 table, which `model.init` reads the other way: the GPT decoder as LlamaForCausalLM or Qwen2ForCausalLM
 (models/hf/llama.py) or, with GPT-2's options, GPT2LMHeadModel (models/hf/gpt2.py), the masked-LM encoder as
 ModernBertForMaskedLM (a simcse encoder, which has no MLM head, as ModernBertModel; models/hf/modernbert.py) or,
-with BERT's options (post-norm, learned positions, biases), as BertForMaskedLM (models/hf/bert.py), a ResNet-18/50
-as ResNetModel (models/hf/resnet.py), a ViT as ViTModel or Dinov2Model (models/hf/vit.py, dinov2.py), the towers of
-clip and siglip runs as CLIPModel and SiglipModel (models/hf/clip.py, siglip.py), a waveform HuBERT as HubertModel
-(models/hf/hubert.py, with a `preprocessor_config.json` for Wav2Vec2FeatureExtractor).
+with BERT's options (post-norm, learned positions, biases), as BertForMaskedLM (a simcse one as BertModel, without a
+pooler; models/hf/bert.py), a ResNet-18/50 as ResNetModel (models/hf/resnet.py), a ViT as ViTModel or Dinov2Model
+(models/hf/vit.py, dinov2.py), the towers of clip and siglip runs as CLIPModel and SiglipModel (models/hf/clip.py,
+siglip.py), a waveform HuBERT as HubertModel (models/hf/hubert.py, with a `preprocessor_config.json` for
+Wav2Vec2FeatureExtractor).
 
 `open_clip`: a clip run as open_clip's CLIP (models/hf/open_clip.py): open_clip_model.safetensors,
 open_clip_config.json and the run's tokenizer, which `open_clip.create_model_and_transforms("local-dir:FOLDER")` and

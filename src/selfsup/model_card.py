@@ -102,8 +102,9 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
     if cfg.modality == "text" and not cfg.pairs:
         pool = ("hidden[:, 0]" if cfg.model.pooling == "cls" else
                 '(hidden * mask).sum(1) / mask.sum(1)')
+        pooler = ", add_pooling_layer=False" if architecture == "BertModel" else ""  # its dense+tanh pooler is not ours
         code = (f'tokenizer = AutoTokenizer.from_pretrained("{path}")\n'
-                f'model = AutoModel.from_pretrained("{path}").eval()\n'
+                f'model = AutoModel.from_pretrained("{path}"{pooler}).eval()\n'
                 'batch = tokenizer(["A first text.", "Another one, longer than the first."], padding=True, '
                 'truncation=True, return_tensors="pt")  # EOS + text, cut at the training context\n'
                 "with torch.no_grad():\n"

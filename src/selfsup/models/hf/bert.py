@@ -6,8 +6,11 @@ BERT is our encoder with model.norm_position=post, model.bias=all, model.mlp=gel
 layer_norm_eps, model.learned_positions and the MLM head (dense, GELU, LayerNorm, tied decoder with a bias). Token
 types: we feed one segment, so token_type_embeddings[0] is folded into our position table on import (the same sum);
 the export writes that table beside token types of zeros. RoBERTa is BERT whose position ids start at
-padding_idx + 1 (2): its table is read from that row on, so it holds max_position_embeddings - 2 positions. Every
-export is a BertForMaskedLM: the same model for the single-segment input it was trained on.
+padding_idx + 1 (2): its table is read from that row on, so it holds max_position_embeddings - 2 positions. A run
+with an mlm term exports as a BertForMaskedLM: the same model for the single-segment input it was trained on. One
+without (simcse) has no MLM head to give, so its encoder exports as the bare BertModel; it has no pooler either
+(embed pools the trunk's states), so load it with `AutoModel.from_pretrained(out, add_pooling_layer=False)`, or
+BertModel adds a random dense+tanh pooler that last_hidden_state never passes through.
 """
 
 from __future__ import annotations
@@ -134,8 +137,8 @@ def weights(theirs: Tensors, objective: nn.Module) -> Iterator[tuple[str, torch.
 def unfit(cfg: RunConfig) -> str | None:
     m = cfg.model
     bert = ("gelu", "layernorm", "all", "post", True)
-    if "mlm" not in cfg.parts or (m.mlp, m.norm, m.bias, m.norm_position, m.learned_positions) != bert:
-        return ("a masked LM (or a hybrid with an mlm term) with model.mlp=gelu, model.norm=layernorm, model.bias=all, "
+    if not set(cfg.parts) <= set(OBJECTIVES) or (m.mlp, m.norm, m.bias, m.norm_position, m.learned_positions) != bert:
+        return ("a masked LM, simcse or a hybrid of them with model.mlp=gelu, model.norm=layernorm, model.bias=all, "
                 "model.norm_position=post, model.learned_positions=true")
     if m.kv_heads not in (None, m.heads):
         return f"multi-head attention (BERT has no grouped-query attention; model.kv_heads={m.kv_heads})"
@@ -145,24 +148,28 @@ def unfit(cfg: RunConfig) -> str | None:
 
 
 def to_hf(cfg: RunConfig, objective: nn.Module, specials: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
-    """The run's encoder and its MLM head as BertForMaskedLM: (tensors, config.json)."""
+    """The run's encoder and its MLM head as BertForMaskedLM, or, for a run without an mlm term (simcse), the encoder
+    alone as the bare BertModel, without a pooler: (tensors, config.json). SimCSE's projector is training-only (embed
+    pools the trunk), so it stays behind."""
     import torch
 
     from selfsup.data.read.tokenizer import PAD
 
     model, m = objective.model, cfg.model
-    ours = objective.state_dict()
+    ours, head = objective.state_dict(), head_prefix(objective)
+    prefix = "" if head is None else "bert."  # the bare model's tensors have no "bert." in front
     sd = {}
-    for name, theirs in bert_names(m.depth, "bert.").items():
+    for name, theirs in bert_names(m.depth, prefix).items():
         value = ours["model." + name]
         sd.update(zip(theirs, value.chunk(3)) if isinstance(theirs, tuple) else {theirs: value})  # qkv: (3D, D), (3D,)
-    sd["bert.embeddings.word_embeddings.weight"] = model.embed.weight
-    sd["bert.embeddings.position_embeddings.weight"] = model.positions.weight  # token type 0 is in it
-    sd["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(2, m.dim)
-    head = head_prefix(objective)
-    sd.update({theirs: ours[head + name] for name, theirs in HEADS["bert"].items()})
+    sd[prefix + "embeddings.word_embeddings.weight"] = model.embed.weight
+    sd[prefix + "embeddings.position_embeddings.weight"] = model.positions.weight  # token type 0 is in it
+    sd[prefix + "embeddings.token_type_embeddings.weight"] = torch.zeros(2, m.dim)
+    if head is not None:
+        sd.update({theirs: ours[head + name] for name, theirs in HEADS["bert"].items()})
     config = {
-        "architectures": [ARCHITECTURE], "model_type": "bert", "vocab_size": model.vocab, "hidden_size": m.dim,
+        "architectures": [ARCHITECTURE if head is not None else "BertModel"], "model_type": "bert",
+        "vocab_size": model.vocab, "hidden_size": m.dim,
         "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "intermediate_size": model.hidden,
         "hidden_act": "gelu", "max_position_embeddings": m.context, "type_vocab_size": 2,
         "layer_norm_eps": m.norm_eps or 1e-5, "hidden_dropout_prob": m.dropout,
