@@ -5,8 +5,6 @@ its states and `selfsup embed`'s vectors; what our encoder cannot hold is refuse
 
 import json
 
-import numpy as np
-
 import pytest
 import torch
 
@@ -264,8 +262,8 @@ def test_a_run_without_mlm_exports_as_a_bare_bert_with_our_states_and_embeddings
     from safetensors import safe_open
 
     from selfsup.rundir import open_run
-    from tests.test_hf_modernbert import exported_batch  # here, as that module imports this one
-    from tests.test_model_card import card, snippet
+    from tests.test_hf_modernbert import assert_card_gives_embed, exported_batch  # here: that module imports this one
+    from tests.test_model_card import card
 
     out = tmp_path / "hf"
     invoke("export", contriever_run, "--format", "hf", "--out", out)
@@ -283,13 +281,7 @@ def test_a_run_without_mlm_exports_as_a_bare_bert_with_our_states_and_embeddings
 
     _, body = card(out)
     assert "BertModel" in body and "add_pooling_layer=False" in body and "model.pooling=mean" in body
-    scope = {}
-    exec(snippet(body, out), scope)  # the card's usage code: AutoModel, then mean pooling over real tokens
-    texts = tmp_path / "texts.txt"
-    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
-    invoke("embed", contriever_run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
-    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
-    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
+    assert_card_gives_embed(body, out, contriever_run, tmp_path)
 
 
 def test_a_bare_bert_export_imports_back_into_simcse(contriever_run, corpus, tmp_path):

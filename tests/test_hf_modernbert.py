@@ -183,11 +183,25 @@ def exported_batch(folder):
     return batch["input_ids"], mask
 
 
+def assert_card_gives_embed(body: str, out, run, tmp_path) -> None:
+    """The model card's usage code (AutoModel, then the run's pooling) run on its two texts gives what `selfsup
+    embed` writes for them, to 1e-4."""
+    from tests.test_model_card import snippet
+
+    scope = {}
+    exec(snippet(body, out), scope)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
+    invoke("embed", run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
+    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
+    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
+
+
 def test_a_run_without_mlm_exports_as_a_bare_modernbert_with_our_states_and_embeddings(contriever_run, tmp_path):
     from safetensors import safe_open
 
     from selfsup.rundir import open_run
-    from tests.test_model_card import card, snippet
+    from tests.test_model_card import card
 
     out = tmp_path / "hf"
     invoke("export", contriever_run, "--format", "hf", "--out", out)
@@ -205,13 +219,7 @@ def test_a_run_without_mlm_exports_as_a_bare_modernbert_with_our_states_and_embe
 
     _, body = card(out)
     assert "ModernBertModel" in body and "model.pooling=mean" in body
-    scope = {}
-    exec(snippet(body, out), scope)  # the card's usage code: AutoModel, then mean pooling over real tokens
-    texts = tmp_path / "texts.txt"
-    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
-    invoke("embed", contriever_run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
-    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
-    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
+    assert_card_gives_embed(body, out, contriever_run, tmp_path)
 
 
 def test_a_bare_modernbert_export_imports_back_into_simcse(contriever_run, corpus, tmp_path):
