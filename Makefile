@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Small models on the docstrings of Python's standard library, 2 CPU cores: a GPT (about 4 minutes of training),
-# then the recommended text encoder, contriever (two crops of one module's docstrings are positives; about 10
+# then the recommended text encoder, contriever (two crops of one module's docstrings are positives; about 7
 # minutes); the encoder probed (kNN, linear) on the docstrings labeled by package, beside a random init of its shape.
 # The masked-LM encoder, which does not beat its random init on this budget, is in demo-hybrid.
 SMALL := model.dim=192 model.vocab_size=4096 train.batch_size=16 sched.warmup_steps=50 optim.lr=0.002

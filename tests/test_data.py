@@ -41,7 +41,7 @@ def test_builtin_corpus_is_the_stdlib_docstrings():
 
 
 def test_builtin_corpus_as_files_is_each_modules_docstrings_in_one_document():
-    """data.document=file on the built-in corpus: a module's docstrings in source order, one document (what the
+    """data.document=file on the built-in corpus: a module's docstrings in one document (what the
     contriever recipe crops: two spans of one module share its topic); the default stays a docstring each."""
     files = [f for f in source_files(BUILTIN_CORPUS) if f.stem in ("decoder", "shlex")][:2]
     per_doc = list(read_documents(files, Counter(), 200_000, builtin=True))

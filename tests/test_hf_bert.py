@@ -5,6 +5,7 @@ its states and `selfsup embed`'s vectors; what our encoder cannot hold is refuse
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,6 +164,11 @@ def test_train_from_bert_and_export_back(bert, corpus, tmp_path):
         assert torch.allclose(back(input_ids=x, attention_mask=mask.long()).logits[mask], ours[mask], atol=1e-4)
         expected = hf(input_ids=x, attention_mask=mask.long()).logits
         assert torch.allclose(ours[mask][:, :hf.config.vocab_size], expected[mask], atol=1e-3)  # where it started
+    from tests.test_model_card import card, snippet
+
+    scope = {}
+    exec(snippet(card(tmp_path / "hf")[1], tmp_path / "hf"), scope)  # AutoModel: the trunk, without a random pooler
+    assert scope["model"].pooler is None and tuple(scope["embeddings"].shape) == (2, hf.config.hidden_size)
 
 
 def test_a_roberta_hybrid_trains_and_exports_as_bert(roberta, corpus, tmp_path):
@@ -248,6 +254,29 @@ def test_a_run_with_bert_options_exports_as_bert(corpus, tmp_path):
     assert "maps onto none of" in str(result.exception) and "BertForMaskedLM needs a masked LM" in str(result.exception)
 
 
+def exported_batch(folder, texts=TEXTS):
+    """texts as the export's tokenizer encodes them (EOS + text, right-padded, cut at the context): (ids, mask)."""
+    batch = transformers.AutoTokenizer.from_pretrained(folder)(texts, padding=True, truncation=True,
+                                                               return_tensors="pt")
+    mask = batch["attention_mask"].bool()
+    assert not mask.all()  # a padded batch
+    return batch["input_ids"], mask
+
+
+def assert_card_gives_embed(body: str, out, run, tmp_path) -> None:
+    """The model card's usage code (AutoModel, then the run's pooling) run on its two texts gives what `selfsup
+    embed` writes for them, to 1e-4."""
+    from tests.test_model_card import snippet
+
+    scope = {}
+    exec(snippet(body, out), scope)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
+    invoke("embed", run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
+    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
+    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def contriever_run(corpus, tmp_path_factory):
     """A simcse run with BERT's options (the contriever recipe: mean pooling), two steps; a document a line, as the
@@ -262,7 +291,6 @@ def test_a_run_without_mlm_exports_as_a_bare_bert_with_our_states_and_embeddings
     from safetensors import safe_open
 
     from selfsup.rundir import open_run
-    from tests.test_hf_modernbert import assert_card_gives_embed, exported_batch  # here: that module imports this one
     from tests.test_model_card import card
 
     out = tmp_path / "hf"
@@ -288,7 +316,6 @@ def test_a_bare_bert_export_imports_back_into_simcse(contriever_run, corpus, tmp
     """model.init reads the bare export (prefix-free names) into the trunk; the projector, never exported, starts
     fresh."""
     from selfsup.rundir import open_run
-    from tests.test_hf_modernbert import exported_batch
 
     invoke("export", contriever_run, "--format", "hf", "--out", tmp_path / "hf")
     again, line = built(load_config("contriever", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))

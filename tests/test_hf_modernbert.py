@@ -6,7 +6,6 @@ what our encoder cannot hold is refused in one line."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from selfsup.data.read.tokenizer import EOS, MASK, PAD
 from selfsup.train.continual import load_config
 from tests.conftest import TINY
 from tests.test_cli import invoke
-from tests.test_hf_bert import built, mlm_logits, squeeze
+from tests.test_hf_bert import assert_card_gives_embed, built, exported_batch, mlm_logits, squeeze
 from tests.test_init_llama import byte_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -174,29 +173,6 @@ def contriever_run(corpus, tmp_path_factory):
     return out
 
 
-def exported_batch(folder):
-    """TEXTS as the export's tokenizer encodes them (EOS + text, right-padded, cut at the context): (ids, mask)."""
-    batch = transformers.AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, truncation=True,
-                                                               return_tensors="pt")
-    mask = batch["attention_mask"].bool()
-    assert not mask.all()  # a padded batch
-    return batch["input_ids"], mask
-
-
-def assert_card_gives_embed(body: str, out, run, tmp_path) -> None:
-    """The model card's usage code (AutoModel, then the run's pooling) run on its two texts gives what `selfsup
-    embed` writes for them, to 1e-4."""
-    from tests.test_model_card import snippet
-
-    scope = {}
-    exec(snippet(body, out), scope)
-    texts = tmp_path / "texts.txt"
-    texts.write_text("A first text.\nAnother one, longer than the first.\n")  # the snippet's texts
-    invoke("embed", run, texts, "--out", tmp_path / "emb.npy", "--device", "cpu")
-    expected = torch.from_numpy(np.load(tmp_path / "emb.npy"))
-    assert torch.allclose(scope["embeddings"], expected, atol=1e-4)
-
-
 def test_a_run_without_mlm_exports_as_a_bare_modernbert_with_our_states_and_embeddings(contriever_run, tmp_path):
     from safetensors import safe_open
 
@@ -210,7 +186,7 @@ def test_a_run_without_mlm_exports_as_a_bare_modernbert_with_our_states_and_embe
         assert f.keys() and not any(k.startswith(("model.", "head.", "decoder.")) for k in f.keys())
     back = transformers.AutoModel.from_pretrained(out).eval()
     assert type(back) is transformers.ModernBertModel
-    x, mask = exported_batch(out)
+    x, mask = exported_batch(out, TEXTS)
     _, objective, _ = open_run(contriever_run, torch.device("cpu"))
     with torch.no_grad():
         ours = objective.model(x, pad_mask=mask)  # (B, T, D) the trunk's final-norm states
@@ -230,7 +206,7 @@ def test_a_bare_modernbert_export_imports_back_into_simcse(contriever_run, corpu
     invoke("export", contriever_run, "--format", "hf", "--out", tmp_path / "hf")
     again, _ = built(load_config("contriever", [f"model.init={tmp_path / 'hf'}", f"data.path={corpus}"]))
     _, objective, _ = open_run(contriever_run, torch.device("cpu"))
-    x, mask = exported_batch(tmp_path / "hf")
+    x, mask = exported_batch(tmp_path / "hf", TEXTS)
     with torch.no_grad():
         assert torch.allclose(again.model(x, pad_mask=mask)[mask], objective.model(x, pad_mask=mask)[mask], atol=1e-4)
 

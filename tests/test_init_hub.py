@@ -5,6 +5,7 @@ the commit it started from, and its summary, report and `selfsup inspect` say so
 import hashlib
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,7 +138,8 @@ def test_an_unreachable_hub_falls_back_to_the_cache(hub, models, monkeypatch):
     snap = cached(hub, "org/tiny-llama", folder, MAIN, refs=["main"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # refused at once
-    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)  # its 5 retries, not 23 s
+    # its 5 retries without their 23 s of back-off: the module's own `time` (only its sleep is used), not time.sleep
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", SimpleNamespace(sleep=lambda seconds: None))
     assert resolve("hf:org/tiny-llama") == snap
     with pytest.raises(ConfigError, match="'hf:org/absent': the Hub could not be reached and not in the Hugging "
                                           "Face cache"):

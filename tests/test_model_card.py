@@ -34,6 +34,8 @@ def test_an_encoder_card_has_metadata_training_and_a_snippet_that_embeds(mlm_run
     (mlm_run / "eval" / "linear.json").write_text(json.dumps({
         "task": "linear", "protocol": "linear probe: a protocol", "pretrained": {"accuracy": 0.5},
         "random": {"accuracy": 0.25}}))
+    (mlm_run / "eval" / "linear-whitened.json").write_text(json.dumps({
+        "task": "linear", "protocol": "linear probe: whitened", "pretrained": {"accuracy": 0.6}}))
     invoke("export", mlm_run, "--format", "hf", "--out", out, "--license", "apache-2.0", "--dataset", "org/corpus")
     meta, body = card(out)
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["org/corpus"]
@@ -42,6 +44,7 @@ def test_an_encoder_card_has_metadata_training_and_a_snippet_that_embeds(mlm_run
     summary = json.loads((mlm_run / "summary.json").read_text())
     assert f"| steps | {summary['steps']:,} |" in body and "ModernBertForMaskedLM" in body
     assert "**linear**: pretrained 50.0%, random 25.0%. Protocol: linear probe: a protocol" in body
+    assert "**linear-whitened**: pretrained 60.0%. Protocol: linear probe: whitened" in body  # named by its file
     scope = {}
     exec(snippet(body, out), scope)  # the card's own usage code
     assert tuple(scope["embeddings"].shape) == (2, scope["model"].config.hidden_size)

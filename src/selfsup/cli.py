@@ -510,7 +510,8 @@ def labeled_libraries(
     summary = build(out, libraries, per_class, min_chars)
     _print_labeled(f"library docstrings by library: {len(summary['classes'])} classes", summary)
     pool = summary["unlabeled"]
-    console.print(f"unlabeled: {pool['texts']:,} other docstrings in {pool['files']:,} files under {pool['path']}")
+    console.print(f"unlabeled: {pool['texts']:,} other docstrings in {pool['files']:,} files under {pool['path']} "
+                  f"({pool['copies_left_out']:,} left out: they repeated a labeled text)")
 
 
 def _print_labeled(title: str, summary: dict) -> None:

@@ -102,7 +102,8 @@ def _usage(cfg: RunConfig, fmt: str, architecture: str | None, path: str) -> str
     if cfg.modality == "text" and not cfg.pairs:
         pool = ("hidden[:, 0]" if cfg.model.pooling == "cls" else
                 '(hidden * mask).sum(1) / mask.sum(1)')
-        pooler = ", add_pooling_layer=False" if architecture == "BertModel" else ""  # its dense+tanh pooler is not ours
+        # BERT's dense+tanh pooler is not ours (AutoModel would build one, at random, for a BertForMaskedLM export)
+        pooler = ", add_pooling_layer=False" if architecture in ("BertModel", "BertForMaskedLM") else ""
         code = (f'tokenizer = AutoTokenizer.from_pretrained("{path}")\n'
                 f'model = AutoModel.from_pretrained("{path}"{pooler}).eval()\n'
                 'batch = tokenizer(["A first text.", "Another one, longer than the first."], padding=True, '
@@ -180,7 +181,7 @@ def _evaluations(run_dir: Path) -> str:
         figures = [(m, headline(r, m)) for m in ("pretrained", "random", "pixels")]
         shown = ", ".join(f"{m} {h}" for m, h in figures if h) or f"see eval/{f.name}"
         protocol = r.get("protocol", "as selfsup eval states it")
-        lines.append(f"- **{r.get('task', f.stem)}**: {shown}. Protocol: {protocol}")
+        lines.append(f"- **{f.stem}**: {shown}. Protocol: {protocol}")
     return "\n".join(lines) + "\n" if lines else "No evaluation was run (`selfsup eval RUN_DIR --task ...`).\n"
 
 

@@ -15,13 +15,14 @@ _SKIP_DIRS = {"test", "tests", "testing", "__pycache__"}  # test suites are code
 
 
 def package_root(name: str) -> Path:
-    """The folder of an installed package, found without importing it (or a folder given as a path)."""
+    """The folder of an installed package, found without importing it, or a folder given as a path. A bare name is
+    looked up as an installed package first: a folder `numpy` in the working directory does not replace numpy."""
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
     if Path(name).is_dir():
         return Path(name)
-    spec = importlib.util.find_spec(name) if name.isidentifier() else None
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"'{name}' is neither an installed package nor a folder; expected e.g. numpy or path/to/src")
-    return Path(next(iter(spec.submodule_search_locations)))
+    raise DataError(f"'{name}' is neither an installed package nor a folder; expected e.g. numpy or path/to/src")
 
 
 def package_files(root: Path) -> list[Path]:

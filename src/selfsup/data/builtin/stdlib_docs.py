@@ -19,7 +19,8 @@ def source_files() -> list[Path]:
 
 
 def docstrings(path: Path) -> Iterator[str]:
-    """Module, class and function docstrings of one source file, in source order, cleaned by `inspect` rules."""
+    """Module, class and function docstrings of one source file, cleaned by `inspect` rules, in ast.walk's
+    breadth-first order: the module's, then its classes' and functions', then their methods'."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escape sequences in old modules

@@ -71,7 +71,7 @@ def named_documents(files: list[Path], root: Path | None, skipped: Counter, max_
     check_arrow_field(files, field)
     for f in files:
         name = f.relative_to(root).as_posix() if root is not None and f.is_relative_to(root) and f != root else f.name
-        if builtin and document == "file":  # a module's docstrings, in source order, one document
+        if builtin and document == "file":  # a module's docstrings (stdlib_docs' order), one document
             docs = list(stdlib_docs.docstrings(f))
             texts = iter([(None, "\n\n".join(docs))] if docs else [])
         elif builtin:

@@ -138,8 +138,8 @@ def unfit(cfg: RunConfig) -> str | None:
     m = cfg.model
     bert = ("gelu", "layernorm", "all", "post", True)
     if not set(cfg.parts) <= set(OBJECTIVES) or (m.mlp, m.norm, m.bias, m.norm_position, m.learned_positions) != bert:
-        return ("a masked LM, simcse or a hybrid of them with model.mlp=gelu, model.norm=layernorm, model.bias=all, "
-                "model.norm_position=post, model.learned_positions=true")
+        return ("a masked LM or a hybrid with one (or, as the bare BertModel, simcse), with model.mlp=gelu, "
+                "model.norm=layernorm, model.bias=all, model.norm_position=post, model.learned_positions=true")
     if m.kv_heads not in (None, m.heads):
         return f"multi-head attention (BERT has no grouped-query attention; model.kv_heads={m.kv_heads})"
     if m.layer_scale is not None or m.local_attention is not None:

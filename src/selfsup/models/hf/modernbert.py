@@ -150,7 +150,8 @@ def unfit(cfg: RunConfig) -> str | None:
     m = cfg.model
     if (not set(cfg.parts) <= set(OBJECTIVES) or (m.mlp, m.norm, m.norm_position, m.learned_positions)
             != ("geglu", "layernorm", "pre", False)):
-        return "a masked LM, simcse or a hybrid of them with model.mlp=geglu, model.norm=layernorm"
+        return ("a masked LM or a hybrid with one (or, as the bare ModernBertModel, simcse), with model.mlp=geglu, "
+                "model.norm=layernorm")
     if m.kv_heads not in (None, m.heads):
         return f"multi-head attention (ModernBERT has no grouped-query attention; model.kv_heads={m.kv_heads})"
     if m.bias == "qkv" or m.layer_scale is not None:
