@@ -63,7 +63,8 @@ def _norm(text: str) -> str:
 
 def _holds_a_labeled_text(labeled: set[str], key_len: int = 24):
     """A test for docstrings that repeat a labeled text, whole or inside a longer docstring, up to case, punctuation
-    and wrapping: the unlabeled corpus drops them too (else pretraining would see test texts)."""
+    and wrapping: the unlabeled corpus drops them too (else pretraining would see test texts). Inside a longer one,
+    from a word's start; a labeled text of under key_len normalized characters only whole."""
     whole = {_norm(t) for t in labeled}
     by_start = defaultdict(list)  # the first key_len characters of a normalized labeled text -> those texts
     for n in whole:
