@@ -35,8 +35,8 @@ demo: setup
 # hidden), a ViT of dim 128, 4 layers, patch 4, 300 steps of 128 images each (about 1-2 minutes per recipe on
 # 2 CPU cores); each then probed (kNN and linear) beside a random-init ViT of the same shape and raw pixels.
 # Teacher momentum and frozen phases are the recipes' own, fitted to 300 steps (budget.py; the printed config says
-# how): hand-set ones (momentum 0.99, 30 frozen steps) did no better for DINO and SwAV, BYOL 4 kNN points
-# (BENCHMARKS.md, "demo-vision without its hand-set teacher"). No local crops: at 16 px they would be 8 px, 2x2
+# how): hand-set ones (momentum 0.99, 30 frozen steps) did no better for DINO and SwAV, and 4 kNN points better
+# for BYOL at this batch, none at its own (BENCHMARKS.md, "demo-vision without its hand-set teacher"). No local crops: at 16 px they would be 8 px, 2x2
 # patches. SwAV: more prototypes than embedding dimensions (else the projection can turn orthogonal to all of
 # them) and milder jitter than its recipe's 0.8 strength.
 VISION := image.size=16 image.channels=1 model.dim=128 model.depth=4 model.heads=4 views.flip_p=0 \
